@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Build a bundle: checkpoint → export-friendly modules → ONNX graphs, parity-checked in
+ONNX Runtime → (TensorRT engines where TensorRT is installed) → ``engines/NAME``.
+
+    python export/build_engines.py                                  # the embedded demo model
+    python export/build_engines.py --checkpoint restyle.pt --out engines/restyle
+    python export/build_engines.py --checkpoint psp_sr.pt --task super_resolution --factor 8
+
+Formats (detected from the file, or --format): psp, restyle_psp, restyle_fpn (= OME's
+StyleGAN2 encoder); a rosinality StyleGAN2 file (g_ema) can replace the decoder (--generator).
+Tasks: inversion (RGB in), super_resolution (RGB in, downsampled by --factor and resized back).
+
+The bundle is written to a temporary folder and renamed into place: an interrupted build
+leaves the previous bundle intact. A parity break (ONNX vs PyTorch beyond --tolerance) fails
+the build with the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from export.checkpoints import FORMATS, CheckpointError, LoadedCheckpoint, load_checkpoint
+from export.graphs import EncoderStep, GeneratorGraph
+from export.onnx_export import OPSET, ParityError, check_parity, export_onnx
+from sdk.bundle import SCHEMA_VERSION, BundleWriter
+from sdk.tasks import SR_FACTORS, TASKS
+
+log = logging.getLogger("build_engines")
+REPO = Path(__file__).resolve().parents[1]
+ENCODER_INPUT_SIZE = 256  # every public pSp/ReStyle/E2Style/OME encoder
+
+
+def tensorrt_version() -> str | None:
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return tensorrt.__version__
+
+
+def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", factor: int = 4, max_batch: int = 8,
+                 tolerance: float = 1e-4, name: str | None = None, iterations: int | None = None,
+                 progress: bool = True) -> Path:
+    """Export ``ckpt`` into a bundle at ``out``; returns ``out``."""
+    gen, enc = ckpt.generator, ckpt.encoder
+    size, m, d = gen.size, gen.n_latent, gen.style_dim
+    input_nc = ckpt.encoder_config["input_nc"]
+    feedback = ckpt.iterative
+    cond_nc = input_nc - 3 if feedback else input_nc
+    step = EncoderStep(enc, feedback=feedback, residual=ckpt.start_from_latent_avg,
+                       input_size=ENCODER_INPUT_SIZE, output_size=size, n_latent=m).eval()
+    generator = GeneratorGraph(gen).eval()
+
+    with torch.no_grad():
+        latent_avg = ckpt.latent_avg.float()
+        average_image = gen(latent_avg[None])[0]
+    rng = torch.Generator().manual_seed(0)
+    example_batch = 2  # batch 1 would be specialised by the exporter
+    x = torch.rand(example_batch, cond_nc, ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, generator=rng) * 2 - 1
+    y = average_image[None].repeat(example_batch, 1, 1, 1)
+    z = latent_avg[None].repeat(example_batch, 1, 1) + 0.1 * torch.randn(example_batch, m, d, generator=rng)
+    step_inputs = {"x": x}
+    if feedback:
+        step_inputs["y"] = y
+    if step.residual:
+        step_inputs["z"] = z
+    io = {"x": ("condition", ["batch", cond_nc, ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE]),
+          "y": ("image", ["batch", 3, size, size]), "z": ("latents", ["batch", m, d])}
+    graphs = [("encoder", step, step_inputs, "z_next", ("latents", ["batch", m, d])),
+              ("generator", generator, {"z": z}, "image", ("image", ["batch", 3, size, size]))]
+
+    trt = tensorrt_version()
+    if trt is None:
+        log.info("TensorRT not found: building the ONNX Runtime bundle only")
+    else:
+        log.warning("TensorRT %s found, but engine building is not part of this build yet: ONNX only", trt)
+
+    manifest_graphs, parity = {}, {}
+    bar = tqdm(total=2 * len(graphs) + 1, desc="build", unit="step", disable=not progress)
+    with BundleWriter(out) as writer:
+        for key, module, inputs, out_name, (out_role, out_shape) in graphs:
+            file = f"{key}.onnx"
+            bar.set_postfix_str(f"export {key}")
+            export_onnx(module, inputs, out_name, writer.path(file), max_batch)
+            bar.update()
+            bar.set_postfix_str(f"parity {key}")
+            report = check_parity(module, writer.path(file), inputs, key, tolerance)
+            log.info("parity %s", report)
+            if not report.ok:
+                raise ParityError(f"ONNX graph breaks parity with PyTorch: {report}")
+            parity[key] = report.as_dict()
+            manifest_graphs[key] = {
+                "file": file, "sha256": writer.add(file), "precision": "fp32",
+                "inputs": [{"name": n, "role": io[n][0], "shape": io[n][1], "dtype": "float32"} for n in inputs],
+                "outputs": [{"name": out_name, "role": out_role, "shape": out_shape, "dtype": "float32"}],
+            }
+            bar.update()
+        np.savez(writer.path("constants.npz"), latent_avg=latent_avg.numpy(), average_image=average_image.numpy())
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": name or out.name,
+            "family": ckpt.format,
+            "task": {"name": task, "options": {"factor": factor} if task == "super_resolution" else {}},
+            "input": {"channels": cond_nc, "size": ENCODER_INPUT_SIZE, "range": [-1.0, 1.0]},
+            "output": {"channels": 3, "size": size, "range": [-1.0, 1.0]},
+            "latent": {"count": m, "dim": d},
+            "batch": {"min": 1, "max": max_batch},
+            "graphs": manifest_graphs,
+            "constants": {"file": "constants.npz", "sha256": writer.add("constants.npz"),
+                          "arrays": {"latent_avg": [m, d], "average_image": [3, size, size]}},
+            "schedule": {
+                "stages": [{"graph": "encoder", "feedback": feedback, "residual": step.residual}],
+                "repeat_last": feedback,
+                "default_iterations": iterations or ckpt.default_iterations,
+            },
+            "engines": {},
+            "parity": parity,
+            "build": {
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "source": {"file": ckpt.path.name, "sha256": ckpt.sha256, "format": ckpt.format},
+                "encoder": ckpt.encoder_config,
+                "generator": {"size": size, "style_dim": d, "n_mlp": gen.n_mlp,
+                              "channel_multiplier": gen.channel_multiplier},
+                "torch": torch.__version__, "onnx_opset": OPSET, "tensorrt": trt,
+                "python": platform.python_version(),
+            },
+        }
+        writer.commit(manifest)
+        bar.update()
+    bar.close()
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, help="encoder checkpoint (.pt); default: the embedded demo model")
+    p.add_argument("--generator", type=Path, help="rosinality StyleGAN2 file (g_ema) to use as the decoder")
+    p.add_argument("--format", choices=FORMATS, help="checkpoint format (default: detected from the file)")
+    p.add_argument("--out", type=Path, help="bundle folder (default: engines/demo, or engines/<checkpoint name>)")
+    p.add_argument("--task", choices=sorted(TASKS), help="pre-processing the bundle applies to images "
+                   "(default: super_resolution for the demo, inversion otherwise)")
+    p.add_argument("--factor", type=int, default=4, choices=SR_FACTORS, help="default super-resolution factor")
+    p.add_argument("--iterations", type=int, help="default refinement iterations (default: from the checkpoint)")
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch the graphs accept (default 8)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="parity bound, max|onnx-torch| / max|torch| (default 1e-4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("onnxscript").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="demo-ckpt-") as scratch:
+        if args.checkpoint is None:
+            from export.demo import make_demo_checkpoint
+            log.info("no --checkpoint: building the embedded demo model (untrained, deterministic)")
+            args.checkpoint = make_demo_checkpoint(Path(scratch) / "demo.pt")
+            args.out = args.out or REPO / "engines" / "demo"
+            args.task = args.task or "super_resolution"
+        return _build(args)
+
+
+def _build(args: argparse.Namespace) -> int:
+    out = args.out or REPO / "engines" / args.checkpoint.stem
+    task = args.task or "inversion"
+    try:
+        log.info("loading %s", args.checkpoint)
+        ckpt = load_checkpoint(args.checkpoint, args.format, args.generator)
+        log.info("%s: %s encoder (%s-%d, %d input channels, %d styles), %dpx generator", ckpt.format,
+                 ckpt.encoder_config["encoder_type"], ckpt.encoder_config["mode"], ckpt.encoder_config["num_layers"],
+                 ckpt.encoder_config["input_nc"], ckpt.encoder_config["n_styles"], ckpt.generator.size)
+        build_bundle(ckpt, out, task=task, factor=args.factor, max_batch=args.max_batch, tolerance=args.tolerance,
+                     iterations=args.iterations, progress=not args.quiet)
+    except (CheckpointError, ParityError) as e:
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; the previous bundle (if any) is untouched")
+        return 130
+    log.info("bundle ready: %s  (try: python samples/translate.py --bundle %s)", out, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Loaders for the public checkpoint formats, unchanged.
+
+Formats (detected from the file; ``--format`` overrides):
+
+============  ===================================================================
+psp           pixel2style2pixel: ``{state_dict, opts, latent_avg}``, one pass
+restyle_psp   restyle-encoder, ``BackboneEncoder`` (6 input channels), iterative
+restyle_fpn   restyle-encoder, ``GradualStyleEncoder`` (6 channels) = the OME
+              StyleGAN2 encoder, iterative
+rosinality    stylegan2-pytorch: ``{g_ema, latent_avg, ...}`` (a generator only; use it
+              with ``--generator`` to replace an encoder checkpoint's decoder)
+============  ===================================================================
+
+Files are read with ``torch.load(weights_only=True)``: tensors, containers and the few
+option types public checkpoints carry; anything else (a pickled callable) is refused before
+it can run. State dicts must match the modules exactly; a mismatch names the missing and
+unexpected keys and the likely cause.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from export.models.encoders import build_encoder, infer_encoder_config
+from export.models.stylegan2 import Generator
+from sdk.bundle import sha256_file
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("psp", "restyle_psp", "restyle_fpn", "rosinality")
+ITERATIVE = ("restyle_psp", "restyle_fpn")
+SAFE_GLOBALS = [argparse.Namespace]  # option objects some public checkpoints carry
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, of an unknown format, or does not match its modules."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """Modules built and loaded from a checkpoint, in eval mode, plus what the bundle needs."""
+
+    format: str
+    path: Path
+    sha256: str
+    opts: dict
+    generator: Generator
+    latent_avg: torch.Tensor  # [M, D]
+    encoder: nn.Module | None = None
+    encoder_config: dict = field(default_factory=dict)
+    start_from_latent_avg: bool = True
+    default_iterations: int = 1
+
+    @property
+    def iterative(self) -> bool:
+        return self.format in ITERATIVE
+
+
+def read_file(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` and our allow-list, mapped to CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"refused to load {path}: it holds objects outside the safe allow-list "
+                              f"(weights_only=True), so it was not unpickled. Details: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+
+
+def detect_format(ckpt: Any) -> str:
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"expected a dict checkpoint, found {type(ckpt).__name__}")
+    if "g_ema" in ckpt:
+        return "rosinality"
+    if "state_dict" not in ckpt:
+        raise CheckpointError(f"unknown checkpoint layout (top-level keys {sorted(ckpt)[:8]}); expected "
+                              f"'state_dict' + 'opts' (pSp/ReStyle) or 'g_ema' (rosinality). Use --format")
+    keys = ckpt["state_dict"].keys()
+    if any(k.startswith("encoder_firststage.") for k in keys):
+        raise CheckpointError("this is an E2Style checkpoint (encoder_firststage.*), which this version does "
+                              "not export yet")
+    opts = _opts(ckpt)
+    encoder_type = opts.get("encoder_type", "GradualStyleEncoder")
+    restyle = "n_iters_per_batch" in opts or opts.get("input_nc") == 6 or encoder_type == "BackboneEncoder"
+    if not restyle:
+        return "psp"
+    return "restyle_psp" if encoder_type == "BackboneEncoder" else "restyle_fpn"
+
+
+def load_checkpoint(path: str | Path, format: str | None = None, generator_path: str | Path | None = None
+                    ) -> LoadedCheckpoint:
+    """Load an encoder checkpoint (with its decoder, or the generator from ``generator_path``)."""
+    path = Path(path)
+    ckpt = read_file(path)
+    fmt = format or detect_format(ckpt)
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    digest = sha256_file(path)
+    if fmt == "rosinality":
+        if generator_path is not None:
+            raise CheckpointError("--checkpoint is already a generator file; pass the encoder checkpoint instead")
+        raise CheckpointError(f"{path} is a rosinality generator file (g_ema) without an encoder; pass an encoder "
+                              f"checkpoint with --checkpoint and this file with --generator")
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} has no 'state_dict'; it is not a {fmt} checkpoint")
+    state = ckpt["state_dict"]
+    opts = _opts(ckpt)
+    enc_sd = _strip(state, "encoder.")
+    if not enc_sd:
+        raise CheckpointError(f"{path} has no 'encoder.*' weights; it is not a {fmt} checkpoint (try --format)")
+    config = infer_encoder_config(enc_sd)
+    expected_type = {"restyle_psp": "BackboneEncoder"}.get(fmt, "GradualStyleEncoder")
+    if config["encoder_type"] != expected_type:
+        raise CheckpointError(f"{path}: the weights are a {config['encoder_type']} but format {fmt!r} uses a "
+                              f"{expected_type}; drop --format or pick the matching one")
+    if "input_nc" in opts and opts["input_nc"] != config["input_nc"]:
+        raise CheckpointError(f"{path}: opts.input_nc = {opts['input_nc']} but the input layer takes "
+                              f"{config['input_nc']} channels; the file is inconsistent")
+    encoder = build_encoder(config)
+    load_strict(encoder, enc_sd, f"{path} (encoder.*)")
+
+    if generator_path is not None:
+        gen_ckpt = read_file(generator_path)
+        if detect_format(gen_ckpt) != "rosinality":
+            raise CheckpointError(f"--generator {generator_path} is not a rosinality file with 'g_ema'")
+        dec_sd, where = dict(gen_ckpt["g_ema"]), f"{generator_path} (g_ema)"
+    else:
+        dec_sd, where = _strip(state, "decoder."), f"{path} (decoder.*)"
+        if not dec_sd:
+            raise CheckpointError(f"{path} has no 'decoder.*' weights; pass the generator with --generator")
+    generator = build_generator(dec_sd, where)
+    if generator.n_latent != config["n_styles"]:
+        raise CheckpointError(f"the encoder predicts {config['n_styles']} styles but the {generator.size}px "
+                              f"generator takes {generator.n_latent}; they belong to different models")
+
+    latent_avg = _latent_avg(ckpt, generator)
+    sfla = bool(opts.get("start_from_latent_avg", True))
+    iterations = int(opts.get("n_iters_per_batch", 5)) if fmt in ITERATIVE else 1
+    return LoadedCheckpoint(format=fmt, path=path, sha256=digest, opts=opts, generator=generator,
+                            latent_avg=latent_avg, encoder=encoder.eval(), encoder_config=config,
+                            start_from_latent_avg=sfla or fmt in ITERATIVE, default_iterations=iterations)
+
+
+def build_generator(state: Mapping[str, torch.Tensor], where: str) -> Generator:
+    try:
+        config = Generator.config_from_state_dict(state)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: not a StyleGAN2 generator state dict ({e})") from None
+    generator = Generator(**config)
+    load_strict(generator, state, where)
+    return generator.eval()
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """``load_state_dict(strict=True)`` with a message that names the keys and the likely cause."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if not (missing or unexpected or wrong):
+        module.load_state_dict(state, strict=True)
+        return
+    lines = [f"{where} does not match {type(module).__name__}:"]
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            lines.append(f"  {len(keys)} {label} keys: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
+    for k in wrong[:6]:
+        lines.append(f"  shape of {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}")
+    lines.append(f"  likely cause: {_likely_cause(missing, unexpected, wrong)}")
+    raise CheckpointError("\n".join(lines))
+
+
+def _likely_cause(missing: list, unexpected: list, wrong: list) -> str:
+    if unexpected and all(k.startswith("module.") for k in unexpected):
+        return "the weights were saved from nn.DataParallel ('module.' prefix); strip it"
+    if any(k.startswith("noises.") for k in missing):
+        return "the generator file lacks the noise buffers (an old rosinality version); re-save g_ema"
+    if any("input_layer.0" in k for k in wrong):
+        return "the input channel count differs (opts.input_nc / label_nc); check the task"
+    if any(k.startswith("styles.") for k in missing + unexpected):
+        return "the number of styles differs (opts.output_size); the encoder belongs to another resolution"
+    if any(k.startswith(("convs.", "to_rgbs.", "noises.")) for k in missing + unexpected):
+        return "the generator resolution differs from the state dict's"
+    return "the file is a different model or format; try --format"
+
+
+def _opts(ckpt: Mapping) -> dict:
+    opts = ckpt.get("opts", {}) or {}
+    if isinstance(opts, argparse.Namespace):
+        opts = vars(opts)
+    if not isinstance(opts, Mapping):
+        raise CheckpointError(f"checkpoint 'opts' is a {type(opts).__name__}; expected a dict")
+    return dict(opts)
+
+
+def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _latent_avg(ckpt: Mapping, generator: Generator) -> torch.Tensor:
+    """[M, D]: the file's ``latent_avg`` ([M, D] or [D], repeated), else the generator's mean."""
+    m, d = generator.n_latent, generator.style_dim
+    avg = ckpt.get("latent_avg")
+    if avg is None:
+        log.warning("checkpoint has no latent_avg; using the mean of 10000 mapped samples (seed 0)")
+        with torch.no_grad():
+            avg = generator.mean_latent(10000, seed=0)
+    avg = avg.detach().float().reshape(-1, d)
+    if avg.shape[0] == 1:
+        avg = avg.repeat(m, 1)
+    if avg.shape != (m, d):
+        raise CheckpointError(f"latent_avg has shape {tuple(avg.shape)}; expected [{m}, {d}] or [{d}]")
+    return avg.contiguous()
+

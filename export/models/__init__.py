@@ -1,0 +1,1 @@
+"""Export-friendly PyTorch modules whose parameter names match the public checkpoints."""

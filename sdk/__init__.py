@@ -1,0 +1,18 @@
+"""Real-time GAN-encoder image translation at run time: numpy + ONNX Runtime (+ TensorRT).
+
+    from sdk import Translator
+    t = Translator("engines/demo")
+    out = t(frame)                       # HxWx3 uint8 RGB in and out
+
+Never imports PyTorch.
+"""
+from .errors import BackendError, BundleError, InputError, SdkError
+from .bundle import Bundle
+from .loop import RefinementLoop, LoopResult
+from .translator import Translator, TranslationResult
+
+__version__ = "0.1.0"
+__all__ = [
+    "Translator", "TranslationResult", "Bundle", "RefinementLoop", "LoopResult",
+    "SdkError", "BundleError", "BackendError", "InputError", "__version__",
+]

@@ -1,0 +1,110 @@
+"""ONNX Runtime backend: sessions with IOBinding over ``OrtValue`` buffers allocated once.
+
+Runs on the CPU execution provider everywhere and on CUDA where onnxruntime-gpu is
+installed; the loop code is the same for both.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..bundle import GraphSpec
+from ..errors import BackendError, BundleError
+
+log = logging.getLogger(__name__)
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError as e:  # pragma: no cover - onnxruntime is a hard dependency
+        raise BackendError("onnxruntime is not installed; pip install onnxruntime "
+                           "(or onnxruntime-gpu for CUDA)") from e
+    return onnxruntime
+
+
+class OrtRunner:
+    """One ``InferenceSession``; ``bind`` returns a prepared ``IOBinding``."""
+
+    def __init__(self, backend: "OrtBackend", spec: GraphSpec, path: Path):
+        ort = backend.ort
+        self.spec = spec
+        self._backend = backend
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=backend.session_options(),
+                                                providers=backend.providers)
+        except Exception as e:  # onnxruntime raises its own exception types for bad models
+            raise BundleError(f"ONNX Runtime could not load {path} ({type(e).__name__}: {e}); the file is "
+                              f"corrupt or not an ONNX graph. Rebuild with export/build_engines.py") from None
+        names = {i.name for i in self.session.get_inputs()} | {o.name for o in self.session.get_outputs()}
+        wanted = {t.name for t in spec.inputs + spec.outputs}
+        if names != wanted:
+            raise BundleError(f"{path} has tensors {sorted(names)} but the manifest declares {sorted(wanted)}; "
+                              f"the graph and manifest come from different builds. Rebuild the bundle")
+
+    def bind(self, inputs: Mapping[str, object], outputs: Mapping[str, object]):
+        binding = self.session.io_binding()
+        for name, value in inputs.items():
+            binding.bind_ortvalue_input(name, value)
+        for name, value in outputs.items():
+            binding.bind_ortvalue_output(name, value)
+        return binding
+
+    def run(self, binding) -> None:
+        self.session.run_with_iobinding(binding)
+
+
+class OrtBackend:
+    """``device="cpu"`` or ``"cuda"`` (needs onnxruntime-gpu); ``threads`` caps intra-op threads."""
+
+    name = "onnxruntime"
+
+    def __init__(self, device: str = "cpu", device_id: int = 0, threads: int | None = None):
+        self.ort = _import_ort()
+        available = self.ort.get_available_providers()
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in available:
+                raise BackendError(f"onnxruntime has no CUDA provider here (available: {available}); "
+                                   f"pip install onnxruntime-gpu, or use device='cpu'")
+            self.providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        elif device == "cpu":
+            self.providers = ["CPUExecutionProvider"]
+        else:
+            raise BackendError(f"unknown device {device!r} for the onnxruntime backend; expected 'cpu' or 'cuda'")
+        self.device, self.device_id, self.threads = device, device_id, threads
+
+    @staticmethod
+    def cuda_available() -> bool:
+        try:
+            return "CUDAExecutionProvider" in _import_ort().get_available_providers()
+        except BackendError:
+            return False
+
+    def session_options(self):
+        opts = self.ort.SessionOptions()
+        opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        return opts
+
+    def load(self, spec: GraphSpec, path: Path) -> OrtRunner:
+        return OrtRunner(self, spec, path)
+
+    def empty(self, shape: Sequence[int], dtype: str):
+        return self.ort.OrtValue.ortvalue_from_shape_and_type(list(shape), _NP_DTYPES[dtype], self.device,
+                                                              self.device_id)
+
+    def upload(self, dst, array: np.ndarray) -> None:
+        dtype = np.float16 if dst.data_type() == "tensor(float16)" else np.float32
+        dst.update_inplace(np.ascontiguousarray(array, dtype=dtype))
+
+    def download(self, src) -> np.ndarray:
+        return np.array(src.numpy(), copy=True)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,114 @@
+"""Image conversions and resampling in numpy, matching what the public training code used.
+
+* :func:`resize_bilinear` is PIL's ``Image.resize(..., BILINEAR)`` as torchvision's
+  ``transforms.Resize`` applies it to the training images: a triangle filter on pixel
+  centres whose support widens with the downscale factor (antialiasing), separable.
+* :func:`bicubic_downsample` is the ``BicubicDownSample`` of pSp's super-resolution
+  transforms (from PULSE): a separable bicubic kernel (a = -0.5) of 4 * factor taps,
+  reflect padding, stride ``factor``.
+
+Images are float32 arrays laid out ``[..., H, W]`` (channels first) unless stated otherwise.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+
+def as_rgb_uint8(image) -> np.ndarray:
+    """An HxWx3 uint8 RGB array from numpy (HxW, HxWx1, HxWx3, HxWx4) or a PIL image.
+
+    Grayscale is repeated to three channels; an alpha channel is dropped. Float images must
+    be in [0, 1] (they are scaled to 0..255).
+    """
+    arr = np.asarray(image)
+    if arr.dtype == object or arr.size == 0:
+        raise InputError(f"expected an HxWx3 image, got an empty or non-numeric array of shape {arr.shape}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise InputError(f"expected an image HxWx3 (RGB), HxWx4 (RGBA) or HxW (gray); got shape {arr.shape}")
+    if arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise InputError("the image contains NaN or Inf values")
+        if arr.min() < 0.0 or arr.max() > 1.0:
+            raise InputError(f"a float image must be in [0, 1]; got values in [{arr.min():.3g}, {arr.max():.3g}]. "
+                             f"Pass uint8 0..255 or divide by 255")
+        return np.round(arr * 255.0).astype(np.uint8)
+    raise InputError(f"unsupported image dtype {arr.dtype}; pass uint8 (0..255) or float in [0, 1]")
+
+
+def _bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
+    """[out_size, in_size] resampling matrix of PIL's bilinear filter (support 1, widened
+    by the scale when downsampling; edge taps renormalised)."""
+    scale = in_size / out_size
+    support = max(scale, 1.0)
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    for i in range(out_size):
+        centre = (i + 0.5) * scale
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), in_size)
+        taps = np.arange(lo, hi)
+        w = np.clip(1.0 - np.abs((taps + 0.5 - centre) / support), 0.0, None)
+        weights[i, lo:hi] = w / w.sum()
+    return weights
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``[..., H, W]`` to ``size = (height, width)`` with PIL's bilinear filter."""
+    h, w = image.shape[-2:]
+    if (h, w) == tuple(size):
+        return image.astype(np.float32, copy=True)
+    wy = _bilinear_weights(h, size[0]).astype(np.float32)
+    wx = _bilinear_weights(w, size[1]).astype(np.float32)
+    return np.einsum("oh,...hw,pw->...op", wy, image.astype(np.float32), wx, optimize=True)
+
+
+def _bicubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    ax = np.abs(x)
+    near = (a + 2.0) * ax**3 - (a + 3.0) * ax**2 + 1.0
+    far = a * ax**3 - 5.0 * a * ax**2 + 8.0 * a * ax - 4.0 * a
+    return np.where(ax <= 1.0, near, np.where(ax < 2.0, far, 0.0))
+
+
+def bicubic_kernel(factor: int) -> np.ndarray:
+    """The 4 * factor taps of pSp's ``BicubicDownSample(factor)``, normalised to sum 1."""
+    size = 4 * factor
+    taps = (np.arange(size) - size // 2 + 0.5) / factor
+    k = _bicubic(taps)
+    return (k / k.sum()).astype(np.float32)
+
+
+def bicubic_downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    """pSp's ``BicubicDownSample``: ``[..., H, W]`` → ``[..., H/factor, W/factor]``."""
+    k = bicubic_kernel(factor)
+    pad = max(4 * factor - factor, 0)
+    before, after = pad // 2, pad - pad // 2
+    out = image.astype(np.float32)
+    for axis in (out.ndim - 2, out.ndim - 1):  # rows first (the reference pads and filters H, then W)
+        widths = [(0, 0)] * out.ndim
+        widths[axis] = (before, after)
+        padded = np.pad(out, widths, mode="reflect")
+        n_out = (padded.shape[axis] - k.size) // factor + 1
+        windows = np.lib.stride_tricks.sliding_window_view(padded, k.size, axis=axis)
+        windows = np.take(windows, np.arange(n_out) * factor, axis=axis)
+        out = np.tensordot(windows, k, axes=([-1], [0])).astype(np.float32)  # window dim was appended
+    return out
+
+
+def to_model_range(rgb01: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """[0, 1] → the model's input range (pSp normalises with mean 0.5, std 0.5 → [-1, 1])."""
+    return (rgb01 * (hi - lo) + lo).astype(np.float32)
+
+
+def to_uint8_image(chw: np.ndarray, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
+    """A generator output [3, H, W] in [lo, hi] → HxWx3 uint8 RGB (clipped, rounded)."""
+    x = (np.clip(chw, lo, hi) - lo) / (hi - lo)
+    return np.round(x.transpose(1, 2, 0) * 255.0).astype(np.uint8)

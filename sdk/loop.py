@@ -1,0 +1,142 @@
+"""The refinement loop (OME Algorithm 1; ReStyle, E2Style and pSp are schedules of it).
+
+    z_0 = latent_avg, y_0 = G(z_0)            (constants of the bundle)
+    for t in 0..N-1:
+        z_{t+1} = E_t(x, y_t, z_t)            (pooling, concat and residual add in the graph)
+        y_{t+1} = G(z_{t+1})
+
+Buffers live on the backend's device. Per batch size the loop allocates, once, the input,
+two latent and two image buffers that ping-pong between steps, and the constant start state;
+it binds every (graph, buffer arrangement) pair once. A call then uploads ``x``, runs two
+engine calls per step, and downloads the last image and latents. Backend-agnostic: it only
+uses :class:`sdk.backends.base.Backend` and the manifest's schedule.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .backends.base import Backend
+from .bundle import Bundle, GraphSpec, iter_stage_graphs
+from .errors import InputError
+
+INIT = "init"  # binding key: the step reads the constant start state
+
+
+@dataclass
+class Step:
+    """One iteration's result, on request (``return_steps=True``)."""
+
+    latents: np.ndarray  # [B, M, D] float32
+    image: np.ndarray  # [B, 3, R, R] float32, raw generator output
+
+
+@dataclass
+class LoopResult:
+    images: np.ndarray  # [B, 3, R, R] float32, raw generator output (not clipped)
+    latents: np.ndarray  # [B, M, D] float32
+    iterations: int
+    steps: Optional[List[Step]] = None
+
+
+@dataclass
+class _Arena:
+    """Device buffers and prepared bindings for one batch size."""
+
+    x: object
+    z: list  # two ping-pong latent buffers
+    y: list  # two ping-pong image buffers
+    z0: object
+    y0: object
+    encoder: Dict[tuple, object] = field(default_factory=dict)  # (graph, source) -> binding
+    generator: Dict[int, object] = field(default_factory=dict)  # slot -> binding
+
+
+class RefinementLoop:
+    """Runs a bundle's schedule on a backend. Thread-safe: calls are serialised by a lock,
+    because the per-batch buffers are shared (use one loop per thread for parallelism)."""
+
+    def __init__(self, backend: Backend, bundle: Bundle):
+        self.backend = backend
+        self.manifest = m = bundle.manifest
+        self.runners = {g.key: backend.load(g, bundle.graph_path(g.key)) for g in iter_stage_graphs(m)}
+        self.runners["generator"] = backend.load(m.graphs["generator"], bundle.graph_path("generator"))
+        consts = bundle.constants()
+        self._latent_avg, self._average_image = consts["latent_avg"], consts["average_image"]
+        self._arenas: Dict[int, _Arena] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ public
+    def run(self, x: np.ndarray, iterations: int | None = None, return_steps: bool = False) -> LoopResult:
+        """``x``: [B, C_x, S, S] float32 in the model's input range. Returns the last step."""
+        m, sched = self.manifest, self.manifest.schedule
+        n = sched.default_iterations if iterations is None else iterations
+        limit = sched.max_iterations
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or (limit and n > limit):
+            raise InputError(f"iterations must be an int in 1..{limit or 'any'} for this {m.family} bundle; got {n!r}")
+        expected = (m.input_channels, m.input_size, m.input_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise InputError(f"input must be [B, {expected[0]}, {expected[1]}, {expected[2]}] (NCHW); got {list(x.shape)}")
+        batch = x.shape[0]
+        if not m.batch_min <= batch <= m.batch_max:
+            raise InputError(f"batch size {batch} is outside this bundle's range {m.batch_min}..{m.batch_max}; "
+                             f"split the batch or rebuild with --max-batch")
+        with self._lock:
+            arena = self._arena(batch)
+            self.backend.upload(arena.x, x)
+            steps = [] if return_steps else None
+            for t in range(int(n)):
+                stage = sched.stage(t)
+                source = INIT if t == 0 else (t - 1) % 2
+                self.runners[stage.graph].run(arena.encoder[(stage.graph, source)])
+                self.runners["generator"].run(arena.generator[t % 2])
+                if steps is not None:
+                    steps.append(Step(self.backend.download(arena.z[t % 2]), self.backend.download(arena.y[t % 2])))
+            last = (int(n) - 1) % 2
+            if steps:
+                return LoopResult(steps[-1].image, steps[-1].latents, int(n), steps)
+            return LoopResult(self.backend.download(arena.y[last]), self.backend.download(arena.z[last]), int(n))
+
+    def close(self) -> None:
+        with self._lock:
+            self._arenas.clear()
+            self.runners.clear()
+
+    # ------------------------------------------------------------------ setup
+    def _arena(self, batch: int) -> _Arena:
+        if batch in self._arenas:
+            return self._arenas[batch]
+        m, be = self.manifest, self.backend
+        gen = m.graphs["generator"]
+        zspec, yspec = gen.input("latents"), gen.output
+        first = m.graphs[m.schedule.stages[0].graph]
+        xspec = first.input("condition")
+        arena = _Arena(
+            x=be.empty(xspec.concrete_shape(batch), xspec.dtype),
+            z=[be.empty(zspec.concrete_shape(batch), zspec.dtype) for _ in range(2)],
+            y=[be.empty(yspec.concrete_shape(batch), yspec.dtype) for _ in range(2)],
+            z0=be.empty(zspec.concrete_shape(batch), zspec.dtype),
+            y0=be.empty(yspec.concrete_shape(batch), yspec.dtype),
+        )
+        be.upload(arena.z0, np.broadcast_to(self._latent_avg, zspec.concrete_shape(batch)))
+        be.upload(arena.y0, np.broadcast_to(self._average_image, yspec.concrete_shape(batch)))
+        for slot in (0, 1):
+            arena.generator[slot] = self.runners["generator"].bind(
+                {zspec.name: arena.z[slot]}, {yspec.name: arena.y[slot]})
+        for graph in iter_stage_graphs(m):
+            for source in (INIT, 0, 1):
+                z_in, y_in = (arena.z0, arena.y0) if source == INIT else (arena.z[source], arena.y[source])
+                # a step that reads slot s writes the other slot; the first step writes slot 0
+                out_slot = 0 if source == INIT else 1 - source
+                arena.encoder[(graph.key, source)] = self.runners[graph.key].bind(
+                    self._stage_inputs(graph, arena.x, y_in, z_in), {graph.output.name: arena.z[out_slot]})
+        self._arenas[batch] = arena
+        return arena
+
+    @staticmethod
+    def _stage_inputs(graph: GraphSpec, x, y, z) -> dict:
+        by_role = {"condition": x, "image": y, "latents": z}
+        return {t.name: by_role[t.role] for t in graph.inputs}

@@ -72,8 +72,12 @@ def read_file(path: str | Path) -> Any:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        text = str(e)
+        refused = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), None)
+        if refused is None:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({text.splitlines()[0]})") from None
         raise CheckpointError(f"refused to load {path}: it holds objects outside the safe allow-list "
-                              f"(weights_only=True), so it was not unpickled. Details: {str(e).splitlines()[0]}") from None
+                              f"(weights_only=True), so nothing in it was run. {refused}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
 
@@ -103,53 +107,62 @@ def load_checkpoint(path: str | Path, format: str | None = None, generator_path:
     """Load an encoder checkpoint (with its decoder, or the generator from ``generator_path``)."""
     path = Path(path)
     ckpt = read_file(path)
+    generator_file = read_file(generator_path) if generator_path is not None else None
+    loaded = from_dict(ckpt, format, where=str(path), generator_file=generator_file)
+    loaded.path, loaded.sha256 = path, sha256_file(path)
+    return loaded
+
+
+def from_dict(ckpt: Any, format: str | None = None, where: str = "checkpoint",
+              generator_file: Mapping | None = None) -> LoadedCheckpoint:
+    """Build and load the modules from an in-memory checkpoint dict (``load_checkpoint`` minus
+    the file). Under ``torch.device("meta")`` with meta tensors it checks a layout for free."""
     fmt = format or detect_format(ckpt)
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    digest = sha256_file(path)
     if fmt == "rosinality":
-        if generator_path is not None:
-            raise CheckpointError("--checkpoint is already a generator file; pass the encoder checkpoint instead")
-        raise CheckpointError(f"{path} is a rosinality generator file (g_ema) without an encoder; pass an encoder "
+        raise CheckpointError(f"{where} is a rosinality generator file (g_ema) without an encoder; pass an encoder "
                               f"checkpoint with --checkpoint and this file with --generator")
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} has no 'state_dict'; it is not a {fmt} checkpoint")
+        raise CheckpointError(f"{where} has no 'state_dict'; it is not a {fmt} checkpoint")
     state = ckpt["state_dict"]
     opts = _opts(ckpt)
     enc_sd = _strip(state, "encoder.")
     if not enc_sd:
-        raise CheckpointError(f"{path} has no 'encoder.*' weights; it is not a {fmt} checkpoint (try --format)")
-    config = infer_encoder_config(enc_sd)
+        raise CheckpointError(f"{where} has no 'encoder.*' weights; it is not a {fmt} checkpoint (try --format)")
+    try:
+        config = infer_encoder_config(enc_sd)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: the encoder.* weights are not a known encoder ({e})") from None
     expected_type = {"restyle_psp": "BackboneEncoder"}.get(fmt, "GradualStyleEncoder")
     if config["encoder_type"] != expected_type:
-        raise CheckpointError(f"{path}: the weights are a {config['encoder_type']} but format {fmt!r} uses a "
+        raise CheckpointError(f"{where}: the weights are a {config['encoder_type']} but format {fmt!r} uses a "
                               f"{expected_type}; drop --format or pick the matching one")
     if "input_nc" in opts and opts["input_nc"] != config["input_nc"]:
-        raise CheckpointError(f"{path}: opts.input_nc = {opts['input_nc']} but the input layer takes "
+        raise CheckpointError(f"{where}: opts.input_nc = {opts['input_nc']} but the input layer takes "
                               f"{config['input_nc']} channels; the file is inconsistent")
     encoder = build_encoder(config)
-    load_strict(encoder, enc_sd, f"{path} (encoder.*)")
+    load_strict(encoder, enc_sd, f"{where} (encoder.*)")
 
-    if generator_path is not None:
-        gen_ckpt = read_file(generator_path)
-        if detect_format(gen_ckpt) != "rosinality":
-            raise CheckpointError(f"--generator {generator_path} is not a rosinality file with 'g_ema'")
-        dec_sd, where = dict(gen_ckpt["g_ema"]), f"{generator_path} (g_ema)"
+    if generator_file is not None:
+        if detect_format(generator_file) != "rosinality":
+            raise CheckpointError("the --generator file is not a rosinality file with 'g_ema'")
+        dec_sd, dec_where = dict(generator_file["g_ema"]), "--generator (g_ema)"
     else:
-        dec_sd, where = _strip(state, "decoder."), f"{path} (decoder.*)"
+        dec_sd, dec_where = _strip(state, "decoder."), f"{where} (decoder.*)"
         if not dec_sd:
-            raise CheckpointError(f"{path} has no 'decoder.*' weights; pass the generator with --generator")
-    generator = build_generator(dec_sd, where)
+            raise CheckpointError(f"{where} has no 'decoder.*' weights; pass the generator with --generator")
+    generator = build_generator(dec_sd, dec_where)
     if generator.n_latent != config["n_styles"]:
         raise CheckpointError(f"the encoder predicts {config['n_styles']} styles but the {generator.size}px "
                               f"generator takes {generator.n_latent}; they belong to different models")
-
-    latent_avg = _latent_avg(ckpt, generator)
-    sfla = bool(opts.get("start_from_latent_avg", True))
+    source = generator_file if generator_file is not None and "latent_avg" in generator_file else ckpt
     iterations = int(opts.get("n_iters_per_batch", 5)) if fmt in ITERATIVE else 1
-    return LoadedCheckpoint(format=fmt, path=path, sha256=digest, opts=opts, generator=generator,
-                            latent_avg=latent_avg, encoder=encoder.eval(), encoder_config=config,
-                            start_from_latent_avg=sfla or fmt in ITERATIVE, default_iterations=iterations)
+    # ReStyle always starts from latent_avg; pSp only with start_from_latent_avg
+    residual = fmt in ITERATIVE or bool(opts.get("start_from_latent_avg", True))
+    return LoadedCheckpoint(format=fmt, path=Path(where), sha256="", opts=opts, generator=generator,
+                            latent_avg=_latent_avg(source, generator), encoder=encoder.eval(),
+                            encoder_config=config, start_from_latent_avg=residual, default_iterations=iterations)
 
 
 def build_generator(state: Mapping[str, torch.Tensor], where: str) -> Generator:
@@ -169,7 +182,8 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
     if not (missing or unexpected or wrong):
-        module.load_state_dict(state, strict=True)
+        # assign: the module takes the checkpoint's tensors (no second copy; works on meta)
+        module.load_state_dict(state, strict=True, assign=True)
         return
     lines = [f"{where} does not match {type(module).__name__}:"]
     for label, keys in (("missing", missing), ("unexpected", unexpected)):

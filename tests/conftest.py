@@ -29,3 +29,35 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def layouts_dir() -> Path:
     return shared_path("checkpoint_layouts")
+
+
+# --------------------------------------------------------------------------- tiny bundles
+# Toy encoder/generator graphs exported once per session (tests/tiny_bundle.py), and bundles
+# of them for the runtime tests (test_loop, test_bundle, test_translator).
+
+@pytest.fixture(scope="session")
+def tiny_graphs(tmp_path_factory):
+    import tiny_bundle
+
+    return tiny_bundle.export_graphs(tmp_path_factory.mktemp("tiny_graphs"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tiny_graphs, tmp_path_factory) -> dict:
+    """One read-only bundle per variant (iterative, single, two_stage): {variant: path}."""
+    import tiny_bundle
+
+    root = tmp_path_factory.mktemp("tiny_bundles")
+    return {v: tiny_bundle.write_bundle(root / v, tiny_graphs, v) for v in tiny_bundle.VARIANTS}
+
+
+@pytest.fixture
+def make_tiny_bundle(tiny_graphs, tmp_path):
+    """``make_tiny_bundle(variant="iterative", name="bundle", **write_bundle_options)`` → a
+    fresh bundle folder under this test's tmp_path, free to corrupt."""
+    import tiny_bundle
+
+    def make(variant: str = "iterative", name: str = "bundle", **options) -> Path:
+        return tiny_bundle.write_bundle(tmp_path / name, tiny_graphs, variant, **options)
+
+    return make

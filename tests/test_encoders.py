@@ -93,7 +93,8 @@ CHECKPOINT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("path,expected", CHECKPOINT_CASES, ids=lambda c: getattr(c, "stem", ""))
+@pytest.mark.parametrize("path,expected", CHECKPOINT_CASES,
+                         ids=[path.stem for path, _ in CHECKPOINT_CASES])
 def test_layout_loads_strict(path, expected):
     sd = _meta_encoder_sd(_load_keys(path))
     config, model = _load_on_meta(sd)
@@ -146,18 +147,18 @@ def test_deeper_backbones_and_fpn_taps(num_layers, n_units, taps):
     assert c3.shape == (2, 512, 16, 16)
     assert model(x).shape == (2, 18, 512)
     # The config round-trips through the state dict.
-    sd = {k: v for k, v in model.state_dict().items()}
-    assert infer_encoder_config(sd) == dict(encoder_type="GradualStyleEncoder",
-                                            num_layers=num_layers, mode="ir_se", input_nc=3,
-                                            n_styles=18)
+    config = infer_encoder_config(model.state_dict())
+    assert config == dict(encoder_type="GradualStyleEncoder", num_layers=num_layers, mode="ir_se",
+                          input_nc=3, n_styles=18)
 
 
 def test_input_checks():
-    model = BackboneEncoder(num_layers=50, mode="ir", input_nc=6, n_styles=1).eval()
+    with torch.device("meta"):
+        model = BackboneEncoder(num_layers=50, mode="ir", input_nc=6, n_styles=1).eval()
     with pytest.raises(AssertionError, match="input_nc=6"):
-        model(torch.zeros(1, 3, 256, 256))
+        model(torch.zeros(1, 3, 256, 256, device="meta"))
     with pytest.raises(AssertionError, match="256x256"):
-        model(torch.zeros(1, 6, 128, 128))
+        model(torch.zeros(1, 6, 128, 128, device="meta"))
 
 
 def test_infer_config_errors():
@@ -165,7 +166,8 @@ def test_infer_config_errors():
         infer_encoder_config({"encoder.input_layer.0.weight": torch.empty(64, 3, 3, 3)})
     with pytest.raises(ValueError, match="input_layer"):
         infer_encoder_config({"conv1.weight": torch.empty(1)})
-    sd = BackboneEncoder(num_layers=50, mode="ir", n_styles=2).state_dict()
+    with torch.device("meta"):
+        sd = BackboneEncoder(num_layers=50, mode="ir", n_styles=2).state_dict()
     bad = {k: v for k, v in sd.items() if not k.startswith("body.23.")}
     with pytest.raises(ValueError, match="23 body units"):
         infer_encoder_config(bad)
@@ -228,13 +230,17 @@ def test_onnx_export_backbone_dynamic_batch(tmp_path):
                       input_names=["x"], output_names=["codes"],
                       dynamic_shapes={"x": {0: batch}})
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch_dim = session.get_inputs()[0].shape[0]
+    assert isinstance(batch_dim, str), f"batch dimension is not dynamic: {batch_dim!r}"
     for b in (1, 2):
         x = torch.rand(b, 6, 256, 256) * 2 - 1
         with torch.no_grad():
             expected = model(x).numpy()
         (got,) = session.run(None, {"x": x.numpy()})
         assert got.shape == (b, 4, 512)
-        assert _rel_err(got, expected) < 1e-4
+        err = _rel_err(got, expected)
+        print(f"onnxruntime vs torch, B={b}: rel err {err:.2e}")
+        assert err < 1e-4
 
 
 # ----------------------------------------------------------------------------- 5. reference vectors

@@ -76,10 +76,9 @@ class EagerLoop:
 def timed(fn, key: str, acc: dict):
     def wrapper(*args, **kwargs):
         t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+        out = fn(*args, **kwargs)
+        acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+        return out
     return wrapper
 
 
@@ -125,7 +124,7 @@ def markdown(r: dict) -> str:
              f"{r['threads']} threads, {r['repeats']} interleaved pairs",
              f"{m['cpu']}, {m['cores']} cores; torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
              f"final-image parity {r['parity']['relative']:.2e}", "",
-             "| back end | median ms/frame | p95 ms/frame | encoder ms | generator ms | other ms |",
+             "| back end | median ms/frame | p95 ms/frame | encoder ms* | generator ms* | other ms* |",
              "|---|---:|---:|---:|---:|---:|"]
     for key, name in NAMES.items():
         s, st = r["per_frame"][key], r["stages_per_frame_s"].get(key, {})
@@ -134,6 +133,9 @@ def markdown(r: dict) -> str:
     lines += ["", f"**Speed-up A/B** (PyTorch / ONNX Runtime, > 1 = the SDK is faster): ratio of medians "
               f"**{sp['ratio_of_medians']:.2f}x**, median of per-pair ratios {sp['median_of_pair_ratios']:.2f}x "
               f"(pairs {min(sp['pair_ratios']):.2f}..{max(sp['pair_ratios']):.2f})"]
+    if r["stages_per_frame_s"]:
+        lines += ["", f"\\* per frame, summed over the N iterations, from {r['split_runs']} extra run(s) per back end "
+                  "(other: pooling, concat, copies, Python)"]
     return "\n".join(lines) + "\n"
 
 
@@ -156,11 +158,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
-    for name in ("batch", "threads", "repeats"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1")
-    if args.warmup < 0 or args.split_runs < 0 or (args.iterations is not None and args.iterations < 1):
-        p.error("--warmup and --split-runs must be >= 0, --iterations >= 1")
+    if min(args.batch, args.threads, args.repeats, args.iterations or 1) < 1 or min(args.warmup, args.split_runs) < 0:
+        p.error("--batch, --threads, --repeats, --iterations must be >= 1; --warmup, --split-runs >= 0")
     return args
 
 
@@ -243,7 +242,8 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         "checkpoint": {"file": Path(args.checkpoint).name, "sha256": ckpt.sha256, "format": ckpt.format},
         "bundle": str(args.bundle) if args.bundle else "built into a temporary folder",
         "iterations": n, "batch": args.batch, "threads": args.threads, "warmup": args.warmup,
-        "repeats": args.repeats, "seed": args.seed, "parity": parity, "per_frame": per_frame,
+        "repeats": args.repeats, "split_runs": args.split_runs, "seed": args.seed, "parity": parity,
+        "per_frame": per_frame,
         "speedup": {"ratio_of_medians": per_frame["pytorch"]["median_s"] / per_frame["onnxruntime"]["median_s"],
                     "median_of_pair_ratios": float(np.median(pairs)), "pair_ratios": pairs},
         "stages_per_frame_s": stages, "machine": {**host, "load_avg_at_end": list(os.getloadavg())},
@@ -251,9 +251,9 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
     table = markdown(result)
     print(table)
     args.results.mkdir(parents=True, exist_ok=True)
-    stem = args.results / f"vs_pytorch_{Path(args.checkpoint).stem}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    stem.with_suffix(".md").write_text(table, encoding="utf-8")
+    stem = args.results / f"vs_pytorch_{Path(args.checkpoint).stem}"  # not with_suffix: stems may hold dots
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    Path(f"{stem}.md").write_text(table, encoding="utf-8")
     log.info("wrote %s.json and %s.md", stem, stem)
     return 0
 

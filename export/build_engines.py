@@ -40,6 +40,10 @@ from sdk.tasks import SR_FACTORS, TASKS
 log = logging.getLogger("build_engines")
 REPO = Path(__file__).resolve().parents[1]
 ENCODER_INPUT_SIZE = 256  # every public pSp/ReStyle/E2Style/OME encoder
+# the encoder input range each task's pre-processing produces (sdk/tasks.py)
+TASK_RANGES = {"inversion": (-1.0, 1.0), "super_resolution": (-1.0, 1.0), "sketch": (0.0, 1.0),
+               "segmentation": (0.0, 1.0)}
+TASK_CHANNELS = {"inversion": 3, "super_resolution": 3, "sketch": 1}  # segmentation: label_nc
 
 
 def tensorrt_version() -> str | None:
@@ -54,32 +58,32 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
                  tolerance: float = 1e-4, name: str | None = None, iterations: int | None = None,
                  progress: bool = True) -> Path:
     """Export ``ckpt`` into a bundle at ``out``; returns ``out``."""
-    gen, enc = ckpt.generator, ckpt.encoder
+    gen = ckpt.generator
     size, m, d = gen.size, gen.n_latent, gen.style_dim
-    input_nc = ckpt.encoder_config["input_nc"]
-    feedback = ckpt.iterative
-    cond_nc = input_nc - 3 if feedback else input_nc
-    step = EncoderStep(enc, feedback=feedback, residual=ckpt.start_from_latent_avg,
-                       input_size=ENCODER_INPUT_SIZE, output_size=size, n_latent=m).eval()
-    generator = GeneratorGraph(gen).eval()
-
+    cond_nc = ckpt.condition_channels
+    lo, hi = TASK_RANGES[task]
     with torch.no_grad():
         latent_avg = ckpt.latent_avg.float()
         average_image = gen(latent_avg[None])[0]
     rng = torch.Generator().manual_seed(0)
     example_batch = 2  # batch 1 would be specialised by the exporter
-    x = torch.rand(example_batch, cond_nc, ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, generator=rng) * 2 - 1
-    y = average_image[None].repeat(example_batch, 1, 1, 1)
-    z = latent_avg[None].repeat(example_batch, 1, 1) + 0.1 * torch.randn(example_batch, m, d, generator=rng)
-    step_inputs = {"x": x}
-    if feedback:
-        step_inputs["y"] = y
-    if step.residual:
-        step_inputs["z"] = z
+    example = {
+        "x": lo + (hi - lo) * torch.rand(example_batch, cond_nc, ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, generator=rng),
+        "y": average_image[None].repeat(example_batch, 1, 1, 1),
+        "z": latent_avg[None].repeat(example_batch, 1, 1) + 0.1 * torch.randn(example_batch, m, d, generator=rng),
+    }
     io = {"x": ("condition", ["batch", cond_nc, ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE]),
           "y": ("image", ["batch", 3, size, size]), "z": ("latents", ["batch", m, d])}
-    graphs = [("encoder", step, step_inputs, "z_next", ("latents", ["batch", m, d])),
-              ("generator", generator, {"z": z}, "image", ("image", ["batch", 3, size, size]))]
+    graphs, stages = [], []
+    for i, stage in enumerate(ckpt.stages):
+        step = EncoderStep(stage.encoder, feedback=stage.feedback, residual=stage.residual,
+                           input_size=ENCODER_INPUT_SIZE, output_size=size, n_latent=m).eval()
+        inputs = {k: example[k] for k in step.input_names}
+        graphs.append((f"encoder_{i}", step, inputs, "z_next", ("latents", ["batch", m, d])))
+        stages.append({"graph": f"encoder_{i}", "feedback": stage.feedback, "residual": stage.residual})
+    graphs.append(("generator", GeneratorGraph(gen).eval(), {"z": example["z"]}, "image",
+                   ("image", ["batch", 3, size, size])))
+    options = {"super_resolution": {"factor": factor}, "segmentation": {"label_nc": cond_nc}}.get(task, {})
 
     trt = tensorrt_version()
     if trt is None:
@@ -112,25 +116,22 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
             "schema_version": SCHEMA_VERSION,
             "name": name or out.name,
             "family": ckpt.format,
-            "task": {"name": task, "options": {"factor": factor} if task == "super_resolution" else {}},
-            "input": {"channels": cond_nc, "size": ENCODER_INPUT_SIZE, "range": [-1.0, 1.0]},
+            "task": {"name": task, "options": options},
+            "input": {"channels": cond_nc, "size": ENCODER_INPUT_SIZE, "range": [lo, hi]},
             "output": {"channels": 3, "size": size, "range": [-1.0, 1.0]},
             "latent": {"count": m, "dim": d},
             "batch": {"min": 1, "max": max_batch},
             "graphs": manifest_graphs,
             "constants": {"file": "constants.npz", "sha256": writer.add("constants.npz"),
                           "arrays": {"latent_avg": [m, d], "average_image": [3, size, size]}},
-            "schedule": {
-                "stages": [{"graph": "encoder", "feedback": feedback, "residual": step.residual}],
-                "repeat_last": feedback,
-                "default_iterations": iterations or ckpt.default_iterations,
-            },
+            "schedule": {"stages": stages, "repeat_last": ckpt.repeat_last,
+                         "default_iterations": iterations or ckpt.default_iterations},
             "engines": {},
             "parity": parity,
             "build": {
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "source": {"file": ckpt.path.name, "sha256": ckpt.sha256, "format": ckpt.format},
-                "encoder": ckpt.encoder_config,
+                "encoders": [st.config for st in ckpt.stages],
                 "generator": {"size": size, "style_dim": d, "n_mlp": gen.n_mlp,
                               "channel_multiplier": gen.channel_multiplier},
                 "torch": torch.__version__, "onnx_opset": OPSET, "tensorrt": trt,
@@ -177,13 +178,17 @@ def main(argv=None) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     out = args.out or REPO / "engines" / args.checkpoint.stem
-    task = args.task or "inversion"
     try:
         log.info("loading %s", args.checkpoint)
         ckpt = load_checkpoint(args.checkpoint, args.format, args.generator)
-        log.info("%s: %s encoder (%s-%d, %d input channels, %d styles), %dpx generator", ckpt.format,
-                 ckpt.encoder_config["encoder_type"], ckpt.encoder_config["mode"], ckpt.encoder_config["num_layers"],
-                 ckpt.encoder_config["input_nc"], ckpt.encoder_config["n_styles"], ckpt.generator.size)
+        task = args.task or ckpt.suggested_task
+        if TASK_CHANNELS.get(task, ckpt.condition_channels) != ckpt.condition_channels:
+            raise CheckpointError(f"task {task!r} needs {TASK_CHANNELS[task]} input channels but the encoder takes "
+                                  f"{ckpt.condition_channels}; pick another --task")
+        cfg = ckpt.encoder_config
+        log.info("%s: %d stage(s) of %s (%s-%d, %d input channels, %d styles), %dpx generator", ckpt.format,
+                 len(ckpt.stages), cfg["encoder_type"], cfg["mode"], cfg["num_layers"], cfg["input_nc"],
+                 cfg["n_styles"], ckpt.generator.size)
         build_bundle(ckpt, out, task=task, factor=args.factor, max_batch=args.max_batch, tolerance=args.tolerance,
                      iterations=args.iterations, progress=not args.quiet)
     except (CheckpointError, ParityError) as e:

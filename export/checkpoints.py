@@ -34,7 +34,7 @@ from sdk.bundle import sha256_file
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("psp", "restyle_psp", "restyle_fpn", "rosinality")
+FORMATS = ("psp", "restyle_psp", "restyle_fpn", "e2style", "rosinality")
 ITERATIVE = ("restyle_psp", "restyle_fpn")
 SAFE_GLOBALS = [argparse.Namespace]  # option objects some public checkpoints carry
 
@@ -44,8 +44,22 @@ class CheckpointError(ValueError):
 
 
 @dataclass
+class StageModel:
+    """One encoder of the refinement schedule and how the loop uses it."""
+
+    encoder: nn.Module
+    config: dict
+    feedback: bool  # takes the previous synthesised image (concatenated after pooling)
+    residual: bool  # its output is added to the previous latents
+
+
+@dataclass
 class LoadedCheckpoint:
-    """Modules built and loaded from a checkpoint, in eval mode, plus what the bundle needs."""
+    """Modules built and loaded from a checkpoint, in eval mode, plus what the bundle needs.
+
+    ``stages`` run in order; past the last one, the last repeats when ``repeat_last``
+    (ReStyle/OME) — otherwise the number of stages bounds the iterations (pSp 1, E2Style k).
+    """
 
     format: str
     path: Path
@@ -53,14 +67,30 @@ class LoadedCheckpoint:
     opts: dict
     generator: Generator
     latent_avg: torch.Tensor  # [M, D]
-    encoder: nn.Module | None = None
-    encoder_config: dict = field(default_factory=dict)
-    start_from_latent_avg: bool = True
+    stages: list[StageModel] = field(default_factory=list)
+    repeat_last: bool = False
     default_iterations: int = 1
 
     @property
-    def iterative(self) -> bool:
-        return self.format in ITERATIVE
+    def encoder_config(self) -> dict:
+        return self.stages[0].config
+
+    @property
+    def condition_channels(self) -> int:
+        """Channels of the conditional input x (the first stage's input minus any feedback)."""
+        first = self.stages[0]
+        return first.config["input_nc"] - (3 if first.feedback else 0)
+
+    @property
+    def suggested_task(self) -> str:
+        """The task the checkpoint was trained for, read from its opts (pSp's dataset types)."""
+        if "super_resolution" in str(self.opts.get("dataset_type", "")):
+            return "super_resolution"
+        if int(self.opts.get("label_nc", 0) or 0) > 0:
+            return "segmentation"
+        if self.condition_channels == 1:
+            return "sketch"
+        return "inversion"
 
 
 def read_file(path: str | Path) -> Any:
@@ -92,8 +122,7 @@ def detect_format(ckpt: Any) -> str:
                               f"'state_dict' + 'opts' (pSp/ReStyle) or 'g_ema' (rosinality). Use --format")
     keys = ckpt["state_dict"].keys()
     if any(k.startswith("encoder_firststage.") for k in keys):
-        raise CheckpointError("this is an E2Style checkpoint (encoder_firststage.*), which this version does "
-                              "not export yet")
+        return "e2style"
     opts = _opts(ckpt)
     encoder_type = opts.get("encoder_type", "GradualStyleEncoder")
     restyle = "n_iters_per_batch" in opts or opts.get("input_nc") == 6 or encoder_type == "BackboneEncoder"
@@ -127,23 +156,7 @@ def from_dict(ckpt: Any, format: str | None = None, where: str = "checkpoint",
         raise CheckpointError(f"{where} has no 'state_dict'; it is not a {fmt} checkpoint")
     state = ckpt["state_dict"]
     opts = _opts(ckpt)
-    enc_sd = _strip(state, "encoder.")
-    if not enc_sd:
-        raise CheckpointError(f"{where} has no 'encoder.*' weights; it is not a {fmt} checkpoint (try --format)")
-    try:
-        config = infer_encoder_config(enc_sd)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{where}: the encoder.* weights are not a known encoder ({e})") from None
-    expected_type = {"restyle_psp": "BackboneEncoder"}.get(fmt, "GradualStyleEncoder")
-    if config["encoder_type"] != expected_type:
-        raise CheckpointError(f"{where}: the weights are a {config['encoder_type']} but format {fmt!r} uses a "
-                              f"{expected_type}; drop --format or pick the matching one")
-    if "input_nc" in opts and opts["input_nc"] != config["input_nc"]:
-        raise CheckpointError(f"{where}: opts.input_nc = {opts['input_nc']} but the input layer takes "
-                              f"{config['input_nc']} channels; the file is inconsistent")
-    encoder = build_encoder(config)
-    load_strict(encoder, enc_sd, f"{where} (encoder.*)")
-
+    stages = _load_stages(state, opts, fmt, where)
     if generator_file is not None:
         if detect_format(generator_file) != "rosinality":
             raise CheckpointError("the --generator file is not a rosinality file with 'g_ema'")
@@ -153,16 +166,59 @@ def from_dict(ckpt: Any, format: str | None = None, where: str = "checkpoint",
         if not dec_sd:
             raise CheckpointError(f"{where} has no 'decoder.*' weights; pass the generator with --generator")
     generator = build_generator(dec_sd, dec_where)
-    if generator.n_latent != config["n_styles"]:
-        raise CheckpointError(f"the encoder predicts {config['n_styles']} styles but the {generator.size}px "
-                              f"generator takes {generator.n_latent}; they belong to different models")
+    for st in stages:
+        n_styles = st.config["n_styles"]
+        if n_styles != generator.n_latent and st.config["encoder_type"] != "BackboneEncoderUsingLastLayerIntoW":
+            raise CheckpointError(f"the encoder predicts {n_styles} styles but the {generator.size}px "
+                                  f"generator takes {generator.n_latent}; they belong to different models")
     source = generator_file if generator_file is not None and "latent_avg" in generator_file else ckpt
-    iterations = int(opts.get("n_iters_per_batch", 5)) if fmt in ITERATIVE else 1
-    # ReStyle always starts from latent_avg; pSp only with start_from_latent_avg
-    residual = fmt in ITERATIVE or bool(opts.get("start_from_latent_avg", True))
+    if fmt in ITERATIVE:
+        iterations = int(opts.get("n_iters_per_batch", 5))
+    else:
+        iterations = min(int(opts.get("training_stage", len(stages)) or len(stages)), len(stages))
     return LoadedCheckpoint(format=fmt, path=Path(where), sha256="", opts=opts, generator=generator,
-                            latent_avg=_latent_avg(source, generator), encoder=encoder.eval(),
-                            encoder_config=config, start_from_latent_avg=residual, default_iterations=iterations)
+                            latent_avg=_latent_avg(source, generator), stages=stages,
+                            repeat_last=fmt in ITERATIVE, default_iterations=iterations)
+
+
+def _load_stages(state: Mapping[str, torch.Tensor], opts: dict, fmt: str, where: str) -> list[StageModel]:
+    """Build and load each stage's encoder. pSp: one pass from latent_avg (if
+    start_from_latent_avg); ReStyle: one stage with feedback, repeated, always residual
+    (its first step adds latent_avg); E2Style: a first stage and k refinement stages with
+    their own weights (``encoder_refinestage_list.{i}``), each with feedback and residual."""
+    sfla = bool(opts.get("start_from_latent_avg", True))
+    if fmt == "e2style":
+        n_refine = len({k.split(".")[1] for k in state if k.startswith("encoder_refinestage_list.")})
+        prefixes = [("encoder_firststage.", False, sfla)]
+        prefixes += [(f"encoder_refinestage_list.{i}.", True, True) for i in range(n_refine)]
+    else:
+        prefixes = [("encoder.", fmt in ITERATIVE, fmt in ITERATIVE or sfla)]
+    expected_type = {"restyle_psp": ("BackboneEncoder",), "restyle_fpn": ("GradualStyleEncoder",),
+                     "e2style": ("E2StyleEncoder",)}.get(fmt, ("GradualStyleEncoder", "BackboneEncoderUsingLastLayerIntoW",
+                                                              "BackboneEncoderUsingLastLayerIntoWPlus"))
+    stages = []
+    for prefix, feedback, residual in prefixes:
+        sd = _strip(state, prefix)
+        if not sd:
+            raise CheckpointError(f"{where} has no '{prefix}*' weights; it is not a {fmt} checkpoint (try --format)")
+        try:
+            config = infer_encoder_config(sd)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{where}: the {prefix}* weights are not a known encoder ({e})") from None
+        if config["encoder_type"] not in expected_type:
+            raise CheckpointError(f"{where}: the {prefix}* weights are a {config['encoder_type']} but format "
+                                  f"{fmt!r} uses {' or '.join(expected_type)}; drop --format or pick the matching one")
+        input_nc = config["input_nc"] - (3 if feedback else 0)
+        if not stages and "input_nc" in opts and opts["input_nc"] not in (config["input_nc"], input_nc):
+            raise CheckpointError(f"{where}: opts.input_nc = {opts['input_nc']} but the input layer takes "
+                                  f"{config['input_nc']} channels; the file is inconsistent")
+        if feedback and config["input_nc"] < 4:
+            raise CheckpointError(f"{where}: the {prefix}* encoder takes {config['input_nc']} channels, too few "
+                                  f"for the input plus the fed-back image")
+        encoder = build_encoder(config)
+        load_strict(encoder, sd, f"{where} ({prefix}*)")
+        stages.append(StageModel(encoder.eval(), config, feedback, residual))
+    return stages
 
 
 def build_generator(state: Mapping[str, torch.Tensor], where: str) -> Generator:

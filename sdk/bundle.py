@@ -167,7 +167,7 @@ class Manifest:
     def parse(cls, raw: Any) -> "Manifest":
         _expect(raw, dict, "manifest")
         version = raw.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION or isinstance(version, bool):
             raise BundleError(f"manifest schema_version is {version!r}; this SDK reads version "
                               f"{SCHEMA_VERSION}. Rebuild the bundle with this version's export/build_engines.py")
         task = _field(raw, "task", dict, "manifest")
@@ -187,8 +187,13 @@ class Manifest:
                             default_iterations=_field(sched_raw, "default_iterations", int, "schedule"))
         consts = _field(raw, "constants", dict, "manifest")
         rng = _field(inp, "range", list, "input")
+        if (len(rng) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
+                or not (np.isfinite(rng).all() and rng[0] < rng[1])):
+            raise BundleError(f"input.range is {rng!r}; expected [lo, hi], two finite numbers with lo < hi")
+        options = task.get("options", {}) or {}
+        _expect(options, dict, "task.options")
         m = cls(raw=raw, name=str(raw.get("name", "")), family=_field(raw, "family", str, "manifest"),
-                task=_field(task, "name", str, "task"), task_options=task.get("options", {}) or {},
+                task=_field(task, "name", str, "task"), task_options=options,
                 input_channels=_field(inp, "channels", int, "input"), input_size=_field(inp, "size", int, "input"),
                 input_range=(float(rng[0]), float(rng[1])), output_size=_field(out, "size", int, "output"),
                 latent_count=_field(latent, "count", int, "latent"), latent_dim=_field(latent, "dim", int, "latent"),
@@ -215,6 +220,17 @@ class Manifest:
                                   f"{'lacks' if st.feedback else 'has'} an 'image' input")
             if st.residual and g.input("latents") is None:
                 raise BundleError(f"schedule.stages[{i}] is residual but graphs.{st.graph} takes no latents")
+        role_dims = {"condition": (self.input_channels, self.input_size, self.input_size),
+                     "image": (3, self.output_size, self.output_size), "latents": (self.latent_count, self.latent_dim)}
+        for g in self.graphs.values():
+            for where, t in [(f"graphs.{g.key}.inputs[{i}]", t) for i, t in enumerate(g.inputs)] + \
+                            [(f"graphs.{g.key}.outputs[0]", g.output)]:
+                b = t.shape[0] if t.shape else None
+                batch_ok = isinstance(b, str) or b == self.batch_min == self.batch_max
+                if not batch_ok or tuple(t.shape[1:]) != role_dims[t.role]:
+                    raise BundleError(f"{where}.shape is {list(t.shape)}; its role {t.role!r} needs "
+                                      f"[batch, {', '.join(map(str, role_dims[t.role]))}] (from the manifest's "
+                                      f"input/output/latent fields)")
         if not 1 <= self.schedule.default_iterations <= (self.schedule.max_iterations or 10**6):
             raise BundleError(f"schedule.default_iterations={self.schedule.default_iterations} is outside "
                               f"1..{self.schedule.max_iterations}")

@@ -20,8 +20,12 @@ def as_rgb_uint8(image) -> np.ndarray:
     """An HxWx3 uint8 RGB array from numpy (HxW, HxWx1, HxWx3, HxWx4) or a PIL image.
 
     Grayscale is repeated to three channels; an alpha channel is dropped. Float images must
-    be in [0, 1] (they are scaled to 0..255).
+    be in [0, 1] (they are scaled to 0..255). PIL images in other modes (palette, CMYK, LA,
+    16-bit, ...) are converted with ``image.convert("RGB")``.
     """
+    mode = getattr(image, "mode", None)
+    if isinstance(mode, str) and hasattr(image, "convert") and mode not in ("RGB", "RGBA", "L"):
+        image = image.convert("RGB")  # a PIL image whose array is not RGB values (palette indices, CMYK)
     arr = np.asarray(image)
     if arr.dtype == object or arr.size == 0:
         raise InputError(f"expected an HxWx3 image, got an empty or non-numeric array of shape {arr.shape}")

@@ -1,4 +1,4 @@
-"""Pre-processing per task: from a user's HxWx3 uint8 image to the encoder's NCHW input.
+"""Pre-processing per task: from a user's image (or label map) to the encoder's input.
 
 Each task is a function registered under the name the manifest's ``task.name`` uses, so a
 new task is one function here and one manifest value, not a branch in the translator.
@@ -25,12 +25,15 @@ def task(name: str):
     return register
 
 
+def _resize_8bit(planes: np.ndarray, size: int) -> np.ndarray:
+    """[C, H, W] 0..255 → [C, size, size] 0..255 like torchvision's Resize on a PIL image
+    (bilinear, result rounded to 8 bits as PIL returns 8-bit pixels)."""
+    return np.clip(np.round(resize_bilinear(planes.astype(np.float32), (size, size))), 0, 255)
+
+
 def _resized_rgb01(image, size: int) -> np.ndarray:
-    """HxWx3 uint8 → [3, size, size] float32 in [0, 1], resized like torchvision's Resize on
-    a PIL image (uint8 result rounded, as PIL returns 8-bit pixels)."""
-    rgb = as_rgb_uint8(image).transpose(2, 0, 1).astype(np.float32)
-    out = resize_bilinear(rgb, (size, size))
-    return np.clip(np.round(out), 0, 255) / 255.0
+    """HxWx3 uint8 → [3, size, size] float32 in [0, 1]."""
+    return _resize_8bit(as_rgb_uint8(image).transpose(2, 0, 1), size) / 255.0
 
 
 @task("inversion")
@@ -60,9 +63,47 @@ def preprocess_super_resolution(image, manifest: Manifest, factor: int | None = 
     """Resize to S, downsample by ``factor`` and resize back (pSp's SuperResTransforms).
     ``factor`` defaults to the manifest's ``task.options.factor``."""
     factor = manifest.task_options.get("factor", 4) if factor is None else factor
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)):
+        raise InputError(f"super-resolution factor must be an int in {SR_FACTORS}; got {factor!r}")
     lo, hi = manifest.input_range
     rgb01 = _resized_rgb01(image, manifest.input_size)
     return to_model_range(simulate_low_resolution(rgb01, int(factor)), lo, hi)
+
+
+@task("sketch")
+def preprocess_sketch(image, manifest: Manifest) -> np.ndarray:
+    """pSp's sketch-to-face input: one channel in [0, 1] (white paper = 1). RGB is converted
+    to gray as PIL's ``convert("L")`` does (ITU-R 601 luma, rounded), then resized to S."""
+    rgb = as_rgb_uint8(image).astype(np.int64)
+    gray = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    return (_resize_8bit(gray[None], manifest.input_size) / 255.0).astype(np.float32)
+
+
+@task("segmentation")
+def preprocess_segmentation(labels, manifest: Manifest) -> np.ndarray:
+    """pSp's segmentation-to-face input: an HxW map of integer labels in 0..label_nc-1 →
+    one-hot [label_nc, S, S]. Like pSp's transforms, the label map is resized to S with
+    PIL's bilinear filter on its 8-bit values before the one-hot encoding (at S x S input
+    nothing is resized; at other sizes boundary pixels get blended labels, as in training)."""
+    label_nc = int(manifest.task_options.get("label_nc", manifest.input_channels))
+    arr = np.asarray(labels)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim != 2 or arr.size == 0:
+        raise InputError(f"segmentation takes an HxW map of integer labels; got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"segmentation labels must be integers 0..{label_nc - 1}; got dtype {arr.dtype}")
+    bad = (arr < 0) | (arr >= label_nc)
+    if bad.any():
+        raise InputError(f"segmentation labels must be in 0..{label_nc - 1} (label_nc = {label_nc}); found "
+                         f"{np.unique(arr[bad])[:8].tolist()} at {int(bad.sum())} pixels")
+    size = manifest.input_size
+    if arr.shape != (size, size):
+        arr = _resize_8bit(arr[None], size)[0]
+    index = arr.astype(np.int64)
+    one_hot = np.zeros((label_nc, size, size), dtype=np.float32)
+    np.put_along_axis(one_hot, index[None], 1.0, axis=0)
+    return one_hot
 
 
 def preprocess(image, manifest: Manifest, **options) -> np.ndarray:

@@ -46,8 +46,9 @@ def test_public_layouts_load_strictly(layouts_dir, name):
     assert loaded.encoder_config["input_nc"] == input_nc
     assert loaded.encoder_config["n_styles"] == n_styles == loaded.generator.n_latent
     assert loaded.generator.size == 1024
-    assert loaded.iterative == (fmt != "psp")
-    own = {f"encoder.{k}" for k in loaded.encoder.state_dict()} | {f"decoder.{k}" for k in loaded.generator.state_dict()}
+    assert loaded.repeat_last == (fmt != "psp")
+    assert [st.feedback for st in loaded.stages] == [fmt != "psp"]
+    own = {f"encoder.{k}" for k in loaded.stages[0].encoder.state_dict()} | {f"decoder.{k}" for k in loaded.generator.state_dict()}
     assert own == set(state)
 
 
@@ -76,10 +77,21 @@ def test_rosinality_generator_layout(layouts_dir):
         from_dict(generator_file)
 
 
-def test_e2style_is_detected_and_refused_clearly(layouts_dir):
+def test_e2style_layout_loads_as_two_stages(layouts_dir):
     keys = layout_keys(layouts_dir, "e2style_ffhq_1024_stage2.json")
-    with pytest.raises(CheckpointError, match="E2Style"):
-        detect_format({"state_dict": meta_state(keys), "opts": {}})
+    ckpt = {"state_dict": meta_state(keys), "opts": {"input_nc": 3, "stage": 2, "training_stage": 2},
+            "latent_avg": torch.empty(18, 512, device="meta")}
+    assert detect_format(ckpt) == "e2style"
+    with torch.device("meta"):
+        loaded = from_dict(ckpt)
+    assert [(st.config["input_nc"], st.feedback, st.residual) for st in loaded.stages] == [(3, False, True),
+                                                                                          (6, True, True)]
+    assert all(st.config["encoder_type"] == "E2StyleEncoder" for st in loaded.stages)
+    assert not loaded.repeat_last and loaded.default_iterations == 2
+    own = {f"encoder_firststage.{k}" for k in loaded.stages[0].encoder.state_dict()}
+    own |= {f"encoder_refinestage_list.0.{k}" for k in loaded.stages[1].encoder.state_dict()}
+    own |= {f"decoder.{k}" for k in loaded.generator.state_dict()}
+    assert own == set(keys)
 
 
 def test_mismatch_names_keys_and_cause(layouts_dir):
@@ -93,6 +105,7 @@ def test_mismatch_names_keys_and_cause(layouts_dir):
     assert "missing keys: styles.17.linear.bias" in msg
     assert "unexpected keys: styles.17.extra" in msg
     assert "likely cause" in msg and "styles" in msg
+    assert "(encoder.*)" in msg
 
 
 def test_wrong_input_channels_are_reported(layouts_dir):

@@ -22,7 +22,7 @@ from sdk.bundle import Bundle
 
 import tiny_bundle as tb
 
-EXACT = dict(rtol=0, atol=1e-6)  # same graphs, same runtime: agreement to float32 rounding
+EXACT = dict(rtol=0, atol=1e-5)  # same graphs, same runtime: float32 rounding (steps differ by >1e-2)
 TWIN = dict(rtol=0, atol=1e-4)  # numpy float64 twin vs the float32 graphs
 
 

@@ -19,7 +19,7 @@ from export import build_engines
 from sdk import Translator
 
 BAR = 1e-3
-CASES = {"psp": 1, "restyle_psp": 5, "restyle_fpn": 5}
+CASES = {"psp": 1, "restyle_psp": 5, "restyle_fpn": 5, "e2style": 2}  # iterations stored per vector
 
 
 def adaptive_avg_pool_np(img: np.ndarray, out: int) -> np.ndarray:
@@ -61,8 +61,9 @@ def test_manifest_describes_the_format(built):
     name, bundle, _ = built
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["family"] == name
-    stage = manifest["schedule"]["stages"][0]
-    assert stage["feedback"] is (name != "psp")
+    stages = manifest["schedule"]["stages"]
+    assert [st["feedback"] for st in stages] == {"psp": [False], "e2style": [False, True]}.get(name, [True])
+    assert manifest["schedule"]["repeat_last"] is name.startswith("restyle")
     assert manifest["schedule"]["default_iterations"] == CASES[name]
     for report in manifest["parity"].values():
         assert report["relative_error"] <= report["tolerance"]

@@ -185,12 +185,15 @@ class GradualStyleEncoder(nn.Module):
         # which is right only for 50 layers; computing them gives the same taps for 50 and the
         # correct ones for 100 / 152.
         self.tap_indices = stage_end_indices(num_layers)[1:]
-        self.styles = nn.ModuleList(
-            GradualStyleBlock(512, 512, 16 if i < self.coarse_ind else 32 if i < self.middle_ind
-                              else 64)
-            for i in range(n_styles))
+        self.styles = nn.ModuleList(GradualStyleBlock(512, 512, self.style_spatial(i))
+                                    for i in range(n_styles))
         self.latlayer1 = nn.Conv2d(256, 512, 1)
         self.latlayer2 = nn.Conv2d(128, 512, 1)
+
+    @classmethod
+    def style_spatial(cls, i: int) -> int:
+        """Side of the feature map style ``i`` reads: 16 (coarse), 32 (medium) or 64 (fine)."""
+        return 16 if i < cls.coarse_ind else 32 if i < cls.middle_ind else 64
 
     def backbone_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``c1 [B,128,64,64]``, ``c2 [B,256,32,32]``, ``c3 [B,512,16,16]`` for a 256 px input."""
@@ -213,10 +216,8 @@ class GradualStyleEncoder(nn.Module):
         c1, c2, c3 = self.backbone_features(x)
         p2 = self._upsample_add(c3, self.latlayer1(c2))
         p1 = self._upsample_add(p2, self.latlayer2(c1))
-        latents = []
-        for i, style in enumerate(self.styles):
-            level = c3 if i < self.coarse_ind else p2 if i < self.middle_ind else p1
-            latents.append(style(level))
+        levels = {16: c3, 32: p2, 64: p1}
+        latents = [style(levels[self.style_spatial(i)]) for i, style in enumerate(self.styles)]
         return torch.stack(latents, dim=1)
 
 
@@ -253,7 +254,9 @@ def _indices(sd: dict, prefix: str) -> set[int]:
 def infer_encoder_config(sd: dict) -> dict:
     """Read ``encoder_type``, ``num_layers``, ``mode``, ``input_nc``, ``n_styles`` off a state dict.
 
-    ``sd`` holds the encoder's keys without the ``encoder.`` prefix; values only need ``.shape``
+    Knows the FPN and backbone encoders here and the pooled-head ones (E2Style, pSp's W / W+
+    backbone encoders) of :mod:`export.models.pooled_encoders`. ``sd`` holds the encoder's keys
+    without their prefix; values only need ``.shape``
     (meta tensors work). Raises ValueError for anything that is not a pSp/ReStyle encoder.
     """
     if any(k.startswith("encoder.") for k in sd):
@@ -264,17 +267,20 @@ def infer_encoder_config(sd: dict) -> dict:
     if units != set(range(len(units))) or len(units) not in _UNITS_TO_LAYERS:
         raise ValueError(f"unrecognised backbone: {len(units)} body units (expected one of "
                          f"{sorted(_UNITS_TO_LAYERS)} numbered from 0 for IR-50/100/152)")
+    from .pooled_encoders import pooled_encoder_type  # imports this module: import lazily
+
+    common = {"num_layers": _UNITS_TO_LAYERS[len(units)],
+              "mode": "ir_se" if "body.0.res_layer.5.fc1.weight" in sd else "ir",
+              "input_nc": int(sd["input_layer.0.weight"].shape[1])}
+    pooled = pooled_encoder_type(sd)
+    if pooled is not None:
+        return {"encoder_type": pooled[0], **common, "n_styles": pooled[1]}
     styles = _indices(sd, "styles.")
     if not styles or styles != set(range(len(styles))):
         raise ValueError(f"unrecognised style heads: indices {sorted(styles)} "
                          "(expected styles.0 .. styles.N-1)")
-    return {
-        "encoder_type": "GradualStyleEncoder" if "latlayer1.weight" in sd else "BackboneEncoder",
-        "num_layers": _UNITS_TO_LAYERS[len(units)],
-        "mode": "ir_se" if "body.0.res_layer.5.fc1.weight" in sd else "ir",
-        "input_nc": int(sd["input_layer.0.weight"].shape[1]),
-        "n_styles": len(styles),
-    }
+    encoder_type = "GradualStyleEncoder" if "latlayer1.weight" in sd else "BackboneEncoder"
+    return {"encoder_type": encoder_type, **common, "n_styles": len(styles)}
 
 
 def build_encoder(config: dict) -> nn.Module:
@@ -283,10 +289,13 @@ def build_encoder(config: dict) -> nn.Module:
     Uses the current default device, so ``with torch.device("meta"): build_encoder(cfg)`` builds
     it without allocating weights (then ``load_state_dict(sd, strict=True, assign=True)``).
     """
+    from .pooled_encoders import POOLED_TYPES
+
+    types = {**ENCODER_TYPES, **POOLED_TYPES}
     config = dict(config)
     encoder_type = config.pop("encoder_type", None)
-    if encoder_type not in ENCODER_TYPES:
-        raise ValueError(f"encoder_type must be one of {sorted(ENCODER_TYPES)}, "
+    if encoder_type not in types:
+        raise ValueError(f"encoder_type must be one of {sorted(types)}, "
                          f"got {encoder_type!r}")
     expected = {"num_layers", "mode", "input_nc", "n_styles"}
     if set(config) - expected:
@@ -296,4 +305,4 @@ def build_encoder(config: dict) -> nn.Module:
                          f"got {config['num_layers']}")
     if config.get("mode", "ir_se") not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {config['mode']!r}")
-    return ENCODER_TYPES[encoder_type](**config).eval()
+    return types[encoder_type](**config).eval()

@@ -94,6 +94,13 @@ class ModulatedConv2d(nn.Module):
     Parameters: ``weight`` ``[1, out, in, k, k]`` (run-time scale ``1/sqrt(in*k*k)``) and
     ``modulation`` (``EqualLinear(style_dim, in, bias_init=1)``). ``fused`` picks the
     grouped-conv form of the public code; the default unfused form has static conv weights.
+
+    ``fp16_safe`` (default off; set on the whole generator with :meth:`Generator.set_fp16_safe`)
+    is NVlabs' StyleGAN2-ADA pre-normalisation for FP16 export: with demodulation, the weight is
+    divided by its max abs over (in, kh, kw) per output channel and the styles by their max abs
+    per sample before they meet. Demodulation divides both factors out again, so the maths is
+    unchanged (up to the 1e-8 epsilon and rounding), but ``x * s`` and the conv output stay
+    within FP16 range.
     """
 
     def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
@@ -102,6 +109,7 @@ class ModulatedConv2d(nn.Module):
         super().__init__()
         self.in_channel, self.out_channel, self.kernel_size = in_channel, out_channel, kernel_size
         self.demodulate, self.upsample, self.fused = demodulate, upsample, fused
+        self.fp16_safe = False
         self.scale = 1.0 / math.sqrt(in_channel * kernel_size ** 2)
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
@@ -117,6 +125,9 @@ class ModulatedConv2d(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         s = self.modulation(style)  # [N, in]
         weight = self.scale * self.weight[0]  # [out, in, k, k]
+        if self.fp16_safe and self.demodulate:  # NVlabs' FP16 pre-normalisation (see class doc)
+            weight = weight * (self.scale / weight.abs().amax(dim=[1, 2, 3], keepdim=True))
+            s = s / s.abs().amax(dim=1, keepdim=True)
         if self.fused:
             return self._forward_grouped(x, s, weight)
         x = x * s.reshape(-1, self.in_channel, 1, 1)
@@ -273,6 +284,13 @@ class Generator(nn.Module):
         for m in self.modules():
             if isinstance(m, ModulatedConv2d):
                 m.fused = fused
+        return self
+
+    def set_fp16_safe(self, enabled: bool = True) -> "Generator":
+        """Switch NVlabs' FP16 pre-normalisation (see :class:`ModulatedConv2d`) on every modulated conv."""
+        for m in self.modules():
+            if isinstance(m, ModulatedConv2d):
+                m.fp16_safe = enabled
         return self
 
     def mapping(self, z: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from export.checkpoints import FORMATS, CheckpointError, LoadedCheckpoint, load_checkpoint
-from export.graphs import EncoderStep, GeneratorGraph
+from export.graphs import EncoderStep, GeneratorGraph, MappingGraph
 from export.onnx_export import OPSET, ParityError, check_parity, export_onnx
 from sdk.bundle import SCHEMA_VERSION, BundleWriter
 from sdk.tasks import SR_FACTORS, TASKS
@@ -83,6 +83,10 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
         stages.append({"graph": f"encoder_{i}", "feedback": stage.feedback, "residual": stage.residual})
     graphs.append(("generator", GeneratorGraph(gen).eval(), {"z": example["z"]}, "image",
                    ("image", ["batch", 3, size, size])))
+    # the mapping network z -> w, for style mixing (pSp's multi-modal synthesis)
+    io["sample"] = ("sample", ["batch", d])
+    graphs.append(("mapping", MappingGraph(gen).eval(), {"sample": torch.randn(example_batch, d, generator=rng)},
+                   "w", ("style", ["batch", d])))
     options = {"super_resolution": {"factor": factor}, "segmentation": {"label_nc": cond_nc}}.get(task, {})
 
     trt = tensorrt_version()

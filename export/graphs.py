@@ -5,6 +5,7 @@
   iteration is two engine calls with no host work in between. Stages without image
   feedback (pSp, E2Style's first stage) drop ``y_t``; non-residual stages drop ``z_t``.
 * :class:`GeneratorGraph`: ``z -> y`` (W+ codes to the raw generator image).
+* :class:`MappingGraph`: ``sample -> w`` (random z to W, for style mixing).
 """
 from __future__ import annotations
 
@@ -51,3 +52,14 @@ class GeneratorGraph(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z)
+
+
+class MappingGraph(nn.Module):
+    """``sample`` [B, D] standard-normal z → ``w`` [B, D]: the generator's mapping network."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        return self.generator.mapping(sample)

@@ -16,6 +16,7 @@ Layout of ``manifest.json`` (schema version 1)::
     batch            {"min": 1, "max": B}
     graphs           {name: {"file", "sha256", "precision", "inputs": [io], "outputs": [io]}}
                      io = {"name", "role", "shape", "dtype"}; role in condition/image/latents
+                     (loop graphs), sample/style (the optional "mapping" graph z -> w)
     constants        {"file", "sha256", "arrays": {"latent_avg": [M, D], "average_image": [3, R, R]}}
     schedule         {"stages": [{"graph", "feedback", "residual"}], "repeat_last": bool,
                       "default_iterations": N}
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-ROLES = ("condition", "image", "latents")
+# sample: a random z [batch, D] into the mapping graph; style: one W code [batch, D] out of it
+ROLES = ("condition", "image", "latents", "sample", "style")
 REBUILD_HINT = "rebuild it with: python export/build_engines.py --checkpoint CKPT --out {path}"
 
 
@@ -221,7 +223,11 @@ class Manifest:
             if st.residual and g.input("latents") is None:
                 raise BundleError(f"schedule.stages[{i}] is residual but graphs.{st.graph} takes no latents")
         role_dims = {"condition": (self.input_channels, self.input_size, self.input_size),
-                     "image": (3, self.output_size, self.output_size), "latents": (self.latent_count, self.latent_dim)}
+                     "image": (3, self.output_size, self.output_size), "latents": (self.latent_count, self.latent_dim),
+                     "sample": (self.latent_dim,), "style": (self.latent_dim,)}
+        mapping = self.graphs.get("mapping")
+        if mapping is not None and (mapping.input("sample") is None or mapping.output.role != "style"):
+            raise BundleError("graphs.mapping must map role 'sample' to role 'style'")
         for g in self.graphs.values():
             for where, t in [(f"graphs.{g.key}.inputs[{i}]", t) for i, t in enumerate(g.inputs)] + \
                             [(f"graphs.{g.key}.outputs[0]", g.output)]:

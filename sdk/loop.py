@@ -61,6 +61,7 @@ class RefinementLoop:
 
     def __init__(self, backend: Backend, bundle: Bundle):
         self.backend = backend
+        self._bundle = bundle
         self.manifest = m = bundle.manifest
         self.runners = {g.key: backend.load(g, bundle.graph_path(g.key)) for g in iter_stage_graphs(m)}
         self.runners["generator"] = backend.load(m.graphs["generator"], bundle.graph_path("generator"))
@@ -81,9 +82,7 @@ class RefinementLoop:
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise InputError(f"input must be [B, {expected[0]}, {expected[1]}, {expected[2]}] (NCHW); got {list(x.shape)}")
         batch = x.shape[0]
-        if not m.batch_min <= batch <= m.batch_max:
-            raise InputError(f"batch size {batch} is outside this bundle's range {m.batch_min}..{m.batch_max}; "
-                             f"split the batch or rebuild with --max-batch")
+        self._check_batch(batch)
         with self._lock:
             arena = self._arena(batch)
             self.backend.upload(arena.x, x)
@@ -99,6 +98,46 @@ class RefinementLoop:
             if steps:
                 return LoopResult(steps[-1].image, steps[-1].latents, int(n), steps)
             return LoopResult(self.backend.download(arena.y[last]), self.backend.download(arena.z[last]), int(n))
+
+    def synthesise(self, latents: np.ndarray) -> np.ndarray:
+        """G(latents): [B, M, D] float32 → [B, 3, R, R] raw generator images."""
+        m = self.manifest
+        expected = (m.latent_count, m.latent_dim)
+        if latents.ndim != 3 or tuple(latents.shape[1:]) != expected:
+            raise InputError(f"latents must be [B, {expected[0]}, {expected[1]}]; got {list(latents.shape)}")
+        self._check_batch(latents.shape[0])
+        with self._lock:
+            arena = self._arena(latents.shape[0])
+            self.backend.upload(arena.z[0], latents)
+            self.runners["generator"].run(arena.generator[0])
+            return self.backend.download(arena.y[0])
+
+    def map_samples(self, samples: np.ndarray) -> np.ndarray:
+        """The mapping network: [B, D] standard-normal z → [B, D] W codes (not a hot path:
+        buffers are made per call)."""
+        spec = self.manifest.graphs.get("mapping")
+        if spec is None:
+            raise InputError("this bundle has no mapping graph (built before style mixing existed); rebuild it "
+                             "with export/build_engines.py, or pass inject_latents")
+        if samples.ndim != 2 or samples.shape[1] != self.manifest.latent_dim:
+            raise InputError(f"samples must be [B, {self.manifest.latent_dim}]; got {list(samples.shape)}")
+        self._check_batch(samples.shape[0])
+        with self._lock:
+            if "mapping" not in self.runners:
+                self.runners["mapping"] = self.backend.load(spec, self._bundle.graph_path("mapping"))
+            be, batch = self.backend, samples.shape[0]
+            inp = be.empty(spec.inputs[0].concrete_shape(batch), spec.inputs[0].dtype)
+            out = be.empty(spec.output.concrete_shape(batch), spec.output.dtype)
+            be.upload(inp, samples)
+            runner = self.runners["mapping"]
+            runner.run(runner.bind({spec.inputs[0].name: inp}, {spec.output.name: out}))
+            return be.download(out)
+
+    def _check_batch(self, batch: int) -> None:
+        m = self.manifest
+        if not m.batch_min <= batch <= m.batch_max:
+            raise InputError(f"batch size {batch} is outside this bundle's range {m.batch_min}..{m.batch_max}; "
+                             f"split the batch or rebuild with --max-batch")
 
     def close(self) -> None:
         with self._lock:

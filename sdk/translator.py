@@ -80,10 +80,49 @@ class Translator:
     def infer(self, x: np.ndarray, iterations: int | None = None, return_steps: bool = False) -> TranslationResult:
         """Run the loop on ``x``: [B, C_x, S, S] (or [C_x, S, S]) float32 in the model's input
         range. ``iterations`` defaults to the bundle's; pSp bundles allow 1."""
-        if self._loop is None:
-            raise InputError("this Translator is closed")
+        loop = self._open_loop()
         x = self._check_input(x)
-        return TranslationResult.from_loop(self._loop.run(x, iterations, return_steps))
+        return TranslationResult.from_loop(loop.run(x, iterations, return_steps))
+
+    def synthesise(self, latents: np.ndarray) -> np.ndarray:
+        """Render W+ codes: [B, M, D] (or [M, D]) float32 → [B, 3, R, R] raw generator images."""
+        loop = self._open_loop()
+        latents = np.asarray(latents, dtype=np.float32)
+        if latents.ndim == 2:
+            latents = latents[None]
+        if not np.all(np.isfinite(latents)):
+            raise InputError("latents contain NaN or Inf")
+        return loop.synthesise(np.ascontiguousarray(latents))
+
+    def mix(self, x: np.ndarray, latent_mask=None, alpha: float | None = None, seed: int | None = None,
+            inject_latents: np.ndarray | None = None, iterations: int | None = None) -> TranslationResult:
+        """Multi-modal synthesis by style mixing (pSp Sec. 3.2): translate ``x``, then take the
+        layers in ``latent_mask`` from another code — ``inject_latents`` ([B, M, D] or [B, D] W
+        codes), or a random one, ``mapping(z)`` with ``z ~ N(0, I)`` drawn with ``seed``. With
+        ``alpha`` the layers are blended, ``alpha * inject + (1 - alpha) * code``, as pSp's
+        ``mix_alpha``. ``latent_mask`` defaults to the fine layers 8..M-1 (pSp's default for
+        conditional synthesis); indices are 0-based."""
+        loop = self._open_loop()
+        base = self.infer(x, iterations=iterations)
+        codes = base.latents.copy()
+        b, m, d = codes.shape
+        mask = list(range(8, m)) if latent_mask is None else [int(i) for i in latent_mask]
+        if not mask or any(not 0 <= i < m for i in mask):
+            raise InputError(f"latent_mask must list layer indices in 0..{m - 1}; got {latent_mask!r}")
+        if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
+            raise InputError(f"alpha must be in [0, 1]; got {alpha!r}")
+        if inject_latents is None:
+            samples = np.random.default_rng(seed).standard_normal((b, d)).astype(np.float32)
+            inject = np.repeat(loop.map_samples(samples)[:, None, :], m, axis=1)
+        else:
+            inject = np.asarray(inject_latents, dtype=np.float32)
+            if inject.ndim == 2:
+                inject = np.repeat(inject[:, None, :], m, axis=1)
+            if inject.shape != codes.shape or not np.all(np.isfinite(inject)):
+                raise InputError(f"inject_latents must be finite, [{b}, {m}, {d}] or [{b}, {d}]; got {list(inject.shape)}")
+        a = 1.0 if alpha is None else float(alpha)
+        codes[:, mask] = a * inject[:, mask] + (1.0 - a) * codes[:, mask]
+        return TranslationResult(images=loop.synthesise(codes), latents=codes, iterations=base.iterations)
 
     def __call__(self, image, iterations: int | None = None, **task_options) -> np.ndarray:
         """HxWx3 uint8 RGB (numpy or PIL; gray and RGBA are converted) → HxWx3 uint8 RGB at the
@@ -110,6 +149,11 @@ class Translator:
         self.close()
 
     # ------------------------------------------------------------------ checks
+    def _open_loop(self) -> RefinementLoop:
+        if self._loop is None:
+            raise InputError("this Translator is closed")
+        return self._loop
+
     def _check_input(self, x) -> np.ndarray:
         if not isinstance(x, np.ndarray):
             raise InputError(f"infer() takes a numpy array; got {type(x).__name__}. "

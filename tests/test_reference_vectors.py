@@ -86,3 +86,29 @@ def test_every_iteration_matches_the_reference(built):
         last = t.infer(ref["input"], iterations=CASES[name])
         np.testing.assert_array_equal(last.latents, res.latents)
         np.testing.assert_array_equal(last.images, res.steps[-1].image)
+
+
+def test_synthesise_and_style_mixing(built):
+    name, bundle, ref = built
+    with Translator(bundle, backend="onnxruntime") as t:
+        m = t.manifest
+        assert m.graphs["mapping"].output.role == "style"
+        assert json.loads((bundle / "manifest.json").read_text())["parity"]["mapping"]["relative_error"] <= 1e-4
+        plain = t.infer(ref["input"])
+        np.testing.assert_allclose(t.synthesise(plain.latents), plain.images, rtol=0, atol=1e-5)
+
+        mask = [m.latent_count - 2, m.latent_count - 1]
+        w = np.random.default_rng(1).standard_normal((1, m.latent_dim)).astype(np.float32)
+        mixed = t.mix(ref["input"], latent_mask=mask, inject_latents=w)
+        keep = [i for i in range(m.latent_count) if i not in mask]
+        np.testing.assert_array_equal(mixed.latents[:, keep], plain.latents[:, keep])
+        np.testing.assert_array_equal(mixed.latents[0, mask], np.repeat(w, 2, axis=0))
+        np.testing.assert_allclose(mixed.images, t.synthesise(mixed.latents), rtol=0, atol=1e-5)
+
+        half = t.mix(ref["input"], latent_mask=mask, inject_latents=w, alpha=0.5)
+        np.testing.assert_allclose(half.latents[:, mask], 0.5 * plain.latents[:, mask] + 0.5 * w[:, None], atol=1e-6)
+
+        a, b = t.mix(ref["input"], seed=3), t.mix(ref["input"], seed=3)
+        np.testing.assert_array_equal(a.latents, b.latents)  # a seed fixes the random code
+        fine = a.latents[0, 8:]
+        assert np.allclose(fine, fine[:1]) and not np.allclose(fine, t.mix(ref["input"], seed=4).latents[0, 8:])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -53,8 +54,9 @@ def built(request, reference_dir, tmp_path_factory):
     write_checkpoint(reference_dir, name, ckpt)
     bundle = tmp / "bundle"
     assert build_engines.main(["--checkpoint", str(ckpt), "--out", str(bundle), "--quiet"]) == 0
-    ckpt.unlink()  # 0.5 GB each; the bundle holds what the test needs
-    return name, bundle, np.load(reference_dir / f"{name}_reference.npz")
+    ckpt.unlink()  # 0.5-1 GB each; the bundle holds what the test needs
+    yield name, bundle, np.load(reference_dir / f"{name}_reference.npz")
+    shutil.rmtree(tmp, ignore_errors=True)  # CI disks are not infinite
 
 
 def test_manifest_describes_the_format(built):

@@ -8,6 +8,7 @@ is 16 px, so each build takes seconds; the FPN encoder is covered by the referen
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -69,7 +70,8 @@ def task_bundle(request, tmp_path_factory):
     if task == "super_resolution":
         args += ["--factor", "8"]
     assert build_engines.main(args) == 0  # the task comes from the checkpoint's opts
-    return task, ckpt, tmp / "bundle"
+    yield task, ckpt, tmp / "bundle"
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_translation_matches_pytorch(task_bundle):

@@ -6,9 +6,19 @@ ONNX Runtime → (TensorRT engines where TensorRT is installed) → ``engines/NA
     python export/build_engines.py --checkpoint restyle.pt --out engines/restyle
     python export/build_engines.py --checkpoint psp_sr.pt --task super_resolution --factor 8
 
-Formats (detected from the file, or --format): psp, restyle_psp, restyle_fpn (= OME's
-StyleGAN2 encoder); a rosinality StyleGAN2 file (g_ema) can replace the decoder (--generator).
-Tasks: inversion (RGB in), super_resolution (RGB in, downsampled by --factor and resized back).
+Formats (detected from the file, or --format):
+  psp          pixel2style2pixel: GradualStyleEncoder, or the W / W+ backbone encoders
+               (learn_in_w); one pass
+  restyle_psp  ReStyle BackboneEncoder, iterative (6 input channels, N = 5 by default)
+  restyle_fpn  ReStyle GradualStyleEncoder = OME's StyleGAN2 encoder, iterative
+  e2style      E2Style: a first stage and k refinement stages, each with its own weights;
+               --iterations counts the stages used
+  rosinality   a StyleGAN2 file (g_ema) to replace the decoder (--generator)
+Tasks (default: read from the checkpoint's opts):
+  inversion         RGB in, resized to 256
+  super_resolution  RGB in, bicubic-downsampled by --factor and resized back (pSp's transforms)
+  sketch            one channel in [0, 1]
+  segmentation      an HxW label map, one-hot over label_nc channels
 
 The bundle is written to a temporary folder and renamed into place: an interrupted build
 leaves the previous bundle intact. A parity break (ONNX vs PyTorch beyond --tolerance) fails
@@ -33,8 +43,11 @@ from tqdm import tqdm
 
 from export.checkpoints import FORMATS, CheckpointError, LoadedCheckpoint, load_checkpoint
 from export.graphs import EncoderStep, GeneratorGraph, MappingGraph
+from export.fp16 import Fp16Error, apply_fp16
 from export.onnx_export import OPSET, ParityError, check_parity, export_onnx
+from export.tensorrt_build import EngineBuildError, EngineOptions, build_bundle_engines
 from sdk.bundle import SCHEMA_VERSION, BundleWriter
+from sdk.errors import BundleError
 from sdk.tasks import SR_FACTORS, TASKS
 
 log = logging.getLogger("build_engines")
@@ -56,9 +69,12 @@ def tensorrt_version() -> str | None:
 
 def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", factor: int = 4, max_batch: int = 8,
                  tolerance: float = 1e-4, name: str | None = None, iterations: int | None = None,
-                 progress: bool = True) -> Path:
-    """Export ``ckpt`` into a bundle at ``out``; returns ``out``."""
-    gen = ckpt.generator
+                 progress: bool = True, precision: str = "fp32", fp16_min_psnr: float = 40.0,
+                 engines: "EngineOptions | None" = None) -> Path:
+    """Export ``ckpt`` into a bundle at ``out``; returns ``out``. ``precision="fp16"``: FP16
+    graphs checked against FP32 over the loop (export/fp16.py); ``engines``: TensorRT options
+    (export/tensorrt_build.py), used where TensorRT is installed."""
+    gen = ckpt.generator.set_fp16_safe(precision == "fp16")  # NVlabs' pre-normalisation, same maths
     size, m, d = gen.size, gen.n_latent, gen.style_dim
     cond_nc = ckpt.condition_channels
     lo, hi = TASK_RANGES[task]
@@ -93,7 +109,7 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
     if trt is None:
         log.info("TensorRT not found: building the ONNX Runtime bundle only")
     else:
-        log.warning("TensorRT %s found, but engine building is not part of this build yet: ONNX only", trt)
+        log.info("TensorRT %s found: engines are built after the ONNX graphs", trt)
 
     manifest_graphs, parity = {}, {}
     bar = tqdm(total=2 * len(graphs) + 1, desc="build", unit="step", disable=not progress)
@@ -142,6 +158,13 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
                 "python": platform.python_version(),
             },
         }
+        if precision == "fp16":
+            bar.set_postfix_str("fp16 graphs and loop accuracy")
+            apply_fp16(writer.tmp, manifest, min_psnr=fp16_min_psnr, add_file=writer.add)
+        if trt is not None:
+            bar.set_postfix_str("TensorRT engines")
+            build_bundle_engines(writer.tmp, manifest, engines or EngineOptions(max_batch=max_batch),
+                                 add_file=writer.add)
         writer.commit(manifest)
         bar.update()
     bar.close()
@@ -161,6 +184,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=8, help="largest batch the graphs accept (default 8)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="parity bound, max|onnx-torch| / max|torch| (default 1e-4)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="graph precision: fp16 converts every graph (I/O stays float32) and checks the loop "
+                        "against fp32 in ONNX Runtime (default fp32)")
+    p.add_argument("--fp16-min-psnr", type=float, default=40.0,
+                   help="fp16 loop output must reach this PSNR (dB) against fp32 (default 40)")
+    p.add_argument("--opt-batch", type=int, default=1, help="TensorRT: batch size the engines are tuned for")
+    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, reused across builds "
+                   "(default: engines/.timing_cache)")
+    p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace (default 4 GiB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
@@ -194,8 +226,12 @@ def _build(args: argparse.Namespace) -> int:
                  len(ckpt.stages), cfg["encoder_type"], cfg["mode"], cfg["num_layers"], cfg["input_nc"],
                  cfg["n_styles"], ckpt.generator.size)
         build_bundle(ckpt, out, task=task, factor=args.factor, max_batch=args.max_batch, tolerance=args.tolerance,
-                     iterations=args.iterations, progress=not args.quiet)
-    except (CheckpointError, ParityError) as e:
+                     iterations=args.iterations, progress=not args.quiet, precision=args.precision,
+                     fp16_min_psnr=args.fp16_min_psnr,
+                     engines=EngineOptions(min_batch=1, opt_batch=args.opt_batch, max_batch=args.max_batch,
+                                           workspace_gb=args.workspace_gb, rebuild_command=_rebuild_command(args, out),
+                                           timing_cache=args.timing_cache or REPO / "engines" / ".timing_cache"))
+    except (CheckpointError, ParityError, Fp16Error, EngineBuildError, BundleError) as e:
         log.error("%s", e)
         return 1
     except KeyboardInterrupt:
@@ -203,6 +239,13 @@ def _build(args: argparse.Namespace) -> int:
         return 130
     log.info("bundle ready: %s  (try: python samples/translate.py --bundle %s)", out, out)
     return 0
+
+
+def _rebuild_command(args: argparse.Namespace, out: Path) -> str:
+    ckpt = "" if args.checkpoint is None or args.checkpoint.parent.name.startswith("demo-ckpt-") \
+        else f" --checkpoint {args.checkpoint}"
+    gen = f" --generator {args.generator}" if args.generator else ""
+    return f"python export/build_engines.py{ckpt}{gen} --out {out} --precision {args.precision}"
 
 
 if __name__ == "__main__":

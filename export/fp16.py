@@ -63,7 +63,15 @@ def fold_constants(model):
     import onnxscript.optimizer
 
     limit = 1 << 31
-    return onnxscript.optimizer.optimize(model, input_size_limit=limit, output_size_limit=limit)
+    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir")]  # per-initializer INFO lines
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(max(q.getEffectiveLevel(), logging.WARNING))
+    try:
+        return onnxscript.optimizer.optimize(model, input_size_limit=limit, output_size_limit=limit)
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
 
 
 def fp32_nodes(model, depth: int = STATISTIC_DEPTH) -> list[str]:
@@ -169,7 +177,7 @@ def psnr(reference: np.ndarray, test: np.ndarray) -> float:
     peak = float(ref.max() - ref.min())
     if mse == 0.0:
         return float("inf")
-    return 10.0 * np.log10(max(peak, 1e-12) ** 2 / mse)
+    return float(10.0 * np.log10(max(peak, 1e-12) ** 2 / mse))
 
 
 @dataclass
@@ -190,7 +198,7 @@ class LoopAccuracy:
 
     @property
     def ok(self) -> bool:
-        return self.finite and self.min_image_psnr >= self.min_psnr_required
+        return bool(self.finite and self.min_image_psnr >= self.min_psnr_required)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -266,6 +274,8 @@ def apply_fp16(folder: Path, manifest: dict, *, min_psnr: float = DEFAULT_MIN_PS
     """
     import copy
 
+    from sdk.bundle import sha256_file
+
     folder = Path(folder)
     fp32_manifest = copy.deepcopy(manifest)
     fp16_manifest = copy.deepcopy(manifest)
@@ -275,8 +285,7 @@ def apply_fp16(folder: Path, manifest: dict, *, min_psnr: float = DEFAULT_MIN_PS
         name = f"{Path(graph['file']).stem}.fp16.onnx"
         reports[key] = convert_to_fp16(src, folder / name, key).as_dict()
         graph["file"], graph["precision"] = name, "fp16"
-        graph["sha256"] = add_file(name) if add_file else __import__("sdk.bundle", fromlist=["x"]).sha256_file(
-            folder / name)
+        graph["sha256"] = add_file(name) if add_file else sha256_file(folder / name)
     iterations = manifest["schedule"]["default_iterations"]
     x = accuracy_input(manifest, batch=batch)
     acc = compare_loops(StagedBundle(folder, fp32_manifest), StagedBundle(folder, fp16_manifest), x, iterations,

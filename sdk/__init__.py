@@ -6,7 +6,7 @@
 
 Never imports PyTorch.
 """
-from .errors import BackendError, BundleError, InputError, SdkError
+from .errors import BackendError, BundleError, InputError, SdkError, StaleEngineError
 from .bundle import Bundle
 from .loop import RefinementLoop, LoopResult
 from .translator import Translator, TranslationResult
@@ -14,5 +14,5 @@ from .translator import Translator, TranslationResult
 __version__ = "0.1.0"
 __all__ = [
     "Translator", "TranslationResult", "Bundle", "RefinementLoop", "LoopResult",
-    "SdkError", "BundleError", "BackendError", "InputError", "__version__",
+    "SdkError", "BundleError", "BackendError", "InputError", "StaleEngineError", "__version__",
 ]

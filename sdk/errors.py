@@ -14,5 +14,9 @@ class BackendError(SdkError):
     """A back end is unavailable or failed to load or run a graph."""
 
 
+class StaleEngineError(BackendError):
+    """A TensorRT engine was built for another TensorRT release or GPU: rebuild it on this machine."""
+
+
 class InputError(SdkError, ValueError):
     """An input array or argument does not match what the model expects."""

@@ -45,8 +45,9 @@ class Translator:
 
     Args:
         bundle: path of the bundle folder (``engines/NAME``).
-        backend: ``"auto"`` (ONNX Runtime on CUDA if available, else CPU), ``"onnxruntime"``
-            (CPU), ``"onnxruntime-cuda"``.
+        backend: ``"auto"`` (the bundle's TensorRT engines where TensorRT and a GPU are present and
+            the engines were built for them, else ONNX Runtime on CUDA if available, else CPU),
+            ``"tensorrt"``, ``"onnxruntime"`` (CPU), ``"onnxruntime-cuda"``.
         threads: intra-op threads for CPU back ends (default: the runtime's choice).
         verify: check every bundle file's SHA-256 before loading (recommended).
 
@@ -57,7 +58,7 @@ class Translator:
     def __init__(self, bundle: str | os.PathLike, backend: str = "auto", threads: int | None = None,
                  verify: bool = True):
         self.bundle = Bundle(bundle, verify=verify)
-        self.backend = create_backend(backend, threads=threads)
+        self.backend = create_backend(backend, threads=threads, bundle=self.bundle)
         self._loop = RefinementLoop(self.backend, self.bundle)
         log.info("opened %s (%s, task %s) on %s", self.bundle.path, self.manifest.family, self.manifest.task,
                  self.backend.name)

@@ -1,0 +1,252 @@
+"""TensorRT backend: the bundle's serialized engines over cuda-python device buffers.
+
+* Engines are listed in the manifest's ``engines`` section, one per graph key, with the
+  TensorRT version and GPU compute capability they were built for. A mismatch is detected
+  *before* deserialisation (:func:`engine_mismatch`) and reported with the rebuild command
+  (:class:`sdk.errors.StaleEngineError`); the SHA-256 of each plan is checked before its bytes
+  reach TensorRT.
+* Device buffers are allocated once per shape by the loop (:class:`CudaRuntime`); every
+  binding of a runner is its own ``IExecutionContext`` with its input shapes and tensor
+  addresses set **once**, at bind time, so a run is a single ``execute_async_v3`` on the
+  backend's one non-blocking stream. The contexts of one engine share one activation-memory
+  block (``USER_MANAGED`` allocation where TensorRT offers it): they never run concurrently,
+  because everything is enqueued on the same stream.
+* The host is touched only by ``upload`` (the input) and ``download`` (the result), which is
+  also the only stream synchronisation.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from ..bundle import REBUILD_HINT, GraphSpec, sha256_file
+from ..errors import BackendError, BundleError, InputError, StaleEngineError
+from .cuda import CudaRuntime, DeviceBuffer, device_count, device_info
+
+log = logging.getLogger(__name__)
+
+TRT_INSTALL_HINT = ("pip install tensorrt-cu12 (NVIDIA's wheels; see the README's GPU section), "
+                    "or use backend='onnxruntime'")
+_TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16"}
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise BackendError(f"TensorRT is not installed; {TRT_INSTALL_HINT}") from e
+    return tensorrt
+
+
+def unavailable_reason() -> str | None:
+    """Why the TensorRT backend cannot run here (no tensorrt, no cuda-python, no GPU), else None."""
+    try:
+        import_tensorrt()
+    except BackendError as e:
+        return str(e)
+    if device_count() == 0:
+        return "no CUDA device is visible (or cuda-python / the NVIDIA driver is missing)"
+    return None
+
+
+# --------------------------------------------------------------------------- manifest entries
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One ``manifest.engines`` entry: which graph it implements and what it was built for."""
+
+    key: str
+    file: str
+    sha256: str
+    tensorrt: str
+    compute_capability: str
+    gpu: str
+    precision: str
+
+    @classmethod
+    def parse(cls, key: str, raw) -> "EngineSpec":
+        where = f"engines.{key}"
+        if not isinstance(raw, dict):
+            raise BundleError(f"{where} is {type(raw).__name__}; expected an object")
+        missing = [f for f in ("file", "sha256", "tensorrt", "compute_capability") if not isinstance(raw.get(f), str)]
+        if missing:
+            raise BundleError(f"{where} lacks the string field(s) {missing}; rebuild the engines")
+        return cls(key, raw["file"], raw["sha256"], raw["tensorrt"], raw["compute_capability"],
+                   str(raw.get("gpu", "unknown GPU")), str(raw.get("precision", "fp32")))
+
+
+def parse_engines(manifest_raw: Mapping) -> dict[str, EngineSpec]:
+    raw = manifest_raw.get("engines") or {}
+    if not isinstance(raw, dict):
+        raise BundleError(f"manifest engines is {type(raw).__name__}; expected an object")
+    return {key: EngineSpec.parse(key, value) for key, value in raw.items()}
+
+
+def _version_key(version: str) -> tuple:
+    """Engines are tied to the TensorRT release: compare major.minor.patch (not the build number)."""
+    return tuple(version.split(".")[:3])
+
+
+def engine_mismatch(spec: EngineSpec, trt_version: str, compute_capability: str, gpu: str = "") -> str | None:
+    """A sentence saying why ``spec`` cannot run with this TensorRT on this GPU, else None."""
+    problems = []
+    if _version_key(spec.tensorrt) != _version_key(trt_version):
+        problems.append(f"TensorRT {spec.tensorrt} (this machine has {trt_version})")
+    if spec.compute_capability != compute_capability:
+        problems.append(f"compute capability {spec.compute_capability}, {spec.gpu} (this GPU: "
+                        f"{compute_capability}{', ' + gpu if gpu else ''})")
+    if not problems:
+        return None
+    return f"engine {spec.file} was built for " + " and ".join(problems)
+
+
+# --------------------------------------------------------------------------- runtime
+
+@dataclass
+class TrtBinding:
+    """One execution context with its shapes and addresses set; ``run`` only enqueues it."""
+
+    context: object
+    addresses: dict  # tensor name -> device address (for inspection and tests)
+
+
+class TrtRunner:
+    def __init__(self, backend: "TensorRTBackend", spec: GraphSpec, engine):
+        self.spec, self.engine, self._backend = spec, engine, backend
+        trt = backend.trt
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        declared = {t.name: t for t in spec.inputs + spec.outputs}
+        if set(names) != set(declared):
+            raise BundleError(f"engine for graph {spec.key!r} has tensors {sorted(names)} but the manifest declares "
+                              f"{sorted(declared)}; {REBUILD_HINT.format(path=backend.bundle.path)}")
+        for name in names:
+            dtype = _TRT_DTYPES.get(getattr(engine.get_tensor_dtype(name), "name", ""), "?")
+            if dtype != declared[name].dtype:
+                raise BundleError(f"engine tensor {spec.key}.{name} is {dtype}, the manifest says "
+                                  f"{declared[name].dtype}; {REBUILD_HINT.format(path=backend.bundle.path)}")
+        self._scratch = None
+        size = getattr(engine, "device_memory_size_v2", None)
+        strategy = getattr(getattr(trt, "ExecutionContextAllocationStrategy", None), "USER_MANAGED", None)
+        if size is not None and strategy is not None:
+            self._scratch = (backend.cuda.scratch(size), int(size))
+            self._strategy = strategy
+        self.contexts = 0
+
+    def _new_context(self):
+        if self._scratch is None:  # TensorRT without user-managed memory: each context owns its own
+            context = self.engine.create_execution_context()
+        else:
+            context = self.engine.create_execution_context(self._strategy)
+        if context is None:
+            raise BackendError(f"TensorRT could not create an execution context for {self.spec.key!r} "
+                               f"(out of GPU memory?)")
+        if self._scratch is not None:
+            if hasattr(context, "set_device_memory"):  # TensorRT >= 10.1
+                context.set_device_memory(*self._scratch)
+            else:
+                context.device_memory = self._scratch[0]
+        self.contexts += 1
+        return context
+
+    def bind(self, inputs: Mapping[str, DeviceBuffer], outputs: Mapping[str, DeviceBuffer]) -> TrtBinding:
+        given = {**inputs, **outputs}
+        if set(given) != set(self.inputs) | set(self.outputs):
+            raise BackendError(f"{self.spec.key}: binding {sorted(given)} but the engine's tensors are "
+                               f"{sorted(self.inputs + self.outputs)}")
+        context = self._new_context()
+        for name in self.inputs:  # shapes first: output shapes follow from them
+            shape = given[name].shape
+            lo, _, hi = (tuple(d) for d in self.engine.get_tensor_profile_shape(name, 0))
+            if not all(a <= s <= b for a, s, b in zip(lo, shape, hi)) or len(shape) != len(lo):
+                raise InputError(f"{self.spec.key}.{name}: shape {list(shape)} is outside the engine's optimisation "
+                                 f"profile {list(lo)}..{list(hi)}; use a batch in that range or rebuild with "
+                                 f"--max-batch")
+            if not context.set_input_shape(name, shape):
+                raise BackendError(f"TensorRT rejected shape {list(shape)} for {self.spec.key}.{name}")
+        for name in self.outputs:
+            shape = tuple(context.get_tensor_shape(name))
+            if shape != given[name].shape:
+                raise BackendError(f"{self.spec.key}.{name}: the engine produces {list(shape)}, the bound buffer is "
+                                   f"{list(given[name].shape)}")
+        addresses = {}
+        for name in self.inputs + self.outputs:
+            if given[name].dtype != self._dtype(name):
+                raise BackendError(f"{self.spec.key}.{name}: buffer is {given[name].dtype}, engine wants "
+                                   f"{self._dtype(name)}")
+            if not context.set_tensor_address(name, given[name].ptr):
+                raise BackendError(f"TensorRT rejected the address of {self.spec.key}.{name}")
+            addresses[name] = given[name].ptr
+        return TrtBinding(context, addresses)
+
+    def _dtype(self, name: str) -> str:
+        return _TRT_DTYPES.get(getattr(self.engine.get_tensor_dtype(name), "name", ""), "?")
+
+    def run(self, binding: TrtBinding) -> None:
+        if not binding.context.execute_async_v3(self._backend.cuda.handle):
+            raise BackendError(f"TensorRT execute_async_v3 failed for {self.spec.key!r} (see the TensorRT log)")
+
+
+class TensorRTBackend:
+    """Runs a bundle's TensorRT engines. ``device``: the CUDA device index."""
+
+    name = "tensorrt"
+
+    def __init__(self, bundle, device: int = 0):
+        self.trt = trt = import_tensorrt()
+        self.bundle = bundle
+        self.engines = parse_engines(bundle.manifest.raw)
+        if not self.engines:
+            raise BundleError(f"{bundle.path} has no TensorRT engines; build them on a machine with TensorRT: "
+                              f"{REBUILD_HINT.format(path=bundle.path)}")
+        self.device = device_info(device)
+        self.check_engines()  # before any plan reaches TensorRT
+        self.cuda = CudaRuntime(device)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+
+    def check_engines(self) -> None:
+        stale = [msg for spec in self.engines.values()
+                 if (msg := engine_mismatch(spec, self.trt.__version__, self.device.compute_capability,
+                                            self.device.name))]
+        if stale:
+            raise StaleEngineError("; ".join(stale) + f". Engines only run with the TensorRT release and GPU "
+                                   f"architecture they were built for: {REBUILD_HINT.format(path=self.bundle.path)} "
+                                   f"on this machine, or use backend='onnxruntime'")
+
+    def load(self, spec: GraphSpec, path: Path) -> TrtRunner:
+        """``path`` (the ONNX graph) is not read: the engine for ``spec.key`` comes from the manifest."""
+        es = self.engines.get(spec.key)
+        hint = REBUILD_HINT.format(path=self.bundle.path)
+        if es is None:
+            raise BundleError(f"{self.bundle.path} has no TensorRT engine for graph {spec.key!r}; {hint}")
+        plan = self.bundle.file(es.file)
+        if not plan.is_file():
+            raise BundleError(f"engine file {plan} is missing; {hint}")
+        if sha256_file(plan) != es.sha256:
+            raise BundleError(f"engine file {plan} does not match its SHA-256 in the manifest; {hint}")
+        engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        if engine is None:
+            raise StaleEngineError(f"TensorRT {self.trt.__version__} could not deserialize {plan} (built with "
+                                   f"TensorRT {es.tensorrt} for {es.gpu}); {hint}")
+        log.info("loaded engine %s (%s, TensorRT %s, sm %s)", plan.name, es.precision, es.tensorrt,
+                 es.compute_capability)
+        return TrtRunner(self, spec, engine)
+
+    def empty(self, shape, dtype: str) -> DeviceBuffer:
+        return self.cuda.empty(shape, dtype)
+
+    def upload(self, dst: DeviceBuffer, array) -> None:
+        self.cuda.upload(dst, array)
+
+    def download(self, src: DeviceBuffer):
+        return self.cuda.download(src)
+
+    def synchronize(self) -> None:
+        self.cuda.synchronize()
+
+    def close(self) -> None:
+        self.cuda.close()

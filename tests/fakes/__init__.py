@@ -1,0 +1,9 @@
+"""Stand-ins for GPU libraries, for control-flow tests on machines without a GPU.
+
+They are fakes, not emulators: ``fake_cuda`` gives "device memory" that is ordinary host
+memory, and ``fake_tensorrt`` "engines" that run the bundle's ONNX graph with ONNX Runtime on
+the CPU. They check what the real APIs would reject (unknown pointers, copies in the wrong
+direction, unset shapes or addresses, shapes outside the profile) and record every call, so
+tests can assert the order of calls and which buffers were used. Nothing measured through
+them says anything about GPU speed or TensorRT numerics.
+"""

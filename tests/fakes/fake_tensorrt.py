@@ -1,0 +1,284 @@
+"""A fake ``tensorrt`` module: the builder and runtime calls this project makes, no GPU.
+
+A fake "plan" is ``FAKEPLAN`` + a JSON header (profile, build flags) + the ONNX graph's bytes;
+a fake engine runs that graph with ONNX Runtime on the CPU, reading its inputs from and writing
+its outputs to the fake CUDA "device" memory (``fake_cuda``), at the addresses the caller set.
+Everything is recorded in ``module.log`` so tests can check the order of calls, binding
+addresses per context and which buffers each execution read and wrote.
+"""
+from __future__ import annotations
+
+import ctypes
+import enum
+import json
+import struct
+import sys
+import types
+
+import numpy as np
+
+MAGIC = b"FAKEPLAN"
+
+
+class TensorIOMode(enum.Enum):
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
+class DataType(enum.Enum):
+    FLOAT = 0
+    HALF = 1
+
+
+class ExecutionContextAllocationStrategy(enum.Enum):
+    STATIC = 0
+    ON_PROFILE_CHANGE = 1
+    USER_MANAGED = 2
+
+
+class MemoryPoolType(enum.Enum):
+    WORKSPACE = 0
+
+
+class Logger:
+    WARNING = 2
+    INFO = 3
+
+    def __init__(self, severity=WARNING):
+        self.severity = severity
+
+
+def make_plan(header: dict, onnx_bytes: bytes) -> bytes:
+    head = json.dumps(header).encode()
+    return MAGIC + struct.pack("<I", len(head)) + head + onnx_bytes
+
+
+def read_plan(plan: bytes):
+    if not plan.startswith(MAGIC):
+        return None
+    (n,) = struct.unpack("<I", plan[8:12])
+    return json.loads(plan[12:12 + n]), plan[12 + n:]
+
+
+# --------------------------------------------------------------------------- builder
+
+class _Network:
+    def __init__(self, flags):
+        self.flags, self.onnx = flags, None
+
+
+class _Parser:
+    def __init__(self, network, logger):
+        self.network, self.errors = network, []
+
+    def parse_from_file(self, path):
+        data = open(path, "rb").read()
+        if b"onnx" not in data[:4096] and b"pytorch" not in data[:4096]:
+            self.errors.append(f"{path}: not an ONNX model")
+            return False
+        self.network.onnx = data
+        return True
+
+    @property
+    def num_errors(self):
+        return len(self.errors)
+
+    def get_error(self, i):
+        return self.errors[i]
+
+
+class _TimingCache:
+    def __init__(self, data: bytes):
+        self.data = bytes(data) or b"FAKECACHE:0"
+
+    def serialize(self):
+        n = int(self.data.split(b":")[1]) + 1  # one more build recorded
+        return b"FAKECACHE:%d" % n
+
+
+class _Config:
+    def __init__(self, module):
+        self.flags, self.profiles, self.pools, self.cache, self._m = set(), [], {}, None, module
+
+    def set_memory_pool_limit(self, pool, size):
+        self.pools[pool] = size
+
+    def set_flag(self, flag):
+        self.flags.add(flag)
+
+    def add_optimization_profile(self, profile):
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
+
+    def create_timing_cache(self, data):
+        return _TimingCache(data)
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        self.cache = cache
+        return cache.data.startswith(b"FAKECACHE")
+
+    def get_timing_cache(self):
+        return self.cache
+
+
+class _Profile:
+    def __init__(self):
+        self.shapes = {}
+
+    def set_shape(self, name, lo, opt, hi):
+        self.shapes[name] = [list(lo), list(opt), list(hi)]
+
+
+class Builder:
+    def __init__(self, logger):
+        self.logger = logger
+
+    def create_network(self, flags=0):
+        return _Network(flags)
+
+    def create_builder_config(self):
+        return _Config(sys.modules[__name__])
+
+    def create_optimization_profile(self):
+        return _Profile()
+
+    def build_serialized_network(self, network, config):
+        if network.onnx is None or len(config.profiles) != 1:
+            return None
+        header = {"flags": network.flags, "builder_flags": sorted(f.name for f in config.flags),
+                  "profile": config.profiles[0].shapes}
+        return make_plan(header, network.onnx)
+
+
+# --------------------------------------------------------------------------- runtime
+
+class _Context:
+    def __init__(self, engine, strategy):
+        self.engine, self.strategy = engine, strategy
+        self.shapes, self.addresses, self.device_memory = {}, {}, None
+        self.set_address_calls = 0
+
+    def set_input_shape(self, name, shape):
+        lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+        shape = tuple(int(d) for d in shape)
+        if len(shape) != len(lo) or not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            return False
+        self.shapes[name] = shape
+        return True
+
+    def get_tensor_shape(self, name):
+        if name in self.engine.inputs:
+            return self.shapes.get(name, tuple(self.engine.static[name]))
+        batch = next(iter(self.shapes.values()))[0] if self.shapes else -1
+        return tuple(batch if d == -1 else d for d in self.engine.static[name])
+
+    def set_tensor_address(self, name, ptr):
+        if name not in self.engine.static:
+            return False
+        self.set_address_calls += 1
+        self.addresses[name] = int(ptr)
+        self.engine.module.log.append(("set_tensor_address", self.engine.name, name, int(ptr)))
+        return True
+
+    def set_device_memory(self, ptr, size):
+        cudart = self.engine.module.cudart
+        if self.strategy != ExecutionContextAllocationStrategy.USER_MANAGED or not cudart.region(
+                cudart.device_mem, int(ptr), int(size)) or size < self.engine.device_memory_size_v2:
+            raise RuntimeError("set_device_memory: not a user-managed context or memory too small / not device")
+        self.device_memory = (int(ptr), int(size))
+
+    def _view(self, name, ptr, shape):
+        cudart = self.engine.module.cudart
+        dtype = np.float16 if self.engine.dtypes[name] == DataType.HALF else np.float32
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if not cudart.region(cudart.device_mem, ptr, nbytes):
+            raise RuntimeError(f"address of {name} is not device memory of {nbytes} bytes")
+        return np.frombuffer((ctypes.c_uint8 * nbytes).from_address(ptr), dtype=dtype).reshape(shape)
+
+    def execute_async_v3(self, stream_handle):
+        m = self.engine.module
+        if int(stream_handle) not in m.cudart.streams:
+            return False
+        if set(self.addresses) != set(self.engine.static) or set(self.shapes) != set(self.engine.inputs):
+            return False
+        if self.strategy == ExecutionContextAllocationStrategy.USER_MANAGED and self.device_memory is None:
+            return False
+        feeds = {n: self._view(n, self.addresses[n], self.shapes[n]).copy() for n in self.engine.inputs}
+        results = self.engine.session.run(None, feeds)
+        for name, value in zip(self.engine.outputs, results):
+            out = self._view(name, self.addresses[name], value.shape)
+            out[...] = value
+        m.log.append(("execute_async_v3", self.engine.name, dict(self.addresses), int(stream_handle)))
+        return True
+
+
+class _Engine:
+    def __init__(self, module, header, onnx_bytes):
+        import onnxruntime as ort
+
+        self.module, self.header = module, header
+        self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.name = "+".join(self.outputs) + ":" + ",".join(self.inputs)
+        self.static, self.dtypes = {}, {}
+        for t in self.session.get_inputs() + self.session.get_outputs():
+            self.static[t.name] = tuple(d if isinstance(d, int) else -1 for d in t.shape)
+            self.dtypes[t.name] = DataType.HALF if t.type == "tensor(float16)" else DataType.FLOAT
+        self.device_memory_size_v2 = 4096
+        self.contexts = []
+
+    @property
+    def num_io_tensors(self):
+        return len(self.static)
+
+    def get_tensor_name(self, i):
+        return (self.inputs + self.outputs)[i]
+
+    def get_tensor_mode(self, name):
+        return TensorIOMode.INPUT if name in self.inputs else TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        return self.dtypes[name]
+
+    def get_tensor_profile_shape(self, name, index):
+        return [tuple(s) for s in self.header["profile"][name]]
+
+    def create_execution_context(self, strategy=ExecutionContextAllocationStrategy.STATIC):
+        ctx = _Context(self, strategy)
+        self.contexts.append(ctx)
+        self.module.log.append(("create_execution_context", self.name, strategy.name))
+        return ctx
+
+
+class Runtime:
+    def __init__(self, logger):
+        self.logger = logger
+
+    def deserialize_cuda_engine(self, plan):
+        m = sys.modules["tensorrt"]
+        m.log.append(("deserialize_cuda_engine", len(plan)))
+        parsed = read_plan(bytes(plan))
+        return None if parsed is None else _Engine(m, *parsed)
+
+
+def make_module(cudart, version: str = "10.8.0.34", strongly_typed: bool = True, fp16_flag: bool = True):
+    """A ``tensorrt`` module object for ``sys.modules``; ``strongly_typed``/``fp16_flag`` model
+    TensorRT releases with or without ``STRONGLY_TYPED`` and ``BuilderFlag.FP16`` (11.x has none)."""
+    m = types.ModuleType("tensorrt")
+    m.__version__ = version
+    m.cudart, m.log = cudart, []
+    m.TensorIOMode, m.DataType, m.MemoryPoolType = TensorIOMode, DataType, MemoryPoolType
+    m.ExecutionContextAllocationStrategy, m.Logger = ExecutionContextAllocationStrategy, Logger
+    m.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag",
+                                                {"STRONGLY_TYPED": 5} if strongly_typed else {"NONE": 0})
+    m.BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "TF32": 1} if fp16_flag else {"TF32": 1})
+    m.Builder, m.Runtime, m.OnnxParser = Builder, Runtime, _Parser
+    return m
+
+
+def install(monkeypatch, cudart, **kwargs):
+    module = make_module(cudart, **kwargs)
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    return module

@@ -9,10 +9,9 @@
     in its fused grouped-convolution form, ReStyle's run_on_batch loop (or pSp's single pass).
 (B) sdk.Translator(bundle, backend="onnxruntime").infer(x, iterations=N).
 
-Both get the same --threads. The final images are compared first (relative max error must be
-<= 1e-3), then warm-up and measured runs are interleaved A B A B ... Per-frame median and p95,
-the speed-up A/B (ratio of medians and median of per-pair ratios) and a per-stage split go to
-stdout and to RESULTS/vs_pytorch_<checkpoint stem>.{json,md}. See benchmarks/README.md.
+Same --threads for both. Final images must agree (relative max error <= 1e-3), then runs are
+interleaved A B A B ...; per-frame median/p95/min, the speed-up A/B and a per-stage split go to
+stdout and RESULTS/vs_pytorch_<checkpoint stem>.{json,md}. See benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -49,13 +48,15 @@ NAMES = {"pytorch": "PyTorch eager (public loop, fused G)", "onnxruntime": "sdk.
 
 
 class EagerLoop:
-    """(A) restyle-encoder's ``run_on_batch`` (pSp's ``forward`` when not iterative), eager."""
+    """(A) restyle-encoder's ``run_on_batch`` (pSp's ``forward`` for a one-stage, no-feedback
+    checkpoint; E2Style's stages in turn), eager."""
 
     def __init__(self, ckpt: LoadedCheckpoint):
-        self.encoder = ckpt.encoder.eval()
+        self.stages = ckpt.stages
+        for stage in self.stages:
+            stage.encoder.eval()
         self.generator = ckpt.generator.eval().set_fused(True)  # the public grouped-conv form
         self.face_pool = torch.nn.AdaptiveAvgPool2d((ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE))  # (256, 256)
-        self.iterative, self.residual = ckpt.iterative, ckpt.start_from_latent_avg
         self.latent_avg = ckpt.latent_avg
         with torch.no_grad():  # get_average_image: computed once, outside the timed loop
             self.avg_image = self.generator(self.latent_avg[None])
@@ -65,10 +66,12 @@ class EagerLoop:
         x = torch.from_numpy(x)
         z = self.latent_avg[None].repeat(x.shape[0], 1, 1)
         y = self.avg_image.repeat(x.shape[0], 1, 1, 1)
-        for _ in range(iterations):  # iteration 0 feeds face_pool(average image), as run_on_batch does
-            inp = torch.cat([x, self.face_pool(y)], dim=1) if self.iterative else x
-            codes = self.encoder(inp)
-            z = codes + z if self.residual else codes
+        for t in range(iterations):  # iteration 0 feeds face_pool(average image), as run_on_batch does
+            stage = self.stages[min(t, len(self.stages) - 1)]
+            codes = stage.encoder(torch.cat([x, self.face_pool(y)], dim=1) if stage.feedback else x)
+            if codes.ndim == 2:  # encoders that learn in W: one code for every layer
+                codes = codes[:, None].expand(-1, z.shape[1], -1)
+            z = codes + z if stage.residual else codes
             y = self.generator(z)
         return y.numpy()
 
@@ -89,22 +92,37 @@ def stage_split(run, targets, runs: int, batch: int) -> dict:
     for (obj, attr, key), (_, _, fn) in zip(targets, saved):
         setattr(obj, attr, timed(fn, key, acc))
     try:
-        total = 0.0
         for _ in range(runs):
-            t0 = time.perf_counter()
-            run()
-            total += time.perf_counter() - t0
+            timed(run, "total", acc)()
     finally:
         for obj, attr, fn in saved:
             setattr(obj, attr, fn)
     split = {k: v / (runs * batch) for k, v in acc.items()}
-    split["other"] = total / (runs * batch) - sum(split.values())
+    split["other"] = split.pop("total") - sum(split.values())
     return split
+
+
+def measure(backends: dict, warmup: int, repeats: int, quiet: bool) -> dict[str, list[float]]:
+    """Wall seconds per call of each back end, interleaved A B A B ...: both see the same drift of the host."""
+    log.info("warm-up: %d run(s) per back end", warmup)
+    for _ in range(warmup):
+        for fn in backends.values():
+            fn()
+    samples = {k: [] for k in backends}
+    with tqdm(range(repeats), desc="measure", unit="pair", disable=quiet) as bar:
+        for _ in bar:
+            for key, fn in backends.items():
+                t0 = time.perf_counter()
+                fn()
+                samples[key].append(time.perf_counter() - t0)
+            bar.set_postfix_str(" ".join(f"{k} {v[-1]:.2f}s" for k, v in samples.items()))
+    return samples
 
 
 def summary(samples: list[float], batch: int) -> dict:
     per_frame = np.asarray(samples) / batch
-    return {"samples_s": samples, "median_s": float(np.median(per_frame)), "p95_s": float(np.percentile(per_frame, 95))}
+    return {"samples_s": samples, "median_s": float(np.median(per_frame)), "p95_s": float(np.percentile(per_frame, 95)),
+            "min_s": float(per_frame.min())}
 
 
 def machine() -> dict:
@@ -124,15 +142,17 @@ def markdown(r: dict) -> str:
              f"{r['threads']} threads, {r['repeats']} interleaved pairs",
              f"{m['cpu']}, {m['cores']} cores; torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
              f"final-image parity {r['parity']['relative']:.2e}", "",
-             "| back end | median ms/frame | p95 ms/frame | encoder ms* | generator ms* | other ms* |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| back end | median ms/frame | p95 ms/frame | min ms/frame | encoder ms* | generator ms* | other ms* |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for key, name in NAMES.items():
         s, st = r["per_frame"][key], r["stages_per_frame_s"].get(key, {})
         cells = [ms(st[k]) if k in st else "-" for k in ("encoder", "generator", "other")]
-        lines.append(f"| {name} | {ms(s['median_s'])} | {ms(s['p95_s'])} | " + " | ".join(cells) + " |")
+        cells = [ms(s["median_s"]), ms(s["p95_s"]), ms(s["min_s"])] + cells
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"**Speed-up A/B** (PyTorch / ONNX Runtime, > 1 = the SDK is faster): ratio of medians "
               f"**{sp['ratio_of_medians']:.2f}x**, median of per-pair ratios {sp['median_of_pair_ratios']:.2f}x "
-              f"(pairs {min(sp['pair_ratios']):.2f}..{max(sp['pair_ratios']):.2f})"]
+              f"(pairs {min(sp['pair_ratios']):.2f}..{max(sp['pair_ratios']):.2f}), ratio of minimums "
+              f"{sp['ratio_of_minimums']:.2f}x"]
     if r["stages_per_frame_s"]:
         lines += ["", f"\\* per frame, summed over the N iterations, from {r['split_runs']} extra run(s) per back end "
                   "(other: pooling, concat, copies, Python)"]
@@ -142,10 +162,11 @@ def markdown(r: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path,
-                   help="checkpoint in any format export.checkpoints accepts (default: the demo model, in a temp folder)")
+                   help="checkpoint in any format export.checkpoints accepts (default: the demo model, temp folder)")
     p.add_argument("--bundle", type=Path, help="bundle built from that same checkpoint (checked by sha256; "
                    "default: build one into a temp folder, a few minutes)")
-    p.add_argument("--iterations", "-n", type=int, help="refinement iterations N (default 5; 1 for pSp)")
+    p.add_argument("--iterations", "-n", type=int,
+                   help="refinement iterations N (default 5; pSp: 1, E2Style: its stage count)")
     p.add_argument("--batch", type=int, default=1, help="frames per call (default 1); times are divided by it")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help=f"torch.set_num_threads and ORT intra-op threads (default os.cpu_count() = {os.cpu_count()})")
@@ -166,7 +187,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    logging.getLogger("onnxscript").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    for noisy_exporter_logger in ("onnxscript", "onnx_ir"):  # the export's per-initializer INFO lines
+        logging.getLogger(noisy_exporter_logger).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     torch.set_num_threads(args.threads)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-vs-pytorch-") as scratch:
@@ -182,9 +204,10 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         log.info("no --checkpoint: writing the demo model (untrained, deterministic) to %s", scratch)
         args.checkpoint = make_demo_checkpoint(scratch / DEMO_NAME)
     ckpt = load_checkpoint(args.checkpoint)  # ckpt.sha256 is sdk.bundle.sha256_file(checkpoint)
-    n = args.iterations or (5 if ckpt.iterative else 1)
-    if n > 1 and not ckpt.iterative:
-        log.error("%s is a one-pass %s checkpoint: --iterations must be 1", args.checkpoint, ckpt.format)
+    n = args.iterations or (5 if ckpt.repeat_last else ckpt.default_iterations)
+    if not ckpt.repeat_last and n > len(ckpt.stages):
+        log.error("%s (%s) has %d stage(s) and no repeat: --iterations must be <= %d", args.checkpoint, ckpt.format,
+                  len(ckpt.stages), len(ckpt.stages))
         return 1
     if args.bundle is not None:
         source = Bundle(args.bundle, verify=False).manifest.raw.get("build", {}).get("source", {}).get("sha256")
@@ -210,29 +233,16 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         log.error("the two back ends disagree beyond %g: not timing different computations", TOLERANCE)
         return 1
 
-    log.info("warm-up: %d run(s) per back end", args.warmup)
-    for _ in range(args.warmup):
-        for fn in backends.values():
-            fn()
-    samples = {k: [] for k in backends}
-    bar = tqdm(range(args.repeats), desc="measure", unit="pair", disable=args.quiet)
-    for _ in bar:  # interleaved A B A B ...: both see the same drift of the host
-        for key, fn in backends.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[key].append(time.perf_counter() - t0)
-        bar.set_postfix_str(f"A {samples['pytorch'][-1]:.2f}s B {samples['onnxruntime'][-1]:.2f}s")
-    bar.close()
-
+    samples = measure(backends, args.warmup, args.repeats, args.quiet)
     stages = {}
     if args.split_runs:
         log.info("per-stage split: %d more run(s) per back end", args.split_runs)
-        stages["pytorch"] = stage_split(backends["pytorch"], [(eager, "encoder", "encoder"),
-                                                              (eager, "generator", "generator")],
-                                        args.split_runs, args.batch)
-        runners = sdk_t._loop.runners  # the loop's graph runners (internal, read-only use)
-        stages["onnxruntime"] = stage_split(backends["onnxruntime"], [(r, "run", k) for k, r in runners.items()],
-                                            args.split_runs, args.batch)
+        stage_of = lambda key: "generator" if key == "generator" else "encoder"  # noqa: E731 (E2Style: k encoders)
+        targets = [(st, "encoder", "encoder") for st in eager.stages] + [(eager, "generator", "generator")]
+        stages["pytorch"] = stage_split(backends["pytorch"], targets, args.split_runs, args.batch)
+        runners = sdk_t._loop.runners  # the loop's graph runners (internal; wrapped, then restored)
+        targets = [(r, "run", stage_of(k)) for k, r in runners.items()]
+        stages["onnxruntime"] = stage_split(backends["onnxruntime"], targets, args.split_runs, args.batch)
     sdk_t.close()
 
     pairs = [sa / sb for sa, sb in zip(samples["pytorch"], samples["onnxruntime"])]
@@ -245,9 +255,14 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         "repeats": args.repeats, "split_runs": args.split_runs, "seed": args.seed, "parity": parity,
         "per_frame": per_frame,
         "speedup": {"ratio_of_medians": per_frame["pytorch"]["median_s"] / per_frame["onnxruntime"]["median_s"],
-                    "median_of_pair_ratios": float(np.median(pairs)), "pair_ratios": pairs},
+                    "median_of_pair_ratios": float(np.median(pairs)), "pair_ratios": pairs,
+                    "ratio_of_minimums": per_frame["pytorch"]["min_s"] / per_frame["onnxruntime"]["min_s"]},
         "stages_per_frame_s": stages, "machine": {**host, "load_avg_at_end": list(os.getloadavg())},
     }
+    noisy = [k for k, v in per_frame.items() if v["p95_s"] > 1.25 * v["min_s"]]
+    if noisy:  # a diagnostic only: the numbers above are reported unchanged
+        log.warning("%s: p95 > 1.25 x the fastest run; the host was busy (load %.1f at the start, %d cores), so the "
+                    "medians include interference", ", ".join(noisy), host["load_avg_at_start"][0], host["cores"])
     table = markdown(result)
     print(table)
     args.results.mkdir(parents=True, exist_ok=True)

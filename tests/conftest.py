@@ -1,4 +1,4 @@
-"""Shared test helpers: where the reference data lives.
+"""Shared test fixtures: the reference data folders and tiny bundles.
 
 The team's shared folder (``../shared`` beside the checkout) is preferred, so new vectors
 dropped there are picked up; the copies under ``tests/data`` keep CI self-contained.
@@ -9,17 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def shared_path(sub: str) -> Path:
-    """``../shared/<sub>`` when present, else the vendored ``tests/data/<sub>``."""
-    for base in (REPO.parent / "shared", DATA):
-        if (base / sub).is_dir():
-            return base / sub
-    pytest.skip(f"neither ../shared/{sub} nor tests/data/{sub} exists")
-
+from shared_data import shared_path
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:

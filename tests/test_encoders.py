@@ -18,9 +18,10 @@ from export.models.encoders import (
     stage_end_indices,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-LAYOUTS = SHARED / "checkpoint_layouts"
-VECTORS = SHARED / "reference_vectors"
+from shared_data import shared_path  # noqa: E402
+
+LAYOUTS = shared_path("checkpoint_layouts")
+VECTORS = shared_path("reference_vectors")
 
 
 # ----------------------------------------------------------------------------- helpers

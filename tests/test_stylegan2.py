@@ -10,14 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shared_data import shared_path
 from export.models.stylegan2 import Generator, ModulatedConv2d, upfirdn2d
 
 
 def shared_dir() -> Path:
-    path = Path(__file__).resolve().parents[1].parent / "shared"
-    if not path.is_dir():
-        pytest.skip(f"../shared not found: expected the shared checkpoint layouts and reference vectors at {path}")
-    return path
+    """The folder holding checkpoint_layouts/ and reference_vectors/ (../shared or tests/data)."""
+    return shared_path("reference_vectors").parent
 
 
 def rel_err(a, b) -> float:

@@ -114,5 +114,5 @@ def test_synthesise_and_style_mixing(built):
         np.testing.assert_array_equal(a.latents, b.latents)  # a seed fixes the random code
         fine = a.latents[0, 8:]
         np.testing.assert_array_equal(fine, np.repeat(fine[:1], len(fine), axis=0))  # one w, every masked layer
-        # another seed, another code (the random reference mappings squeeze all z close together)
-        assert not np.array_equal(fine, t.mix(ref["input"], seed=4).latents[0, 8:])
+        # (the random reference mappings send every z to nearly the same w, so seeds are compared
+        # against PyTorch's mapping in test_tasks_end_to_end.py instead)

@@ -120,3 +120,18 @@ def test_task_specific_inputs(task_bundle):
         else:
             with pytest.raises(InputError, match="takes no option"):
                 t(sample_input(task), factor=4)
+
+
+@pytest.mark.parametrize("task_bundle", ["sketch"], indirect=True)  # pSp's multi-modal example
+def test_style_mixing_uses_the_mapping_network(task_bundle):
+    task, ckpt, bundle = task_bundle
+    loaded = load_checkpoint(ckpt)
+    with Translator(bundle, backend="onnxruntime") as t:
+        x = t.preprocess(sample_input(task))[None]
+        mixed = t.mix(x, latent_mask=[3, 4, 5], seed=11)
+        z = np.random.default_rng(11).standard_normal((1, 512)).astype(np.float32)
+        with torch.no_grad():
+            w = loaded.generator.mapping(torch.from_numpy(z)).numpy()
+        np.testing.assert_allclose(mixed.latents[0, 3:], np.repeat(w, 3, axis=0), rtol=1e-4, atol=1e-5)
+        assert not np.allclose(mixed.latents[0, 3:], t.mix(x, latent_mask=[3, 4, 5], seed=12).latents[0, 3:])
+        np.testing.assert_array_equal(mixed.latents[0, :3], t.infer(x).latents[0, :3])

@@ -1,0 +1,182 @@
+"""Property-based tests (issue 5): mutated manifests give ``BundleError`` or a working bundle,
+never another exception; arbitrary arrays given to a ``Translator`` give an ``SdkError`` or a
+valid result, never another exception. Run time is bounded by ``max_examples``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from sdk import BundleError, SdkError, Translator
+from sdk.bundle import MANIFEST, Bundle, Manifest
+
+import tiny_bundle as tb
+
+SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                        HealthCheck.too_slow])
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=-10**30, max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
+    | st.sampled_from(["batch", "latents", "image", "condition", "float16", "generator", "encoder", "../x", "/etc",
+                       "constants.npz", "encoder.onnx", "", ".", "fp16", "inversion", "super_resolution"]),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=8,
+)
+
+
+def _paths(node, prefix=()):
+    """Every path (tuple of keys and indices) into a JSON tree."""
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, prefix + (i,))
+
+
+@st.composite
+def mutated_manifests(draw, base: dict):
+    m = copy.deepcopy(base)
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(m) if p]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = m
+        for k in path[:-1]:
+            parent = parent[k]
+        action = draw(st.sampled_from(["drop", "replace", "replace"]))
+        if action == "drop":
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(JSON)
+    return m
+
+
+@pytest.fixture(scope="module")
+def base_manifest(tiny_bundles) -> dict:
+    return json.loads((tiny_bundles["two_stage"] / MANIFEST).read_text())
+
+
+@pytest.fixture(scope="module")
+def scratch_bundle(tiny_bundles, tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "bundle"
+    shutil.copytree(tiny_bundles["two_stage"], path)
+    return path
+
+
+def test_mutated_manifests_parse_or_raise_bundle_error(base_manifest):
+    @settings(max_examples=400, **SETTINGS)
+    @given(mutated_manifests(base_manifest))
+    def check(raw):
+        try:
+            Manifest.parse(raw)
+        except BundleError as e:
+            assert str(e)  # every refusal says something
+    check()
+
+
+def test_mutated_manifests_through_bundle_and_translator(base_manifest, scratch_bundle):
+    """Written to disk (NaN, Inf and huge ints as JSON allows), opened, and when it opens, run."""
+    x = np.zeros((1, tb.C_X, tb.S, tb.S), np.float32)
+
+    @settings(max_examples=60, **SETTINGS)
+    @given(mutated_manifests(base_manifest))
+    def check(raw):
+        (scratch_bundle / MANIFEST).write_text(json.dumps(raw))
+        try:
+            Bundle(scratch_bundle)
+            with Translator(scratch_bundle, backend="onnxruntime", threads=1) as t:
+                res = t.infer(x)
+                assert res.images.shape[1:] == (3, tb.R, tb.R)
+        except SdkError as e:
+            assert str(e)
+    check()
+
+
+# --------------------------------------------------------------------------- arrays
+
+DTYPES = hnp.scalar_dtypes() | st.just(np.dtype(np.float16)) | st.just(np.dtype(np.float32))
+VALID_NCHW = st.tuples(st.integers(0, tb.MAX_BATCH + 2), st.just(tb.C_X), st.just(tb.S), st.just(tb.S))
+SHAPES = (hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=4) | VALID_NCHW
+          | st.just((tb.C_X, tb.S, tb.S)) | st.just((1, tb.C_X, tb.S, tb.S)))
+
+
+@pytest.fixture(scope="module")
+def translator(tiny_bundles):
+    with Translator(tiny_bundles["iterative"], backend="onnxruntime", threads=1) as t:
+        yield t
+
+
+@st.composite
+def arrays(draw, shapes, dtypes=DTYPES):
+    dtype = draw(dtypes)
+    shape = draw(shapes)
+    if np.issubdtype(dtype, np.floating) and draw(st.booleans()):  # mostly plausible values
+        elements = st.floats(-1.5, 1.5, width=min(dtype.itemsize * 8, 64)) | st.sampled_from(
+            [math.nan, math.inf, -math.inf, 1e30, -1e300])
+        return draw(hnp.arrays(dtype, shape, elements=elements, fill=st.floats(-1, 1, width=16)))
+    return draw(hnp.arrays(dtype, shape))
+
+
+@settings(max_examples=250, **SETTINGS)
+@given(x=arrays(SHAPES), iterations=st.none() | st.integers(-2, 6) | st.floats(0, 3) | st.booleans(),
+       layout=st.sampled_from(["c", "f", "reversed", "readonly"]))
+def test_infer_with_arbitrary_arrays(translator, x, iterations, layout):
+    if layout == "f":
+        x = np.asfortranarray(x)
+    elif layout == "reversed" and x.ndim:
+        x = np.ascontiguousarray(x[..., ::-1])[..., ::-1]
+    elif layout == "readonly":
+        x.flags.writeable = False
+    try:
+        res = translator.infer(x, iterations=iterations)
+    except SdkError as e:
+        assert str(e)
+        return
+    assert res.images.dtype == np.float32 and res.images.shape == (x.reshape(-1, tb.C_X, tb.S, tb.S).shape[0], 3,
+                                                                      tb.R, tb.R)
+    assert np.isfinite(res.images).all() and np.isfinite(res.latents).all()
+
+
+IMAGE_SHAPES = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=40)
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(image=arrays(IMAGE_SHAPES))
+def test_call_with_arbitrary_images(translator, image):
+    try:
+        out = translator(image)
+    except SdkError as e:
+        assert str(e)
+        return
+    assert out.shape == (tb.R, tb.R, 3) and out.dtype == np.uint8
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(z=arrays(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=tb.D + 1)
+                | st.tuples(st.integers(0, 5), st.just(tb.M), st.just(tb.D))),
+       mask=st.none() | st.lists(st.integers(-2, tb.M + 1) | st.text(max_size=2) | st.floats(), max_size=5),
+       alpha=st.none() | st.floats() | st.text(max_size=3))
+def test_synthesise_and_mix_with_arbitrary_arguments(translator, z, mask, alpha):
+    try:
+        images = translator.synthesise(z)
+        assert images.shape[1:] == (3, tb.R, tb.R) and np.isfinite(images).all()
+    except SdkError as e:
+        assert str(e)
+    x = np.zeros((1, tb.C_X, tb.S, tb.S), np.float32)
+    try:
+        res = translator.mix(x, latent_mask=mask, alpha=alpha, inject_latents=z)
+        assert res.latents.shape == (1, tb.M, tb.D)
+    except SdkError as e:
+        assert str(e)

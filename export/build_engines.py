@@ -99,10 +99,11 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
         stages.append({"graph": f"encoder_{i}", "feedback": stage.feedback, "residual": stage.residual})
     graphs.append(("generator", GeneratorGraph(gen).eval(), {"z": example["z"]}, "image",
                    ("image", ["batch", 3, size, size])))
-    # the mapping network z -> w, for style mixing (pSp's multi-modal synthesis)
+    # the mapping network z -> w, for style mixing (pSp's multi-modal synthesis); ProGAN has none
     io["sample"] = ("sample", ["batch", d])
-    graphs.append(("mapping", MappingGraph(gen).eval(), {"sample": torch.randn(example_batch, d, generator=rng)},
-                   "w", ("style", ["batch", d])))
+    if hasattr(gen, "mapping"):
+        graphs.append(("mapping", MappingGraph(gen).eval(), {"sample": torch.randn(example_batch, d, generator=rng)},
+                       "w", ("style", ["batch", d])))
     options = {"super_resolution": {"factor": factor}, "segmentation": {"label_nc": cond_nc}}.get(task, {})
 
     trt = tensorrt_version()
@@ -152,8 +153,8 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "source": {"file": ckpt.path.name, "sha256": ckpt.sha256, "format": ckpt.format},
                 "encoders": [st.config for st in ckpt.stages],
-                "generator": {"size": size, "style_dim": d, "n_mlp": gen.n_mlp,
-                              "channel_multiplier": gen.channel_multiplier},
+                "generator": getattr(gen, "config", None) or {"size": size, "style_dim": d, "n_mlp": gen.n_mlp,
+                                                               "channel_multiplier": gen.channel_multiplier},
                 "torch": torch.__version__, "onnx_opset": OPSET, "tensorrt": trt,
                 "python": platform.python_version(),
             },

@@ -9,6 +9,10 @@ restyle_fpn   restyle-encoder, ``GradualStyleEncoder`` (6 channels) = the OME
               StyleGAN2 encoder, iterative
 rosinality    stylegan2-pytorch: ``{g_ema, latent_avg, ...}`` (a generator only; use it
               with ``--generator`` to replace an encoder checkpoint's decoder)
+ome_progan    our OME-over-ProGAN format (multi-scale encoder, dynamic fusion, genforce
+              PGGAN decoder), iterative; see export/family_checkpoints.py
+mtv_tsa       Deep-GAN-Encoders' bare MTV-TSA ``BE`` state dict + ``--generator``
+              (rosinality g_ema); one pass
 ============  ===================================================================
 
 Files are read with ``torch.load(weights_only=True)``: tensors, containers and the few
@@ -35,6 +39,8 @@ from sdk.bundle import sha256_file
 log = logging.getLogger(__name__)
 
 FORMATS = ("psp", "restyle_psp", "restyle_fpn", "e2style", "rosinality")
+# ProGAN-based OME and MTV-TSA: loaded by export/family_checkpoints.py (formats documented there)
+FORMATS += ("ome_progan", "mtv_tsa")
 ITERATIVE = ("restyle_psp", "restyle_fpn")
 SAFE_GLOBALS = [argparse.Namespace]  # option objects some public checkpoints carry
 
@@ -117,6 +123,11 @@ def detect_format(ckpt: Any) -> str:
         raise CheckpointError(f"expected a dict checkpoint, found {type(ckpt).__name__}")
     if "g_ema" in ckpt:
         return "rosinality"
+    from export.family_checkpoints import detect_family_format  # imports this module: import lazily
+
+    family = detect_family_format(ckpt)
+    if family is not None:
+        return family
     if "state_dict" not in ckpt:
         raise CheckpointError(f"unknown checkpoint layout (top-level keys {sorted(ckpt)[:8]}); expected "
                               f"'state_dict' + 'opts' (pSp/ReStyle) or 'g_ema' (rosinality). Use --format")
@@ -149,6 +160,10 @@ def from_dict(ckpt: Any, format: str | None = None, where: str = "checkpoint",
     fmt = format or detect_format(ckpt)
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    if fmt in ("ome_progan", "mtv_tsa"):
+        from export.family_checkpoints import load_family
+
+        return load_family(fmt, ckpt, where, generator_file)
     if fmt == "rosinality":
         raise CheckpointError(f"{where} is a rosinality generator file (g_ema) without an encoder; pass an encoder "
                               f"checkpoint with --checkpoint and this file with --generator")

@@ -1,0 +1,190 @@
+"""Loaders for the ProGAN-based OME format (``ome_progan``) and MTV-TSA (``mtv_tsa``).
+
+``export/checkpoints.py`` detects these formats and hands them here; the result is the same
+:class:`~export.checkpoints.LoadedCheckpoint` the StyleGAN2 families produce, so the bundle
+builder and the runtime loop treat them as data.
+
+``ome_progan`` (our format; the OME authors published no weights)::
+
+    {"format": "ome_progan", "format_version": 1,
+     "state_dict": {"encoder.*":  OMEEncoder (export/models/ome_encoder.py: ResNet-34/50 + FPN + F2C heads),
+                    "fusion.*":   DynamicFusion "fc0.weight" [C/8, C], "fc1.weight" [C, C/8]
+                                  (absent: the static average of the M feature maps),
+                    "decoder.*":  the genforce PGGAN generator state dict (optional: --generator FILE
+                                  with the bare genforce file instead)},
+     "latent_avg": [D] or [M, D]  (z_0; absent: zeros, the mean of N(0, I)),
+     "opts": {"split": 8, "n_iters_per_batch": 5, "dataset_type": ..., "label_nc": ...}}
+
+    M (the number of codes, 20 in the paper) is the number of encoder heads; the encoder takes
+    C_x + 3 channels (condition + fed-back image). Schedule: OME's loop, z_{t+1} = z_t + E(x, y_t).
+
+``mtv_tsa``: the authors' bare ``BE`` state dict (``disanda/Deep-GAN-Encoders``,
+``torch.save(E.state_dict())``; a DataParallel ``module.`` prefix is stripped) plus a StyleGAN2
+generator given with ``--generator`` (rosinality ``g_ema``) whose W+ count matches the encoder's
+codes (14 / 16 / 18 for 256 / 512 / 1024 px). Schedule: one pass, ``w = E(x)`` (absolute codes).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from export.checkpoints import CheckpointError, LoadedCheckpoint, StageModel, _latent_avg, _opts, _strip, \
+    build_generator, detect_format, load_strict
+from export.models.mtv import NOISE_SEED, MTVEncoder, infer_mtv_config
+from export.models.ome_encoder import OMEEncoder, infer_ome_config
+from export.models.progan import OME_SPLIT, DynamicFusion, MultiCodeProGAN, ProGANGenerator, StaticFusion
+
+log = logging.getLogger(__name__)
+
+FAMILY_FORMATS = ("ome_progan", "mtv_tsa")
+
+
+def detect_family_format(ckpt: Any) -> str | None:
+    """``ome_progan`` (its ``format`` marker), ``mtv_tsa`` (a bare BE state dict), else None."""
+    if not isinstance(ckpt, Mapping):
+        return None
+    if ckpt.get("format") == "ome_progan":
+        return "ome_progan"
+    keys = [k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k for k in ckpt]
+    if "FromRGB.from_rgb.weight" in keys and any(str(k).startswith("decode_block.") for k in keys):
+        return "mtv_tsa"
+    return None
+
+
+def load_family(fmt: str, ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
+    if fmt == "ome_progan":
+        return load_ome_progan(ckpt, where, generator_file)
+    if fmt == "mtv_tsa":
+        return load_mtv_tsa(ckpt, where, generator_file)
+    raise CheckpointError(f"unknown format {fmt!r}; expected one of {FAMILY_FORMATS}")
+
+
+# --------------------------------------------------------------------------- ProGAN
+
+def build_progan(state: Mapping[str, torch.Tensor], where: str) -> ProGANGenerator:
+    """A genforce PGGAN generator from its bare state dict (``lod`` must be 0 or absent)."""
+    state = dict(state)
+    lod = state.pop("lod", None)
+    if lod is not None and float(lod) != 0.0:
+        raise CheckpointError(f"{where}: lod = {float(lod)}; only fully grown generators (lod 0) are supported")
+    try:
+        config = ProGANGenerator.config_from_state_dict(state)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: not a genforce PGGAN generator state dict ({e})") from None
+    generator = ProGANGenerator(**config)
+    load_strict(generator, state, where)
+    return generator.eval()
+
+
+def build_fusion(state: Mapping[str, torch.Tensor], channels: int, where: str) -> torch.nn.Module:
+    """:class:`DynamicFusion` from ``fc0`` / ``fc1`` weights, or :class:`StaticFusion` when empty."""
+    if not state:
+        return StaticFusion()
+    if "fc0.weight" not in state:
+        raise CheckpointError(f"{where}: fusion.* has no fc0.weight (keys {sorted(state)[:4]})")
+    hidden = int(state["fc0.weight"].shape[0])
+    if hidden <= 0 or channels % hidden:
+        raise CheckpointError(f"{where}: fusion.fc0.weight is {tuple(state['fc0.weight'].shape)}, which does not "
+                              f"reduce the {channels} channels at the split by a whole ratio")
+    fusion = DynamicFusion(channels, reduction=channels // hidden, bias="fc0.bias" in state)
+    load_strict(fusion, state, f"{where} (fusion.*)")
+    return fusion.eval()
+
+
+def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{where} has no 'state_dict'; it is not an ome_progan checkpoint")
+    state, opts = ckpt["state_dict"], _opts(ckpt)
+    enc_sd = _strip(state, "encoder.")
+    try:
+        config = infer_ome_config(enc_sd)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: the encoder.* weights are not an OME encoder ({e})") from None
+    encoder = OMEEncoder(**config)
+    load_strict(encoder, enc_sd, f"{where} (encoder.*)")
+    if generator_file is not None:
+        generator = build_progan(generator_file, "--generator (genforce PGGAN)")
+    else:
+        dec_sd = _strip(state, "decoder.")
+        if not dec_sd:
+            raise CheckpointError(f"{where} has no 'decoder.*' weights; pass the genforce PGGAN file with --generator")
+        generator = build_progan(dec_sd, f"{where} (decoder.*)")
+    split = int(opts.get("split", OME_SPLIT))
+    if not 1 <= split < generator.num_layers:
+        raise CheckpointError(f"{where}: opts.split = {split} is outside 1..{generator.num_layers - 1}")
+    fusion = build_fusion(_strip(state, "fusion."), generator.split_channels(split), where)
+    m, d = encoder.n_styles, generator.z_dim
+    if config["code_dim"] != d:
+        raise CheckpointError(f"{where}: the encoder predicts {config['code_dim']}-d codes but the generator takes "
+                              f"z of {d}; they belong to different models")
+    if config["input_nc"] < 4:
+        raise CheckpointError(f"{where}: the encoder takes {config['input_nc']} channels, too few for the input "
+                              f"plus the fed-back image")
+    multi = MultiCodeProGAN(generator, m, fusion, split).eval()
+    avg = ckpt.get("latent_avg")
+    avg = torch.zeros(m, d) if avg is None else avg.detach().float().reshape(-1, d)
+    if avg.shape[0] == 1:
+        avg = avg.repeat(m, 1)  # OME: the average code repeated M times
+    if tuple(avg.shape) != (m, d):
+        raise CheckpointError(f"{where}: latent_avg has shape {tuple(avg.shape)}; expected [{d}] or [{m}, {d}]")
+    stage_config = {"encoder_type": "OMEEncoder", "mode": f"resnet{config['depth']}", "num_layers": config["depth"],
+                    "input_nc": config["input_nc"], "n_styles": m, **{k: config[k] for k in ("width", "fpn_dim")},
+                    "codes_per_level": list(config["codes_per_level"])}
+    return LoadedCheckpoint(format="ome_progan", path=Path(where), sha256="", opts=opts, generator=multi,
+                            latent_avg=avg.contiguous(), stages=[StageModel(encoder.eval(), stage_config, True, True)],
+                            repeat_last=True, default_iterations=int(opts.get("n_iters_per_batch", 5)))
+
+
+# --------------------------------------------------------------------------- MTV-TSA
+
+def load_mtv_tsa(ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{where} is a {type(ckpt).__name__}; expected the MTV-TSA encoder state dict")
+    state = dict(ckpt.get("state_dict", ckpt))
+    if state and all(k.startswith("module.") for k in state):
+        log.info("%s: stripping the DataParallel 'module.' prefix", where)
+        state = _strip(state, "module.")
+    try:
+        config = infer_mtv_config(state)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: not an MTV-TSA encoder ({e})") from None
+    encoder = MTVEncoder(**config)
+    load_strict(encoder, state, where)
+    if generator_file is None or detect_format(generator_file) != "rosinality":
+        raise CheckpointError(f"{where} holds only the MTV-TSA encoder; pass its StyleGAN2 generator with --generator "
+                              f"(a rosinality file with 'g_ema', {encoder.size} px, {encoder.n_styles} W+ codes)")
+    generator = build_generator(dict(generator_file["g_ema"]), "--generator (g_ema)")
+    if generator.n_latent != encoder.n_styles or generator.style_dim != config["latent_size"]:
+        raise CheckpointError(f"the encoder predicts {encoder.n_styles} x {config['latent_size']} codes but the "
+                              f"{generator.size} px generator takes {generator.n_latent} x {generator.style_dim}; "
+                              f"they belong to different models")
+    if encoder.size != 256:
+        raise CheckpointError(f"{where}: a {encoder.size} px MTV-TSA encoder takes {encoder.size} px input; bundles "
+                              f"take 256 px input for now (only the 256 px encoder is supported)")
+    stage_config = {"encoder_type": "MTVEncoder", "mode": "mtv", "num_layers": config["layer_count"],
+                    "input_nc": config["channels"], "n_styles": encoder.n_styles,
+                    "startf": config["startf"], "maxf": config["maxf"], "noise_seed": NOISE_SEED}
+    return LoadedCheckpoint(format="mtv_tsa", path=Path(where), sha256="", opts={}, generator=generator,
+                            latent_avg=_latent_avg(generator_file, generator),
+                            stages=[StageModel(encoder.eval(), stage_config, False, False)],
+                            repeat_last=False, default_iterations=1)
+
+
+
+def save_ome_progan(path, encoder: OMEEncoder, generator: ProGANGenerator, fusion: torch.nn.Module | None = None,
+                    latent_avg: torch.Tensor | None = None, opts: Mapping | None = None) -> None:
+    """Write an ``ome_progan`` checkpoint (the layout in this module's docstring) from trained
+    modules: ``fusion`` a :class:`DynamicFusion` (None or :class:`StaticFusion`: static average),
+    ``latent_avg`` the z_0 code ``[D]`` or ``[M, D]``, ``opts`` e.g. ``{"split": 8}``."""
+    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    state.update({f"decoder.{k}": v for k, v in generator.state_dict().items()})
+    if isinstance(fusion, DynamicFusion):
+        state.update({f"fusion.{k}": v for k, v in fusion.state_dict().items()})
+    payload = {"format": "ome_progan", "format_version": 1, "state_dict": state,
+               "opts": {"split": OME_SPLIT, "n_iters_per_batch": 5, **dict(opts or {})}}
+    if latent_avg is not None:
+        payload["latent_avg"] = latent_avg.detach().float()
+    torch.save(payload, path)

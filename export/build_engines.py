@@ -52,7 +52,6 @@ from sdk.tasks import SR_FACTORS, TASKS
 
 log = logging.getLogger("build_engines")
 REPO = Path(__file__).resolve().parents[1]
-ENCODER_INPUT_SIZE = 256  # every public pSp/ReStyle/E2Style/OME encoder
 # the encoder input range each task's pre-processing produces (sdk/tasks.py)
 TASK_RANGES = {"inversion": (-1.0, 1.0), "super_resolution": (-1.0, 1.0), "sketch": (0.0, 1.0),
                "segmentation": (0.0, 1.0)}
@@ -76,6 +75,7 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
     (export/tensorrt_build.py), used where TensorRT is installed."""
     gen = ckpt.generator.set_fp16_safe(precision == "fp16")  # NVlabs' pre-normalisation, same maths
     size, m, d = gen.size, gen.n_latent, gen.style_dim
+    s_in = ckpt.input_size  # the encoder input side
     cond_nc = ckpt.condition_channels
     lo, hi = TASK_RANGES[task]
     with torch.no_grad():
@@ -84,16 +84,16 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
     rng = torch.Generator().manual_seed(0)
     example_batch = 2  # batch 1 would be specialised by the exporter
     example = {
-        "x": lo + (hi - lo) * torch.rand(example_batch, cond_nc, ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, generator=rng),
+        "x": lo + (hi - lo) * torch.rand(example_batch, cond_nc, s_in, s_in, generator=rng),
         "y": average_image[None].repeat(example_batch, 1, 1, 1),
         "z": latent_avg[None].repeat(example_batch, 1, 1) + 0.1 * torch.randn(example_batch, m, d, generator=rng),
     }
-    io = {"x": ("condition", ["batch", cond_nc, ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE]),
+    io = {"x": ("condition", ["batch", cond_nc, s_in, s_in]),
           "y": ("image", ["batch", 3, size, size]), "z": ("latents", ["batch", m, d])}
     graphs, stages = [], []
     for i, stage in enumerate(ckpt.stages):
         step = EncoderStep(stage.encoder, feedback=stage.feedback, residual=stage.residual,
-                           input_size=ENCODER_INPUT_SIZE, output_size=size, n_latent=m).eval()
+                           input_size=s_in, output_size=size, n_latent=m).eval()
         inputs = {k: example[k] for k in step.input_names}
         graphs.append((f"encoder_{i}", step, inputs, "z_next", ("latents", ["batch", m, d])))
         stages.append({"graph": f"encoder_{i}", "feedback": stage.feedback, "residual": stage.residual})
@@ -138,7 +138,7 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
             "name": name or out.name,
             "family": ckpt.format,
             "task": {"name": task, "options": options},
-            "input": {"channels": cond_nc, "size": ENCODER_INPUT_SIZE, "range": [lo, hi]},
+            "input": {"channels": cond_nc, "size": s_in, "range": [lo, hi]},
             "output": {"channels": 3, "size": size, "range": [-1.0, 1.0]},
             "latent": {"count": m, "dim": d},
             "batch": {"min": 1, "max": max_batch},

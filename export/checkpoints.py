@@ -76,6 +76,7 @@ class LoadedCheckpoint:
     stages: list[StageModel] = field(default_factory=list)
     repeat_last: bool = False
     default_iterations: int = 1
+    input_size: int = 256  # encoder input side: 256 for every public encoder, G's size for MTV-TSA
 
     @property
     def encoder_config(self) -> dict:

@@ -161,16 +161,13 @@ def load_mtv_tsa(ckpt: Any, where: str, generator_file: Mapping | None) -> Loade
         raise CheckpointError(f"the encoder predicts {encoder.n_styles} x {config['latent_size']} codes but the "
                               f"{generator.size} px generator takes {generator.n_latent} x {generator.style_dim}; "
                               f"they belong to different models")
-    if encoder.size != 256:
-        raise CheckpointError(f"{where}: a {encoder.size} px MTV-TSA encoder takes {encoder.size} px input; bundles "
-                              f"take 256 px input for now (only the 256 px encoder is supported)")
     stage_config = {"encoder_type": "MTVEncoder", "mode": "mtv", "num_layers": config["layer_count"],
                     "input_nc": config["channels"], "n_styles": encoder.n_styles,
                     "startf": config["startf"], "maxf": config["maxf"], "noise_seed": NOISE_SEED}
     return LoadedCheckpoint(format="mtv_tsa", path=Path(where), sha256="", opts={}, generator=generator,
                             latent_avg=_latent_avg(generator_file, generator),
                             stages=[StageModel(encoder.eval(), stage_config, False, False)],
-                            repeat_last=False, default_iterations=1)
+                            repeat_last=False, default_iterations=1, input_size=encoder.size)
 
 
 

@@ -249,3 +249,21 @@ def test_matches_public_reference_images():
             with torch.no_grad():
                 image = F.adaptive_avg_pool2d(g(codes), (256, 256)).numpy()
             assert rel_err(image, ref[image_key]) < 1e-4, (name, image_key)
+
+
+def test_epsilons_survive_onnx_export(tmp_path):
+    """PixelNorm of a zero z is 0 in PyTorch (rsqrt(0 + 1e-8) * 0); an exporter that drops the
+    epsilon gives NaN. The mapping graph must keep it."""
+    import onnxruntime as ort
+
+    from export.graphs import MappingGraph
+    from export.onnx_export import export_onnx
+
+    g = Generator(16, style_dim=32, n_mlp=2).eval()
+    path = tmp_path / "mapping.onnx"
+    export_onnx(MappingGraph(g), {"sample": torch.randn(2, 32)}, "w", path, max_batch=4)
+    out = ort.InferenceSession(str(path)).run(None, {"sample": np.zeros((1, 32), np.float32)})[0]
+    with torch.no_grad():
+        ref = g.mapping(torch.zeros(1, 32)).numpy()
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)

@@ -54,11 +54,22 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
     return F.conv2d(x, weight, stride=down, groups=c)
 
 
+def epsilon_buffer(module: nn.Module, value: float = 1e-8) -> None:
+    """Register ``module.eps`` (not saved in state dicts). A tensor, not a Python float: the
+    ONNX exporter's optimiser treats ``x + 1e-8`` as ``x + 0`` and drops it, which turns
+    ``rsqrt(0)`` into Inf (e.g. PixelNorm of a zero vector)."""
+    module.register_buffer("eps", torch.full((1, 1), value), persistent=False)
+
+
 class PixelNorm(nn.Module):
     """Normalise each vector ``[N, D]`` to unit root-mean-square over dim 1."""
 
+    def __init__(self):
+        super().__init__()
+        epsilon_buffer(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + self.eps)
 
 
 class Upsample(nn.Module):
@@ -114,6 +125,7 @@ class ModulatedConv2d(nn.Module):
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
+        epsilon_buffer(self)
         if upsample:
             p = (len(blur_kernel) - 2) - (kernel_size - 1)
             self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=2)
@@ -137,7 +149,7 @@ class ModulatedConv2d(nn.Module):
             out = F.conv2d(x, weight, padding=self.padding)
         if self.demodulate:
             # sum_{i,kh,kw} (w[o,i,kh,kw] * s[b,i])^2 as a [N, in] @ [in, out] matmul
-            d = torch.rsqrt((s * s) @ (weight * weight).sum([2, 3]).t() + 1e-8)
+            d = torch.rsqrt((s * s) @ (weight * weight).sum([2, 3]).t() + self.eps)
             out = out * d.reshape(-1, self.out_channel, 1, 1)
         return out
 
@@ -147,7 +159,7 @@ class ModulatedConv2d(nn.Module):
         k, cin, cout = self.kernel_size, self.in_channel, self.out_channel
         w = weight[None] * s[:, None, :, None, None]  # [N, out, in, k, k]
         if self.demodulate:
-            w = w * torch.rsqrt(w.pow(2).sum([2, 3, 4]) + 1e-8)[:, :, None, None, None]
+            w = w * torch.rsqrt(w.pow(2).sum([2, 3, 4]) + self.eps[0])[:, :, None, None, None]
         x = x.reshape(1, batch * cin, height, width)
         if self.upsample:
             w = w.transpose(1, 2).reshape(batch * cin, cout, k, k)

@@ -25,9 +25,12 @@ Layout of ``manifest.json`` (schema version 1)::
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -45,6 +48,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 # sample: a random z [batch, D] into the mapping graph; style: one W code [batch, D] out of it
 ROLES = ("condition", "image", "latents", "sample", "style")
+MAX_ITERATIONS = 1000  # bounds repeating schedules, so a typo cannot hang the caller's thread
 REBUILD_HINT = "rebuild it with: python export/build_engines.py --checkpoint CKPT --out {path}"
 
 
@@ -69,7 +73,7 @@ class TensorSpec:
         if spec.dtype not in ("float32", "float16"):
             raise BundleError(f"{where}.dtype is {spec.dtype!r}; expected float32 or float16")
         for d in spec.shape:
-            if not (isinstance(d, str) or (isinstance(d, int) and d > 0)):
+            if not (isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d > 0)):
                 raise BundleError(f"{where}.shape has {d!r}; expected positive ints or names")
         return spec
 
@@ -189,8 +193,7 @@ class Manifest:
                             default_iterations=_field(sched_raw, "default_iterations", int, "schedule"))
         consts = _field(raw, "constants", dict, "manifest")
         rng = _field(inp, "range", list, "input")
-        if (len(rng) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
-                or not (np.isfinite(rng).all() and rng[0] < rng[1])):
+        if len(rng) != 2 or not all(_finite_number(v) for v in rng) or not float(rng[0]) < float(rng[1]):
             raise BundleError(f"input.range is {rng!r}; expected [lo, hi], two finite numbers with lo < hi")
         options = task.get("options", {}) or {}
         _expect(options, dict, "task.options")
@@ -237,11 +240,20 @@ class Manifest:
                     raise BundleError(f"{where}.shape is {list(t.shape)}; its role {t.role!r} needs "
                                       f"[batch, {', '.join(map(str, role_dims[t.role]))}] (from the manifest's "
                                       f"input/output/latent fields)")
-        if not 1 <= self.schedule.default_iterations <= (self.schedule.max_iterations or 10**6):
+        if not 1 <= self.schedule.default_iterations <= (self.schedule.max_iterations or MAX_ITERATIONS):
             raise BundleError(f"schedule.default_iterations={self.schedule.default_iterations} is outside "
-                              f"1..{self.schedule.max_iterations}")
+                              f"1..{self.schedule.max_iterations or MAX_ITERATIONS}")
         if not 1 <= self.batch_min <= self.batch_max:
             raise BundleError(f"batch range {self.batch_min}..{self.batch_max} is empty")
+
+
+def _finite_number(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an int beyond float's range
+        return False
 
 
 def _expect(value: Any, kind: type, where: str) -> None:
@@ -271,8 +283,12 @@ def resolve_inside(root: Path, name: str) -> Path:
     if not name or os.path.isabs(name) or Path(name).drive:
         raise BundleError(f"manifest path {name!r} is absolute or empty; bundle paths must be relative "
                           f"file names inside {root}")
-    root_real = root.resolve()
-    path = (root / name).resolve()
+    try:
+        root_real = root.resolve()
+        path = (root / name).resolve()
+    except (ValueError, OSError, RuntimeError) as e:  # NUL bytes, names too long, symlink loops
+        raise BundleError(f"manifest path {name!r} cannot be resolved inside {root} ({e}); "
+                          f"{REBUILD_HINT.format(path=root)}") from None
     if root_real != path and root_real not in path.parents:
         raise BundleError(f"manifest path {name!r} leaves the bundle folder {root}; refusing to read it")
     return path
@@ -293,8 +309,10 @@ class Bundle:
             raise BundleError(f"{manifest_path} is missing: {self.path} is not a complete bundle; {hint}")
         try:
             raw = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(f"{manifest_path} is not valid JSON ({e}); {hint}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise BundleError(f"{manifest_path} is not valid JSON ({type(e).__name__}: {e}); {hint}") from None
+        except OSError as e:
+            raise BundleError(f"{manifest_path} cannot be read ({e}); {hint}") from None
         try:
             self.manifest = Manifest.parse(raw)
         except BundleError as e:
@@ -303,11 +321,14 @@ class Bundle:
         files.append((self.manifest.constants_file, self.manifest.constants_sha256))
         for name, digest in files:
             path = resolve_inside(self.path, name)
-            if not path.is_file():
-                raise BundleError(f"bundle file {path} is missing; {hint}")
-            if verify and sha256_file(path) != digest:
-                raise BundleError(f"bundle file {path} does not match its SHA-256 in the manifest "
-                                  f"(corrupt or modified); {hint}")
+            try:
+                if not path.is_file():
+                    raise BundleError(f"bundle file {path} is missing; {hint}")
+                if verify and sha256_file(path) != digest:
+                    raise BundleError(f"bundle file {path} does not match its SHA-256 in the manifest "
+                                      f"(corrupt or modified); {hint}")
+            except OSError as e:  # unreadable: permissions, I/O errors
+                raise BundleError(f"bundle file {path} cannot be read ({e}); {hint}") from None
 
     def file(self, name: str) -> Path:
         return resolve_inside(self.path, name)
@@ -340,21 +361,37 @@ class BundleWriter:
     Use as a context manager: an exception (or Ctrl-C) inside the block removes the
     temporary folder and leaves any previous bundle at ``target`` untouched. The manifest is
     written last, so a folder without one is never a bundle.
+
+    Crash safety (SIGKILL, power loss): the temporary folder ``.NAME.tmp-XXXX`` is paired with a
+    lock file ``.NAME.tmp-XXXX.lock`` that this writer holds (``flock``) while it lives. A later
+    writer for the same target removes the temporary folders whose lock nobody holds (left by a
+    killed build) and leaves those of builds still running alone. On Linux the commit swaps the
+    new folder with the old one in one ``renameat2(RENAME_EXCHANGE)``, so ``target`` is never
+    missing; elsewhere it takes two renames, and a crash between them (the old bundle left as
+    ``.NAME.old``) is repaired by the next writer.
     """
 
     def __init__(self, target: str | os.PathLike):
         self.target = Path(target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self._recover_interrupted_swap()
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+        self._remove_stale_temporaries()
+        self._lock_fd, self.tmp = _locked_temporary(self.target)
         self.files: dict[str, str] = {}
 
     def __enter__(self) -> "BundleWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or self.tmp.exists():
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._lock_fd is None:
+            return
+        try:
+            if exc_type is not None or os.path.lexists(self.tmp):
+                _remove(self.tmp)
+        finally:  # the lock file goes last: while it is held, nobody else removes the folder
+            _unlink(_lock_path(self.tmp))
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def path(self, name: str) -> Path:
         """Where to write the bundle file ``name`` (a plain file name) before committing."""
@@ -368,27 +405,146 @@ class BundleWriter:
 
     def commit(self, manifest: Mapping[str, Any]) -> Path:
         Manifest.parse(json.loads(json.dumps(manifest)))  # never commit what the reader rejects
+        for name in self.files:  # the data reaches the disk before the manifest that vouches for it
+            _fsync(self.path(name))
         with open(self.tmp / MANIFEST, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, sort_keys=False)
             f.flush()
             os.fsync(f.fileno())
-        old = None
-        if self.target.exists():
+        _fsync(self.tmp)
+        if not os.path.lexists(self.target):
+            os.replace(self.tmp, self.target)
+        elif _exchange(self.tmp, self.target):  # atomic: the old bundle is now at self.tmp
+            _remove(self.tmp)
+        else:
             old = self.target.parent / f".{self.target.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.tmp, self.target)
+            _remove(old)
+        _fsync(self.target.parent)
         log.info("bundle written to %s", self.target)
         return self.target
 
     def _recover_interrupted_swap(self) -> None:
         # A crash between the two renames of commit() leaves the previous bundle as ".NAME.old".
         old = self.target.parent / f".{self.target.name}.old"
-        if old.exists() and not self.target.exists():
+        if old.exists() and not os.path.lexists(self.target):
             os.replace(old, self.target)
             log.warning("restored %s from an interrupted build", self.target)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Remove ``.NAME.tmp-*`` folders (and lock files) of writers that died, never those of
+        writers still running: a live writer holds its lock file's ``flock``."""
+        if fcntl is None:
+            return
+        prefix = f".{self.target.name}.tmp-"
+        for entry in self.target.parent.iterdir():
+            if not entry.name.startswith(prefix) or entry.name.endswith(".lock"):
+                continue
+            lock = _lock_path(entry)
+            try:
+                fd = os.open(lock, os.O_RDWR)
+            except FileNotFoundError:  # a writer creates its lock before its folder: none is alive
+                fd = None
+            try:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: a build in progress
+                os.close(fd)
+                continue
+            log.warning("removing %s, left by an interrupted build", entry)
+            _remove(entry)
+            _unlink(lock)
+            if fd is not None:
+                os.close(fd)
+        for lock in self.target.parent.glob(f"{prefix}*.lock"):  # locks whose folder is already gone
+            if not os.path.lexists(lock.with_name(lock.name[:-len(".lock")])):
+                try:
+                    fd = os.open(lock, os.O_RDWR)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        _unlink(lock)
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    pass
+
+
+try:
+    import fcntl
+except ImportError:  # Windows: no stale-folder cleanup
+    fcntl = None
+
+
+def _lock_path(tmp: Path) -> Path:
+    return tmp.with_name(tmp.name + ".lock")
+
+
+def _locked_temporary(target: Path) -> tuple[int, Path]:
+    """Create and lock ``.NAME.tmp-XXXX.lock``, then create the folder ``.NAME.tmp-XXXX``."""
+    while True:
+        fd, lock = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=".lock", dir=target.parent)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:  # another writer's cleanup may have taken the lock file before we locked it
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+        tmp = Path(lock[:-len(".lock")])
+        try:
+            os.mkdir(tmp, 0o755)
+            return fd, tmp
+        except FileExistsError:  # a folder of that name left by an older writer: try another name
+            _unlink(Path(lock))
+            os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):  # not on this filesystem/kernel
+        return False
+    raise OSError(err, f"renameat2({a}, {b}, RENAME_EXCHANGE) failed: {os.strerror(err)}")
+
+
+def _remove(path: Path) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        _unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or folder to disk (best effort: some filesystems refuse folder fsync)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def iter_stage_graphs(manifest: Manifest) -> Iterator[GraphSpec]:

@@ -15,6 +15,15 @@ import numpy as np
 
 from .errors import InputError
 
+MAX_IMAGE_SIDE = 8192  # larger images are refused: resizing them to 256 px would take gigabytes
+
+
+def check_image_side(shape, what: str = "image") -> None:
+    """Refuse an image whose height or width (``shape[:2]``) exceeds :data:`MAX_IMAGE_SIDE`."""
+    if len(shape) >= 2 and max(shape[:2]) > MAX_IMAGE_SIDE:
+        raise InputError(f"the {what} is {shape[0]}x{shape[1]} px; at most {MAX_IMAGE_SIDE} px a side is accepted "
+                         f"(the model reads it at its input size): downscale it first")
+
 
 def as_rgb_uint8(image) -> np.ndarray:
     """An HxWx3 uint8 RGB array from numpy (HxW, HxWx1, HxWx3, HxWx4) or a PIL image.
@@ -24,6 +33,9 @@ def as_rgb_uint8(image) -> np.ndarray:
     16-bit, ...) are converted with ``image.convert("RGB")``.
     """
     mode = getattr(image, "mode", None)
+    size = getattr(image, "size", None)
+    if isinstance(mode, str) and isinstance(size, tuple) and len(size) == 2:  # PIL: check before decoding
+        check_image_side((size[1], size[0]))
     if isinstance(mode, str) and hasattr(image, "convert") and mode not in ("RGB", "RGBA", "L"):
         image = image.convert("RGB")  # a PIL image whose array is not RGB values (palette indices, CMYK)
     arr = np.asarray(image)
@@ -33,6 +45,7 @@ def as_rgb_uint8(image) -> np.ndarray:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
         raise InputError(f"expected an image HxWx3 (RGB), HxWx4 (RGBA) or HxW (gray); got shape {arr.shape}")
+    check_image_side(arr.shape)
     if arr.shape[2] == 4:
         arr = arr[:, :, :3]
     if arr.shape[2] == 1:

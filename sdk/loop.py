@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .backends.base import Backend
-from .bundle import Bundle, GraphSpec, iter_stage_graphs
+from .bundle import MAX_ITERATIONS, Bundle, GraphSpec, iter_stage_graphs
 from .errors import InputError
 
 INIT = "init"  # binding key: the step reads the constant start state
@@ -69,21 +69,23 @@ class RefinementLoop:
         self._latent_avg, self._average_image = consts["latent_avg"], consts["average_image"]
         self._arenas: Dict[int, _Arena] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     # ------------------------------------------------------------------ public
     def run(self, x: np.ndarray, iterations: int | None = None, return_steps: bool = False) -> LoopResult:
         """``x``: [B, C_x, S, S] float32 in the model's input range. Returns the last step."""
         m, sched = self.manifest, self.manifest.schedule
         n = sched.default_iterations if iterations is None else iterations
-        limit = sched.max_iterations
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or (limit and n > limit):
-            raise InputError(f"iterations must be an int in 1..{limit or 'any'} for this {m.family} bundle; got {n!r}")
+        limit = sched.max_iterations or MAX_ITERATIONS
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 1 <= n <= limit:
+            raise InputError(f"iterations must be an int in 1..{limit} for this {m.family} bundle; got {n!r}")
         expected = (m.input_channels, m.input_size, m.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise InputError(f"input must be [B, {expected[0]}, {expected[1]}, {expected[2]}] (NCHW); got {list(x.shape)}")
         batch = x.shape[0]
         self._check_batch(batch)
         with self._lock:
+            self._check_open()
             arena = self._arena(batch)
             self.backend.upload(arena.x, x)
             steps = [] if return_steps else None
@@ -107,6 +109,7 @@ class RefinementLoop:
             raise InputError(f"latents must be [B, {expected[0]}, {expected[1]}]; got {list(latents.shape)}")
         self._check_batch(latents.shape[0])
         with self._lock:
+            self._check_open()
             arena = self._arena(latents.shape[0])
             self.backend.upload(arena.z[0], latents)
             self.runners["generator"].run(arena.generator[0])
@@ -123,6 +126,7 @@ class RefinementLoop:
             raise InputError(f"samples must be [B, {self.manifest.latent_dim}]; got {list(samples.shape)}")
         self._check_batch(samples.shape[0])
         with self._lock:
+            self._check_open()
             if "mapping" not in self.runners:
                 self.runners["mapping"] = self.backend.load(spec, self._bundle.graph_path("mapping"))
             be, batch = self.backend, samples.shape[0]
@@ -140,9 +144,16 @@ class RefinementLoop:
                              f"split the batch or rebuild with --max-batch")
 
     def close(self) -> None:
+        """Drop the buffers and sessions; later calls raise :class:`InputError`. A call already
+        running finishes first (the lock)."""
         with self._lock:
+            self._closed = True
             self._arenas.clear()
             self.runners.clear()
+
+    def _check_open(self) -> None:
+        if self._closed:  # a thread raced a close(): fail clearly, not on a missing session
+            raise InputError("this Translator is closed")
 
     # ------------------------------------------------------------------ setup
     def _arena(self, batch: int) -> _Arena:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .bundle import Manifest
 from .errors import InputError
-from .imaging import as_rgb_uint8, bicubic_downsample, resize_bilinear, to_model_range
+from .imaging import as_rgb_uint8, bicubic_downsample, check_image_side, resize_bilinear, to_model_range
 
 SR_FACTORS = (1, 2, 4, 8, 16, 32)
 Preprocess = Callable[..., np.ndarray]
@@ -91,6 +91,7 @@ def preprocess_segmentation(labels, manifest: Manifest) -> np.ndarray:
         arr = arr[:, :, 0]
     if arr.ndim != 2 or arr.size == 0:
         raise InputError(f"segmentation takes an HxW map of integer labels; got shape {arr.shape}")
+    check_image_side(arr.shape, "label map")
     if not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"segmentation labels must be integers 0..{label_nc - 1}; got dtype {arr.dtype}")
     bad = (arr < 0) | (arr >= label_nc)

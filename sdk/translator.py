@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 
 from .backends import create_backend
 from .bundle import Bundle, Manifest
-from .errors import InputError
+from .errors import BackendError, InputError
 from .imaging import to_uint8_image
 from .loop import LoopResult, RefinementLoop, Step
 from .tasks import preprocess
@@ -59,7 +60,19 @@ class Translator:
                  verify: bool = True):
         self.bundle = Bundle(bundle, verify=verify)
         self.backend = create_backend(backend, threads=threads, bundle=self.bundle)
-        self._loop = RefinementLoop(self.backend, self.bundle)
+        try:
+            self._loop = RefinementLoop(self.backend, self.bundle)
+        except BackendError as e:
+            self.backend.close()
+            if backend != "auto" or self.backend.name != "tensorrt":
+                raise
+            # an engine that passed the version checks but does not deserialise: the graphs still run
+            log.warning("TensorRT engines of %s cannot be loaded (%s); falling back to ONNX Runtime", self.bundle.path, e)
+            self.backend = create_backend("auto", threads=threads)
+            self._loop = RefinementLoop(self.backend, self.bundle)
+        except BaseException:
+            self.backend.close()  # device memory and streams of a half-opened backend
+            raise
         log.info("opened %s (%s, task %s) on %s", self.bundle.path, self.manifest.family, self.manifest.task,
                  self.backend.name)
 
@@ -88,12 +101,14 @@ class Translator:
     def synthesise(self, latents: np.ndarray) -> np.ndarray:
         """Render W+ codes: [B, M, D] (or [M, D]) float32 → [B, 3, R, R] raw generator images."""
         loop = self._open_loop()
-        latents = np.asarray(latents, dtype=np.float32)
-        if latents.ndim == 2:
-            latents = latents[None]
-        if not np.all(np.isfinite(latents)):
-            raise InputError("latents contain NaN or Inf")
-        return loop.synthesise(np.ascontiguousarray(latents))
+        m = self.manifest
+        codes = _float_array(latents, "latents")
+        if codes.shape[-2:] != (m.latent_count, m.latent_dim) or codes.ndim not in (2, 3):
+            raise InputError(f"latents must be [B, {m.latent_count}, {m.latent_dim}] or [{m.latent_count}, "
+                             f"{m.latent_dim}] W+ codes; got {list(codes.shape)}")
+        if not np.all(np.isfinite(codes)):
+            raise InputError("latents contain NaN or Inf (or values too large for float32)")
+        return loop.synthesise(codes if codes.ndim == 3 else codes[None])
 
     def mix(self, x: np.ndarray, latent_mask=None, alpha: float | None = None, seed: int | None = None,
             inject_latents: np.ndarray | None = None, iterations: int | None = None) -> TranslationResult:
@@ -104,19 +119,27 @@ class Translator:
         ``mix_alpha``. ``latent_mask`` defaults to the fine layers 8..M-1 (pSp's default for
         conditional synthesis); indices are 0-based."""
         loop = self._open_loop()
+        m = self.manifest.latent_count
+        try:  # check the cheap arguments before running the loop
+            mask = list(range(8, m)) if latent_mask is None else [_index(i) for i in latent_mask]
+        except TypeError:
+            mask = None
+        if not mask or any(not 0 <= i < m for i in mask):
+            raise InputError(f"latent_mask must list layer indices (ints) in 0..{m - 1}; got {latent_mask!r}")
+        if alpha is not None and (isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.number))
+                                  or not 0.0 <= float(alpha) <= 1.0):
+            raise InputError(f"alpha must be a number in [0, 1]; got {alpha!r}")
+        if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):
+            raise InputError(f"seed must be a non-negative int or None; got {seed!r}")
         base = self.infer(x, iterations=iterations)
         codes = base.latents.copy()
         b, m, d = codes.shape
-        mask = list(range(8, m)) if latent_mask is None else [int(i) for i in latent_mask]
-        if not mask or any(not 0 <= i < m for i in mask):
-            raise InputError(f"latent_mask must list layer indices in 0..{m - 1}; got {latent_mask!r}")
-        if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
-            raise InputError(f"alpha must be in [0, 1]; got {alpha!r}")
         if inject_latents is None:
             samples = np.random.default_rng(seed).standard_normal((b, d)).astype(np.float32)
             inject = np.repeat(loop.map_samples(samples)[:, None, :], m, axis=1)
         else:
-            inject = np.asarray(inject_latents, dtype=np.float32)
+            inject = _float_array(inject_latents, "inject_latents")
             if inject.ndim == 2:
                 inject = np.repeat(inject[:, None, :], m, axis=1)
             if inject.shape != codes.shape or not np.all(np.isfinite(inject)):
@@ -134,14 +157,17 @@ class Translator:
 
     def preprocess(self, image, **task_options) -> np.ndarray:
         """The task's pre-processing: image → [C_x, S, S] float32 in the model's range."""
+        self._open_loop()
         return preprocess(image, self.manifest, **task_options)
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
+        """Release the sessions and device buffers (after a call in progress); idempotent."""
         if self._loop is not None:
             self._loop.close()
             self.backend.close()
             self._loop = None
+            _return_heap_to_os()
 
     def __enter__(self) -> "Translator":
         return self
@@ -159,15 +185,49 @@ class Translator:
         if not isinstance(x, np.ndarray):
             raise InputError(f"infer() takes a numpy array; got {type(x).__name__}. "
                              f"Use translator(image) for HxWx3 images")
-        if x.ndim == 3:
-            x = x[None]
         c, s, _ = self.input_shape
-        if x.ndim != 4 or x.shape[1:] != (c, s, s):
-            raise InputError(f"expected x of shape [B, {c}, {s}, {s}] (NCHW); got {list(x.shape)}")
+        if x.shape[-3:] != (c, s, s) or x.ndim not in (3, 4):
+            raise InputError(f"expected x of shape [B, {c}, {s}, {s}] or [{c}, {s}, {s}] (NCHW); "
+                             f"got {list(x.shape)}")
         if x.size == 0:
-            raise InputError("x is empty")
+            raise InputError(f"x is empty (shape {list(x.shape)}); expected a batch of at least 1")
+        lo, hi = self.manifest.input_range
         if not np.issubdtype(x.dtype, np.floating):
-            raise InputError(f"expected float32 input in {list(self.manifest.input_range)}; got dtype {x.dtype}")
+            raise InputError(f"expected float32 input in {[lo, hi]}; got dtype {x.dtype}")
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, refused below
+            x = np.ascontiguousarray(x if x.ndim == 4 else x[None], dtype=np.float32)  # a copy if it must change
         if not np.all(np.isfinite(x)):
-            raise InputError("x contains NaN or Inf")
-        return np.ascontiguousarray(x, dtype=np.float32)
+            raise InputError("x contains NaN or Inf (or values too large for float32)")
+        # A generous bound (one range width either side) that catches 0..255 pixels given to a [-1, 1]
+        # model without refusing resampling overshoot.
+        span = hi - lo
+        if x.min() < lo - span or x.max() > hi + span:
+            raise InputError(f"x has values in [{x.min():.4g}, {x.max():.4g}]; this model expects its input "
+                             f"range [{lo:g}, {hi:g}] (pixels 0..255? use translator(image), which scales them)")
+        return x
+
+
+def _float_array(value, what: str) -> np.ndarray:
+    """``value`` as a float32 array, or :class:`InputError` naming ``what`` and what came."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged nested lists and the like
+        raise InputError(f"{what} must be a float array; got {type(value).__name__} ({e})") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InputError(f"{what} must be a float array; got dtype {arr.dtype} ({type(value).__name__})")
+    with np.errstate(over="ignore"):  # beyond float32's range becomes Inf: the callers refuse it
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _index(i) -> int:
+    if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+        raise TypeError(i)
+    return int(i)
+
+
+def _return_heap_to_os() -> None:
+    """glibc keeps the memory of freed sessions (GBs for large graphs) in its arenas; hand it back."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

@@ -17,6 +17,7 @@ from ..errors import BackendError, BundleError
 log = logging.getLogger(__name__)
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
 def _import_ort():
@@ -46,6 +47,12 @@ class OrtRunner:
         if names != wanted:
             raise BundleError(f"{path} has tensors {sorted(names)} but the manifest declares {sorted(wanted)}; "
                               f"the graph and manifest come from different builds. Rebuild the bundle")
+        declared = {t.name: t for t in spec.inputs + spec.outputs}
+        for arg in self.session.get_inputs() + self.session.get_outputs():
+            problem = _mismatch(declared[arg.name], arg.shape, arg.type)
+            if problem:
+                raise BundleError(f"{path}: tensor {arg.name!r} is {problem}; the graph and manifest come from "
+                                  f"different builds. Rebuild the bundle with export/build_engines.py")
 
     def bind(self, inputs: Mapping[str, object], outputs: Mapping[str, object]):
         binding = self.session.io_binding()
@@ -56,7 +63,24 @@ class OrtRunner:
         return binding
 
     def run(self, binding) -> None:
-        self.session.run_with_iobinding(binding)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as e:  # onnxruntime's own exception types
+            raise BackendError(f"ONNX Runtime failed running graph {self.spec.key!r} "
+                               f"({type(e).__name__}: {e})") from None
+
+
+def _mismatch(spec, shape: list, ort_type: str) -> str | None:
+    """How the graph's ``shape`` (ints, or names/None for dynamic dims) and element type differ
+    from the manifest's ``spec``, else None. A dim the manifest fixes may be dynamic in the graph;
+    a dim the manifest leaves dynamic (the batch) may not be fixed in the graph."""
+    dtype = _ORT_TYPES.get(ort_type, ort_type)
+    if dtype != spec.dtype:
+        return f"{dtype} in the graph but {spec.dtype} in the manifest"
+    ok = len(shape) == len(spec.shape) and all(
+        not isinstance(g, int) if isinstance(m, str) else (not isinstance(g, int) or g == m)
+        for g, m in zip(shape, spec.shape))
+    return None if ok else f"{list(shape)} in the graph but {list(spec.shape)} in the manifest"
 
 
 class OrtBackend:

@@ -237,12 +237,14 @@ def _load_stages(state: Mapping[str, torch.Tensor], opts: dict, fmt: str, where:
     return stages
 
 
-def build_generator(state: Mapping[str, torch.Tensor], where: str) -> Generator:
+def build_generator(state: Mapping[str, torch.Tensor], where: str, cls: type = Generator,
+                    kind: str = "StyleGAN2") -> nn.Module:
+    """A generator of ``cls`` (anything with ``config_from_state_dict``) loaded strictly."""
     try:
-        config = Generator.config_from_state_dict(state)
+        config = cls.config_from_state_dict(state)
     except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{where}: not a StyleGAN2 generator state dict ({e})") from None
-    generator = Generator(**config)
+        raise CheckpointError(f"{where}: not a {kind} generator state dict ({e})") from None
+    generator = cls(**config)
     load_strict(generator, state, where)
     return generator.eval()
 

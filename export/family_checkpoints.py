@@ -70,13 +70,7 @@ def build_progan(state: Mapping[str, torch.Tensor], where: str) -> ProGANGenerat
     lod = state.pop("lod", None)
     if lod is not None and float(lod) != 0.0:
         raise CheckpointError(f"{where}: lod = {float(lod)}; only fully grown generators (lod 0) are supported")
-    try:
-        config = ProGANGenerator.config_from_state_dict(state)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{where}: not a genforce PGGAN generator state dict ({e})") from None
-    generator = ProGANGenerator(**config)
-    load_strict(generator, state, where)
-    return generator.eval()
+    return build_generator(state, where, ProGANGenerator, "genforce PGGAN")
 
 
 def build_fusion(state: Mapping[str, torch.Tensor], channels: int, where: str) -> torch.nn.Module:

@@ -222,13 +222,8 @@ def test_inconsistent_fields(make_tiny_bundle, keys, value, needle):
 
 def test_static_batch_dim_allowed_for_fixed_batch(make_tiny_bundle):
     """An int batch dim is fine when the bundle's batch range is exactly that size."""
-    def fix_batch(m):
-        m["batch"] = {"min": 2, "max": 2}
-        for g in m["graphs"].values():
-            for t in g["inputs"] + g["outputs"]:
-                t["shape"][0] = 2
     path = make_tiny_bundle()
-    tb.edit_manifest(path, fix_batch)
+    tb.edit_manifest(path, lambda m: tb.fix_batch(m, 2))
     assert Bundle(path).manifest.graphs["encoder"].input("condition").concrete_shape(2) == (2, 3, 256, 256)
 
 

@@ -108,13 +108,8 @@ def test_session_shapes_and_types_checked_against_manifest(make_tiny_bundle, edi
 
 
 def test_fixed_batch_manifest_over_dynamic_graph_runs(make_tiny_bundle):
-    def fix_batch(m):
-        m["batch"] = {"min": 2, "max": 2}
-        for g in m["graphs"].values():
-            for t in g["inputs"] + g["outputs"]:
-                t["shape"][0] = 2
     path = make_tiny_bundle()
-    tb.edit_manifest(path, fix_batch)
+    tb.edit_manifest(path, lambda m: tb.fix_batch(m, 2))
     with Translator(path, backend="onnxruntime", threads=1) as t:
         x = np.zeros((2, tb.C_X, tb.S, tb.S), np.float32)
         assert t.infer(x).images.shape == (2, 3, tb.R, tb.R)

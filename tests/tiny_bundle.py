@@ -247,3 +247,11 @@ def edit_manifest(bundle: Path, fn: Callable[[dict], Any]) -> dict:
     fn(m)
     write_manifest(bundle, m)
     return m
+
+
+def fix_batch(manifest: dict, batch: int) -> None:
+    """Make a manifest describe a fixed batch size (range and every graph tensor's dim 0)."""
+    manifest["batch"] = {"min": batch, "max": batch}
+    for graph in manifest["graphs"].values():
+        for tensor in graph["inputs"] + graph["outputs"]:
+            tensor["shape"][0] = batch

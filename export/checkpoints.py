@@ -27,7 +27,7 @@ import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -218,7 +218,7 @@ def _load_stages(state: Mapping[str, torch.Tensor], opts: dict, fmt: str, where:
         if not sd:
             raise CheckpointError(f"{where} has no '{prefix}*' weights; it is not a {fmt} checkpoint (try --format)")
         try:
-            config = infer_encoder_config(sd)
+            config = infer_encoder_config(sd)  # checked against the format before anything is built
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"{where}: the {prefix}* weights are not a known encoder ({e})") from None
         if config["encoder_type"] not in expected_type:
@@ -237,16 +237,23 @@ def _load_stages(state: Mapping[str, torch.Tensor], opts: dict, fmt: str, where:
     return stages
 
 
-def build_generator(state: Mapping[str, torch.Tensor], where: str, cls: type = Generator,
-                    kind: str = "StyleGAN2") -> nn.Module:
-    """A generator of ``cls`` (anything with ``config_from_state_dict``) loaded strictly."""
+def build_loaded(state: Mapping[str, torch.Tensor], where: str, infer: Callable[[Mapping], dict],
+                 build: Callable[[dict], nn.Module], kind: str) -> tuple[nn.Module, dict]:
+    """Read a module's config off ``state`` (``infer``), ``build`` it and load ``state``
+    strictly; returns the module in eval mode and its config. Errors name ``where`` and ``kind``."""
     try:
-        config = cls.config_from_state_dict(state)
+        config = infer(state)
     except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{where}: not a {kind} generator state dict ({e})") from None
-    generator = cls(**config)
-    load_strict(generator, state, where)
-    return generator.eval()
+        raise CheckpointError(f"{where}: not a {kind} state dict ({e})") from None
+    module = build(config)
+    load_strict(module, state, where)
+    return module.eval(), config
+
+
+def build_generator(state: Mapping[str, torch.Tensor], where: str, cls: type = Generator,
+                    kind: str = "StyleGAN2 generator") -> nn.Module:
+    """A generator of ``cls`` (anything with ``config_from_state_dict``) loaded strictly."""
+    return build_loaded(state, where, cls.config_from_state_dict, lambda config: cls(**config), kind)[0]
 
 
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:

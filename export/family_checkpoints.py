@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import torch
 
 from export.checkpoints import CheckpointError, LoadedCheckpoint, StageModel, _latent_avg, _opts, _strip, \
-    build_generator, detect_format, load_strict
+    build_generator, build_loaded, detect_format, load_strict
 from export.models.mtv import NOISE_SEED, MTVEncoder, infer_mtv_config
 from export.models.ome_encoder import OMEEncoder, infer_ome_config
 from export.models.progan import OME_SPLIT, DynamicFusion, MultiCodeProGAN, ProGANGenerator, StaticFusion
@@ -70,7 +70,7 @@ def build_progan(state: Mapping[str, torch.Tensor], where: str) -> ProGANGenerat
     lod = state.pop("lod", None)
     if lod is not None and float(lod) != 0.0:
         raise CheckpointError(f"{where}: lod = {float(lod)}; only fully grown generators (lod 0) are supported")
-    return build_generator(state, where, ProGANGenerator, "genforce PGGAN")
+    return build_generator(state, where, ProGANGenerator, "genforce PGGAN generator")
 
 
 def build_fusion(state: Mapping[str, torch.Tensor], channels: int, where: str) -> torch.nn.Module:
@@ -93,12 +93,8 @@ def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> Lo
         raise CheckpointError(f"{where} has no 'state_dict'; it is not an ome_progan checkpoint")
     state, opts = ckpt["state_dict"], _opts(ckpt)
     enc_sd = _strip(state, "encoder.")
-    try:
-        config = infer_ome_config(enc_sd)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{where}: the encoder.* weights are not an OME encoder ({e})") from None
-    encoder = OMEEncoder(**config)
-    load_strict(encoder, enc_sd, f"{where} (encoder.*)")
+    encoder, config = build_loaded(enc_sd, f"{where} (encoder.*)", infer_ome_config,
+                                   lambda c: OMEEncoder(**c), "OME encoder")
     if generator_file is not None:
         generator = build_progan(generator_file, "--generator (genforce PGGAN)")
     else:
@@ -141,12 +137,7 @@ def load_mtv_tsa(ckpt: Any, where: str, generator_file: Mapping | None) -> Loade
     if state and all(k.startswith("module.") for k in state):
         log.info("%s: stripping the DataParallel 'module.' prefix", where)
         state = _strip(state, "module.")
-    try:
-        config = infer_mtv_config(state)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{where}: not an MTV-TSA encoder ({e})") from None
-    encoder = MTVEncoder(**config)
-    load_strict(encoder, state, where)
+    encoder, config = build_loaded(state, where, infer_mtv_config, lambda c: MTVEncoder(**c), "MTV-TSA encoder")
     if generator_file is None or detect_format(generator_file) != "rosinality":
         raise CheckpointError(f"{where} holds only the MTV-TSA encoder; pass its StyleGAN2 generator with --generator "
                               f"(a rosinality file with 'g_ema', {encoder.size} px, {encoder.n_styles} W+ codes)")

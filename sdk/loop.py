@@ -21,6 +21,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .bundle import MAX_ITERATIONS, Bundle, GraphSpec, iter_stage_graphs
+from .checks import is_int
 from .errors import InputError
 
 INIT = "init"  # binding key: the step reads the constant start state
@@ -77,7 +78,7 @@ class RefinementLoop:
         m, sched = self.manifest, self.manifest.schedule
         n = sched.default_iterations if iterations is None else iterations
         limit = sched.max_iterations or MAX_ITERATIONS
-        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 1 <= n <= limit:
+        if not is_int(n) or not 1 <= n <= limit:
             raise InputError(f"iterations must be an int in 1..{limit} for this {m.family} bundle; got {n!r}")
         expected = (m.input_channels, m.input_size, m.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:

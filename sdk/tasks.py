@@ -10,6 +10,7 @@ from typing import Callable, Dict
 import numpy as np
 
 from .bundle import Manifest
+from .checks import is_int
 from .errors import InputError
 from .imaging import as_rgb_uint8, bicubic_downsample, check_image_side, resize_bilinear, to_model_range
 
@@ -63,7 +64,7 @@ def preprocess_super_resolution(image, manifest: Manifest, factor: int | None = 
     """Resize to S, downsample by ``factor`` and resize back (pSp's SuperResTransforms).
     ``factor`` defaults to the manifest's ``task.options.factor``."""
     factor = manifest.task_options.get("factor", 4) if factor is None else factor
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)):
+    if not is_int(factor):
         raise InputError(f"super-resolution factor must be an int in {SR_FACTORS}; got {factor!r}")
     lo, hi = manifest.input_range
     rgb01 = _resized_rgb01(image, manifest.input_size)

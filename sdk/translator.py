@@ -17,6 +17,7 @@ import numpy as np
 
 from .backends import create_backend
 from .bundle import Bundle, Manifest
+from .checks import is_int
 from .errors import BackendError, InputError
 from .imaging import to_uint8_image
 from .loop import LoopResult, RefinementLoop, Step
@@ -129,8 +130,7 @@ class Translator:
         if alpha is not None and (isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.number))
                                   or not 0.0 <= float(alpha) <= 1.0):
             raise InputError(f"alpha must be a number in [0, 1]; got {alpha!r}")
-        if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
-                                 or seed < 0):
+        if seed is not None and (not is_int(seed) or seed < 0):
             raise InputError(f"seed must be a non-negative int or None; got {seed!r}")
         base = self.infer(x, iterations=iterations)
         codes = base.latents.copy()
@@ -220,7 +220,7 @@ def _float_array(value, what: str) -> np.ndarray:
 
 
 def _index(i) -> int:
-    if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+    if not is_int(i):
         raise TypeError(i)
     return int(i)
 

@@ -16,8 +16,7 @@ from sdk.bundle import MAX_ITERATIONS
 import tiny_bundle as tb
 
 
-def _x(batch: int = 1, seed: int = 0) -> np.ndarray:
-    return (np.random.default_rng(seed).random((batch, tb.C_X, tb.S, tb.S)) * 2 - 1).astype(np.float32)
+_x = tb.random_input
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -17,8 +17,7 @@ import tiny_bundle as tb
 THREADS, CALLS = 4, 50
 
 
-def _x(batch: int, seed: int) -> np.ndarray:
-    return (np.random.default_rng(seed).random((batch, tb.C_X, tb.S, tb.S)) * 2 - 1).astype(np.float32)
+_x = tb.random_input
 
 
 def _image(seed: int) -> np.ndarray:

@@ -17,8 +17,7 @@ def _image(h: int, w: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def _x(batch: int, seed: int) -> np.ndarray:
-    return (np.random.default_rng(seed).random((batch, tb.C_X, tb.S, tb.S)) * 2 - 1).astype(np.float32)
+_x = tb.random_input
 
 
 @pytest.fixture(scope="module")

@@ -255,3 +255,8 @@ def fix_batch(manifest: dict, batch: int) -> None:
     for graph in manifest["graphs"].values():
         for tensor in graph["inputs"] + graph["outputs"]:
             tensor["shape"][0] = batch
+
+
+def random_input(batch: int = 1, seed: int = 0) -> np.ndarray:
+    """A seeded condition batch [batch, C_X, S, S] in [-1, 1], float32."""
+    return (np.random.default_rng(seed).random((batch, C_X, S, S)) * 2 - 1).astype(np.float32)

@@ -4,6 +4,10 @@
     for t in 0..N-1:
         z_{t+1} = E_t(x, y_t, z_t)            (pooling, concat and residual add in the graph)
         y_{t+1} = G(z_{t+1})
+        early exit: stop once mean |z_{t+1} - z_t| < threshold (OME Eq. 16, averaged)
+
+A warm start replaces (z_0, y_0) by a previous result (video: the previous frame's latents and
+image), so a stream that changes slowly needs fewer steps per frame.
 
 Buffers live on the backend's device. Per batch size the loop allocates, once, the input,
 two latent and two image buffers that ping-pong between steps, and the constant start state;
@@ -25,6 +29,7 @@ from .checks import is_int
 from .errors import InputError
 
 INIT = "init"  # binding key: the step reads the constant start state
+WARM = "warm"  # binding key: the step reads a caller-given start state (warm start)
 
 
 @dataclass
@@ -41,6 +46,7 @@ class LoopResult:
     latents: np.ndarray  # [B, M, D] float32
     iterations: int
     steps: Optional[List[Step]] = None
+    latent_change: Optional[List[float]] = None  # per step, with early_exit: max over the batch of mean |dz|
 
 
 @dataclass
@@ -52,6 +58,8 @@ class _Arena:
     y: list  # two ping-pong image buffers
     z0: object
     y0: object
+    zw: object  # warm-start state, uploaded per call that asks for it
+    yw: object
     encoder: Dict[tuple, object] = field(default_factory=dict)  # (graph, source) -> binding
     generator: Dict[int, object] = field(default_factory=dict)  # slot -> binding
 
@@ -73,8 +81,15 @@ class RefinementLoop:
         self._closed = False
 
     # ------------------------------------------------------------------ public
-    def run(self, x: np.ndarray, iterations: int | None = None, return_steps: bool = False) -> LoopResult:
-        """``x``: [B, C_x, S, S] float32 in the model's input range. Returns the last step."""
+    def run(self, x: np.ndarray, iterations: int | None = None, return_steps: bool = False,
+            init: tuple[np.ndarray, np.ndarray] | None = None, early_exit: float | None = None) -> LoopResult:
+        """``x``: [B, C_x, S, S] float32 in the model's input range. Returns the last step.
+
+        ``init``: ``(latents [B, M, D], images [B, 3, R, R])`` float32 to start from instead of
+        the average (warm start; iterative feedback bundles only). ``early_exit``: stop after the
+        first step whose mean absolute latent change (max over the batch) is below it;
+        ``iterations`` is then the cap. It reads the latents back after every step (a small copy;
+        a host synchronisation on GPUs)."""
         m, sched = self.manifest, self.manifest.schedule
         n = sched.default_iterations if iterations is None else iterations
         limit = sched.max_iterations or MAX_ITERATIONS
@@ -85,22 +100,56 @@ class RefinementLoop:
             raise InputError(f"input must be [B, {expected[0]}, {expected[1]}, {expected[2]}] (NCHW); got {list(x.shape)}")
         batch = x.shape[0]
         self._check_batch(batch)
+        if init is not None:
+            self._check_init(init, batch)
+        if early_exit is not None and (isinstance(early_exit, (bool, np.bool_)) or not isinstance(
+                early_exit, (int, float, np.number)) or not 0.0 < float(early_exit) < float("inf")):
+            raise InputError(f"early_exit must be a positive number (a mean latent change); got {early_exit!r}")
         with self._lock:
             self._check_open()
             arena = self._arena(batch)
             self.backend.upload(arena.x, x)
+            if init is not None:
+                self.backend.upload(arena.zw, init[0])
+                self.backend.upload(arena.yw, init[1])
             steps = [] if return_steps else None
-            for t in range(int(n)):
+            changes, previous = ([], init[0] if init is not None else self._latent_avg) if early_exit else (None, None)
+            t = 0
+            while t < int(n):
                 stage = sched.stage(t)
-                source = INIT if t == 0 else (t - 1) % 2
+                source = (WARM if init is not None else INIT) if t == 0 else (t - 1) % 2
                 self.runners[stage.graph].run(arena.encoder[(stage.graph, source)])
                 self.runners["generator"].run(arena.generator[t % 2])
+                t += 1
                 if steps is not None:
-                    steps.append(Step(self.backend.download(arena.z[t % 2]), self.backend.download(arena.y[t % 2])))
-            last = (int(n) - 1) % 2
+                    steps.append(Step(self.backend.download(arena.z[(t - 1) % 2]),
+                                      self.backend.download(arena.y[(t - 1) % 2])))
+                if changes is not None:
+                    current = steps[-1].latents if steps else self.backend.download(arena.z[(t - 1) % 2])
+                    change = float(np.abs(current - previous).mean(axis=(1, 2)).max())
+                    changes.append(change)
+                    previous = current
+                    if change < float(early_exit):
+                        break
+            last = (t - 1) % 2
             if steps:
-                return LoopResult(steps[-1].image, steps[-1].latents, int(n), steps)
-            return LoopResult(self.backend.download(arena.y[last]), self.backend.download(arena.z[last]), int(n))
+                return LoopResult(steps[-1].image, steps[-1].latents, t, steps, changes)
+            return LoopResult(self.backend.download(arena.y[last]), self.backend.download(arena.z[last]), t,
+                              None, changes)
+
+    def _check_init(self, init, batch: int) -> None:
+        m, stage = self.manifest, self.manifest.schedule.stages[0]
+        if not (self.manifest.schedule.repeat_last and stage.feedback and stage.residual):
+            raise InputError(f"a warm start needs an iterative bundle whose steps take the previous image and "
+                             f"latents (ReStyle, OME); this {m.family} bundle's schedule starts without them")
+        gen = m.graphs["generator"]
+        expected = (tuple(gen.input("latents").concrete_shape(batch)), tuple(gen.output.concrete_shape(batch)))
+        if (not isinstance(init, tuple) or len(init) != 2
+                or any(not isinstance(a, np.ndarray) or a.shape != e for a, e in zip(init, expected))):
+            got = [list(a.shape) if isinstance(a, np.ndarray) else type(a).__name__ for a in init] \
+                if isinstance(init, tuple) else type(init).__name__
+            raise InputError(f"init must be (latents {list(expected[0])}, images {list(expected[1])}) float32 arrays "
+                             f"for this batch (a previous result); got {got}")
 
     def synthesise(self, latents: np.ndarray) -> np.ndarray:
         """G(latents): [B, M, D] float32 → [B, 3, R, R] raw generator images."""
@@ -171,6 +220,8 @@ class RefinementLoop:
             y=[be.empty(yspec.concrete_shape(batch), yspec.dtype) for _ in range(2)],
             z0=be.empty(zspec.concrete_shape(batch), zspec.dtype),
             y0=be.empty(yspec.concrete_shape(batch), yspec.dtype),
+            zw=be.empty(zspec.concrete_shape(batch), zspec.dtype),
+            yw=be.empty(yspec.concrete_shape(batch), yspec.dtype),
         )
         be.upload(arena.z0, np.broadcast_to(self._latent_avg, zspec.concrete_shape(batch)))
         be.upload(arena.y0, np.broadcast_to(self._average_image, yspec.concrete_shape(batch)))
@@ -178,10 +229,11 @@ class RefinementLoop:
             arena.generator[slot] = self.runners["generator"].bind(
                 {zspec.name: arena.z[slot]}, {yspec.name: arena.y[slot]})
         for graph in iter_stage_graphs(m):
-            for source in (INIT, 0, 1):
-                z_in, y_in = (arena.z0, arena.y0) if source == INIT else (arena.z[source], arena.y[source])
+            starts = {INIT: (arena.z0, arena.y0), WARM: (arena.zw, arena.yw)}
+            for source in (INIT, WARM, 0, 1):
+                z_in, y_in = starts[source] if source in starts else (arena.z[source], arena.y[source])
                 # a step that reads slot s writes the other slot; the first step writes slot 0
-                out_slot = 0 if source == INIT else 1 - source
+                out_slot = 0 if source in starts else 1 - source
                 arena.encoder[(graph.key, source)] = self.runners[graph.key].bind(
                     self._stage_inputs(graph, arena.x, y_in, z_in), {graph.output.name: arena.z[out_slot]})
         self._arenas[batch] = arena

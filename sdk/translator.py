@@ -30,16 +30,20 @@ log = logging.getLogger(__name__)
 class TranslationResult:
     """``images``: [B, 3, R, R] float32 raw generator output (about [-1, 1], not clipped);
     ``latents``: [B, M, D] W+ codes; ``steps``: each iteration's latents and images when
-    ``return_steps=True``; ``iterations``: how many ran."""
+    ``return_steps=True``; ``iterations``: how many ran (fewer than asked after an early exit);
+    ``latent_change``: with ``early_exit``, each step's mean absolute latent change (the
+    largest over the batch)."""
 
     images: np.ndarray
     latents: np.ndarray
     iterations: int
     steps: Optional[List[Step]] = None
+    latent_change: Optional[List[float]] = None
 
     @classmethod
     def from_loop(cls, r: LoopResult) -> "TranslationResult":
-        return cls(images=r.images, latents=r.latents, iterations=r.iterations, steps=r.steps)
+        return cls(images=r.images, latents=r.latents, iterations=r.iterations, steps=r.steps,
+                   latent_change=r.latent_change)
 
 
 class Translator:
@@ -92,12 +96,31 @@ class Translator:
         return self.manifest.output_size
 
     # ------------------------------------------------------------------ inference
-    def infer(self, x: np.ndarray, iterations: int | None = None, return_steps: bool = False) -> TranslationResult:
+    def infer(self, x: np.ndarray, iterations: int | None = None, return_steps: bool = False,
+              init: "TranslationResult | tuple | None" = None, early_exit: float | None = None) -> TranslationResult:
         """Run the loop on ``x``: [B, C_x, S, S] (or [C_x, S, S]) float32 in the model's input
-        range. ``iterations`` defaults to the bundle's; pSp bundles allow 1."""
+        range. ``iterations`` defaults to the bundle's; pSp bundles allow 1.
+
+        Video (iterative bundles): ``init`` = the previous frame's result (or ``(latents,
+        images)``) starts the loop there instead of at the average latent (warm start), and
+        ``early_exit`` = a threshold on the mean absolute latent change per step (OME Eq. 16)
+        stops the loop once the codes settle, ``iterations`` being the cap::
+
+            prev = None
+            for x in frames:
+                prev = t.infer(x, iterations=5, init=prev, early_exit=0.01)
+        """
         loop = self._open_loop()
         x = self._check_input(x)
-        return TranslationResult.from_loop(loop.run(x, iterations, return_steps))
+        start = None
+        if init is not None:
+            latents, images = (init.latents, init.images) if isinstance(init, TranslationResult) else _pair(init)
+            start = (_float_array(latents, "init latents"), _float_array(images, "init images"))
+            if not all(np.all(np.isfinite(a)) for a in start):
+                raise InputError("init contains NaN or Inf")
+            if start[0].ndim == 2 and start[1].ndim == 3:  # one sample, like x may be
+                start = (start[0][None], start[1][None])
+        return TranslationResult.from_loop(loop.run(x, iterations, return_steps, start, early_exit))
 
     def synthesise(self, latents: np.ndarray) -> np.ndarray:
         """Render W+ codes: [B, M, D] (or [M, D]) float32 → [B, 3, R, R] raw generator images."""
@@ -217,6 +240,13 @@ def _float_array(value, what: str) -> np.ndarray:
         raise InputError(f"{what} must be a float array; got dtype {arr.dtype} ({type(value).__name__})")
     with np.errstate(over="ignore"):  # beyond float32's range becomes Inf: the callers refuse it
         return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _pair(init) -> tuple:
+    if not isinstance(init, (tuple, list)) or len(init) != 2:
+        raise InputError(f"init must be a previous TranslationResult or a (latents, images) pair; "
+                         f"got {type(init).__name__}")
+    return init[0], init[1]
 
 
 def _index(i) -> int:

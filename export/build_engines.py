@@ -2,7 +2,7 @@
 """Build a bundle: checkpoint → export-friendly modules → ONNX graphs, parity-checked in
 ONNX Runtime → (TensorRT engines where TensorRT is installed) → ``engines/NAME``.
 
-    python export/build_engines.py                                  # the embedded demo model
+    python export/build_engines.py                                  # the embedded demo model (64 px OME SR)
     python export/build_engines.py --checkpoint restyle.pt --out engines/restyle
     python export/build_engines.py --checkpoint psp_sr.pt --task super_resolution --factor 8
 
@@ -14,6 +14,7 @@ Formats (detected from the file, or --format):
   e2style      E2Style: a first stage and k refinement stages, each with its own weights;
                --iterations counts the stages used
   rosinality   a StyleGAN2 file (g_ema) to replace the decoder (--generator)
+  ome_stylegan2 / ome_progan / mtv_tsa   see export/family_checkpoints.py
 Tasks (default: read from the checkpoint's opts):
   inversion         RGB in, resized to 256
   super_resolution  RGB in, bicubic-downsampled by --factor and resized back (pSp's transforms)
@@ -31,7 +32,6 @@ import datetime
 import logging
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -45,6 +45,7 @@ from export.checkpoints import FORMATS, CheckpointError, LoadedCheckpoint, load_
 from export.graphs import EncoderStep, GeneratorGraph, MappingGraph
 from export.fp16 import Fp16Error, apply_fp16
 from export.onnx_export import OPSET, ParityError, check_parity, export_onnx
+from export.optimize import optimize_graph
 from export.tensorrt_build import EngineBuildError, EngineOptions, build_bundle_engines
 from sdk.bundle import SCHEMA_VERSION, BundleWriter
 from sdk.errors import BundleError
@@ -69,10 +70,11 @@ def tensorrt_version() -> str | None:
 def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", factor: int = 4, max_batch: int = 8,
                  tolerance: float = 1e-4, name: str | None = None, iterations: int | None = None,
                  progress: bool = True, precision: str = "fp32", fp16_min_psnr: float = 40.0,
-                 engines: "EngineOptions | None" = None) -> Path:
+                 engines: "EngineOptions | None" = None, optimize: bool = True) -> Path:
     """Export ``ckpt`` into a bundle at ``out``; returns ``out``. ``precision="fp16"``: FP16
     graphs checked against FP32 over the loop (export/fp16.py); ``engines``: TensorRT options
-    (export/tensorrt_build.py), used where TensorRT is installed."""
+    (export/tensorrt_build.py), used where TensorRT is installed; ``optimize``: export the
+    equivalent fast forms of export/optimize.py (parity is still checked against the original)."""
     gen = ckpt.generator.set_fp16_safe(precision == "fp16")  # NVlabs' pre-normalisation, same maths
     size, m, d = gen.size, gen.n_latent, gen.style_dim
     s_in = ckpt.input_size  # the encoder input side
@@ -118,7 +120,9 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
         for key, module, inputs, out_name, (out_role, out_shape) in graphs:
             file = f"{key}.onnx"
             bar.set_postfix_str(f"export {key}")
-            export_onnx(module, inputs, out_name, writer.path(file), max_batch)
+            exported, rewrites = optimize_graph(module) if optimize else (module, [])
+            export_onnx(exported, inputs, out_name, writer.path(file), max_batch)
+            del exported  # the rewrites' weight copies
             bar.update()
             bar.set_postfix_str(f"parity {key}")
             report = check_parity(module, writer.path(file), inputs, key, tolerance)
@@ -130,6 +134,7 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
                 "file": file, "sha256": writer.add(file), "precision": "fp32",
                 "inputs": [{"name": n, "role": io[n][0], "shape": io[n][1], "dtype": "float32"} for n in inputs],
                 "outputs": [{"name": out_name, "role": out_role, "shape": out_shape, "dtype": "float32"}],
+                "rewrites": rewrites,
             }
             bar.update()
         np.savez(writer.path("constants.npz"), latent_avg=latent_avg.numpy(), average_image=average_image.numpy())
@@ -179,7 +184,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--format", choices=FORMATS, help="checkpoint format (default: detected from the file)")
     p.add_argument("--out", type=Path, help="bundle folder (default: engines/demo, or engines/<checkpoint name>)")
     p.add_argument("--task", choices=sorted(TASKS), help="pre-processing the bundle applies to images "
-                   "(default: super_resolution for the demo, inversion otherwise)")
+                   "(default: read from the checkpoint's opts; super_resolution for the demo)")
     p.add_argument("--factor", type=int, default=4, choices=SR_FACTORS, help="default super-resolution factor")
     p.add_argument("--iterations", type=int, help="default refinement iterations (default: from the checkpoint)")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch the graphs accept (default 8)")
@@ -194,6 +199,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, reused across builds "
                    "(default: engines/.timing_cache)")
     p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace (default 4 GiB)")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="export the checkpoint modules as they are, without the equivalent fast forms of "
+                        "export/optimize.py (merged style heads, one style matmul; for comparisons)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
@@ -203,14 +211,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("onnxscript").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="demo-ckpt-") as scratch:
-        if args.checkpoint is None:
-            from export.demo import make_demo_checkpoint
-            log.info("no --checkpoint: building the embedded demo model (untrained, deterministic)")
-            args.checkpoint = make_demo_checkpoint(Path(scratch) / "demo.pt")
-            args.out = args.out or REPO / "engines" / "demo"
-            args.task = args.task or "super_resolution"
-        return _build(args)
+    if args.checkpoint is None:
+        from export.demo import DEMO_CHECKPOINT
+
+        log.info("no --checkpoint: the embedded demo model (%s, trained by export/train_demo.py)",
+                 DEMO_CHECKPOINT.relative_to(REPO))
+        args.checkpoint = DEMO_CHECKPOINT
+        args.out = args.out or REPO / "engines" / "demo"
+    return _build(args)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -228,7 +236,7 @@ def _build(args: argparse.Namespace) -> int:
                  cfg["n_styles"], ckpt.generator.size)
         build_bundle(ckpt, out, task=task, factor=args.factor, max_batch=args.max_batch, tolerance=args.tolerance,
                      iterations=args.iterations, progress=not args.quiet, precision=args.precision,
-                     fp16_min_psnr=args.fp16_min_psnr,
+                     fp16_min_psnr=args.fp16_min_psnr, optimize=not args.no_optimize,
                      engines=EngineOptions(min_batch=1, opt_batch=args.opt_batch, max_batch=args.max_batch,
                                            workspace_gb=args.workspace_gb, rebuild_command=_rebuild_command(args, out),
                                            timing_cache=args.timing_cache or REPO / "engines" / ".timing_cache"))
@@ -243,8 +251,9 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _rebuild_command(args: argparse.Namespace, out: Path) -> str:
-    ckpt = "" if args.checkpoint is None or args.checkpoint.parent.name.startswith("demo-ckpt-") \
-        else f" --checkpoint {args.checkpoint}"
+    from export.demo import DEMO_CHECKPOINT
+
+    ckpt = "" if args.checkpoint is None or args.checkpoint == DEMO_CHECKPOINT else f" --checkpoint {args.checkpoint}"
     gen = f" --generator {args.generator}" if args.generator else ""
     return f"python export/build_engines.py{ckpt}{gen} --out {out} --precision {args.precision}"
 

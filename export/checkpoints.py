@@ -11,6 +11,8 @@ rosinality    stylegan2-pytorch: ``{g_ema, latent_avg, ...}`` (a generator only;
               with ``--generator`` to replace an encoder checkpoint's decoder)
 ome_progan    our OME-over-ProGAN format (multi-scale encoder, dynamic fusion, genforce
               PGGAN decoder), iterative; see export/family_checkpoints.py
+ome_stylegan2 our OME-over-StyleGAN2 format (multi-scale encoder, rosinality decoder of any
+              width; the demo model), iterative
 mtv_tsa       Deep-GAN-Encoders' bare MTV-TSA ``BE`` state dict + ``--generator``
               (rosinality g_ema); one pass
 ============  ===================================================================
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("psp", "restyle_psp", "restyle_fpn", "e2style", "rosinality")
 # ProGAN-based OME and MTV-TSA: loaded by export/family_checkpoints.py (formats documented there)
-FORMATS += ("ome_progan", "mtv_tsa")
+FORMATS += ("ome_progan", "ome_stylegan2", "mtv_tsa")
 ITERATIVE = ("restyle_psp", "restyle_fpn")
 SAFE_GLOBALS = [argparse.Namespace]  # option objects some public checkpoints carry
 
@@ -161,7 +163,7 @@ def from_dict(ckpt: Any, format: str | None = None, where: str = "checkpoint",
     fmt = format or detect_format(ckpt)
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    if fmt in ("ome_progan", "mtv_tsa"):
+    if fmt in ("ome_progan", "ome_stylegan2", "mtv_tsa"):
         from export.family_checkpoints import load_family
 
         return load_family(fmt, ckpt, where, generator_file)

@@ -1,10 +1,13 @@
-"""The embedded demo model until the trained one lands (issue 4).
+"""The demo models.
 
-A ReStyle/OME-format checkpoint (GradualStyleEncoder IR-SE-50 over 6 channels, 64 px
-StyleGAN2 generator, 10 styles) with **deterministic, untrained** weights (seed 0). It
-exercises the whole pipeline — checkpoint loading, export, parity, bundle, the iterative
-loop — but its outputs are not meaningful translations. The encoder's last layers are
-scaled down so the offsets stay small and the loop stays near the average image.
+* :data:`DEMO_CHECKPOINT`, the **embedded default**: a small trained OME super-resolution
+  model (64 px, ``ome_stylegan2`` format), trained by ``export/train_demo.py`` and committed;
+  ``python export/build_engines.py`` with no arguments builds it into ``engines/demo``.
+* :func:`make_demo_checkpoint`: a reference-architecture ReStyle/OME-format checkpoint
+  (GradualStyleEncoder IR-SE-50 over 6 channels, 64 px StyleGAN2, 10 styles) with
+  **deterministic, untrained** weights (seed 0), for benchmarks and tests that need the public
+  architecture at a small output size. The encoder's last layers are scaled down so the offsets
+  stay small and the loop stays near the average image.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from export.models.stylegan2 import Generator
 
 log = logging.getLogger(__name__)
 
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo_ome_sr.pt"
 OFFSET_SCALE = 0.05
 
 

@@ -18,6 +18,15 @@ builder and the runtime loop treat them as data.
     M (the number of codes, 20 in the paper) is the number of encoder heads; the encoder takes
     C_x + 3 channels (condition + fed-back image). Schedule: OME's loop, z_{t+1} = z_t + E(x, y_t).
 
+``ome_stylegan2`` (our format: OME's multi-scale encoder over a StyleGAN2 decoder, e.g. the demo
+model of export/train_demo.py)::
+
+    {"format": "ome_stylegan2", "format_version": 1,
+     "state_dict": {"encoder.*": OMEEncoder (ResNet-18/34/50 + FPN + F2C heads, M = n_latent heads of D),
+                    "decoder.*": a rosinality StyleGAN2 generator (any widths; --generator FILE instead)},
+     "latent_avg": [M, D] or [D]   (z_0),
+     "opts": {"input_size": 256, "n_iters_per_batch": 5, "dataset_type": ...}}
+
 ``mtv_tsa``: the authors' bare ``BE`` state dict (``disanda/Deep-GAN-Encoders``,
 ``torch.save(E.state_dict())``; a DataParallel ``module.`` prefix is stripped) plus a StyleGAN2
 generator given with ``--generator`` (rosinality ``g_ema``) whose W+ count matches the encoder's
@@ -39,15 +48,15 @@ from export.models.progan import OME_SPLIT, DynamicFusion, MultiCodeProGAN, ProG
 
 log = logging.getLogger(__name__)
 
-FAMILY_FORMATS = ("ome_progan", "mtv_tsa")
+FAMILY_FORMATS = ("ome_progan", "ome_stylegan2", "mtv_tsa")
 
 
 def detect_family_format(ckpt: Any) -> str | None:
     """``ome_progan`` (its ``format`` marker), ``mtv_tsa`` (a bare BE state dict), else None."""
     if not isinstance(ckpt, Mapping):
         return None
-    if ckpt.get("format") == "ome_progan":
-        return "ome_progan"
+    if ckpt.get("format") in ("ome_progan", "ome_stylegan2"):
+        return ckpt["format"]
     keys = [k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k for k in ckpt]
     if "FromRGB.from_rgb.weight" in keys and any(str(k).startswith("decode_block.") for k in keys):
         return "mtv_tsa"
@@ -57,6 +66,8 @@ def detect_family_format(ckpt: Any) -> str | None:
 def load_family(fmt: str, ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
     if fmt == "ome_progan":
         return load_ome_progan(ckpt, where, generator_file)
+    if fmt == "ome_stylegan2":
+        return load_ome_stylegan2(ckpt, where, generator_file)
     if fmt == "mtv_tsa":
         return load_mtv_tsa(ckpt, where, generator_file)
     raise CheckpointError(f"unknown format {fmt!r}; expected one of {FAMILY_FORMATS}")
@@ -88,13 +99,48 @@ def build_fusion(state: Mapping[str, torch.Tensor], channels: int, where: str) -
     return fusion.eval()
 
 
-def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
+def _ome_stage(ckpt: Any, fmt: str, where: str, input_size: int = 256) -> tuple[dict, StageModel]:
+    """The opts and the OME encoder stage (feedback + residual) of an ``ome_*`` checkpoint."""
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{where} has no 'state_dict'; it is not an ome_progan checkpoint")
-    state, opts = ckpt["state_dict"], _opts(ckpt)
-    enc_sd = _strip(state, "encoder.")
-    encoder, config = build_loaded(enc_sd, f"{where} (encoder.*)", infer_ome_config,
+        raise CheckpointError(f"{where} has no 'state_dict'; it is not an {fmt} checkpoint")
+    enc_sd = _strip(ckpt["state_dict"], "encoder.")
+    encoder, config = build_loaded(enc_sd, f"{where} (encoder.*)", lambda sd: infer_ome_config(sd, input_size),
                                    lambda c: OMEEncoder(**c), "OME encoder")
+    if config["input_nc"] < 4:
+        raise CheckpointError(f"{where}: the encoder takes {config['input_nc']} channels, too few for the input "
+                              f"plus the fed-back image")
+    stage_config = {"encoder_type": "OMEEncoder", "mode": f"resnet{config['depth']}", "num_layers": config["depth"],
+                    "input_nc": config["input_nc"], "n_styles": encoder.n_styles, "code_dim": config["code_dim"],
+                    **{k: config[k] for k in ("width", "fpn_dim")}, "codes_per_level": list(config["codes_per_level"])}
+    return _opts(ckpt), StageModel(encoder.eval(), stage_config, True, True)
+
+
+def load_ome_stylegan2(ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
+    opts = _opts(ckpt) if isinstance(ckpt, Mapping) else {}
+    input_size = int(opts.get("input_size", 256))
+    opts, stage = _ome_stage(ckpt, "ome_stylegan2", where, input_size)
+    if generator_file is not None:
+        if detect_format(generator_file) != "rosinality":
+            raise CheckpointError("the --generator file is not a rosinality file with 'g_ema'")
+        generator = build_generator(dict(generator_file["g_ema"]), "--generator (g_ema)")
+    else:
+        dec_sd = _strip(ckpt["state_dict"], "decoder.")
+        if not dec_sd:
+            raise CheckpointError(f"{where} has no 'decoder.*' weights; pass the StyleGAN2 file with --generator")
+        generator = build_generator(dec_sd, f"{where} (decoder.*)")
+    m, d = stage.config["n_styles"], stage.config["code_dim"]
+    if (m, d) != (generator.n_latent, generator.style_dim):
+        raise CheckpointError(f"the encoder predicts {m} x {d} codes but the {generator.size} px generator takes "
+                              f"{generator.n_latent} x {generator.style_dim}; they belong to different models")
+    source = generator_file if generator_file is not None and "latent_avg" in generator_file else ckpt
+    return LoadedCheckpoint(format="ome_stylegan2", path=Path(where), sha256="", opts=opts, generator=generator,
+                            latent_avg=_latent_avg(source, generator), stages=[stage], repeat_last=True,
+                            default_iterations=int(opts.get("n_iters_per_batch", 5)), input_size=input_size)
+
+
+def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
+    opts, stage = _ome_stage(ckpt, "ome_progan", where)
+    state = ckpt["state_dict"]
     if generator_file is not None:
         generator = build_progan(generator_file, "--generator (genforce PGGAN)")
     else:
@@ -106,13 +152,10 @@ def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> Lo
     if not 1 <= split < generator.num_layers:
         raise CheckpointError(f"{where}: opts.split = {split} is outside 1..{generator.num_layers - 1}")
     fusion = build_fusion(_strip(state, "fusion."), generator.split_channels(split), where)
-    m, d = encoder.n_styles, generator.z_dim
-    if config["code_dim"] != d:
-        raise CheckpointError(f"{where}: the encoder predicts {config['code_dim']}-d codes but the generator takes "
-                              f"z of {d}; they belong to different models")
-    if config["input_nc"] < 4:
-        raise CheckpointError(f"{where}: the encoder takes {config['input_nc']} channels, too few for the input "
-                              f"plus the fed-back image")
+    m, d = stage.config["n_styles"], generator.z_dim
+    if stage.config["code_dim"] != d:
+        raise CheckpointError(f"{where}: the encoder predicts {stage.config['code_dim']}-d codes but the generator "
+                              f"takes z of {d}; they belong to different models")
     multi = MultiCodeProGAN(generator, m, fusion, split).eval()
     avg = ckpt.get("latent_avg")
     avg = torch.zeros(m, d) if avg is None else avg.detach().float().reshape(-1, d)
@@ -120,11 +163,8 @@ def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> Lo
         avg = avg.repeat(m, 1)  # OME: the average code repeated M times
     if tuple(avg.shape) != (m, d):
         raise CheckpointError(f"{where}: latent_avg has shape {tuple(avg.shape)}; expected [{d}] or [{m}, {d}]")
-    stage_config = {"encoder_type": "OMEEncoder", "mode": f"resnet{config['depth']}", "num_layers": config["depth"],
-                    "input_nc": config["input_nc"], "n_styles": m, **{k: config[k] for k in ("width", "fpn_dim")},
-                    "codes_per_level": list(config["codes_per_level"])}
     return LoadedCheckpoint(format="ome_progan", path=Path(where), sha256="", opts=opts, generator=multi,
-                            latent_avg=avg.contiguous(), stages=[StageModel(encoder.eval(), stage_config, True, True)],
+                            latent_avg=avg.contiguous(), stages=[stage],
                             repeat_last=True, default_iterations=int(opts.get("n_iters_per_batch", 5)))
 
 

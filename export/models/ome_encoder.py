@@ -31,7 +31,7 @@ from torch import nn
 
 __all__ = ["RESNET_UNITS", "ResNetBackbone", "FPN", "F2CHead", "OMEEncoder", "infer_ome_config"]
 
-RESNET_UNITS = {34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
+RESNET_UNITS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 DEFAULT_CODES_PER_LEVEL = {20: (4, 6, 10)}  # P5, P4, P3
 INPUT_SIZE = 256
 
@@ -84,7 +84,7 @@ def _downsample(c_in: int, c_out: int, stride: int) -> nn.Sequential | None:
 
 
 class ResNetBackbone(nn.Module):
-    """Torchvision-named ResNet-34/50 trunk; :meth:`features`: ``[B, C_in, S, S]`` → C3 (S/8), C4 (S/16), C5 (S/32)."""
+    """Torchvision-named ResNet-18/34/50 trunk; :meth:`features`: ``[B, C_in, S, S]`` → C3 (S/8), C4 (S/16), C5 (S/32)."""
 
     def __init__(self, depth: int = 50, input_nc: int = 6, width: int = 64):
         super().__init__()
@@ -151,46 +151,51 @@ class F2CHead(nn.Module):
 
 
 class OMEEncoder(ResNetBackbone):
-    """OME multi-scale encoder: ``[B, input_nc, 256, 256]`` → offsets ``[B, sum(codes_per_level), D]``.
+    """OME multi-scale encoder: ``[B, input_nc, S, S]`` → offsets ``[B, sum(codes_per_level), D]``.
 
     ``codes_per_level``: how many codes read P5, P4, P3 (coarse → fine). The backbone's
-    modules sit at the top level, so its keys are torchvision's.
+    modules sit at the top level, so its keys are torchvision's. ``input_size`` S is 256 in the
+    paper; the demo model (export/train_demo.py) uses 64 with a ResNet-18 trunk.
     """
 
     def __init__(self, depth: int = 50, input_nc: int = 6, width: int = 64, fpn_dim: int = 512,
-                 code_dim: int = 512, codes_per_level: Sequence[int] = (4, 6, 10)):
+                 code_dim: int = 512, codes_per_level: Sequence[int] = (4, 6, 10), input_size: int = INPUT_SIZE):
         super().__init__(depth, input_nc, width)
-        self.input_nc, self.codes_per_level = input_nc, tuple(codes_per_level)
+        if input_size < 64 or input_size & (input_size - 1):
+            raise ValueError(f"input_size must be a power of two >= 64 (P5 is S/32); got {input_size}")
+        self.input_nc, self.codes_per_level, self.input_size = input_nc, tuple(codes_per_level), input_size
         self.n_styles = sum(self.codes_per_level)
         self.fpn = FPN(self.out_channels[1:], fpn_dim)
-        sides = (INPUT_SIZE // 32, INPUT_SIZE // 16, INPUT_SIZE // 8)
+        sides = (input_size // 32, input_size // 16, input_size // 8)
         self.heads = nn.ModuleList(F2CHead(fpn_dim, side, code_dim)
                                    for side, n in zip(sides, self.codes_per_level) for _ in range(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or tuple(x.shape[1:]) != (self.input_nc, INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(f"OMEEncoder expects [B, {self.input_nc}, {INPUT_SIZE}, {INPUT_SIZE}]; got {tuple(x.shape)}")
+        s = self.input_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (self.input_nc, s, s):
+            raise ValueError(f"OMEEncoder expects [B, {self.input_nc}, {s}, {s}]; got {tuple(x.shape)}")
         p3, p4, p5 = self.fpn(*self.features(x))
         levels = {p5.shape[-1]: p5, p4.shape[-1]: p4, p3.shape[-1]: p3}
         return torch.stack([head(levels[head.spatial]) for head in self.heads], dim=1)
 
 
-def infer_ome_config(sd: Mapping[str, torch.Tensor]) -> dict:
-    """The :class:`OMEEncoder` arguments from its (unprefixed) state dict."""
+def infer_ome_config(sd: Mapping[str, torch.Tensor], input_size: int = INPUT_SIZE) -> dict:
+    """The :class:`OMEEncoder` arguments from its (unprefixed) state dict, for ``input_size``
+    (the weights do not fix it: it sets how many stride-2 convs each head has)."""
     if "conv1.weight" not in sd or "fpn.lateral5.weight" not in sd:
         raise KeyError("not an OME encoder state dict ('conv1.weight' / 'fpn.lateral5.weight' missing)")
     units = tuple(len({m.group(1) for k in sd if (m := re.match(rf"layer{i}\.(\d+)\.", k))}) for i in range(1, 5))
     bottleneck = "layer1.0.conv3.weight" in sd
-    depth = 50 if bottleneck else 34
+    depth = 50 if bottleneck else {RESNET_UNITS[18]: 18}.get(units, 34)
     if units != RESNET_UNITS[depth]:
         raise ValueError(f"backbone units per stage {units}; expected {RESNET_UNITS[depth]} (ResNet-{depth})")
     heads = sorted({int(m.group(1)) for k in sd if (m := re.match(r"heads\.(\d+)\.", k))})
     if not heads or heads != list(range(len(heads))):
         raise ValueError(f"heads are numbered {heads}; expected heads.0 .. heads.M-1")
     n_convs = [len({k for k in sd if re.fullmatch(rf"heads\.{m}\.convs\.\d+\.weight", k)}) for m in heads]
-    sides = [int(math.log2(INPUT_SIZE // s)) for s in (32, 16, 8)]
+    sides = [int(math.log2(input_size // s)) for s in (32, 16, 8)]
     if any(n not in sides for n in n_convs) or n_convs != sorted(n_convs):
         raise ValueError(f"head conv counts {n_convs}: expected coarse-to-fine heads with {sides} convs")
     return {"depth": depth, "input_nc": int(sd["conv1.weight"].shape[1]), "width": int(sd["conv1.weight"].shape[0]),
             "fpn_dim": int(sd["fpn.lateral5.weight"].shape[0]), "code_dim": int(sd["heads.0.linear.weight"].shape[0]),
-            "codes_per_level": tuple(n_convs.count(n) for n in sides)}
+            "codes_per_level": tuple(n_convs.count(n) for n in sides), "input_size": input_size}

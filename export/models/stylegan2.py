@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -238,14 +238,20 @@ class Generator(nn.Module):
     """
 
     def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
-                 blur_kernel: Sequence[float] = (1, 3, 3, 1), lr_mlp: float = 0.01, fused: bool = False):
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1), lr_mlp: float = 0.01, fused: bool = False,
+                 channels: Mapping[int, int] | None = None):
         super().__init__()
         self.log_size = int(round(math.log2(size)))
         if size < 4 or 2 ** self.log_size != size or size > 1024:
             raise ValueError(f"size must be a power of two in [4, 1024], got {size}")
         self.size, self.style_dim, self.n_mlp = size, style_dim, n_mlp
         self.channel_multiplier = channel_multiplier
-        self.channels = _channels(channel_multiplier)
+        # ``channels`` (resolution -> width) overrides rosinality's table: small models such as
+        # the demo (export/train_demo.py) keep the architecture and names with fewer channels
+        self.channels = _channels(channel_multiplier) if channels is None else {int(k): int(v) for k, v in channels.items()}
+        missing = [2 ** i for i in range(2, self.log_size + 1) if 2 ** i not in self.channels]
+        if missing:
+            raise ValueError(f"channels has no width for resolutions {missing}")
         self.style = nn.Sequential(PixelNorm(), *[
             EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu") for _ in range(n_mlp)])
 
@@ -282,14 +288,18 @@ class Generator(nn.Module):
         style_dim = int(sd["style.1.weight"].shape[1])
         n_rgbs = len({m.group(1) for k in sd if (m := re.fullmatch(r"to_rgbs\.(\d+)\.bias", k))})
         size = 2 ** (n_rgbs + 2)
-        channel_multiplier = 2
-        if size >= 64:  # channels[size] = base * cm, read from the last ToRGB's input channels
-            top = int(sd[f"to_rgbs.{n_rgbs - 1}.conv.weight"].shape[2])
-            base = _channels(1)[size]
-            if top % base:
-                raise ValueError(f"channels {top} at {size} px are not a multiple of {base}")
-            channel_multiplier = top // base
-        return {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channel_multiplier": channel_multiplier}
+        # the width at each resolution, read off the weights: conv1 (4 px), then each upsampling conv
+        widths = {4: int(sd["conv1.conv.weight"].shape[1])}
+        for i in range(n_rgbs):
+            key = f"convs.{2 * i}.conv.weight"
+            if key not in sd:
+                raise KeyError(f"missing {key!r} for the {2 ** (i + 3)} px block")
+            widths[2 ** (i + 3)] = int(sd[key].shape[1])
+        config = {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channel_multiplier": 2}
+        for cm in (2, 1, 4):  # rosinality's table (the public checkpoints) where it fits
+            if all(_channels(cm)[r] == w for r, w in widths.items()):
+                return {**config, "channel_multiplier": cm}
+        return {**config, "channels": widths}
 
     def set_fused(self, fused: bool) -> "Generator":
         """Switch every modulated conv between the grouped (``True``) and unfused (``False``) forms."""

@@ -14,9 +14,18 @@ two latent and two image buffers that ping-pong between steps, and the constant 
 it binds every (graph, buffer arrangement) pair once. A call then uploads ``x``, runs two
 engine calls per step, and downloads the last image and latents. Backend-agnostic: it only
 uses :class:`sdk.backends.base.Backend` and the manifest's schedule.
+
+GPU extras, where the backend offers them (``sdk/backends/base.py``): with ``cuda_graphs`` the
+2N engine calls of a call are recorded once per (batch, N, cold/warm start) into a CUDA graph and
+replayed on later calls; the input upload and result download stay outside the graph, so one
+graph serves host and device inputs and outputs. Calls that read the host between steps
+(``return_steps``, ``early_exit``) run step by step, uncaptured. Device arrays in
+(:class:`sdk.device_arrays.DeviceInput`) and out (``output="device"``) replace the upload and
+download by device-to-device copies.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -26,7 +35,10 @@ import numpy as np
 from .backends.base import Backend
 from .bundle import MAX_ITERATIONS, Bundle, GraphSpec, iter_stage_graphs
 from .checks import is_int
+from .device_arrays import DeviceInput
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 INIT = "init"  # binding key: the step reads the constant start state
 WARM = "warm"  # binding key: the step reads a caller-given start state (warm start)
@@ -62,14 +74,19 @@ class _Arena:
     yw: object
     encoder: Dict[tuple, object] = field(default_factory=dict)  # (graph, source) -> binding
     generator: Dict[int, object] = field(default_factory=dict)  # slot -> binding
+    graphs: Dict[tuple, object] = field(default_factory=dict)  # (N, INIT|WARM) -> Replay, or None: not capturable
 
 
 class RefinementLoop:
     """Runs a bundle's schedule on a backend. Thread-safe: calls are serialised by a lock,
     because the per-batch buffers are shared (use one loop per thread for parallelism)."""
 
-    def __init__(self, backend: Backend, bundle: Bundle):
+    def __init__(self, backend: Backend, bundle: Bundle, cuda_graphs: bool = False):
         self.backend = backend
+        self.cuda_graphs = bool(cuda_graphs) and hasattr(backend, "capture")
+        if cuda_graphs and not self.cuda_graphs:
+            log.warning("backend %s cannot record CUDA graphs (only the TensorRT backend can); the loop runs "
+                        "without them", backend.name)
         self._bundle = bundle
         self.manifest = m = bundle.manifest
         self.runners = {g.key: backend.load(g, bundle.graph_path(g.key)) for g in iter_stage_graphs(m)}
@@ -82,14 +99,17 @@ class RefinementLoop:
 
     # ------------------------------------------------------------------ public
     def run(self, x: np.ndarray, iterations: int | None = None, return_steps: bool = False,
-            init: tuple[np.ndarray, np.ndarray] | None = None, early_exit: float | None = None) -> LoopResult:
-        """``x``: [B, C_x, S, S] float32 in the model's input range. Returns the last step.
+            init: tuple[np.ndarray, np.ndarray] | None = None, early_exit: float | None = None,
+            output: str = "host") -> LoopResult:
+        """``x``: [B, C_x, S, S] float32 in the model's input range (a host array, or a
+        :class:`DeviceInput` on backends with ``device_io``). Returns the last step.
 
         ``init``: ``(latents [B, M, D], images [B, 3, R, R])`` float32 to start from instead of
         the average (warm start; iterative feedback bundles only). ``early_exit``: stop after the
         first step whose mean absolute latent change (max over the batch) is below it;
         ``iterations`` is then the cap. It reads the latents back after every step (a small copy;
-        a host synchronisation on GPUs)."""
+        a host synchronisation on GPUs). ``output``: "host" (numpy arrays) or "device" (new
+        :class:`sdk.device_arrays.DeviceArray` objects, ready when returned)."""
         m, sched = self.manifest, self.manifest.schedule
         n = sched.default_iterations if iterations is None else iterations
         limit = sched.max_iterations or MAX_ITERATIONS
@@ -105,37 +125,93 @@ class RefinementLoop:
         if early_exit is not None and (isinstance(early_exit, (bool, np.bool_)) or not isinstance(
                 early_exit, (int, float, np.number)) or not 0.0 < float(early_exit) < float("inf")):
             raise InputError(f"early_exit must be a positive number (a mean latent change); got {early_exit!r}")
+        self.check_device_use(output, any(isinstance(v, DeviceInput) for v in [x, *(init or ())]))
         with self._lock:
             self._check_open()
             arena = self._arena(batch)
-            self.backend.upload(arena.x, x)
+            self._put(arena.x, x)
             if init is not None:
-                self.backend.upload(arena.zw, init[0])
-                self.backend.upload(arena.yw, init[1])
-            steps = [] if return_steps else None
-            changes, previous = ([], init[0] if init is not None else self._latent_avg) if early_exit else (None, None)
-            t = 0
-            while t < int(n):
-                stage = sched.stage(t)
-                source = (WARM if init is not None else INIT) if t == 0 else (t - 1) % 2
-                self.runners[stage.graph].run(arena.encoder[(stage.graph, source)])
-                self.runners["generator"].run(arena.generator[t % 2])
-                t += 1
-                if steps is not None:
-                    steps.append(Step(self.backend.download(arena.z[(t - 1) % 2]),
-                                      self.backend.download(arena.y[(t - 1) % 2])))
-                if changes is not None:
-                    current = steps[-1].latents if steps else self.backend.download(arena.z[(t - 1) % 2])
-                    change = float(np.abs(current - previous).mean(axis=(1, 2)).max())
-                    changes.append(change)
-                    previous = current
-                    if change < float(early_exit):
-                        break
-            last = (t - 1) % 2
+                self._put(arena.zw, init[0])
+                self._put(arena.yw, init[1])
+            start = WARM if init is not None else INIT
+            fetch = self.backend.fetch_device if output == "device" else self.backend.download
+            if return_steps or early_exit:  # reads between steps: step by step, never from a graph
+                previous = None
+                if early_exit:
+                    previous = self._latent_avg if init is None else (
+                        init[0] if isinstance(init[0], np.ndarray) else self.backend.download(arena.zw))
+                t, steps, changes = self._run_stepwise(arena, int(n), start, fetch, return_steps, early_exit,
+                                                       previous)
+            else:
+                self._run_all(arena, int(n), start)
+                t, steps, changes = int(n), None, None
             if steps:
-                return LoopResult(steps[-1].image, steps[-1].latents, t, steps, changes)
-            return LoopResult(self.backend.download(arena.y[last]), self.backend.download(arena.z[last]), t,
-                              None, changes)
+                images, latents = steps[-1].image, steps[-1].latents
+            else:
+                images, latents = fetch(arena.y[(t - 1) % 2]), fetch(arena.z[(t - 1) % 2])
+            if output == "device":  # ready for any consumer stream; borrowed device inputs are read
+                self.backend.synchronize()
+            return LoopResult(images, latents, t, steps, changes)
+
+    def _run_stepwise(self, arena: _Arena, n: int, start, fetch, return_steps: bool, early_exit, previous):
+        steps = [] if return_steps else None
+        changes = [] if early_exit else None
+        t = 0
+        while t < n:
+            self._step(arena, t, start)
+            t += 1
+            z, y = arena.z[(t - 1) % 2], arena.y[(t - 1) % 2]
+            if steps is not None:
+                steps.append(Step(fetch(z), fetch(y)))
+            if changes is not None:
+                host = steps is not None and isinstance(steps[-1].latents, np.ndarray)
+                current = steps[-1].latents if host else self.backend.download(z)
+                change = float(np.abs(current - previous).mean(axis=(1, 2)).max())
+                changes.append(change)
+                previous = current
+                if change < float(early_exit):
+                    break
+        return t, steps, changes
+
+    def _run_all(self, arena: _Arena, n: int, start) -> None:
+        """All N steps with no host work in between: replayed from a CUDA graph where enabled."""
+        if not self.cuda_graphs:
+            return self._enqueue(arena, n, start)
+        key = (n, start)
+        if key not in arena.graphs:
+            # capture() runs the steps once (this call's results), then records them
+            arena.graphs[key] = self.backend.capture(lambda: self._enqueue(arena, n, start))
+        elif arena.graphs[key] is None:  # not capturable (warned once): eager
+            self._enqueue(arena, n, start)
+        else:
+            arena.graphs[key].launch()
+
+    def _enqueue(self, arena: _Arena, n: int, start) -> None:
+        for t in range(n):
+            self._step(arena, t, start)
+
+    def _step(self, arena: _Arena, t: int, start) -> None:
+        """Step ``t``: reads the start state (t = 0) or the slot step t-1 wrote; writes slot t % 2."""
+        stage = self.manifest.schedule.stage(t)
+        source = start if t == 0 else (t - 1) % 2
+        self.runners[stage.graph].run(arena.encoder[(stage.graph, source)])
+        self.runners["generator"].run(arena.generator[t % 2])
+
+    def _put(self, dst, value) -> None:
+        if isinstance(value, DeviceInput):
+            self.backend.put_device(dst, value)
+        else:
+            self.backend.upload(dst, value)
+
+    def check_device_use(self, output: str, device_inputs: bool) -> None:
+        """:class:`InputError` unless this backend can take the call's device inputs (if any) and
+        give ``output``."""
+        if output not in ("host", "device"):
+            raise InputError(f"output must be 'host' (numpy arrays) or 'device' (GPU arrays); got {output!r}")
+        if (output == "device" or device_inputs) and not getattr(self.backend, "device_io", False):
+            raise InputError(f"GPU-resident inputs and output='device' need a GPU backend (tensorrt, onnxruntime-cuda); "
+                             f"this Translator runs on {self.backend.name} (CPU): pass numpy arrays (e.g. "
+                             f"tensor.cpu().numpy()) and use output='host'")
 
     def _check_init(self, init, batch: int) -> None:
         m, stage = self.manifest, self.manifest.schedule.stages[0]
@@ -145,8 +221,9 @@ class RefinementLoop:
         gen = m.graphs["generator"]
         expected = (tuple(gen.input("latents").concrete_shape(batch)), tuple(gen.output.concrete_shape(batch)))
         if (not isinstance(init, tuple) or len(init) != 2
-                or any(not isinstance(a, np.ndarray) or a.shape != e for a, e in zip(init, expected))):
-            got = [list(a.shape) if isinstance(a, np.ndarray) else type(a).__name__ for a in init] \
+                or any(not isinstance(a, (np.ndarray, DeviceInput)) or tuple(a.shape) != e
+                       for a, e in zip(init, expected))):
+            got = [list(a.shape) if isinstance(a, (np.ndarray, DeviceInput)) else type(a).__name__ for a in init] \
                 if isinstance(init, tuple) else type(init).__name__
             raise InputError(f"init must be (latents {list(expected[0])}, images {list(expected[1])}) float32 arrays "
                              f"for this batch (a previous result); got {got}")

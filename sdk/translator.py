@@ -4,6 +4,10 @@
     out = t(frame)                                     # HxWx3 uint8 RGB in, HxWx3 uint8 out
     res = t.infer(x, iterations=5, return_steps=True)  # NCHW float32 in the model's range
     res.images, res.latents, res.steps
+
+On a GPU: ``Translator(..., cuda_graphs=True)`` replays the loop from CUDA graphs (TensorRT),
+``infer`` takes CUDA arrays (PyTorch, CuPy, DLPack) and returns them with ``output="device"``
+(``docs/gpu.md``).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import numpy as np
 from .backends import create_backend
 from .bundle import Bundle, Manifest
 from .checks import is_int
+from .device_arrays import DeviceInput, device_view, is_device_array
 from .errors import BackendError, InputError
 from .imaging import to_uint8_image
 from .loop import LoopResult, RefinementLoop, Step
@@ -32,7 +37,8 @@ class TranslationResult:
     ``latents``: [B, M, D] W+ codes; ``steps``: each iteration's latents and images when
     ``return_steps=True``; ``iterations``: how many ran (fewer than asked after an early exit);
     ``latent_change``: with ``early_exit``, each step's mean absolute latent change (the
-    largest over the batch)."""
+    largest over the batch). With ``infer(..., output="device")`` the arrays are
+    :class:`sdk.device_arrays.DeviceArray` (GPU memory) instead of numpy arrays."""
 
     images: np.ndarray
     latents: np.ndarray
@@ -53,28 +59,33 @@ class Translator:
         bundle: path of the bundle folder (``engines/NAME``).
         backend: ``"auto"`` (the bundle's TensorRT engines where TensorRT and a GPU are present and
             the engines were built for them, else ONNX Runtime on CUDA if available, else CPU),
-            ``"tensorrt"``, ``"onnxruntime"`` (CPU), ``"onnxruntime-cuda"``.
+            ``"tensorrt"``, ``"onnxruntime"`` (CPU), ``"onnxruntime-cuda"``, ``"onnxruntime-tensorrt"``
+            (ONNX Runtime's TensorRT provider).
         threads: intra-op threads for CPU back ends (default: the runtime's choice).
         verify: check every bundle file's SHA-256 before loading (recommended).
+        device: the GPU index for the GPU back ends.
+        cuda_graphs: record each (batch, iterations, cold/warm start) loop into a CUDA graph on
+            its first call and replay it afterwards (TensorRT backend; others warn and run eagerly).
+            Calls with ``return_steps`` or ``early_exit`` read the host between steps and run eagerly.
 
     One Translator may be shared by threads; calls are serialised. ``close()`` (or a
     ``with`` block) releases the sessions and buffers.
     """
 
     def __init__(self, bundle: str | os.PathLike, backend: str = "auto", threads: int | None = None,
-                 verify: bool = True):
+                 verify: bool = True, device: int = 0, cuda_graphs: bool = False):
         self.bundle = Bundle(bundle, verify=verify)
-        self.backend = create_backend(backend, threads=threads, bundle=self.bundle)
+        self.backend = create_backend(backend, threads=threads, bundle=self.bundle, device=device)
         try:
-            self._loop = RefinementLoop(self.backend, self.bundle)
+            self._loop = RefinementLoop(self.backend, self.bundle, cuda_graphs)
         except BackendError as e:
             self.backend.close()
             if backend != "auto" or self.backend.name != "tensorrt":
                 raise
             # an engine that passed the version checks but does not deserialise: the graphs still run
             log.warning("TensorRT engines of %s cannot be loaded (%s); falling back to ONNX Runtime", self.bundle.path, e)
-            self.backend = create_backend("auto", threads=threads)
-            self._loop = RefinementLoop(self.backend, self.bundle)
+            self.backend = create_backend("auto", threads=threads, device=device)
+            self._loop = RefinementLoop(self.backend, self.bundle, cuda_graphs)
         except BaseException:
             self.backend.close()  # device memory and streams of a half-opened backend
             raise
@@ -97,9 +108,17 @@ class Translator:
 
     # ------------------------------------------------------------------ inference
     def infer(self, x: np.ndarray, iterations: int | None = None, return_steps: bool = False,
-              init: "TranslationResult | tuple | None" = None, early_exit: float | None = None) -> TranslationResult:
+              init: "TranslationResult | tuple | None" = None, early_exit: float | None = None,
+              output: str = "host") -> TranslationResult:
         """Run the loop on ``x``: [B, C_x, S, S] (or [C_x, S, S]) float32 in the model's input
         range. ``iterations`` defaults to the bundle's; pSp bundles allow 1.
+
+        GPU backends also take ``x`` (and ``init``) as CUDA arrays — anything with
+        ``__cuda_array_interface__`` or CUDA ``__dlpack__`` (PyTorch, CuPy): C-contiguous float32
+        on the Translator's GPU, copied device to device after the producer's stream (their
+        values are not range-checked: that would need a host read). ``output="device"`` returns
+        ``images``/``latents`` (and steps) as :class:`sdk.device_arrays.DeviceArray`: new GPU
+        memory, ready when returned, owned by the result (valid after later calls).
 
         Video (iterative bundles): ``init`` = the previous frame's result (or ``(latents,
         images)``) starts the loop there instead of at the average latent (warm start), and
@@ -115,12 +134,10 @@ class Translator:
         start = None
         if init is not None:
             latents, images = (init.latents, init.images) if isinstance(init, TranslationResult) else _pair(init)
-            start = (_float_array(latents, "init latents"), _float_array(images, "init images"))
-            if not all(np.all(np.isfinite(a)) for a in start):
-                raise InputError("init contains NaN or Inf")
+            start = (self._state(latents, "init latents"), self._state(images, "init images"))
             if start[0].ndim == 2 and start[1].ndim == 3:  # one sample, like x may be
-                start = (start[0][None], start[1][None])
-        return TranslationResult.from_loop(loop.run(x, iterations, return_steps, start, early_exit))
+                start = tuple(a.with_batch() if isinstance(a, DeviceInput) else a[None] for a in start)
+        return TranslationResult.from_loop(loop.run(x, iterations, return_steps, start, early_exit, output))
 
     def synthesise(self, latents: np.ndarray) -> np.ndarray:
         """Render W+ codes: [B, M, D] (or [M, D]) float32 → [B, 3, R, R] raw generator images."""
@@ -204,16 +221,34 @@ class Translator:
             raise InputError("this Translator is closed")
         return self._loop
 
-    def _check_input(self, x) -> np.ndarray:
-        if not isinstance(x, np.ndarray):
-            raise InputError(f"infer() takes a numpy array; got {type(x).__name__}. "
-                             f"Use translator(image) for HxWx3 images")
+    def _device_input(self, value, what: str) -> DeviceInput:
+        self._open_loop().check_device_use("host", device_inputs=True)  # a clear error on CPU backends
+        return device_view(value, self.backend.consumer_stream, what)
+
+    def _state(self, value, what: str):
+        """A warm-start array: a :class:`DeviceInput` for CUDA arrays, else finite float32."""
+        if is_device_array(value):
+            return self._device_input(value, what)
+        arr = _float_array(value, what)
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{what} contain NaN or Inf")
+        return arr
+
+    def _check_input(self, x) -> np.ndarray | DeviceInput:
+        device = is_device_array(x)
+        if not device and not isinstance(x, np.ndarray):
+            raise InputError(f"infer() takes a numpy array; got {type(x).__name__} (GPU backends also take CUDA "
+                             f"arrays). Use translator(image) for HxWx3 images")
+        if device:
+            x = self._device_input(x, "x")
         c, s, _ = self.input_shape
-        if x.shape[-3:] != (c, s, s) or x.ndim not in (3, 4):
+        if tuple(x.shape[-3:]) != (c, s, s) or x.ndim not in (3, 4):
             raise InputError(f"expected x of shape [B, {c}, {s}, {s}] or [{c}, {s}, {s}] (NCHW); "
                              f"got {list(x.shape)}")
-        if x.size == 0:
+        if int(np.prod(x.shape)) == 0:
             raise InputError(f"x is empty (shape {list(x.shape)}); expected a batch of at least 1")
+        if device:  # not range-checked: that would need a host read
+            return x if x.ndim == 4 else x.with_batch()
         lo, hi = self.manifest.input_range
         if not np.issubdtype(x.dtype, np.floating):
             raise InputError(f"expected float32 input in {[lo, hi]}; got dtype {x.dtype}")

@@ -144,7 +144,7 @@ def test_bindings_are_set_once_and_buffers_ping_pong(fake_gpu, make_tiny_bundle)
         t.infer(x_input(), iterations=1)  # allocate and bind batch 2
         binds = [e for e in trt.log if e[0] == "set_tensor_address"]
         contexts = [e for e in trt.log if e[0] == "create_execution_context"]
-        assert len(contexts) == 3 + 2  # encoder: from the start state and from each slot; generator: per slot
+        assert len(contexts) == 4 + 2  # encoder: from the cold and warm start states and each slot; generator: per slot
         assert {e[2] for e in contexts} == {"USER_MANAGED"}
         trt.log.clear()
         cudart.calls.clear()
@@ -164,7 +164,7 @@ def test_bindings_are_set_once_and_buffers_ping_pong(fake_gpu, make_tiny_bundle)
         assert (enc["z"], enc["y"], enc["x"]) == (*src, arena.x.ptr)
         assert enc["z_next"] == z[step % 2] == gen["z"]
         assert gen["image"] == y[step % 2]
-    assert len(binds) == 3 * 4 + 2 * 2  # x,y,z,z_next per encoder context; z,image per generator context
+    assert len(binds) == 4 * 4 + 2 * 2  # x,y,z,z_next per encoder context; z,image per generator context
 
 
 def test_no_host_copies_between_engine_calls(fake_gpu, make_tiny_bundle):

@@ -7,7 +7,7 @@ per buffer arrangement, and then only calls ``run`` — no host work between eng
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -46,3 +46,35 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release sessions and device memory."""
+
+
+# --------------------------------------------------------------------------- optional abilities
+# A backend offers these only where it can; the loop and Translator test for them with hasattr /
+# getattr and fall back (eager runs; InputError for device arrays on a CPU backend).
+
+class Replay(Protocol):
+    """Recorded loop work (a CUDA graph), replayed on the backend's stream."""
+
+    def launch(self) -> None: ...
+
+
+class GraphCapture(Protocol):
+    def capture(self, work: Callable[[], None]) -> Optional[Replay]:
+        """Run ``work`` (runner calls only: no host copies or syncs) once — its outputs are this
+        call's — and record it for replay; None when it cannot be recorded."""
+
+
+class DeviceIO(Protocol):
+    """GPU-resident inputs and outputs (``sdk.device_arrays``), where ``device_io`` is true."""
+
+    device_io: bool
+    consumer_stream: int  # the stream device inputs are read on (handed to DLPack producers)
+
+    def put_device(self, dst: Buffer, src: Any) -> None:
+        """Copy a :class:`sdk.device_arrays.DeviceInput` into a buffer, device to device."""
+
+    def fetch_device(self, src: Buffer) -> Any:
+        """A new :class:`sdk.device_arrays.DeviceArray` holding a copy of a buffer (queued)."""
+
+    def synchronize(self) -> None:
+        """Wait for the queued work (before device results are handed out)."""

@@ -5,17 +5,22 @@ Every ``cudart`` call returns a tuple whose first element is the error code; :fu
 turns a failure into a :class:`sdk.BackendError` naming the call. :class:`CudaRuntime` owns one
 non-blocking stream, the device buffers it allocated and one pinned host mirror per buffer, so
 uploads and downloads are asynchronous copies on that stream and nothing else touches the host.
+
+It also records work on that stream into CUDA graphs (:meth:`CudaRuntime.capture`, replayed by
+:class:`CudaGraph`) and copies between its buffers and other libraries' device memory
+(:meth:`CudaRuntime.copy_in`, :meth:`CudaRuntime.device_copy`) for GPU-resident inputs/outputs.
 """
 from __future__ import annotations
 
 import ctypes
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import BackendError
+from ..device_arrays import DeviceArray, DeviceInput
+from ..errors import BackendError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +44,7 @@ def check(cudart, result, what: str):
     """Unpack a ``cudart`` result tuple; raise :class:`BackendError` on a CUDA error."""
     err, rest = result[0], tuple(result[1:])
     if err != cudart.cudaError_t.cudaSuccess:
-        try:
-            name = cudart.cudaGetErrorName(err)[1]
-            name = name.decode() if isinstance(name, bytes) else str(name)
-        except Exception:  # the error name is a courtesy; never mask the real failure
-            name = str(err)
-        raise BackendError(f"CUDA {what} failed: {name}")
+        raise BackendError(f"CUDA {what} failed: {_error_name(cudart, err)}")
     if not rest:
         return None
     return rest[0] if len(rest) == 1 else rest
@@ -112,6 +112,8 @@ class CudaRuntime:
         self.handle = stream_handle(self.stream)
         self._buffers: list[DeviceBuffer] = []
         self._scratch: list[int] = []
+        self._graphs: list[CudaGraph] = []
+        self._event = None  # orders our stream after a producer's (device inputs), made on first use
 
     # ------------------------------------------------------------------ memory
     def empty(self, shape: Sequence[int], dtype: str) -> DeviceBuffer:
@@ -162,6 +164,95 @@ class CudaRuntime:
     def synchronize(self) -> None:
         check(self.cudart, self.cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
+    # ------------------------------------------------------------------ other libraries' device memory
+    def pointer_device(self, ptr: int) -> int | None:
+        """The device index that owns ``ptr`` (device or managed memory), else None (host memory)."""
+        attrs = check(self.cudart, self.cudart.cudaPointerGetAttributes(ptr), "cudaPointerGetAttributes")
+        kinds = self.cudart.cudaMemoryType
+        if attrs.type in (kinds.cudaMemoryTypeDevice, kinds.cudaMemoryTypeManaged):
+            return int(attrs.device)
+        return None
+
+    def copy_in(self, dst: int, nbytes: int, src: DeviceInput) -> None:
+        """Device → device copy of ``src`` into ``nbytes`` at ``dst`` on our stream. ``src.stream``
+        (the producer's stream, CUDA Array Interface v3) is waited for with an event: the GPU
+        orders the copy after the producer's queued work and the host does not block."""
+        if src.nbytes != nbytes:
+            raise BackendError(f"{src.what} has {src.nbytes} bytes but the loop's buffer {nbytes} (the bundle's "
+                               f"input is not float32?)")
+        device = src.device if src.device is not None else self.pointer_device(src.ptr)
+        if device != self.device:
+            where = "host memory" if device is None else f"cuda:{device}"
+            raise InputError(f"{src.what} is in {where} but this Translator runs on cuda:{self.device}; move it "
+                             f"there (e.g. tensor.to('cuda:{self.device}')) or open the Translator with "
+                             f"device={device if device is not None else self.device}")
+        if src.stream is not None:
+            cudart = self.cudart
+            if self._event is None:
+                self._event = check(cudart, cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming),
+                                    "cudaEventCreateWithFlags")
+            check(cudart, cudart.cudaEventRecord(self._event, src.stream), "cudaEventRecord (producer stream)")
+            check(cudart, cudart.cudaStreamWaitEvent(self.stream, self._event, 0), "cudaStreamWaitEvent")
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        check(self.cudart, self.cudart.cudaMemcpyAsync(dst, src.ptr, src.nbytes, kind, self.stream),
+              "cudaMemcpyAsync (device to device)")
+
+    def device_copy(self, src_ptr: int, shape: Sequence[int], dtype: str) -> DeviceArray:
+        """A new device allocation holding a copy of ``src_ptr``, owned by the returned array
+        (freed when it is garbage-collected or closed, independently of this runtime). The copy
+        is queued on our stream: synchronize before handing the array out."""
+        shape = tuple(int(d) for d in shape)
+        nbytes = int(np.prod(shape)) * np.dtype(_NP_DTYPES[dtype]).itemsize
+        ptr = int(check(self.cudart, self.cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
+        out = DeviceArray(self.cudart, ptr, shape, _NP_DTYPES[dtype], self.device)
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        check(self.cudart, self.cudart.cudaMemcpyAsync(ptr, src_ptr, nbytes, kind, self.stream),
+              "cudaMemcpyAsync (device to device)")
+        return out
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def capture(self, work: Callable[[], None]) -> "CudaGraph | None":
+        """Run ``work`` (calls that enqueue on our stream) once, then record it into a CUDA graph.
+
+        The eager run comes first because TensorRT may allocate or upload on a context's first
+        enqueue, which must not end up in a graph (NVIDIA's trtexec enqueues once before capturing
+        for the same reason); its results are the caller's results for this call. Capture is
+        thread-local: a synchronising call from this thread (a host copy, a stream sync) invalidates
+        it, while other threads' CUDA work (e.g. PyTorch) is not affected. Returns None, with a
+        warning, when the work cannot be captured (TensorRT refuses to enqueue some engines under
+        capture); the caller then runs it eagerly."""
+        cudart = self.cudart
+        work()
+        self.synchronize()
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        err = cudart.cudaStreamBeginCapture(self.stream, mode)[0]
+        if err != cudart.cudaError_t.cudaSuccess:  # this call's results are in already: only replay is lost
+            log.warning("CUDA stream capture is unavailable (%s); the loop runs without CUDA graphs",
+                        _error_name(cudart, err))
+            return None
+        failure = None
+        try:
+            work()
+        except BackendError as e:
+            failure = str(e)
+        finally:
+            # always end the capture: a stream left capturing would reject every later call
+            err, graph = cudart.cudaStreamEndCapture(self.stream)
+        if failure is None and err != cudart.cudaError_t.cudaSuccess:
+            failure = f"cudaStreamEndCapture: {_error_name(cudart, err)}"
+        if failure is None:
+            result = cudart.cudaGraphInstantiateWithFlags(graph, 0)  # same signature in CUDA 11.4 .. 13
+            if result[0] == cudart.cudaError_t.cudaSuccess:
+                replay = CudaGraph(self, graph, result[1])
+                self._graphs.append(replay)
+                return replay
+            failure = f"cudaGraphInstantiateWithFlags: {_error_name(cudart, result[0])}"
+        if graph is not None:
+            cudart.cudaGraphDestroy(graph)
+        cudart.cudaGetLastError()  # a failed capture leaves its error as this thread's last error
+        log.warning("the loop could not be captured into a CUDA graph (%s); it runs without one", failure)
+        return None
+
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
         if self.cudart is None:
@@ -170,6 +261,10 @@ class CudaRuntime:
         try:
             check(cudart, cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         finally:
+            for replay in self._graphs:
+                replay.close()
+            if self._event is not None:
+                cudart.cudaEventDestroy(self._event)
             for buf in self._buffers:
                 cudart.cudaFree(buf.ptr)
                 if buf.host_ptr:
@@ -180,3 +275,41 @@ class CudaRuntime:
             cudart.cudaStreamDestroy(self.stream)
             self._buffers.clear()
             self._scratch.clear()
+            self._graphs.clear()
+
+
+class CudaGraph:
+    """A captured piece of stream work, instantiated once; :meth:`launch` replays it on the
+    runtime's stream (one launch instead of one enqueue per engine call)."""
+
+    def __init__(self, runtime: CudaRuntime, graph, graph_exec):
+        # our own cudart reference: the runtime drops its one first when it closes
+        self._cudart, self._stream, self.graph, self._exec = runtime.cudart, runtime.stream, graph, graph_exec
+
+    def launch(self) -> None:
+        if self._exec is None:
+            raise BackendError("this CUDA graph was released (its Translator is closed)")
+        check(self._cudart, self._cudart.cudaGraphLaunch(self._exec, self._stream), "cudaGraphLaunch")
+
+    def node_types(self) -> list[str]:
+        """The captured nodes' types (``cudaGraphNodeTypeKernel``, ``...Memcpy``, ...), for tests and
+        inspection: the loop's graph should hold kernels only."""
+        cudart = self._cudart
+        _, count = check(cudart, cudart.cudaGraphGetNodes(self.graph, 0), "cudaGraphGetNodes")
+        nodes, count = check(cudart, cudart.cudaGraphGetNodes(self.graph, count), "cudaGraphGetNodes")
+        return [check(cudart, cudart.cudaGraphNodeGetType(node), "cudaGraphNodeGetType").name
+                for node in list(nodes)[:count]]
+
+    def close(self) -> None:
+        if self._exec is not None:
+            self._cudart.cudaGraphExecDestroy(self._exec)
+            self._cudart.cudaGraphDestroy(self.graph)
+        self._exec = None
+
+
+def _error_name(cudart, err) -> str:
+    try:
+        name = cudart.cudaGetErrorName(err)[1]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # the error name is a courtesy; never mask the real failure
+        return str(err)

@@ -1,7 +1,7 @@
 """ONNX Runtime backend: sessions with IOBinding over ``OrtValue`` buffers allocated once.
 
-Runs on the CPU execution provider everywhere and on CUDA where onnxruntime-gpu is
-installed; the loop code is the same for both.
+Runs on the CPU execution provider everywhere and on CUDA (or ORT's TensorRT provider) where
+onnxruntime-gpu is installed; the loop code is the same for all (GPU specifics: ``ort_cuda.py``).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from ..bundle import GraphSpec
 from ..errors import BackendError, BundleError
+from .ort_cuda import OrtDeviceIO, gpu_providers
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +84,25 @@ def _mismatch(spec, shape: list, ort_type: str) -> str | None:
     return None if ok else f"{list(shape)} in the graph but {list(spec.shape)} in the manifest"
 
 
-class OrtBackend:
-    """``device="cpu"`` or ``"cuda"`` (needs onnxruntime-gpu); ``threads`` caps intra-op threads."""
+class OrtBackend(OrtDeviceIO):
+    """``device="cpu"``, ``"cuda"`` or ``"tensorrt"`` (ORT's TensorRT provider; both need
+    onnxruntime-gpu) on GPU ``device_id``; ``threads`` caps intra-op threads; ``fp16`` lets ORT's
+    TensorRT provider pick FP16 kernels."""
 
     name = "onnxruntime"
 
-    def __init__(self, device: str = "cpu", device_id: int = 0, threads: int | None = None):
+    def __init__(self, device: str = "cpu", device_id: int = 0, threads: int | None = None, fp16: bool = False):
         self.ort = _import_ort()
         available = self.ort.get_available_providers()
-        if device == "cuda":
-            if "CUDAExecutionProvider" not in available:
-                raise BackendError(f"onnxruntime has no CUDA provider here (available: {available}); "
-                                   f"pip install onnxruntime-gpu, or use device='cpu'")
-            self.providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        if device in ("cuda", "tensorrt"):
+            self.providers = gpu_providers(available, device, device_id, fp16)
         elif device == "cpu":
             self.providers = ["CPUExecutionProvider"]
         else:
-            raise BackendError(f"unknown device {device!r} for the onnxruntime backend; expected 'cpu' or 'cuda'")
+            raise BackendError(f"unknown device {device!r} for the onnxruntime backend; expected 'cpu', 'cuda' "
+                               f"or 'tensorrt'")
         self.device, self.device_id, self.threads = device, device_id, threads
+        self.memory = "cpu" if device == "cpu" else "cuda"  # where OrtValues live (TensorRT's are CUDA memory)
 
     @staticmethod
     def cuda_available() -> bool:
@@ -120,7 +122,7 @@ class OrtBackend:
         return OrtRunner(self, spec, path)
 
     def empty(self, shape: Sequence[int], dtype: str):
-        return self.ort.OrtValue.ortvalue_from_shape_and_type(list(shape), _NP_DTYPES[dtype], self.device,
+        return self.ort.OrtValue.ortvalue_from_shape_and_type(list(shape), _NP_DTYPES[dtype], self.memory,
                                                               self.device_id)
 
     def upload(self, dst, array: np.ndarray) -> None:
@@ -131,4 +133,4 @@ class OrtBackend:
         return np.array(src.numpy(), copy=True)
 
     def close(self) -> None:
-        pass
+        self.close_device_io()

@@ -12,7 +12,11 @@
   block (``USER_MANAGED`` allocation where TensorRT offers it): they never run concurrently,
   because everything is enqueued on the same stream.
 * The host is touched only by ``upload`` (the input) and ``download`` (the result), which is
-  also the only stream synchronisation.
+  also the only stream synchronisation. GPU-resident inputs/outputs replace those two by
+  device-to-device copies (``put_device``/``fetch_device``).
+* ``capture`` records a piece of loop work (the N steps' ``execute_async_v3`` calls over the
+  prepared contexts) into a CUDA graph that the loop replays per frame: the contexts' shapes and
+  tensor addresses never change after binding, which is what a graph bakes in.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from typing import Mapping
 
 from ..bundle import REBUILD_HINT, GraphSpec, sha256_file
 from ..errors import BackendError, BundleError, InputError, StaleEngineError
-from .cuda import CudaRuntime, DeviceBuffer, device_count, device_info
+from ..device_arrays import DeviceArray, DeviceInput
+from .cuda import CudaGraph, CudaRuntime, DeviceBuffer, device_count, device_info
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +199,7 @@ class TensorRTBackend:
     """Runs a bundle's TensorRT engines. ``device``: the CUDA device index."""
 
     name = "tensorrt"
+    device_io = True  # takes and returns GPU-resident arrays (sdk.device_arrays)
 
     def __init__(self, bundle, device: int = 0):
         self.trt = trt = import_tensorrt()
@@ -247,6 +253,21 @@ class TensorRTBackend:
 
     def synchronize(self) -> None:
         self.cuda.synchronize()
+
+    # ------------------------------------------------------------------ device I/O and graphs
+    @property
+    def consumer_stream(self) -> int:
+        return self.cuda.handle
+
+    def put_device(self, dst: DeviceBuffer, src: DeviceInput) -> None:
+        self.cuda.copy_in(dst.ptr, dst.nbytes, src)
+
+    def fetch_device(self, src: DeviceBuffer) -> DeviceArray:
+        return self.cuda.device_copy(src.ptr, src.shape, src.dtype)
+
+    def capture(self, work) -> CudaGraph | None:
+        """Run ``work`` once and record it into a CUDA graph (None if it cannot be captured)."""
+        return self.cuda.capture(work)
 
     def close(self) -> None:
         self.cuda.close()

@@ -6,4 +6,8 @@ the CPU. They check what the real APIs would reject (unknown pointers, copies in
 direction, unset shapes or addresses, shapes outside the profile) and record every call, so
 tests can assert the order of calls and which buffers were used. Nothing measured through
 them says anything about GPU speed or TensorRT numerics.
+
+``fake_cuda`` also records work on a capturing stream as graph nodes and replays them on
+launch; ``fake_arrays`` stands in for other libraries' CUDA arrays (CUDA Array Interface,
+DLPack); ``fake_ort_cuda`` is the real CPU onnxruntime with its CUDA surface recorded.
 """

@@ -1,8 +1,16 @@
 """A fake ``cuda.bindings.runtime`` (cuda-python): host memory posing as device memory.
 
-Only the calls ``sdk/backends/cuda.py`` makes. Each returns a tuple whose first element is
-the error code, like cuda-python. ``calls`` records (name, args) in order; ``fail`` maps a
-call name to an error code to return once (fault injection).
+Only the calls ``sdk/backends/cuda.py`` and ``sdk/device_arrays.py`` make. Each returns a tuple
+whose first element is the error code, like cuda-python. ``calls`` records (name, args) in order;
+``fail`` maps a call name to an error code to return once (fault injection).
+
+Streams are synchronous here: work enqueued on a stream runs at once — except while the stream
+is capturing (``cudaStreamBeginCapture``), when it is recorded as a graph node instead (kernel
+nodes come from the fake TensorRT's ``execute_async_v3``, memcpy nodes from ``cudaMemcpyAsync``)
+and runs only when an instantiated graph is launched. As in CUDA's global and thread-local
+capture modes, a synchronising call during capture (stream sync, ``cudaMalloc``, ``cudaMemcpy``)
+fails with ``cudaErrorStreamCaptureUnsupported`` and invalidates the capture. Events only record
+the calls (ordering is trivial on synchronous streams): tests assert the order of calls.
 """
 from __future__ import annotations
 
@@ -18,6 +26,26 @@ class cudaError_t(enum.IntEnum):
     cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
     cudaErrorNoDevice = 100
+    cudaErrorStreamCaptureUnsupported = 900
+    cudaErrorStreamCaptureInvalidated = 901
+
+
+class cudaStreamCaptureMode(enum.IntEnum):
+    cudaStreamCaptureModeGlobal = 0
+    cudaStreamCaptureModeThreadLocal = 1
+    cudaStreamCaptureModeRelaxed = 2
+
+
+class cudaGraphNodeType(enum.IntEnum):
+    cudaGraphNodeTypeKernel = 0
+    cudaGraphNodeTypeMemcpy = 1
+
+
+class cudaMemoryType(enum.IntEnum):
+    cudaMemoryTypeUnregistered = 0
+    cudaMemoryTypeHost = 1
+    cudaMemoryTypeDevice = 2
+    cudaMemoryTypeManaged = 3
 
 
 class cudaMemcpyKind(enum.IntEnum):
@@ -42,12 +70,42 @@ class _Props:
     totalGlobalMem: int
 
 
+@dataclass
+class _PointerAttributes:
+    type: cudaMemoryType
+    device: int
+
+
+@dataclass
+class Node:
+    """A recorded piece of stream work: ``run`` does it when a graph is launched."""
+
+    kind: cudaGraphNodeType
+    what: str
+    run: object
+
+
+@dataclass
+class Graph:
+    nodes: list
+
+
+@dataclass
+class GraphExec:
+    nodes: list
+
+
 class FakeCudart:
     """The module object installed as ``cuda.bindings.runtime``."""
 
     cudaError_t = cudaError_t
     cudaMemcpyKind = cudaMemcpyKind
+    cudaStreamCaptureMode = cudaStreamCaptureMode
+    cudaGraphNodeType = cudaGraphNodeType
+    cudaMemoryType = cudaMemoryType
     cudaStreamNonBlocking = 1
+    cudaEventDisableTiming = 2
+    LEGACY_STREAM, PER_THREAD_STREAM = 1, 2  # the CUDA Array Interface's special stream values
 
     def __init__(self, devices: int = 1, name: str = "Fake GPU (host memory)", capability=(8, 6)):
         self.devices, self.gpu_name, self.capability = devices, name, capability
@@ -57,6 +115,13 @@ class FakeCudart:
         self.calls: list[tuple] = []
         self.fail: dict[str, cudaError_t] = {}
         self._next_stream = 0x5000
+        self.current_device = 0
+        self.ptr_device: dict[int, int] = {}  # device allocation -> the device it lives on
+        self.capturing: dict[int, dict] = {}  # stream -> {"mode", "nodes", "invalidated"}
+        self.graphs: set[int] = set()  # ids of live Graph / GraphExec objects (leak checks)
+        self.events: set[int] = set()
+        self.launches = 0
+        self._adopted: list = []
 
     def _call(self, name: str, *args):
         self.calls.append((name, args))
@@ -73,6 +138,8 @@ class FakeCudart:
     def cudaSetDevice(self, device):
         err = self._call("cudaSetDevice", device)
         ok = err is None and 0 <= device < self.devices
+        if ok:
+            self.current_device = device
         return (cudaError_t.cudaSuccess if ok else (err or cudaError_t.cudaErrorInvalidValue),)
 
     def cudaGetDeviceProperties(self, device):
@@ -92,19 +159,28 @@ class FakeCudart:
         return ptr
 
     def cudaMalloc(self, nbytes):
-        err = self._call("cudaMalloc", nbytes)
+        err = self._call("cudaMalloc", nbytes) or self._unsafe_during_capture()
         if err:
             return (err, 0)
-        return (cudaError_t.cudaSuccess, self._alloc(self.device_mem, nbytes))
+        ptr = self._alloc(self.device_mem, nbytes)
+        self.ptr_device[ptr] = self.current_device
+        return (cudaError_t.cudaSuccess, ptr)
+
+    def adopt(self, ptr: int, nbytes: int, owner) -> None:
+        """Register memory another fake allocated (fake ORT "CUDA" OrtValues) as device memory."""
+        self.device_mem[int(ptr)] = (ctypes.c_uint8 * int(nbytes)).from_address(int(ptr))
+        self.ptr_device[int(ptr)] = self.current_device
+        self._adopted.append(owner)
 
     def cudaMallocHost(self, nbytes):
-        err = self._call("cudaMallocHost", nbytes)
+        err = self._call("cudaMallocHost", nbytes) or self._unsafe_during_capture()
         if err:
             return (err, 0)
         return (cudaError_t.cudaSuccess, self._alloc(self.host_mem, nbytes))
 
     def cudaFree(self, ptr):
         self._call("cudaFree", ptr)
+        self.ptr_device.pop(int(ptr), None)
         return (cudaError_t.cudaSuccess if self.device_mem.pop(int(ptr), None) is not None
                 else cudaError_t.cudaErrorInvalidValue,)
 
@@ -127,7 +203,134 @@ class FakeCudart:
         if (int(stream) not in self.streams or not self.region(dst_table, int(dst), count)
                 or not self.region(src_table, int(src), count)):
             return (cudaError_t.cudaErrorInvalidValue,)
+        self.enqueue(int(stream), cudaGraphNodeType.cudaGraphNodeTypeMemcpy, cudaMemcpyKind(kind).name,
+                     lambda: ctypes.memmove(int(dst), int(src), int(count)))
+        return (cudaError_t.cudaSuccess,)
+
+    def cudaMemcpy(self, dst, src, count, kind):
+        """Synchronous copy; here only device to host (``DeviceArray.numpy``) is needed."""
+        err = self._call("cudaMemcpy", int(dst), int(src), int(count), cudaMemcpyKind(kind)) \
+            or self._unsafe_during_capture()
+        if err:
+            return (err,)
+        if kind != cudaMemcpyKind.cudaMemcpyDeviceToHost or not self.region(self.device_mem, int(src), count):
+            return (cudaError_t.cudaErrorInvalidValue,)
         ctypes.memmove(int(dst), int(src), int(count))
+        return (cudaError_t.cudaSuccess,)
+
+    def cudaPointerGetAttributes(self, ptr):
+        self._call("cudaPointerGetAttributes", int(ptr))
+        for base, buf in self.device_mem.items():
+            if base <= int(ptr) < base + len(buf):
+                return (cudaError_t.cudaSuccess, _PointerAttributes(cudaMemoryType.cudaMemoryTypeDevice,
+                                                                    self.ptr_device.get(base, 0)))
+        kind = (cudaMemoryType.cudaMemoryTypeHost if self.region(self.host_mem, int(ptr), 1)
+                else cudaMemoryType.cudaMemoryTypeUnregistered)
+        return (cudaError_t.cudaSuccess, _PointerAttributes(kind, -2))
+
+    # ------------------------------------------------------------------ work, capture and graphs
+    def enqueue(self, stream: int, kind: cudaGraphNodeType, what: str, run) -> None:
+        """Run ``run`` now, or record it as a node while ``stream`` is capturing."""
+        capture = self.capturing.get(int(stream))
+        if capture is None:
+            run()
+        else:
+            capture["nodes"].append(Node(kind, what, run))
+
+    def is_capturing(self, stream) -> bool:
+        return int(stream) in self.capturing
+
+    def synchronous_call(self, what: str):
+        """Stands in for a library's own synchronising CUDA calls (TensorRT's setup on a context's
+        first enqueue): recorded, and an error while a strict capture is running."""
+        self._call("synchronous_call", what)
+        return self._unsafe_during_capture()
+
+    def _unsafe_during_capture(self):
+        """Global and thread-local capture forbid synchronising calls: they fail and invalidate."""
+        strict = [c for c in self.capturing.values() if c["mode"] != cudaStreamCaptureMode.cudaStreamCaptureModeRelaxed]
+        for capture in strict:
+            capture["invalidated"] = True
+        return cudaError_t.cudaErrorStreamCaptureUnsupported if strict else None
+
+    def cudaStreamBeginCapture(self, stream, mode):
+        err = self._call("cudaStreamBeginCapture", int(stream), cudaStreamCaptureMode(mode))
+        if err:
+            return (err,)
+        if int(stream) not in self.streams or int(stream) in self.capturing:
+            return (cudaError_t.cudaErrorInvalidValue,)
+        self.capturing[int(stream)] = {"mode": cudaStreamCaptureMode(mode), "nodes": [], "invalidated": False}
+        return (cudaError_t.cudaSuccess,)
+
+    def cudaStreamEndCapture(self, stream):
+        self._call("cudaStreamEndCapture", int(stream))
+        capture = self.capturing.pop(int(stream), None)
+        if capture is None:
+            return (cudaError_t.cudaErrorInvalidValue, None)
+        if capture["invalidated"]:
+            return (cudaError_t.cudaErrorStreamCaptureInvalidated, None)
+        graph = Graph(capture["nodes"])
+        self.graphs.add(id(graph))
+        return (cudaError_t.cudaSuccess, graph)
+
+    def cudaGraphInstantiateWithFlags(self, graph, flags):
+        self._call("cudaGraphInstantiateWithFlags", flags)
+        exe = GraphExec(list(graph.nodes))
+        self.graphs.add(id(exe))
+        return (cudaError_t.cudaSuccess, exe)
+
+    def cudaGraphLaunch(self, exe, stream):
+        self._call("cudaGraphLaunch", int(stream))
+        if id(exe) not in self.graphs or int(stream) not in self.streams:
+            return (cudaError_t.cudaErrorInvalidValue,)
+        self.launches += 1
+        for node in exe.nodes:
+            self.enqueue(int(stream), node.kind, node.what, node.run)
+        return (cudaError_t.cudaSuccess,)
+
+    def cudaGraphGetNodes(self, graph, count=0):
+        return (cudaError_t.cudaSuccess, list(graph.nodes)[:count], len(graph.nodes))
+
+    def cudaGraphNodeGetType(self, node):
+        return (cudaError_t.cudaSuccess, node.kind)
+
+    def cudaGraphExecDestroy(self, exe):
+        self._call("cudaGraphExecDestroy")
+        self.graphs.discard(id(exe))
+        return (cudaError_t.cudaSuccess,)
+
+    def cudaGraphDestroy(self, graph):
+        self._call("cudaGraphDestroy")
+        self.graphs.discard(id(graph))
+        return (cudaError_t.cudaSuccess,)
+
+    def cudaGetLastError(self):
+        self._call("cudaGetLastError")
+        return (cudaError_t.cudaSuccess,)
+
+    # ------------------------------------------------------------------ events
+    def _known_stream(self, stream) -> bool:
+        return int(stream) in self.streams or int(stream) in (self.LEGACY_STREAM, self.PER_THREAD_STREAM)
+
+    def cudaEventCreateWithFlags(self, flags):
+        self._call("cudaEventCreateWithFlags", flags)
+        self._next_stream += 16
+        self.events.add(self._next_stream)
+        return (cudaError_t.cudaSuccess, self._next_stream)
+
+    def cudaEventRecord(self, event, stream):
+        self._call("cudaEventRecord", int(event), int(stream))
+        ok = int(event) in self.events and self._known_stream(stream)
+        return (cudaError_t.cudaSuccess if ok else cudaError_t.cudaErrorInvalidValue,)
+
+    def cudaStreamWaitEvent(self, stream, event, flags):
+        self._call("cudaStreamWaitEvent", int(stream), int(event), flags)
+        ok = int(event) in self.events and self._known_stream(stream)
+        return (cudaError_t.cudaSuccess if ok else cudaError_t.cudaErrorInvalidValue,)
+
+    def cudaEventDestroy(self, event):
+        self._call("cudaEventDestroy", int(event))
+        self.events.discard(int(event))
         return (cudaError_t.cudaSuccess,)
 
     # ------------------------------------------------------------------ streams
@@ -139,6 +342,8 @@ class FakeCudart:
 
     def cudaStreamSynchronize(self, stream):
         self._call("cudaStreamSynchronize", int(stream))
+        if int(stream) in self.capturing:
+            return (self._unsafe_during_capture() or cudaError_t.cudaErrorStreamCaptureUnsupported,)
         return (cudaError_t.cudaSuccess if int(stream) in self.streams else cudaError_t.cudaErrorInvalidValue,)
 
     def cudaStreamDestroy(self, stream):
@@ -160,3 +365,4 @@ def install(monkeypatch, cudart: FakeCudart) -> FakeCudart:
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
     return cudart
+

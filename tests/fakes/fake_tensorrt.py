@@ -5,6 +5,12 @@ a fake engine runs that graph with ONNX Runtime on the CPU, reading its inputs f
 its outputs to the fake CUDA "device" memory (``fake_cuda``), at the addresses the caller set.
 Everything is recorded in ``module.log`` so tests can check the order of calls, binding
 addresses per context and which buffers each execution read and wrote.
+
+``execute_async_v3`` enqueues its work on the fake stream (``fake_cuda.FakeCudart.enqueue``): it
+runs at once, or becomes a kernel node while the stream is capturing, baking in the addresses set
+at that moment as a real graph does. Like TensorRT, a context's first enqueue does one-time setup
+(here one synchronising fake call), which fails under capture — why code must enqueue once before capturing;
+``module.uncapturable = True`` models engines that refuse to enqueue under capture at all.
 """
 from __future__ import annotations
 
@@ -158,6 +164,7 @@ class _Context:
         self.engine, self.strategy = engine, strategy
         self.shapes, self.addresses, self.device_memory = {}, {}, None
         self.set_address_calls = 0
+        self.initialised = False  # the first enqueue's one-time setup done
 
     def set_input_shape(self, name, shape):
         lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
@@ -204,13 +211,28 @@ class _Context:
             return False
         if self.strategy == ExecutionContextAllocationStrategy.USER_MANAGED and self.device_memory is None:
             return False
-        feeds = {n: self._view(n, self.addresses[n], self.shapes[n]).copy() for n in self.engine.inputs}
+        capturing = m.cudart.is_capturing(stream_handle)
+        if capturing and m.uncapturable:
+            m.cudart._unsafe_during_capture()  # invalidates the capture, as a refused enqueue does
+            return False
+        if not self.initialised:
+            if m.cudart.synchronous_call("TensorRT first-enqueue setup"):  # fails while capturing
+                return False
+            self.initialised = True
+        addresses, shapes = dict(self.addresses), dict(self.shapes)  # what a kernel node bakes in
+        m.log.append(("execute_async_v3", self.engine.name, addresses, int(stream_handle)))
+        m.cudart.enqueue(int(stream_handle), m.cudart.cudaGraphNodeType.cudaGraphNodeTypeKernel, self.engine.name,
+                         lambda: self._compute(addresses, shapes))
+        return True
+
+    def _compute(self, addresses: dict, shapes: dict) -> None:
+        m = self.engine.module
+        feeds = {n: self._view(n, addresses[n], shapes[n]).copy() for n in self.engine.inputs}
         results = self.engine.session.run(None, feeds)
         for name, value in zip(self.engine.outputs, results):
-            out = self._view(name, self.addresses[name], value.shape)
+            out = self._view(name, addresses[name], value.shape)
             out[...] = value
-        m.log.append(("execute_async_v3", self.engine.name, dict(self.addresses), int(stream_handle)))
-        return True
+        m.log.append(("kernel", self.engine.name, addresses))
 
 
 class _Engine:
@@ -268,7 +290,7 @@ def make_module(cudart, version: str = "10.8.0.34", strongly_typed: bool = True,
     TensorRT releases with or without ``STRONGLY_TYPED`` and ``BuilderFlag.FP16`` (11.x has none)."""
     m = types.ModuleType("tensorrt")
     m.__version__ = version
-    m.cudart, m.log = cudart, []
+    m.cudart, m.log, m.uncapturable = cudart, [], False
     m.TensorIOMode, m.DataType, m.MemoryPoolType = TensorIOMode, DataType, MemoryPoolType
     m.ExecutionContextAllocationStrategy, m.Logger = ExecutionContextAllocationStrategy, Logger
     m.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag",

@@ -10,9 +10,10 @@ from .errors import BackendError, BundleError, InputError, SdkError, StaleEngine
 from .bundle import Bundle
 from .loop import RefinementLoop, LoopResult
 from .translator import Translator, TranslationResult
+from .device_arrays import DeviceArray
 
 __version__ = "0.1.0"
 __all__ = [
-    "Translator", "TranslationResult", "Bundle", "RefinementLoop", "LoopResult",
+    "Translator", "TranslationResult", "DeviceArray", "Bundle", "RefinementLoop", "LoopResult",
     "SdkError", "BundleError", "BackendError", "InputError", "StaleEngineError", "__version__",
 ]

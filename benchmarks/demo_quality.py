@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from export.demo_data import HELD_OUT, load_photographs
 from sdk import Translator
-from sdk.imaging import bicubic_downsample, to_uint8_image
+from sdk.imaging import to_uint8_image
+from sdk.tasks import low_resolution
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = (64, 128, 256)  # short side of the resized photograph before tiling
@@ -63,7 +64,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def bicubic_baseline(hr: np.ndarray, factor: int) -> np.ndarray:
     """The same 8-bit low-resolution image the SDK makes, upsampled with PIL's bicubic filter."""
-    low = np.floor(np.clip(bicubic_downsample(hr.transpose(2, 0, 1) / 255.0, factor), 0, 1) * 255)
+    low = low_resolution(hr.transpose(2, 0, 1) / 255.0, factor)
     low = Image.fromarray(low.transpose(1, 2, 0).astype(np.uint8))
     return np.asarray(low.resize((hr.shape[1], hr.shape[0]), Image.BICUBIC))
 

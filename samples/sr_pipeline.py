@@ -20,7 +20,8 @@ import numpy as np
 from samples.frame_stats import STAGES, FrameStats
 from samples.video_io import SampleError
 from sdk import Translator
-from sdk.imaging import bicubic_downsample, to_uint8_image
+from sdk.imaging import to_uint8_image
+from sdk.tasks import low_resolution
 
 SUPPORTED_TASKS = ("super_resolution", "inversion")
 BAR = 40  # status bar height under the panels, px
@@ -65,10 +66,8 @@ class LowResolution:
         x = self.translator.preprocess(crop, **self._options)
         if not self.simulated:
             return ModelInput(x, crop)
-        # The same downsampling and 8-bit truncation the task's pre-processing applies before it
-        # resizes back (sdk.tasks.simulate_low_resolution), kept here to show and score it.
-        rgb01 = crop.transpose(2, 0, 1).astype(np.float32) / 255.0
-        low = np.floor(np.clip(bicubic_downsample(rgb01, self.factor), 0.0, 1.0) * 255.0)
+        # the low-resolution image the task's pre-processing makes before it resizes back: shown and scored
+        low = low_resolution(crop.transpose(2, 0, 1).astype(np.float32) / 255.0, self.factor)
         return ModelInput(x, low.astype(np.uint8).transpose(1, 2, 0))
 
     def describe(self) -> str:
@@ -112,7 +111,7 @@ class VideoLoop:
 
 def result_image(translator: Translator, images: np.ndarray) -> np.ndarray:
     """The first image of a result's ``images`` as HxWx3 uint8 RGB (the bundle's output range)."""
-    lo, hi = translator.manifest.raw.get("output", {}).get("range", (-1.0, 1.0))
+    lo, hi = translator.output_range
     return to_uint8_image(images[0], float(lo), float(hi))
 
 

@@ -44,18 +44,24 @@ def preprocess_inversion(image, manifest: Manifest) -> np.ndarray:
     return to_model_range(_resized_rgb01(image, manifest.input_size), lo, hi)
 
 
+def low_resolution(rgb01: np.ndarray, factor: int) -> np.ndarray:
+    """The low-resolution image of pSp's super-resolution transform: a [3, S, S] image in [0, 1]
+    bicubic-downsampled by ``factor``, clamped and truncated to 8 bits as ``ToPILImage`` does;
+    returns [3, S/factor, S/factor] float32 in 0..255 (integral values)."""
+    if factor not in SR_FACTORS:
+        raise InputError(f"super-resolution factor must be one of {SR_FACTORS}; got {factor!r}")
+    if rgb01.shape[-1] % factor:
+        raise InputError(f"factor {factor} does not divide the encoder input size {rgb01.shape[-1]}")
+    low = np.clip(bicubic_downsample(rgb01, factor), 0.0, 1.0)
+    return np.floor(low * 255.0)  # torchvision: pic.mul(255).byte()
+
+
 def simulate_low_resolution(rgb01: np.ndarray, factor: int) -> np.ndarray:
     """pSp's ``BilinearResize`` inference transform on a [3, S, S] image in [0, 1]:
     bicubic downsampling by ``factor``, clamped, quantised to 8 bits as ``ToPILImage`` does
     (truncation), then resized back to S with PIL's bilinear filter and rounded."""
-    if factor not in SR_FACTORS:
-        raise InputError(f"super-resolution factor must be one of {SR_FACTORS}; got {factor!r}")
     size = rgb01.shape[-1]
-    if size % factor:
-        raise InputError(f"factor {factor} does not divide the encoder input size {size}")
-    low = np.clip(bicubic_downsample(rgb01, factor), 0.0, 1.0)
-    low = np.floor(low * 255.0)  # torchvision: pic.mul(255).byte()
-    back = resize_bilinear(low, (size, size))
+    back = resize_bilinear(low_resolution(rgb01, factor), (size, size))
     return np.clip(np.round(back), 0, 255) / 255.0
 
 

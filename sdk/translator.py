@@ -106,6 +106,12 @@ class Translator:
     def output_size(self) -> int:
         return self.manifest.output_size
 
+    @property
+    def output_range(self) -> tuple[float, float]:
+        """The generator's nominal output range (``images`` are raw, not clipped to it)."""
+        lo, hi = self.manifest.raw.get("output", {}).get("range", (-1.0, 1.0))
+        return float(lo), float(hi)
+
     # ------------------------------------------------------------------ inference
     def infer(self, x: np.ndarray, iterations: int | None = None, return_steps: bool = False,
               init: "TranslationResult | tuple | None" = None, early_exit: float | None = None,

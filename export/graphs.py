@@ -27,6 +27,7 @@ class EncoderStep(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.n_latent = n_latent
+        self.input_size, self.output_size = input_size, output_size
         self.feedback, self.residual = feedback, residual
         self.pool = ExactAdaptiveAvgPool2d(output_size, input_size) if feedback else None
 

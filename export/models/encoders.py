@@ -211,12 +211,17 @@ class GradualStyleEncoder(nn.Module):
         """Bilinear (align_corners=True) upsampling of ``x`` to ``y``'s size, plus ``y``."""
         return F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True) + y
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def feature_maps(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The FPN levels by side: ``{16: c3, 32: p2, 64: p1}``, each [B, 512, side, side]; head
+        ``i`` reads ``feature_maps(x)[style_spatial(i)]`` (export/optimize.py merges the heads)."""
         _check_input(x, self.input_nc, type(self).__name__)
         c1, c2, c3 = self.backbone_features(x)
         p2 = self._upsample_add(c3, self.latlayer1(c2))
         p1 = self._upsample_add(p2, self.latlayer2(c1))
-        levels = {16: c3, 32: p2, 64: p1}
+        return {16: c3, 32: p2, 64: p1}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = self.feature_maps(x)
         latents = [style(levels[self.style_spatial(i)]) for i, style in enumerate(self.styles)]
         return torch.stack(latents, dim=1)
 
@@ -236,9 +241,18 @@ class BackboneEncoder(nn.Module):
         self.body = make_body(num_layers, mode)
         self.styles = nn.ModuleList(GradualStyleBlock(512, 512, 16) for _ in range(n_styles))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def style_spatial(i: int) -> int:
+        """Side of the map every head reads: the final 16x16 backbone map."""
+        return 16
+
+    def feature_maps(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """``{16: the final backbone map [B, 512, 16, 16]}``, the one map every head reads."""
         _check_input(x, self.input_nc, type(self).__name__)
-        x = self.body(self.input_layer(x))
+        return {16: self.body(self.input_layer(x))}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.feature_maps(x)[16]
         return torch.stack([style(x) for style in self.styles], dim=1)
 
 

@@ -86,24 +86,34 @@ class CropSampler:
             weights += [weight / len(levels)] * len(levels)
         self.p = np.asarray(weights) / np.sum(weights)
 
-    def crop(self) -> np.ndarray:
+    def crop(self, shift: int = 0) -> np.ndarray:
+        """One crop, [3, S, S] in [0, 1]; with ``shift`` > 0 a pair [2, 3, S, S]: the crop and a
+        neighbouring video frame (the same view moved by up to ``shift`` px each way)."""
         level = self.levels[self.rng.choice(len(self.levels), p=self.p)]
         _, h, w = level.shape
-        top, left = self.rng.integers(0, h - self.size + 1), self.rng.integers(0, w - self.size + 1)
-        c = level[:, top:top + self.size, left:left + self.size]
+        s, pad = self.size, min(shift, (min(h, w) - self.size) // 2)
+        top, left = self.rng.integers(pad, h - s - pad + 1), self.rng.integers(pad, w - s - pad + 1)
+        dy, dx = self.rng.integers(-pad, pad + 1, size=2) if pad else (0, 0)
+        c = np.stack([level[:, top:top + s, left:left + s], level[:, top + dy:top + dy + s, left + dx:left + dx + s]])
         if self.rng.random() < 0.5:
-            c = c[:, :, ::-1]
-        if self.jitter:
-            gray = c.mean(axis=0, keepdims=True)
+            c = c[..., ::-1]
+        if self.jitter:  # one camera: the same colour change for both frames
+            gray = c.mean(axis=1, keepdims=True)
             c = gray + (c - gray) * self.rng.uniform(0.7, 1.3)  # saturation
             c = c.mean() + (c - c.mean()) * self.rng.uniform(0.8, 1.2)  # contrast
             c = c * self.rng.uniform(0.8, 1.2)  # brightness
         # the targets are 8-bit images, as every input the SDK sees
-        return np.round(np.clip(c, 0.0, 1.0) * 255) / 255
+        c = np.round(np.clip(c, 0.0, 1.0) * 255) / 255
+        return c if shift else c[0]
 
     def batch(self, n: int) -> torch.Tensor:
         crops = np.stack([self.crop() for _ in range(n)]).astype(np.float32)
         return torch.from_numpy(crops * 2 - 1)
+
+    def pairs(self, n: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frames, neighbouring frames), each [n, 3, S, S] in [-1, 1]: video-like pairs."""
+        crops = np.stack([self.crop(shift) for _ in range(n)]).astype(np.float32) * 2 - 1
+        return torch.from_numpy(crops[:, 0]), torch.from_numpy(crops[:, 1])
 
     @staticmethod
     def low_resolution(hr: torch.Tensor, factor: int) -> torch.Tensor:

@@ -18,11 +18,15 @@ What it is not: FFHQ quality. There are no face datasets on this machine; the tr
 about a dozen photographs from scikit-image and matplotlib (``TRAIN_IMAGES``), cropped at
 random positions and scales with flips and colour jitter; ``HELD_OUT`` images are never seen.
 
-Training (seeded, deterministic for a given ``--steps`` and thread count): every batch draws a
-random iteration ``k`` in 0..N-1, runs ``k`` refinement steps without gradients from ``z_0``
-(as ReStyle trains, steps are detached), then one step with gradients; the loss is L2 + L1
-against the high-resolution crop. So every step of the N = 5 loop is trained to improve on
-the state the previous steps leave. The low-resolution input is made by the SDK's own
+Training (seeded, deterministic for a given ``--steps`` and thread count): every batch runs a
+few refinement steps without gradients (as ReStyle trains, steps are detached), then one step
+with gradients; the loss is L2 + L1 against the high-resolution crop plus a small L2 on that
+step's offset (so the codes settle once the image fits instead of drifting along directions
+the image loss cannot see). Half the batches are stills: ``k`` in 0..N-1 steps from ``z_0``,
+so every step of the N = 5 loop learns to improve on the state the previous ones leave. The
+other half are video: 2..N steps on a neighbouring frame (the same view shifted by up to 4 px),
+then 0..1 on the frame itself, so a warm start (``infer(init=previous result)``) starts from
+states the model has seen. The low-resolution input is made by the SDK's own
 super-resolution pre-processing (``sdk.tasks.simulate_low_resolution``, pSp's transforms) with
 a random factor (mostly 4), so training and run time see the same inputs.
 
@@ -72,6 +76,9 @@ class DemoConfig:
     steps: int = 3000
     lr: float = 2e-3
     l1_weight: float = 0.5
+    offset_weight: float = 0.1  # L2 on the trained step's offset: settle once the image fits
+    warm_fraction: float = 0.5  # batches that start from a neighbouring frame's result (video)
+    warm_shift: int = 4  # px a neighbouring frame moves
     seed: int = 0
 
 
@@ -132,22 +139,29 @@ def train(cfg: DemoConfig, out: Path, threads: int = 2, progress: bool = True) -
     history, start = [], time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="train demo", unit="step", disable=not progress)
     for step in bar:
-        hr = sampler.batch(cfg.batch)
         factor = int(rng.choice(factors, p=weights / weights.sum()))
+        warm = rng.random() < cfg.warm_fraction
+        if warm:  # a video frame: start from the loop's result on the previous frame
+            hr, prev = sampler.pairs(cfg.batch, cfg.warm_shift)
+            chains = [(sampler.low_resolution(prev, factor), int(rng.integers(2, cfg.iterations + 1)))]
+            k = int(rng.integers(0, 2))
+        else:  # a still: start from the average, as N = 1..5 does
+            hr, chains, k = sampler.batch(cfg.batch), [], int(rng.integers(0, cfg.iterations))
         x = sampler.low_resolution(hr, factor)
-        k = int(rng.integers(0, cfg.iterations))
         with torch.no_grad():
             z, y = model.start(cfg.batch)
-            for _ in range(k):
-                z, y = model.step(x, z, y)
-        z, y = model.step(x, z.detach(), y.detach())
-        loss = F.mse_loss(y, hr) + cfg.l1_weight * F.l1_loss(y, hr)
+            for inp, n in chains + [(x, k)]:
+                for _ in range(n):
+                    z, y = model.step(inp, z, y)
+        z0 = z.detach()
+        z, y = model.step(x, z0, y.detach())
+        loss = F.mse_loss(y, hr) + cfg.l1_weight * F.l1_loss(y, hr) + cfg.offset_weight * (z - z0).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if step % 50 == 0 or step == cfg.steps - 1:
-            bar.set_postfix(loss=f"{loss.item():.4f}", k=k, f=factor)
+            bar.set_postfix(loss=f"{loss.item():.4f}", k=k, f=factor, warm=int(warm))
         if step % 500 == 0 or step == cfg.steps - 1:
             model.eval()
             with torch.no_grad():

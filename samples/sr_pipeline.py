@@ -82,10 +82,10 @@ class VideoLoop:
     steps (default ``iterations``); a frame starts cold when asked (``restart``: a new face, a
     cut), the first time, and every ``refresh``-th frame (0: never).
 
-    Why refresh: an encoder trained on the first N steps from the average need not have a fixed
-    point — the demo model's codes drift by a near-constant offset per step (mean |dz| about 0.2
-    however many steps run), so a warm-started stream accumulates frames x steps of drift and
-    its images degrade after a few dozen steps. A cold frame every few frames bounds it.
+    Why refresh: an encoder trained on short chains of steps need not have a stable fixed point —
+    the demo model's codes keep moving a little every step (mean |dz| about 0.02 after step 5)
+    and its images degrade after 10 or so steps from the average, so a warm-started stream, which
+    runs frames x steps, degrades. A cold frame every few frames bounds the chain.
     ``early_exit`` applies to every frame, the frame's step count being the cap."""
 
     def __init__(self, translator: Translator, iterations: int | None = None, warm: bool = False,

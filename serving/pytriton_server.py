@@ -1,0 +1,264 @@
+"""Serve a bundle's ``Translator`` under NVIDIA Triton Inference Server, through PyTriton.
+
+    python -m serving.pytriton_server --bundle engines/demo                       # 127.0.0.1:8000/8001/8002
+    python -m serving.pytriton_server --bundle engines/demo --instances 2 --max-batch 8 --host 0.0.0.0
+    python -m serving.pytriton_server --bundle engines/demo --no-dynamic-batching
+
+Triton gives the HTTP and gRPC endpoints (KServe v2 protocol), dynamic batching, model
+instances, Prometheus metrics (``:8002/metrics``) and health endpoints for Kubernetes probes
+(``/v2/health/live``, ``/v2/health/ready``). Each model instance owns one ``Translator`` (its
+own sessions and buffers; a Translator serialises its calls, so instances are what run in
+parallel). With dynamic batching, Triton stacks concurrent requests into one execution of up to
+``--max-batch`` rows (at most the bundle's ``batch.max``); rows that ask for different iteration
+counts or task options are still answered each as asked (:mod:`serving.batching`).
+
+The model's inputs and outputs are listed in :mod:`serving.batching`; ``serving/client.py`` is a
+client. SIGINT and SIGTERM (what Kubernetes sends) stop the server after in-flight requests.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdk import SdkError, Translator
+from sdk.errors import InputError
+
+from .batching import TensorInfo, model_inputs, model_outputs, translate_requests
+from .environment import prepare_environment
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "translator"
+START_ATTEMPTS = 3
+
+
+@dataclass
+class ServeOptions:
+    """How to serve. ``max_batch`` defaults to the bundle's ``batch.max``; ``threads`` (ONNX
+    Runtime intra-op threads per instance) to the CPU count divided among the instances."""
+
+    bundle: Path
+    model_name: str = DEFAULT_MODEL_NAME
+    instances: int = 1
+    max_batch: int | None = None
+    dynamic_batching: bool = True
+    max_queue_delay_us: int = 2000
+    backend: str = "auto"
+    threads: int | None = None
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    exit_timeout_s: int = 10
+    verify: bool = True
+    log_file: Path | None = None  # tritonserver's own log (default: this process's stdout/stderr)
+
+    def check(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.model_name):
+            raise InputError(f"model name {self.model_name!r} may only hold letters, digits, '.', '_' and '-'")
+        if self.instances < 1:
+            raise InputError(f"instances must be at least 1; got {self.instances}")
+        if self.max_queue_delay_us < 0:
+            raise InputError(f"max_queue_delay_us must be >= 0; got {self.max_queue_delay_us}")
+        ports = [self.http_port, self.grpc_port, self.metrics_port]
+        if len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports):
+            raise InputError(f"HTTP, gRPC and metrics ports must be three different ports in 1..65535; got {ports}")
+
+
+class TranslationServer:
+    """PyTriton serving one bundle. ``start()`` returns once the model is ready; use as a
+    context manager, or ``serve_forever()`` from a command line.
+
+    Raises :class:`serving.environment.ServingUnavailable` where Triton cannot run, and the
+    SDK's errors for a bad bundle or options."""
+
+    def __init__(self, options: ServeOptions):
+        options.check()
+        prepare_environment()
+        self.options = options
+        threads = options.threads or max(1, (os.cpu_count() or 1) // options.instances)
+        self.translators: list[Translator] = []
+        try:
+            for i in range(options.instances):
+                # the first instance checks every file's SHA-256; the others open the same, verified files
+                self.translators.append(Translator(options.bundle, backend=options.backend, threads=threads,
+                                                   verify=options.verify and i == 0))
+            self.max_batch = self._max_batch()
+        except BaseException:
+            self._close_translators()
+            raise
+        self._triton = None
+        log.info("%s: %d instance(s) on %s, %d thread(s) each, max batch %d, dynamic batching %s", options.bundle,
+                 options.instances, self.translators[0].backend.name, threads, self.max_batch,
+                 "on" if options.dynamic_batching else "off")
+
+    def _max_batch(self) -> int:
+        m = self.translators[0].manifest
+        wanted = m.batch_max if self.options.max_batch is None else self.options.max_batch
+        if not m.batch_min <= wanted <= m.batch_max:
+            raise InputError(f"--max-batch {wanted} is outside the bundle's batch range {m.batch_min}..{m.batch_max} "
+                             f"(its graphs and engines take no more); rebuild the bundle with a larger --max-batch")
+        return wanted
+
+    # ------------------------------------------------------------------ endpoints
+    @property
+    def http_url(self) -> str:
+        return f"{self.options.host}:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.options.host}:{self.options.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.options.host}:{self.options.metrics_port}/metrics"
+
+    # ------------------------------------------------------------------ lifetime
+    def _bind(self):
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+
+        o = self.options
+        config = TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
+                              metrics_address=o.host, metrics_port=o.metrics_port, exit_timeout_secs=o.exit_timeout_s,
+                              log_verbose=0, log_file=o.log_file)
+        triton = Triton(config=config)
+        batcher = DynamicBatcher(max_queue_delay_microseconds=o.max_queue_delay_us) if o.dynamic_batching else None
+        reference = self.translators[0]
+        triton.bind(model_name=o.model_name, infer_func=[self._infer_fn(t) for t in self.translators],
+                    inputs=[_tensor(Tensor, t) for t in model_inputs(reference)],
+                    outputs=[_tensor(Tensor, t) for t in model_outputs(reference)],
+                    config=ModelConfig(batching=True, max_batch_size=self.max_batch, batcher=batcher), strict=True)
+        return triton
+
+    def _infer_fn(self, translator: Translator):
+        max_batch = self.max_batch
+
+        def infer(requests):
+            # PyTriton hands a list of requests (the batcher's grouping) and wants one dict per request back
+            return translate_requests(translator, [r.data for r in requests], max_batch)
+
+        return infer
+
+    def start(self) -> "TranslationServer":
+        """Launch tritonserver and wait until the model is ready (a few seconds)."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self._triton = self._bind()
+            try:
+                self._triton.run()
+                break
+            except Exception as e:
+                self._stop_triton()
+                # PyTriton's model start-up has short fixed timeouts (its instances get one second to
+                # exchange a handshake); on an overloaded host they can expire although nothing is wrong
+                # with the model. Retry those; anything else is a real error.
+                if attempt == START_ATTEMPTS or not _transient(e):
+                    self._close_translators()
+                    raise
+                log.warning("Triton's model start timed out (busy host?): %s; retrying (%d of %d)",
+                            str(e).strip().splitlines()[-1][:200], attempt + 1, START_ATTEMPTS)
+        log.info("serving model %r: HTTP %s, gRPC %s, metrics %s", self.options.model_name, self.http_url,
+                 self.grpc_url, self.metrics_url)
+        return self
+
+    def serve_forever(self, poll_s: float = 1.0) -> None:
+        """Serve until SIGINT or SIGTERM (or until tritonserver dies), then stop after the
+        requests in flight."""
+        self.start()
+        try:
+            while self._triton.is_alive():
+                time.sleep(poll_s)
+            log.error("tritonserver or its model stopped unexpectedly; see its log above")
+        except KeyboardInterrupt:
+            log.info("stopping (finishing in-flight requests, at most %d s)", self.options.exit_timeout_s)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self._stop_triton()
+        self._close_translators()
+
+    def _stop_triton(self) -> None:
+        if self._triton is not None:
+            self._triton.stop()
+            self._triton = None
+
+    def _close_translators(self) -> None:
+        for t in self.translators:
+            t.close()
+
+    def __enter__(self) -> "TranslationServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _transient(error: Exception) -> bool:
+    """A start-up failure worth retrying: one of PyTriton's or Triton's timeouts."""
+    return isinstance(error, TimeoutError) or "timeout" in str(error).lower()
+
+
+def _tensor(tensor_cls, info: TensorInfo):
+    return tensor_cls(name=info.name, dtype=info.dtype, shape=info.dims, optional=info.optional)
+
+
+# --------------------------------------------------------------------------- command line
+
+def parse_args(argv=None) -> ServeOptions:
+    p = argparse.ArgumentParser(prog="python -m serving.pytriton_server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path, default=Path("engines/demo"), help="bundle folder (default: engines/demo)")
+    p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="Triton model name (default: %(default)s)")
+    p.add_argument("--instances", type=int, default=1, help="model instances, one Translator each (default: 1)")
+    p.add_argument("--max-batch", type=int, help="Triton max_batch_size (default: the bundle's batch.max)")
+    p.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false",
+                   help="execute every request on its own (Triton's default scheduler)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000,
+                   help="how long the dynamic batcher may hold a request to fill a batch (default: 2000 us)")
+    p.add_argument("--backend", default="auto",
+                   help="Translator backend: auto, tensorrt, onnxruntime, onnxruntime-cuda (default: auto)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per instance (default: CPUs / instances)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback; 0.0.0.0 for all)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--exit-timeout", type=int, default=10, help="seconds to finish in-flight requests on shutdown")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the bundle's SHA-256 checks")
+    p.add_argument("--log-file", type=Path, help="write tritonserver's log to this file instead of the console")
+    p.add_argument("-v", "--verbose", action="store_true", help="PyTriton's and the SDK's debug logs")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not a.verbose:
+        logging.getLogger("pytriton").setLevel(logging.WARNING)
+    return ServeOptions(bundle=a.bundle, model_name=a.model_name, instances=a.instances, max_batch=a.max_batch,
+                        dynamic_batching=a.dynamic_batching, max_queue_delay_us=a.max_queue_delay_us, backend=a.backend,
+                        threads=a.threads, host=a.host, http_port=a.http_port, grpc_port=a.grpc_port,
+                        metrics_port=a.metrics_port, exit_timeout_s=a.exit_timeout, verify=a.verify,
+                        log_file=a.log_file)
+
+
+def main(argv=None) -> int:
+    options = parse_args(argv)
+
+    def on_sigterm(signum, frame):  # Kubernetes stops pods with SIGTERM: shut down as on Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        TranslationServer(options).serve_forever()
+    except SdkError as e:  # ServingUnavailable too
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

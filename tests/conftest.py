@@ -51,3 +51,14 @@ def make_tiny_bundle(tiny_graphs, tmp_path):
         return tiny_bundle.write_bundle(tmp_path / name, tiny_graphs, variant, **options)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def translators(tiny_bundles):
+    """One ONNX Runtime ``Translator`` (1 thread) per tiny bundle variant, per test module."""
+    from sdk import Translator
+
+    ts = {v: Translator(p, backend="onnxruntime", threads=1) for v, p in tiny_bundles.items()}
+    yield ts
+    for t in ts.values():
+        t.close()

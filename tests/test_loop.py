@@ -71,14 +71,6 @@ def twin_reference(model: tb.TinyModel, keys: list[str], x: np.ndarray, n: int):
 
 
 @pytest.fixture(scope="module")
-def translators(tiny_bundles):
-    ts = {v: Translator(p, backend="onnxruntime", threads=1) for v, p in tiny_bundles.items()}
-    yield ts
-    for t in ts.values():
-        t.close()
-
-
-@pytest.fixture(scope="module")
 def references(tiny_bundles):
     return {v: OrtReference(p) for v, p in tiny_bundles.items()}
 

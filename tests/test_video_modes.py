@@ -9,19 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdk import InputError, Translator
+from sdk import InputError
 
 import tiny_bundle as tb
 
 TWIN = dict(rtol=0, atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def translators(tiny_bundles):
-    ts = {v: Translator(p, backend="onnxruntime", threads=1) for v, p in tiny_bundles.items()}
-    yield ts
-    for t in ts.values():
-        t.close()
 
 
 def twin_run(model: tb.TinyModel, x: np.ndarray, n: int, z: np.ndarray, y: np.ndarray):

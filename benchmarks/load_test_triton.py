@@ -185,13 +185,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     deadline = time.time() + args.timeout
     with tempfile.TemporaryDirectory(prefix="load-test-") as scratch:
-        bundle = args.bundle
-        if bundle is None and not args.tiny and (REPO / "engines" / "demo" / "manifest.json").is_file():
-            bundle = REPO / "engines" / "demo"
-        if bundle is None:
-            from soak import tiny_bundle  # the same toy bundle the soak run uses
+        from soak import default_bundle  # the same choice (and toy bundle) as the soak run
 
-            bundle = tiny_bundle(Path(scratch))
+        bundle = default_bundle(args.bundle, args.tiny, Path(scratch))
         rng = np.random.default_rng(0)
         frames = [rng.integers(0, 256, (args.frame_size, args.frame_size, 3), dtype=np.uint8) for _ in range(8)]
         with Translator(bundle, backend="onnxruntime", threads=args.threads) as local:  # the reference answers

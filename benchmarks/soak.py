@@ -71,15 +71,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def default_bundle(bundle: Path | None, tiny: bool, scratch: Path) -> Path:
+    """``bundle``, else engines/demo if built (and not ``tiny``), else the toy bundle in ``scratch``."""
+    if bundle is None and not tiny and (REPO / "engines" / "demo" / "manifest.json").is_file():
+        bundle = REPO / "engines" / "demo"
+    return tiny_bundle(scratch) if bundle is None else bundle
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
-        bundle = args.bundle
-        if bundle is None and not args.tiny and (REPO / "engines" / "demo" / "manifest.json").is_file():
-            bundle = REPO / "engines" / "demo"
-        if bundle is None:
-            bundle = tiny_bundle(Path(scratch))
-        return soak(args, bundle)
+        return soak(args, default_bundle(args.bundle, args.tiny, Path(scratch)))
 
 
 def soak(args: argparse.Namespace, bundle: Path) -> int:

@@ -23,7 +23,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -32,10 +31,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 import onnxruntime
 import torch
-from tqdm import tqdm
 
-from export.build_engines import ENCODER_INPUT_SIZE, build_bundle
-from export.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
+from benchmarks.harness.backends import EagerLoop, StageTarget, stage_split
+from benchmarks.harness.measure import interleave
+from export.build_engines import build_bundle
+from export.checkpoints import CheckpointError, load_checkpoint
 from export.demo import make_demo_checkpoint
 from export.onnx_export import ParityError
 from sdk import Bundle, SdkError, Translator
@@ -45,78 +45,6 @@ HERE = Path(__file__).resolve().parent
 DEMO_NAME = "demo_restyle_fpn_seed0.pt"  # the name engines/demo was built from: same bytes, same sha256
 TOLERANCE = 1e-3
 NAMES = {"pytorch": "PyTorch eager (public loop, fused G)", "onnxruntime": "sdk.Translator (ONNX Runtime CPU)"}
-
-
-class EagerLoop:
-    """(A) restyle-encoder's ``run_on_batch`` (pSp's ``forward`` for a one-stage, no-feedback
-    checkpoint; E2Style's stages in turn), eager."""
-
-    def __init__(self, ckpt: LoadedCheckpoint):
-        self.stages = ckpt.stages
-        for stage in self.stages:
-            stage.encoder.eval()
-        self.generator = ckpt.generator.eval().set_fused(True)  # the public grouped-conv form
-        self.face_pool = torch.nn.AdaptiveAvgPool2d((ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE))  # (256, 256)
-        self.latent_avg = ckpt.latent_avg
-        with torch.no_grad():  # get_average_image: computed once, outside the timed loop
-            self.avg_image = self.generator(self.latent_avg[None])
-
-    @torch.no_grad()
-    def __call__(self, x: np.ndarray, iterations: int) -> np.ndarray:
-        x = torch.from_numpy(x)
-        z = self.latent_avg[None].repeat(x.shape[0], 1, 1)
-        y = self.avg_image.repeat(x.shape[0], 1, 1, 1)
-        for t in range(iterations):  # iteration 0 feeds face_pool(average image), as run_on_batch does
-            stage = self.stages[min(t, len(self.stages) - 1)]
-            codes = stage.encoder(torch.cat([x, self.face_pool(y)], dim=1) if stage.feedback else x)
-            if codes.ndim == 2:  # encoders that learn in W: one code for every layer
-                codes = codes[:, None].expand(-1, z.shape[1], -1)
-            z = codes + z if stage.residual else codes
-            y = self.generator(z)
-        return y.numpy()
-
-
-def timed(fn, key: str, acc: dict):
-    def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
-        return out
-    return wrapper
-
-
-def stage_split(run, targets, runs: int, batch: int) -> dict:
-    """Seconds per frame spent in each wrapped callable (``targets``: (object, attribute, key)),
-    plus ``other`` (pooling, concat, copies, Python). Separate runs: the measured ones stay unwrapped."""
-    acc, saved = {}, [(obj, attr, getattr(obj, attr)) for obj, attr, _ in targets]
-    for (obj, attr, key), (_, _, fn) in zip(targets, saved):
-        setattr(obj, attr, timed(fn, key, acc))
-    try:
-        for _ in range(runs):
-            timed(run, "total", acc)()
-    finally:
-        for obj, attr, fn in saved:
-            setattr(obj, attr, fn)
-    split = {k: v / (runs * batch) for k, v in acc.items()}
-    split["other"] = split.pop("total") - sum(split.values())
-    return split
-
-
-def measure(backends: dict, warmup: int, repeats: int, quiet: bool) -> dict[str, list[float]]:
-    """Wall seconds per call of each back end, interleaved A B A B ...: both see the same drift of the host."""
-    log.info("warm-up: %d run(s) per back end", warmup)
-    for _ in range(warmup):
-        for fn in backends.values():
-            fn()
-    samples = {k: [] for k in backends}
-    with tqdm(range(repeats), desc="measure", unit="pair", disable=quiet) as bar:
-        for _ in bar:
-            for key, fn in backends.items():
-                t0 = time.perf_counter()
-                fn()
-                samples[key].append(time.perf_counter() - t0)
-            bar.set_postfix_str(" ".join(f"{k} {v[-1]:.2f}s" for k, v in samples.items()))
-    return samples
 
 
 def summary(samples: list[float], batch: int) -> dict:
@@ -223,7 +151,7 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
     eager = EagerLoop(ckpt)
     sdk_t = Translator(bundle, backend="onnxruntime", threads=args.threads)
     x = np.random.default_rng(args.seed).uniform(-1, 1, (args.batch, *sdk_t.input_shape)).astype(np.float32)
-    backends = {"pytorch": lambda: eager(x, n), "onnxruntime": lambda: sdk_t.infer(x, iterations=n).images}
+    backends = {"pytorch": lambda: eager.run(x, n), "onnxruntime": lambda: sdk_t.infer(x, iterations=n).images}
 
     a, b = backends["pytorch"](), backends["onnxruntime"]()
     diff, ref = float(np.abs(a - b).max()), float(np.abs(a).max())
@@ -233,15 +161,14 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         log.error("the two back ends disagree beyond %g: not timing different computations", TOLERANCE)
         return 1
 
-    samples = measure(backends, args.warmup, args.repeats, args.quiet)
+    log.info("warm-up: %d run(s) per back end", args.warmup)
+    samples = interleave(backends, args.repeats, args.warmup, progress=not args.quiet)
     stages = {}
     if args.split_runs:
         log.info("per-stage split: %d more run(s) per back end", args.split_runs)
-        stage_of = lambda key: "generator" if key == "generator" else "encoder"  # noqa: E731 (E2Style: k encoders)
-        targets = [(st, "encoder", "encoder") for st in eager.stages] + [(eager, "generator", "generator")]
-        stages["pytorch"] = stage_split(backends["pytorch"], targets, args.split_runs, args.batch)
+        stages["pytorch"] = stage_split(backends["pytorch"], eager.stage_targets(), args.split_runs, args.batch)
         runners = sdk_t._loop.runners  # the loop's graph runners (internal; wrapped, then restored)
-        targets = [(r, "run", stage_of(k)) for k, r in runners.items()]
+        targets = [StageTarget(r, "run", "generator" if k == "generator" else "encoder") for k, r in runners.items()]
         stages["onnxruntime"] = stage_split(backends["onnxruntime"], targets, args.split_runs, args.batch)
     sdk_t.close()
 

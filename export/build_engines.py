@@ -45,7 +45,8 @@ from export.checkpoints import FORMATS, CheckpointError, LoadedCheckpoint, load_
 from export.graphs import EncoderStep, GeneratorGraph, MappingGraph
 from export.fp16 import Fp16Error, apply_fp16
 from export.onnx_export import OPSET, ParityError, check_parity, export_onnx
-from export.optimize import optimize_graph
+from export.cpu_graphs import add_cpu_graphs
+from export.optimize import REWRITES_VERSION, optimize_graph
 from export.tensorrt_build import EngineBuildError, EngineOptions, build_bundle_engines
 from sdk.bundle import SCHEMA_VERSION, BundleWriter
 from sdk.errors import BundleError
@@ -161,12 +162,17 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
                 "generator": getattr(gen, "config", None) or {"size": size, "style_dim": d, "n_mlp": gen.n_mlp,
                                                                "channel_multiplier": gen.channel_multiplier},
                 "torch": torch.__version__, "onnx_opset": OPSET, "tensorrt": trt,
+                "rewrites_version": REWRITES_VERSION if optimize else None,
                 "python": platform.python_version(),
             },
         }
         if precision == "fp16":
             bar.set_postfix_str("fp16 graphs and loop accuracy")
             apply_fp16(writer.tmp, manifest, min_psnr=fp16_min_psnr, add_file=writer.add)
+        elif optimize:  # FP32: the graphs as ONNX Runtime's CPU provider optimises them on this machine
+            bar.set_postfix_str("CPU-optimised graphs")
+            add_cpu_graphs(writer.tmp, manifest, [(key, module, inputs) for key, module, inputs, *_ in graphs],
+                           writer.add, tolerance, max_batch)
         if trt is not None:
             bar.set_postfix_str("TensorRT engines")
             build_bundle_engines(writer.tmp, manifest, engines or EngineOptions(max_batch=max_batch),
@@ -201,7 +207,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace (default 4 GiB)")
     p.add_argument("--no-optimize", action="store_true",
                    help="export the checkpoint modules as they are, without the equivalent fast forms of "
-                        "export/optimize.py (merged style heads, one style matmul; for comparisons)")
+                        "export/optimize.py (merged style heads, one style matmul), and without the CPU-optimised "
+                        "graphs of export/cpu_graphs.py (for comparisons)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)

@@ -29,6 +29,12 @@ Generator (StyleGAN2, unfused form):
   that saves a pass over 128 MB per layer). Exact up to float rounding: leaky ReLU is positively
   homogeneous and every consumer scales its input per channel first.
 
+CPU graphs only (``cpu=True``, the source of export/cpu_graphs.py's optimised graphs):
+
+* **phase up-convolutions.** Each upsampling convolution as four plain convolutions and an
+  interleave (export/phase_upsample.py): ONNX Runtime's CPU ``ConvTranspose`` is a GEMM and a
+  scatter several times slower than its blocked convolutions at high resolutions.
+
 Families without a rewrite (E2Style's pooled heads, ProGAN, MTV-TSA) export unchanged.
 """
 from __future__ import annotations
@@ -43,8 +49,10 @@ from torch import nn
 from export.graphs import EncoderStep, GeneratorGraph
 from export.models.encoders import BackboneEncoder, GradualStyleBlock, GradualStyleEncoder
 from export.models.stylegan2 import Generator, ModulatedConv2d
+from export.phase_upsample import PhaseUpsampleConv
 
 HEAD_SLOPE = 0.01  # nn.LeakyReLU's default, as GradualStyleBlock uses it
+REWRITES_VERSION = 3  # recorded in the manifest; bump when a rewrite changes (cached bundles are rebuilt)
 
 
 # --------------------------------------------------------------------------- encoder
@@ -119,7 +127,7 @@ class _PreparedConv(nn.Module):
     """A :class:`ModulatedConv2d` with its constants precomputed: the scaled weight (transposed
     for the upsampling form), the demodulation matrix ``[in, out]``, and the FP16 normalisation."""
 
-    def __init__(self, conv: ModulatedConv2d, slot: _StyleSlot):
+    def __init__(self, conv: ModulatedConv2d, slot: _StyleSlot, phases: bool = False):
         super().__init__()
         self.slot = slot
         self.upsample, self.demodulate, self.padding = conv.upsample, conv.demodulate, conv.padding
@@ -133,6 +141,9 @@ class _PreparedConv(nn.Module):
                 self.register_buffer("demod", (weight * weight).sum([2, 3]).t().contiguous())
         self.register_buffer("eps", conv.eps.clone(), persistent=False)
         self.blur = conv.blur if conv.upsample else None
+        # the CPU graphs' form of the up-conv (export/phase_upsample.py)
+        self.phase_conv = PhaseUpsampleConv(weight, conv.blur) if conv.upsample and phases and \
+            conv.kernel_size == 3 else None
 
     def forward(self, x: torch.Tensor, s: torch.Tensor, input_gain: float = 1.0) -> torch.Tensor:
         """``x`` is the previous layer's activation still missing its constant gain ``input_gain``
@@ -140,7 +151,9 @@ class _PreparedConv(nn.Module):
         if self.normalise_styles:
             s = s / s.abs().amax(dim=1, keepdim=True)
         x = x * (s if input_gain == 1.0 else s * input_gain).reshape(s.shape[0], -1, 1, 1)
-        if self.upsample:
+        if self.phase_conv is not None:
+            out = self.phase_conv(x)
+        elif self.upsample:
             out = self.blur(F.conv_transpose2d(x, self.weight, stride=2, padding=0))
         else:
             out = F.conv2d(x, self.weight, padding=self.padding)
@@ -154,7 +167,7 @@ class FastGenerator(nn.Module):
     """The synthesis network of a :class:`Generator` (unfused form) with one style matmul and
     precomputed constants; ``[B, M, D]`` W+ -> ``[B, 3, R, R]``, as ``Generator.forward``."""
 
-    def __init__(self, g: Generator):
+    def __init__(self, g: Generator, phases: bool = False):
         super().__init__()
         self.n_latent, self.style_dim = g.n_latent, g.style_dim
         # (modulated conv, W+ entry) in the order Generator.forward runs them
@@ -177,7 +190,7 @@ class FastGenerator(nn.Module):
                 bias[slot.row, 0, cols] = mod.bias * mod.lr_mul
         self.register_buffer("style_weight", weight)
         self.register_buffer("style_bias", bias)
-        self.convs = nn.ModuleList(_PreparedConv(conv, slot) for (conv, _), slot in zip(plan, slots))
+        self.convs = nn.ModuleList(_PreparedConv(conv, slot, phases) for (conv, _), slot in zip(plan, slots))
         self.register_buffer("input", g.input.input.detach().clone())
         styled = [g.conv1] + list(g.convs)
         noises = [getattr(g.noises, f"noise_{i}") for i in range(g.num_layers)]
@@ -231,19 +244,21 @@ def optimize_encoder(encoder: nn.Module) -> tuple[nn.Module, list[str]]:
     return encoder, []
 
 
-def optimize_generator(generator: nn.Module) -> tuple[nn.Module, list[str]]:
+def optimize_generator(generator: nn.Module, cpu: bool = False) -> tuple[nn.Module, list[str]]:
     """The fastest equivalent of ``generator`` (a StyleGAN2 :class:`Generator` in the unfused
-    form) for export, and the names of the rewrites applied; other generators unchanged."""
+    form) for export, and the names of the rewrites applied; other generators unchanged.
+    ``cpu``: the form for ONNX Runtime's CPU provider (up-convs as phase convolutions)."""
     if isinstance(generator, Generator) and not any(getattr(m, "fused", False) for m in generator.modules()):
-        return FastGenerator(generator).eval(), ["fused_style_affines", "precomputed_constants"]
+        names = ["fused_style_affines", "precomputed_constants", "deferred_activation_gain"]
+        return FastGenerator(generator, phases=cpu).eval(), names + (["phase_upsample_convs"] if cpu else [])
     return generator, []
 
 
-
-def optimize_graph(module: nn.Module) -> tuple[nn.Module, list[str]]:
+def optimize_graph(module: nn.Module, cpu: bool = False) -> tuple[nn.Module, list[str]]:
     """The module to export for one of the bundle's graph wrappers (export/graphs.py), with its
     encoder or generator replaced by the optimised equivalent; ``module`` itself is untouched
-    (the build checks the exported graph against it)."""
+    (the build checks the exported graph against it). ``cpu``: the form for the CPU-optimised
+    graphs (export/cpu_graphs.py), where it differs."""
     if isinstance(module, EncoderStep):
         encoder, rewrites = optimize_encoder(module.encoder)
         if not rewrites:
@@ -251,6 +266,6 @@ def optimize_graph(module: nn.Module) -> tuple[nn.Module, list[str]]:
         return EncoderStep(encoder, feedback=module.feedback, residual=module.residual, input_size=module.input_size,
                            output_size=module.output_size, n_latent=module.n_latent).eval(), rewrites
     if isinstance(module, GeneratorGraph):
-        generator, rewrites = optimize_generator(module.generator)
+        generator, rewrites = optimize_generator(module.generator, cpu)
         return (GeneratorGraph(generator).eval(), rewrites) if rewrites else (module, [])
     return module, []

@@ -35,6 +35,9 @@ SCHEMA_VERSION = 1
 # sample: a random z [batch, D] into the mapping graph; style: one W code [batch, D] out of it
 ROLES = ("condition", "image", "latents", "sample", "style")
 MAX_ITERATIONS = 1000  # bounds repeating schedules, so a typo cannot hang the caller's thread
+# graphs.<key>.onnxruntime_cpu: the build machine's optimised graph (sdk/backends/ort_cpu.py)
+ORT_CPU_KEY = "onnxruntime_cpu"
+ORT_CPU_FIELDS = ("file", "sha256", "data", "data_sha256", "onnxruntime", "cpu")
 
 
 # --------------------------------------------------------------------------- schema
@@ -77,6 +80,8 @@ class GraphSpec:
     precision: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # the graph as ONNX Runtime's CPU provider optimised it at build time (sdk/backends/ort_cpu.py)
+    onnxruntime_cpu: Mapping[str, str] | None = None
 
     @classmethod
     def parse(cls, key: str, raw: Any) -> "GraphSpec":
@@ -91,8 +96,20 @@ class GraphSpec:
         roles = [t.role for t in ins]
         if len(set(roles)) != len(roles):
             raise BundleError(f"{where} binds a role twice: {roles}")
+        cpu = raw.get(ORT_CPU_KEY)
+        if cpu is not None and (not isinstance(cpu, dict) or not all(
+                isinstance(cpu.get(k), str) and cpu[k] for k in ORT_CPU_FIELDS)):
+            raise BundleError(f"{where}.{ORT_CPU_KEY} must be an object with the string fields "
+                              f"{list(ORT_CPU_FIELDS)}; got {cpu!r}")
         return cls(key=key, file=_field(raw, "file", str, where), sha256=_field(raw, "sha256", str, where),
-                   precision=raw.get("precision", "fp32"), inputs=ins, outputs=outs)
+                   precision=raw.get("precision", "fp32"), inputs=ins, outputs=outs,
+                   onnxruntime_cpu=None if cpu is None else {k: cpu[k] for k in ORT_CPU_FIELDS})
+
+    def files(self) -> list[tuple[str, str]]:
+        """(file, SHA-256) of every file this graph has in the bundle."""
+        cpu = self.onnxruntime_cpu
+        return [(self.file, self.sha256)] + ([(cpu["file"], cpu["sha256"]), (cpu["data"], cpu["data_sha256"])]
+                                             if cpu else [])
 
     def input(self, role: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.role == role), None)

@@ -153,8 +153,7 @@ class Translator:
         if codes.shape[-2:] != (m.latent_count, m.latent_dim) or codes.ndim not in (2, 3):
             raise InputError(f"latents must be [B, {m.latent_count}, {m.latent_dim}] or [{m.latent_count}, "
                              f"{m.latent_dim}] W+ codes; got {list(codes.shape)}")
-        if not np.all(np.isfinite(codes)):
-            raise InputError("latents contain NaN or Inf (or values too large for float32)")
+        _check_magnitude(codes, "latents")
         return loop.synthesise(codes if codes.ndim == 3 else codes[None])
 
     def mix(self, x: np.ndarray, latent_mask=None, alpha: float | None = None, seed: int | None = None,
@@ -188,8 +187,9 @@ class Translator:
             inject = _float_array(inject_latents, "inject_latents")
             if inject.ndim == 2:
                 inject = np.repeat(inject[:, None, :], m, axis=1)
-            if inject.shape != codes.shape or not np.all(np.isfinite(inject)):
-                raise InputError(f"inject_latents must be finite, [{b}, {m}, {d}] or [{b}, {d}]; got {list(inject.shape)}")
+            if inject.shape != codes.shape:
+                raise InputError(f"inject_latents must be [{b}, {m}, {d}] or [{b}, {d}]; got {list(inject.shape)}")
+            _check_magnitude(inject, "inject_latents")
         a = 1.0 if alpha is None else float(alpha)
         codes[:, mask] = a * inject[:, mask] + (1.0 - a) * codes[:, mask]
         return TranslationResult(images=loop.synthesise(codes), latents=codes, iterations=base.iterations)
@@ -236,8 +236,7 @@ class Translator:
         if is_device_array(value):
             return self._device_input(value, what)
         arr = _float_array(value, what)
-        if not np.all(np.isfinite(arr)):
-            raise InputError(f"{what} contain NaN or Inf")
+        _check_magnitude(arr, what)
         return arr
 
     def _check_input(self, x) -> np.ndarray | DeviceInput:
@@ -269,6 +268,19 @@ class Translator:
             raise InputError(f"x has values in [{x.min():.4g}, {x.max():.4g}]; this model expects its input "
                              f"range [{lo:g}, {hi:g}] (pixels 0..255? use translator(image), which scales them)")
         return x
+
+
+# W+ codes of a StyleGAN are of order 1 to 10; far beyond, the style affines overflow float32 (Inf
+# styles, NaN images), so codes are refused well before that instead of rendering garbage
+LATENT_LIMIT = 1e4
+
+
+def _check_magnitude(codes: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(codes)):
+        raise InputError(f"{what} contain NaN or Inf (or values too large for float32)")
+    if codes.size and np.abs(codes).max() > LATENT_LIMIT:
+        raise InputError(f"{what} have values up to {np.abs(codes).max():.3g}; W+ codes are of order 1-10 and this "
+                         f"SDK refuses magnitudes beyond {LATENT_LIMIT:g}, where the style affines overflow")
 
 
 def _float_array(value, what: str) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -111,7 +112,14 @@ def test_concurrent_mixed_requests_are_batched_and_each_answered_right(server, l
         t.start()
     for t in threads:
         t.join(timeout=120)
-    after = model_metrics(server.metrics_url)
+    # Triton records a request's statistics after its response went out: poll until all are counted
+    deadline = time.monotonic() + 20
+    while True:
+        after = model_metrics(server.metrics_url)
+        done = after.get("nv_inference_request_success", 0) - before.get("nv_inference_request_success", 0)
+        if done >= len(jobs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     for (image, options), res in zip(jobs, results):
         assert res is not None, "a request got no answer"
         x = local.preprocess(image, factor=options["factor"])[None]

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..bundle import GraphSpec
 from ..errors import BackendError, BundleError
+from .ort_cpu import choose_graph, configure
 from .ort_cuda import OrtDeviceIO, gpu_providers
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,12 @@ class OrtRunner:
         ort = backend.ort
         self.spec = spec
         self._backend = backend
+        opts = backend.session_options()
+        if backend.device == "cpu":  # the build machine's optimised graph, where it fits this machine
+            path, preoptimised = choose_graph(spec, path, ort)
+            configure(opts, ort, preoptimised)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=backend.session_options(),
-                                                providers=backend.providers)
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=backend.providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad models
             raise BundleError(f"ONNX Runtime could not load {path} ({type(e).__name__}: {e}); the file is "
                               f"corrupt or not an ONNX graph. Rebuild with export/build_engines.py") from None

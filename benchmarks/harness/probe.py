@@ -1,0 +1,88 @@
+"""Cold start and peak memory of one back end, measured in a fresh process.
+
+    python -m benchmarks.harness.probe onnxruntime BUNDLE --iterations 5 --frames 3
+    python -m benchmarks.harness.probe pytorch_public CHECKPOINT --iterations 5 --frames 3
+
+Peak resident memory (``VmHWM``) is a per-process high-water mark, so every back end gets its
+own process; the ONNX Runtime probe never imports torch (the SDK does not need it, and its
+libraries alone are hundreds of MB resident). Prints one JSON object:
+
+* ``open_s``: ``Translator(bundle)`` (SHA-256 checks, sessions) or, for PyTorch, loading the
+  checkpoint and building the modules;
+* ``first_frame_s``: the first call (buffers are allocated then), ``frame_s``: the later ones;
+* ``rss_open_mib``, ``peak_rss_mib``: resident memory after opening, and the peak over the run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np
+
+from benchmarks.harness.measure import peak_rss_mib, rss_mib
+
+log = logging.getLogger("probe")
+
+
+def _open_sdk(bundle: str, threads: int):
+    from sdk import Translator
+
+    t = Translator(bundle, backend="onnxruntime", threads=threads)
+    return (lambda x, n: t.infer(x, iterations=n).images), t.input_shape
+
+
+def _open_pytorch(checkpoint: str, threads: int, name: str):
+    import torch
+
+    from benchmarks.harness.backends import make_backend
+    from export.checkpoints import load_checkpoint
+
+    torch.set_num_threads(threads)
+    ckpt = load_checkpoint(checkpoint)
+    loop = make_backend(name, ckpt, None, threads)
+    shape = (ckpt.condition_channels, ckpt.input_size, ckpt.input_size)
+    return loop.run, shape
+
+
+def probe(backend: str, source: str, iterations: int, frames: int, threads: int, seed: int = 0) -> dict:
+    base = rss_mib()
+    t0 = time.perf_counter()
+    if backend == "onnxruntime":
+        run, shape = _open_sdk(source, threads)
+    else:
+        run, shape = _open_pytorch(source, threads, backend)
+    open_s = time.perf_counter() - t0
+    rss_open = rss_mib()
+    x = np.random.default_rng(seed).uniform(-1, 1, (1, *shape)).astype(np.float32)
+    times = []
+    for _ in range(frames):
+        t0 = time.perf_counter()
+        run(x, iterations)
+        times.append(time.perf_counter() - t0)
+    return {"backend": backend, "iterations": iterations, "frames": frames, "threads": threads,
+            "rss_before_open_mib": base, "open_s": open_s, "first_frame_s": times[0],
+            "frame_s": times[1:], "rss_open_mib": rss_open, "rss_end_mib": rss_mib(), "peak_rss_mib": peak_rss_mib()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("backend", choices=("onnxruntime", "pytorch_public", "pytorch_export"))
+    p.add_argument("source", help="the bundle folder (onnxruntime) or the checkpoint file (PyTorch)")
+    p.add_argument("--iterations", type=int, default=5, help="loop iterations per frame (default 5)")
+    p.add_argument("--frames", type=int, default=3, help="frames to run after opening (default 3)")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    print(json.dumps(probe(args.backend, args.source, args.iterations, args.frames, args.threads)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Build step: each graph as ONNX Runtime's CPU provider optimises it, saved into the bundle.
+
+ONNX Runtime optimises a graph when a session opens it: constant folding, fusions, and on
+x86 the NCHWc layout (every convolution's weights reordered into blocks of 8 or 16 channels).
+For a reference-scale encoder (0.8-1.1 GB of weights) that costs seconds and two to three
+copies of the weights in memory at every start. Here it is done once, at build time, and the
+result saved with ONNX Runtime's own serialiser: the graph in ``<key>.cpu.onnx``, the weights in
+``<key>.cpu.onnx.data`` at page-aligned offsets, which ONNX Runtime maps into memory when it
+opens the file. The SDK opens it where the ONNX Runtime release and the CPU's vector ISA match
+the build machine's (sdk/backends/ort_cpu.py), else the portable graph.
+
+Where export/optimize.py has a CPU-specific form of a graph (the generator's up-convolutions as
+phase convolutions), that form is exported as the source instead, checked against the original
+PyTorch module like every graph. The optimised graph is then checked against the portable one in
+ONNX Runtime on the parity inputs.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Mapping
+
+from export.onnx_export import ParityError, check_parity, export_onnx, relative_error
+from export.optimize import optimize_graph
+from sdk.backends.ort_cpu import cpu_tag
+from sdk.manifest import ORT_CPU_KEY
+
+log = logging.getLogger(__name__)
+
+MIN_EXTERNAL_BYTES = 4096  # initializers below this stay inside the graph file
+
+
+def _session(path: Path, optimise_into: Path | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # the "hardware specific" warning is the point here, and documented
+    if optimise_into is not None:
+        opts.optimized_model_filepath = str(optimise_into)
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                      optimise_into.name + ".data")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                      str(MIN_EXTERNAL_BYTES))
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _preoptimised_session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as the SDK opens it
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _cpu_source(folder: Path, key: str, module, inputs: Mapping[str, object], entry: dict,
+                max_batch: int, tolerance: float) -> tuple[Path | None, list[str]]:
+    """Export the CPU form of ``module`` (export/optimize.py, ``cpu=True``) where it differs from
+    the portable graph's rewrites, checked against the original module like every graph; returns
+    (its file, or None to optimise the portable graph) and the rewrites applied."""
+    exported, rewrites = optimize_graph(module, cpu=True)
+    if rewrites == entry.get("rewrites", []):
+        return None, rewrites
+    path = folder / f"{key}.cpu-source.onnx"
+    export_onnx(exported, inputs, entry["outputs"][0]["name"], path, max_batch)
+    report = check_parity(module, path, inputs, f"{key} (CPU form)", tolerance)
+    if not report.ok:
+        path.unlink()
+        raise ParityError(f"the CPU form of a graph breaks parity with PyTorch: {report}")
+    log.info("parity %s", report)
+    return path, rewrites
+
+
+def add_cpu_graphs(folder: Path, manifest: dict, graphs: list, add_file: Callable[[str], str], tolerance: float,
+                   max_batch: int) -> None:
+    """For every ``(key, module, inputs)`` of ``graphs`` (the original PyTorch module and its parity
+    inputs), write the graph as ONNX Runtime's CPU provider optimises it into ``folder`` and record
+    it under ``graphs.<key>.onnxruntime_cpu``; ``add_file`` registers a bundle file, returns its SHA-256."""
+    import onnxruntime as ort
+
+    tag = cpu_tag()
+    for key, module, inputs in graphs:
+        entry = manifest["graphs"][key]
+        portable = folder / entry["file"]
+        source, rewrites = _cpu_source(folder, key, module, inputs, entry, max_batch, tolerance)
+        dst = folder / f"{key}.cpu.onnx"
+        try:
+            _session(source or portable, optimise_into=dst)  # opening it writes the optimised graph and its weights
+        finally:
+            if source is not None:
+                source.unlink()  # a build intermediate, not part of the bundle
+        feeds = {k: v.numpy() for k, v in inputs.items()}
+        want = _session(portable).run(None, feeds)[0]
+        got = _preoptimised_session(dst).run(None, feeds)[0]
+        err, ref, rel = relative_error(got, want)
+        if not rel <= tolerance:
+            raise ParityError(f"{key}: the CPU-optimised graph differs from the portable one by {rel:.3g} relative "
+                              f"(max abs {err:.3g} of {ref:.3g}; tolerance {tolerance:g})")
+        data = dst.name + ".data"
+        entry[ORT_CPU_KEY] = {"file": dst.name, "sha256": add_file(dst.name), "data": data,
+                              "data_sha256": add_file(data), "onnxruntime": ort.__version__, "cpu": tag,
+                              "rewrites": rewrites}
+        log.info("%s: CPU-optimised graph for onnxruntime %s on %s (relative difference to the portable graph %.2g)",
+                 key, ort.__version__, tag, rel)

@@ -1,0 +1,191 @@
+"""The export-time rewrites (export/optimize.py) compute what the public-format modules compute,
+and the CPU-optimised graphs (export/cpu_graphs.py, sdk/backends/ort_cpu.py) are used where they
+fit and refused where they do not."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import tiny_bundle as tb
+from export.cpu_graphs import add_cpu_graphs
+from export.graphs import EncoderStep, GeneratorGraph
+from export.models.encoders import GradualStyleBlock, build_encoder
+from export.models.stylegan2 import Generator
+from export.onnx_export import check_parity, export_onnx
+from export.optimize import FastGenerator, MergedStyleHeads, optimize_encoder, optimize_generator, optimize_graph
+from sdk import BundleError, Translator
+from sdk.backends import ort_cpu
+
+BOUND = 1e-5  # relative: the rewrites only reorder float additions
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def _noisy(g: Generator, seed: int = 0) -> Generator:
+    """Non-zero noise weights and buffers, so the precomputed noise products are exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for i in range(g.num_layers):
+            getattr(g.noises, f"noise_{i}").normal_(generator=gen)
+        for m in g.modules():
+            if hasattr(m, "noise") and hasattr(m.noise, "weight"):
+                m.noise.weight.normal_(0, 0.3, generator=gen)
+            if hasattr(m, "activate"):
+                m.activate.bias.normal_(0, 0.1, generator=gen)
+    return g.eval()
+
+
+@pytest.mark.parametrize("spatial,k", [(16, 3), (4, 5), (2, 1)])
+def test_merged_heads_equal_the_heads(spatial, k):
+    torch.manual_seed(spatial + k)
+    heads = [GradualStyleBlock(32, 24, spatial).eval() for _ in range(k)]
+    x = torch.randn(3, 32, spatial, spatial)
+    with torch.no_grad():
+        want = torch.stack([h(x) for h in heads], dim=1)
+        got = MergedStyleHeads(heads)(x)
+    assert got.shape == (3, k, 24) and rel(got, want) < BOUND
+
+
+def test_merged_heads_refuse_mixed_sizes():
+    with pytest.raises(ValueError, match="one size"):
+        MergedStyleHeads([GradualStyleBlock(8, 8, 4), GradualStyleBlock(8, 8, 8)])
+
+
+@pytest.mark.parametrize("encoder_type", ["GradualStyleEncoder", "BackboneEncoder"])
+def test_fast_encoder_equals_the_encoder(encoder_type):
+    torch.manual_seed(1)
+    enc = build_encoder({"encoder_type": encoder_type, "num_layers": 50, "mode": "ir_se", "input_nc": 6,
+                         "n_styles": 10})
+    fast, rewrites = optimize_encoder(enc)
+    assert rewrites == ["merged_style_heads"]
+    x = torch.randn(1, 6, 256, 256)
+    with torch.no_grad():
+        assert rel(fast(x), enc(x)) < BOUND
+    # the checkpoint module is untouched: its state dict keeps the public layout
+    assert all(k.startswith(("input_layer.", "body.", "styles.", "latlayer")) for k in enc.state_dict())
+
+
+@pytest.mark.parametrize("size,fp16_safe,channels", [(16, False, None), (32, True, None),
+                                                      (32, False, {4: 32, 8: 24, 16: 16, 32: 8})])
+def test_fast_generator_equals_the_generator(size, fp16_safe, channels):
+    torch.manual_seed(size)
+    g = _noisy(Generator(size, style_dim=32, n_mlp=2, channels=channels)).set_fp16_safe(fp16_safe)
+    fast, rewrites = optimize_generator(g)
+    assert isinstance(fast, FastGenerator) and "fused_style_affines" in rewrites
+    z = torch.randn(2, g.n_latent, 32)
+    with torch.no_grad():
+        assert rel(fast(z), g(z)) < BOUND
+
+
+@pytest.mark.parametrize("size", [8, 32])
+def test_phase_up_convolutions_equal_the_transposed_ones(size):
+    """The CPU graphs' generator: every up-conv as four convolutions and an interleave."""
+    torch.manual_seed(size)
+    g = _noisy(Generator(size, style_dim=32, n_mlp=2))
+    fast, rewrites = optimize_generator(g, cpu=True)
+    assert "phase_upsample_convs" in rewrites
+    z = torch.randn(2, g.n_latent, 32)
+    with torch.no_grad():
+        assert rel(fast(z), g(z)) < BOUND
+
+
+def test_fused_and_foreign_modules_are_left_alone():
+    g = Generator(8, style_dim=16, n_mlp=1).eval().set_fused(True)
+    assert optimize_generator(g) == (g, [])
+    other = torch.nn.Linear(3, 3)
+    assert optimize_encoder(other) == (other, []) and optimize_graph(other) == (other, [])
+
+
+def test_exported_rewrite_matches_the_original_module(tmp_path):
+    """What the build does: export the rewritten graph, check it against the original module."""
+    torch.manual_seed(0)
+    g = _noisy(Generator(16, style_dim=32, n_mlp=2))
+    original = GeneratorGraph(g).eval()
+    exported, rewrites = optimize_graph(original)
+    assert rewrites and exported is not original
+    inputs = {"z": torch.randn(2, g.n_latent, 32)}
+    export_onnx(exported, inputs, "image", tmp_path / "g.onnx", max_batch=4)
+    report = check_parity(original, tmp_path / "g.onnx", inputs, "generator", 1e-5)
+    assert report.ok, str(report)
+
+
+def test_encoder_step_keeps_its_wiring():
+    torch.manual_seed(2)
+    enc = build_encoder({"encoder_type": "BackboneEncoder", "num_layers": 50, "mode": "ir", "input_nc": 6,
+                         "n_styles": 4})
+    step = EncoderStep(enc, feedback=True, residual=True, input_size=256, output_size=64, n_latent=4).eval()
+    fast, _ = optimize_graph(step)
+    assert fast.input_names == step.input_names == ["x", "y", "z"]
+    x, y, z = torch.randn(1, 3, 256, 256), torch.randn(1, 3, 64, 64), torch.randn(1, 4, 512)
+    with torch.no_grad():
+        assert rel(fast(x, y, z), step(x, y, z)) < BOUND
+
+
+# --------------------------------------------------------------------------- CPU-optimised graphs
+
+def _with_cpu_graphs(path):
+    """The build's CPU-graph step on a tiny bundle (toy graphs: no CPU-specific form, so the
+    modules are never exported and a stand-in does)."""
+    manifest = tb.read_manifest(path)
+    graphs = []
+    for key, g in manifest["graphs"].items():
+        shapes = {t["name"]: [2 if isinstance(d, str) else d for d in t["shape"]] for t in g["inputs"]}
+        rng = np.random.default_rng(0)
+        graphs.append((key, torch.nn.Identity(), {n: torch.from_numpy(rng.uniform(-1, 1, s).astype(np.float32))
+                                                  for n, s in shapes.items()}))
+
+    def add(name: str) -> str:
+        from sdk.bundle import sha256_file
+        return sha256_file(path / name)
+
+    add_cpu_graphs(path, manifest, graphs, add, tolerance=1e-5, max_batch=tb.MAX_BATCH)
+    tb.write_manifest(path, manifest)
+    return manifest
+
+
+def test_cpu_graphs_open_and_agree(make_tiny_bundle, caplog):
+    portable = make_tiny_bundle("iterative", name="portable")
+    path = make_tiny_bundle("iterative", name="optimised")
+    manifest = _with_cpu_graphs(path)
+    entry = manifest["graphs"]["generator"]["onnxruntime_cpu"]
+    assert entry["cpu"] == ort_cpu.cpu_tag() and (path / entry["data"]).is_file()
+    x = tb.random_input(2, seed=3)
+    with caplog.at_level(logging.DEBUG, logger="sdk.backends.ort_cpu"):
+        with Translator(portable, backend="onnxruntime", threads=1) as a, \
+                Translator(path, backend="onnxruntime", threads=1) as b:
+            np.testing.assert_allclose(b.infer(x).images, a.infer(x).images, rtol=0, atol=1e-5)
+    assert "generator.cpu.onnx" in caplog.text and "encoder.cpu.onnx" in caplog.text
+
+
+def test_cpu_graphs_of_another_machine_fall_back(make_tiny_bundle, caplog):
+    path = make_tiny_bundle("iterative")
+    _with_cpu_graphs(path)
+    tb.edit_manifest(path, lambda m: [g["onnxruntime_cpu"].__setitem__("cpu", "x86_64-avx512")
+                                      for g in m["graphs"].values()])
+    with caplog.at_level(logging.INFO, logger="sdk.backends.ort_cpu"):
+        with Translator(path, backend="onnxruntime", threads=1) as t:
+            assert t.infer(tb.random_input(1)).images.shape == (1, 3, tb.R, tb.R)
+    assert "optimised for a x86_64-avx512 CPU" in caplog.text
+
+
+def test_cpu_graph_weights_are_verified(make_tiny_bundle):
+    path = make_tiny_bundle("iterative")
+    manifest = _with_cpu_graphs(path)
+    data = path / manifest["graphs"]["encoder"]["onnxruntime_cpu"]["data"]
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    data.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="does not match its SHA-256"):
+        Translator(path, backend="onnxruntime")
+
+
+def test_malformed_cpu_entry_refused(make_tiny_bundle):
+    path = make_tiny_bundle("iterative")
+    tb.edit_manifest(path, lambda m: m["graphs"]["generator"].__setitem__("onnxruntime_cpu", {"file": 3}))
+    with pytest.raises(BundleError, match="onnxruntime_cpu must be an object"):
+        Translator(path, backend="onnxruntime")

@@ -53,14 +53,37 @@ def _preoptimised_session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def dense_flops(module, inputs: Mapping[str, object]) -> int:
+    """Multiply-add FLOPs (2 per MAC: convolutions, matmuls) of one call of ``module`` on the first
+    row of ``inputs``, as PyTorch's FLOP counter sees the operators run."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    # the counter's module tracker hooks outputs that require grad; a module returning a parameter
+    # as it is (a constant input) would trip it, so parameters are frozen while it counts
+    frozen = [p for p in module.parameters() if p.requires_grad]
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        with torch.no_grad(), counter:
+            module(**{k: v[:1] for k, v in inputs.items()})
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return int(counter.get_total_flops())
+
+
 def _cpu_source(folder: Path, key: str, module, inputs: Mapping[str, object], entry: dict,
-                max_batch: int, tolerance: float) -> tuple[Path | None, list[str]]:
+                max_batch: int, tolerance: float) -> tuple[Path | None, list[str], dict]:
     """Export the CPU form of ``module`` (export/optimize.py, ``cpu=True``) where it differs from
     the portable graph's rewrites, checked against the original module like every graph; returns
-    (its file, or None to optimise the portable graph) and the rewrites applied."""
+    (its file, or None to optimise the portable graph), the rewrites applied, and the dense FLOPs
+    per frame of the model and of the CPU form (fewer with Winograd convolutions)."""
     exported, rewrites = optimize_graph(module, cpu=True)
+    flops = {"model": dense_flops(module, inputs), "executed": dense_flops(exported, inputs)}
     if rewrites == entry.get("rewrites", []):
-        return None, rewrites
+        return None, rewrites, flops
     path = folder / f"{key}.cpu-source.onnx"
     export_onnx(exported, inputs, entry["outputs"][0]["name"], path, max_batch)
     report = check_parity(module, path, inputs, f"{key} (CPU form)", tolerance)
@@ -68,7 +91,7 @@ def _cpu_source(folder: Path, key: str, module, inputs: Mapping[str, object], en
         path.unlink()
         raise ParityError(f"the CPU form of a graph breaks parity with PyTorch: {report}")
     log.info("parity %s", report)
-    return path, rewrites
+    return path, rewrites, flops
 
 
 def add_cpu_graphs(folder: Path, manifest: dict, graphs: list, add_file: Callable[[str], str], tolerance: float,
@@ -82,7 +105,7 @@ def add_cpu_graphs(folder: Path, manifest: dict, graphs: list, add_file: Callabl
     for key, module, inputs in graphs:
         entry = manifest["graphs"][key]
         portable = folder / entry["file"]
-        source, rewrites = _cpu_source(folder, key, module, inputs, entry, max_batch, tolerance)
+        source, rewrites, flops = _cpu_source(folder, key, module, inputs, entry, max_batch, tolerance)
         dst = folder / f"{key}.cpu.onnx"
         try:
             _session(source or portable, optimise_into=dst)  # opening it writes the optimised graph and its weights
@@ -99,6 +122,6 @@ def add_cpu_graphs(folder: Path, manifest: dict, graphs: list, add_file: Callabl
         data = dst.name + ".data"
         entry[ORT_CPU_KEY] = {"file": dst.name, "sha256": add_file(dst.name), "data": data,
                               "data_sha256": add_file(data), "onnxruntime": ort.__version__, "cpu": tag,
-                              "rewrites": rewrites}
+                              "rewrites": rewrites, "dense_flops": flops}
         log.info("%s: CPU-optimised graph for onnxruntime %s on %s (relative difference to the portable graph %.2g)",
                  key, ort.__version__, tag, rel)

@@ -200,6 +200,7 @@ def run_model(model: Model, settings: Settings) -> dict:
     manifest = Bundle(bundle, verify=False).manifest
     stage_graphs = [st.graph for st in manifest.schedule.stages]
     costs = graph_costs(bundle, s.cache)
+    executed = executed_fraction(manifest.raw)
     result.update({
         "checkpoint": {"file": model.checkpoint.name, "sha256": ckpt.sha256, "format": ckpt.format},
         "bundle": str(bundle), "resolution": manifest.output_size, "latents": manifest.latent_count,
@@ -209,6 +210,8 @@ def run_model(model: Model, settings: Settings) -> dict:
         "flops": {"graphs": {k: c.as_dict() for k, c in costs.items()},
                   "loop": {n: loop_cost(costs, stage_graphs, n) for n in range(1, 6)}},
         "roofline": estimate_loop(costs, stage_graphs),
+        "executed_fraction": executed,
+        "cpu_rewrites": {k: (g.get("onnxruntime_cpu") or {}).get("rewrites", []) for k, g in manifest.raw["graphs"].items()},
     })
     log.info("%s: cold start and memory, one fresh process per back end", model.name)
     result["probes"] = {"onnxruntime": run_probe("onnxruntime", bundle, s),
@@ -222,7 +225,7 @@ def run_model(model: Model, settings: Settings) -> dict:
             log.info("skipping %s", e)
     result["skipped"] = skipped
     try:
-        result.update(_timings(loops, ckpt, s, stage_graphs, costs))
+        result.update(_timings(loops, ckpt, s, stage_graphs, costs, executed))
     finally:
         for loop in loops.values():
             loop.close()
@@ -231,7 +234,8 @@ def run_model(model: Model, settings: Settings) -> dict:
     return result
 
 
-def _timings(loops: dict, ckpt: LoadedCheckpoint, s: Settings, stage_graphs: list, costs: dict) -> dict:
+def _timings(loops: dict, ckpt: LoadedCheckpoint, s: Settings, stage_graphs: list, costs: dict,
+             executed: dict) -> dict:
     n, x = s.iterations, _input(ckpt, 1)
     out: dict = {"parity": _parity(loops, x, n)}
     log.info("ceilings (before)")
@@ -271,4 +275,21 @@ def _timings(loops: dict, ckpt: LoadedCheckpoint, s: Settings, stage_graphs: lis
                        "fma_gflops": fma}
     loop_flops = loop_cost(costs, stage_graphs, n)["dense_flops"]
     out["efficiency"] = _efficiency(out["latency"], loop_flops, peak, fma)
+    if "onnxruntime" in out["efficiency"] and executed:  # what the CPU graphs really multiply-add
+        scaled = {k: GraphCost(dense_flops=c.dense_flops * executed.get(k, 1.0)) for k, c in costs.items()}
+        ort_flops = loop_cost(scaled, stage_graphs, n)["dense_flops"]
+        gflops = ort_flops / out["latency"]["onnxruntime"]["median_s"] / 1e9
+        out["efficiency"]["onnxruntime"].update(executed_gflop_per_frame=ort_flops / 1e9, executed_gflops=gflops,
+                                                executed_of_matmul_peak=gflops / peak)
+    return out
+
+
+def executed_fraction(manifest: dict) -> dict[str, float]:
+    """Per graph, the dense FLOPs the CPU-optimised graph executes over the model's (below 1 where
+    Winograd convolutions replace direct ones), as the build counted them; {} without CPU graphs."""
+    out = {}
+    for key, g in manifest["graphs"].items():
+        flops = (g.get("onnxruntime_cpu") or {}).get("dense_flops") or {}
+        if flops.get("model"):
+            out[key] = flops["executed"] / flops["model"]
     return out

@@ -202,8 +202,9 @@ def readme_section(run: dict) -> str:
              f"other jobs, {run['settings']['threads']} threads; Python {m['python']}, torch {m['torch']}, onnxruntime "
              f"{m['onnxruntime']}. Float32, batch 1, N = {run['settings']['iterations']} iterations per frame, back "
              f"ends interleaved in one process; speed-up = public PyTorch eager loop time / `Translator` time; "
-             f"% of peak = the loop's FLOP/s (counted from the graphs) over a 2048³ float32 matmul measured in the "
-             f"same run.", "",
+             f"% of peak = the loop's FLOP/s over a 2048³ float32 matmul measured in the same run, counting the "
+             f"model's FLOPs (a direct convolution's, from the portable graphs; the CPU graphs execute fewer, "
+             f"Winograd: see the targets).", "",
              "| model | PyTorch eager, public code | `Translator`, ONNX Runtime CPU | speed-up | % of matmul peak | "
              "fps at batch 1 / 2 / 4 / 8 (N = 1) | open s | peak RSS vs eager |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]

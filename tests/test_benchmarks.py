@@ -129,3 +129,15 @@ def test_a_whole_run_at_tiny_size(tmp_path):
     assert updated.endswith(README_END + "\n\nafter\n") and replace_readme_section(updated, section) == updated
     with pytest.raises(ValueError, match="no performance markers"):
         replace_readme_section("# no markers\n", section)
+
+
+def test_readme_numbers_come_from_the_committed_results():
+    """The README's performance section is exactly what benchmarks/run.py renders from the committed
+    docs/performance.json (regenerate both with `python benchmarks/run.py --write-docs`)."""
+    from benchmarks.harness.report import readme_section, render
+
+    repo = Path(__file__).resolve().parents[1]
+    run = json.loads((repo / "docs" / "performance.json").read_text(encoding="utf-8"))
+    assert readme_section(run) in (repo / "README.md").read_text(encoding="utf-8")
+    docs = dict(run, plots={k: f"img/perf_{v}" for k, v in run.get("plots", {}).items()})
+    assert render(docs) == (repo / "docs" / "performance.md").read_text(encoding="utf-8")

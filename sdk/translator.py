@@ -277,7 +277,7 @@ LATENT_LIMIT = 1e4
 
 def _check_magnitude(codes: np.ndarray, what: str) -> None:
     if not np.all(np.isfinite(codes)):
-        raise InputError(f"{what} contain NaN or Inf (or values too large for float32)")
+        raise InputError(f"{what} must be finite: they contain NaN or Inf (or values too large for float32)")
     if codes.size and np.abs(codes).max() > LATENT_LIMIT:
         raise InputError(f"{what} have values up to {np.abs(codes).max():.3g}; W+ codes are of order 1-10 and this "
                          f"SDK refuses magnitudes beyond {LATENT_LIMIT:g}, where the style affines overflow")

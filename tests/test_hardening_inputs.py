@@ -219,6 +219,7 @@ def test_synthesise_shape_reports_the_users_shape(t, shape):
     ([[0.0] * tb.D, [0.0]], "latents must be a float array; got list"),
     (np.full((tb.M, tb.D), 1e300), "NaN or Inf"),
     (np.full((1, tb.M, tb.D), np.nan, np.float32), "NaN or Inf"),
+    (np.full((1, tb.M, tb.D), 3.4e38, np.float32), "refuses magnitudes beyond 10000"),  # finite, yet overflows
     (np.zeros((0, tb.M, tb.D), np.float32), "batch size 0 is outside"),
     (np.zeros((tb.MAX_BATCH + 1, tb.M, tb.D), np.float32), f"batch size {tb.MAX_BATCH + 1} is outside"),
 ])
@@ -246,6 +247,7 @@ def test_synthesise_accepts_lists_and_ints(t):
     ({"inject_latents": "w"}, "inject_latents must be a float array; got dtype <U1"),
     ({"inject_latents": np.zeros((1, 2, tb.D))}, f"[1, {tb.M}, {tb.D}] or [1, {tb.D}]; got [1, 2, {tb.D}]"),
     ({"inject_latents": np.full((1, tb.D), np.inf)}, "must be finite"),
+    ({"inject_latents": np.full((1, tb.D), -2e4)}, "inject_latents have values up to 2e+04"),
 ])
 def test_mix_bad_arguments(t, kwargs, needle):
     kwargs = {"latent_mask": [1, 2], "inject_latents": np.zeros((1, tb.D), np.float32), **kwargs}

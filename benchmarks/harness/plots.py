@@ -29,39 +29,35 @@ def _grid(plt, count: int, title: str):
     return fig, axes[0]
 
 
-def latency_vs_iterations(run: dict, path: Path) -> Path | None:
+def _sweep(run: dict, path: Path, field: str, title: str, y: str, ylabel: str, panel, **axis) -> Path | None:
+    """One panel per model with ``model[field]`` (x -> stats), one series per back end: ``stats[y]``
+    against x; ``panel(model)`` titles the panel, ``axis`` sets the rest of the axes."""
     plt = _pyplot()
-    models = [m for m in run["models"].values() if m.get("by_iterations")]
+    models = [m for m in run["models"].values() if m.get(field)]
     if plt is None or not models:
         return None
-    fig, axes = _grid(plt, len(models), "Latency per frame against iterations N (batch 1, median)")
+    fig, axes = _grid(plt, len(models), title)
     for ax, model in zip(axes, models):
-        for key, per in model["by_iterations"].items():
-            ns = [int(n) for n in per]
-            ax.plot(ns, [per[n]["median_s"] for n in per], marker="o", label=LABELS.get(key, key))
-        ax.set(title=model["model"], xlabel="iterations N", ylabel="seconds per frame", xticks=ns)
+        for key, per in model[field].items():
+            xs = [int(x) for x in per]
+            ax.plot(xs, [per[x][y] for x in per], marker="o", label=LABELS.get(key, key))
+        ax.set(title=panel(model), ylabel=ylabel, **axis)
+        ax.set(xticks=xs, xticklabels=[str(x) for x in xs])  # after a log scale, which would relabel them
+        ax.tick_params(axis="x", which="minor", labelbottom=False)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, plt, path)
+
+
+def latency_vs_iterations(run: dict, path: Path) -> Path | None:
+    return _sweep(run, path, "by_iterations", "Latency per frame against iterations N (batch 1, median)", "median_s",
+                  "seconds per frame", lambda m: m["model"], xlabel="iterations N")
 
 
 def throughput_vs_batch(run: dict, path: Path) -> Path | None:
-    plt = _pyplot()
-    models = [m for m in run["models"].values() if m.get("by_batch")]
-    if plt is None or not models:
-        return None
-    fig, axes = _grid(plt, len(models), "Throughput against batch size")
-    for ax, model in zip(axes, models):
-        for key, per in model["by_batch"].items():
-            bs = [int(b) for b in per]
-            ax.plot(bs, [per[b]["fps"] for b in per], marker="o", label=LABELS.get(key, key))
-        ax.set(title=f"{model['model']} (N = {model['batch_iterations']})", xlabel="batch", ylabel="frames per second",
-               xscale="log", xticks=bs, xticklabels=[str(b) for b in bs])
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _save(fig, plt, path)
+    return _sweep(run, path, "by_batch", "Throughput against batch size", "fps", "frames per second",
+                  lambda m: f"{m['model']} (N = {m['batch_iterations']})", xlabel="batch", xscale="log")
 
 
 def psnr_vs_compute(quality: dict, path: Path) -> Path | None:

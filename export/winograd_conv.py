@@ -1,4 +1,4 @@
-"""3x3 stride-1 convolutions as Winograd F(4x4, 3x3), for ONNX Runtime's CPU provider.
+"""3x3 convolutions (stride 1 or 2) as Winograd minimal filtering, for ONNX Runtime's CPU provider.
 
 At reference scale the loop already runs at about 90 % of this machine's matmul peak in ONNX
 Runtime, whose CPU convolutions (MLAS) are direct: going faster means fewer multiplications.
@@ -11,6 +11,14 @@ that are linear in the channels (the products are quadratic), so it wins on wide
     M[k] = U[k] @ V[k]   for each of the 36 positions k    one batched MatMul, U = G g G^T
     Y = A^T M A      (output tiles: 4x4)                   a MatMul by [16, 36], then Col2Im
 
+**Stride 2** (the encoders' map-to-style heads, about half of a ReStyle encoder's FLOPs) goes
+through the same three steps by polyphase decomposition: in each dimension the even taps
+``(g0, g2)`` of the kernel meet the even input samples, which is a stride-1 correlation with a
+2-tap kernel (Winograd F(4, 2): 5 products per 4 outputs), and the odd tap ``g1`` meets the odd
+samples (4 products). So one dimension has 9 positions instead of 12 products, a 4x4 output tile
+81 instead of 144 (1.78x fewer), read from a 9x9 input tile at stride 8; the transforms
+:data:`STRIDE2` are block matrices of F(4, 2) and the identity (:func:`polyphase_stride2`).
+
 Everything is in standard ONNX operators (Conv with groups, MatMul, Transpose, Col2Im), so the
 graph runs anywhere; it is only worth it where direct convolutions are slow relative to
 matmuls, hence only in the CPU-optimised graphs (export/cpu_graphs.py). Measured on this
@@ -22,8 +30,17 @@ the transforms' constants (1/4, 1/6, 1/24 and powers of two) round; ``U`` is com
 
 The transposes keep whole rows of tiles contiguous (block copies), and the output is
 interleaved by ``Col2Im`` rather than a 6-D permute, which at 128 px costs more than the matmul.
+Where the weights outweigh the tiles (``WEIGHT_BOUND``), the products are grouped 1x1 convs
+instead of a MatMul: ONNX Runtime packs a Conv's weights once, not on every call.
+
+A stride-2 convolution is the sum of :class:`WinogradPath` s (F(4, 2) x F(4, 2), F(4, 2) x odd,
+odd x F(4, 2)) and a 1x1 stride-2 conv for the centre tap. Its transformed weights take 4x the
+direct weights' memory (36 distinct [out, in] matrices for 9), as in the stride-1 form; it is
+used only where it measured a win (:func:`worth_it_strided`: the merged fine style heads).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,14 +48,80 @@ import torch.nn.functional as F
 from torch import nn
 
 M = 4  # output tile side
-A = M + 2  # input tile side
-# Lavin & Gray's F(4x4, 3x3) matrices (interpolation points 0, +-1, +-2, infinity)
-BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-               [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
-G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-              [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
-AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)
 
+
+@dataclass(frozen=True)
+class Transform1d:
+    """One dimension of a Winograd computation: ``at @ ((g @ w[taps]) * (bt @ d))`` gives ``m``
+    consecutive outputs of the correlation of the kernel taps ``taps`` with the input samples
+    ``d``: ``span`` of them from the tile's start in the zero-padded input, tiles every ``step``."""
+
+    at: np.ndarray  # [m, positions]
+    g: np.ndarray  # [positions, len(taps)]
+    bt: np.ndarray  # [positions, span]
+    step: int
+    taps: tuple[int, ...]
+
+    @property
+    def m(self) -> int:
+        return self.at.shape[0]
+
+    @property
+    def positions(self) -> int:
+        return self.g.shape[0]
+
+    @property
+    def span(self) -> int:
+        return self.bt.shape[1]
+
+
+def toom_cook(m: int, r: int, points: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(AT [m, n], G [n, r], BT [n, n])`` of Winograd F(m, r), ``n = m + r - 1``, from the
+    ``n - 1`` finite interpolation ``points`` and infinity (Toom-Cook for the linear convolution,
+    transposed into a correlation). Each row of ``BT`` is scaled to small integers and the
+    matching row of ``G`` divided by the same factor: ``G`` is applied to the weights once, in
+    float64, so the fractions cost no run-time rounding."""
+    n = m + r - 1
+    if len(points) != n - 1 or len(set(points)) != n - 1:
+        raise ValueError(f"F({m}, {r}) needs {n - 1} distinct finite points, got {points}")
+
+    def evaluation(cols: int) -> np.ndarray:  # rows: a polynomial of `cols` coefficients at each point
+        rows = [[float(p) ** j for j in range(cols)] for p in points]
+        return np.array(rows + [[0.0] * (cols - 1) + [1.0]])  # infinity: the leading coefficient
+
+    at, g, bt = evaluation(m).T, evaluation(r), np.linalg.inv(evaluation(n)).T
+    for k in range(n):  # the smallest integer multiple of each row of BT
+        scale = next(s for s in range(1, 10_000) if np.allclose(bt[k] * s, np.round(bt[k] * s), atol=1e-9))
+        bt[k], g[k] = np.round(bt[k] * scale), g[k] / scale
+    return at, g, bt
+
+
+# stride 1: Lavin & Gray's F(4, 3) (interpolation points 0, +-1, +-2, infinity)
+F43 = Transform1d(
+    at=np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64),
+    g=np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
+    bt=np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                 [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
+    step=M, taps=(0, 1, 2))
+
+
+def _even_phase() -> Transform1d:
+    """Stride 2, taps ``(g0, g2)`` on the even samples ``0, 2, .., 2M`` of a tile: F(M, 2)."""
+    at, g, bt = toom_cook(M, 2, (0, 1, -1, 2))
+    spread = np.zeros((bt.shape[0], 2 * M + 1))
+    spread[:, 0::2] = bt
+    return Transform1d(at, g, spread, step=2 * M, taps=(0, 2))
+
+
+EVEN = _even_phase()
+ODD = Transform1d(np.ones((1, 1)), np.ones((1, 1)), np.array([[0.0, 1.0]]), step=2, taps=(1,))  # g1 x odd samples
+
+# the products as grouped 1x1 convs where out_channels >= WEIGHT_BOUND * tiles, else one batched
+# MatMul: measured (ORT 1.32, 2 threads), the conv form wins where the weights are at least 4x
+# the tiles' data (512 ch at 16 px: 0.55 of the direct conv vs 0.61; 512 -> 3584 stride 2 at
+# 64 px: 0.82 vs 0.90) and loses its extra NCHWc reorders elsewhere (512 ch at 64 px: 0.64 vs 0.50)
+WEIGHT_BOUND = 4
 MIN_SIDE = 8  # below, a map is one or two tiles: 36 products per tile do not beat 9 per pixel
 MIN_CHANNELS = 256  # where it wins at any size measured here (16-128 px)
 MIN_CHANNELS_LARGE = 128  # ... and from 128 px up (at 256 px: 0.64 of the Conv's time)
@@ -54,49 +137,95 @@ def worth_it(in_channels: int, out_channels: int, side: int | None = None) -> bo
     return narrow >= MIN_CHANNELS or (side is not None and side >= LARGE_SIDE and narrow >= MIN_CHANNELS_LARGE)
 
 
-def transformed_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``U = G g G^T`` of a ``[out, in, 3, 3]`` weight, as ``[36, out, in]`` float32 (computed in
-    float64: the 1/6 and 1/24 of ``G`` would otherwise add their rounding to every product)."""
+def worth_it_strided(in_channels: int, out_channels: int, side: int) -> bool:
+    """Whether a 3x3 stride-2 conv reading ``side``-pixel maps runs faster in its polyphase
+    Winograd form: measured (ORT 1.32, 2 threads; Winograd time / Conv time) it wins on 64 px
+    maps where the output is wide (512 -> 1536: 0.89, -> 3584: 0.82, -> 5632: 0.73: the merged
+    fine style heads) and not on narrow outputs (512 -> 512 at 64 px: 1.04), smaller maps
+    (512 -> 2048 at 32 px: 1.0) or narrow inputs (256 -> 1024 at 128 px: 1.04)."""
+    return side >= 64 and in_channels >= 512 and out_channels >= 3 * in_channels
+
+
+def transformed_weight(weight: torch.Tensor, rows: Transform1d = F43, cols: Transform1d = F43) -> torch.Tensor:
+    """``U = G_rows g G_cols^T`` of a ``[out, in, 3, 3]`` weight (the taps each transform reads), as
+    ``[positions, out, in]`` float32, computed in float64: the fractions of ``G`` would otherwise
+    add their rounding to every product."""
     if weight.ndim != 4 or tuple(weight.shape[2:]) != (3, 3):
-        raise ValueError(f"Winograd F(4x4, 3x3) takes a [out, in, 3, 3] weight; got {tuple(weight.shape)}")
-    g = weight.detach().double().cpu().numpy()
-    u = np.einsum("ip,ocpq,jq->ijoc", G, g, G).reshape(A * A, *g.shape[:2])
-    return torch.from_numpy(np.ascontiguousarray(u)).float()
+        raise ValueError(f"Winograd convolutions here take a [out, in, 3, 3] weight; got {tuple(weight.shape)}")
+    g = weight.detach().double().cpu().numpy()[:, :, list(rows.taps)][:, :, :, list(cols.taps)]
+    u = np.einsum("ip,ocpq,jq->ijoc", rows.g, g, cols.g)
+    return torch.from_numpy(np.ascontiguousarray(u.reshape(-1, *weight.shape[:2]))).float()
+
+
+class WinogradPath(nn.Module):
+    """The part of a 3x3 convolution that one pair of 1-D transforms computes (its taps only):
+    ``[B, in, H, W] -> [B, out, th * m_rows, tw * m_cols]`` for ``th x tw`` output tiles, uncropped."""
+
+    def __init__(self, weight: torch.Tensor, rows: Transform1d, cols: Transform1d):
+        super().__init__()
+        self.rows, self.cols = rows, cols
+        self.in_channels, self.out_channels = int(weight.shape[1]), int(weight.shape[0])
+        self.register_buffer("u", transformed_weight(weight, rows, cols))  # [P, out, in]
+        kernels = np.einsum("ip,jq->ijpq", rows.bt, cols.bt).reshape(-1, 1, rows.span, cols.span)
+        self.register_buffer("input_transform", torch.from_numpy(np.tile(kernels, (self.in_channels, 1, 1, 1))).float())
+        self.register_buffer("output_transform",
+                             torch.from_numpy(np.einsum("ui,vj->uvij", rows.at, cols.at).reshape(rows.m * cols.m, -1)).float())
+
+    def forward(self, x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+        """``x``: the unpadded input; it is read as if padded by 1 (and by zeros past the last tile)."""
+        b, c, h, w = x.shape[0], x.shape[1], int(x.shape[2]), int(x.shape[3])
+        need_h, need_w = self.rows.step * (th - 1) + self.rows.span, self.cols.step * (tw - 1) + self.cols.span
+        if h + 2 < need_h or w + 2 < need_w:  # tiles past the edge read zeros; their outputs are cropped
+            v = F.conv2d(F.pad(x, [1, need_w - 1 - w, 1, need_h - 1 - h]), self.input_transform,
+                         stride=(self.rows.step, self.cols.step), groups=c)
+        else:
+            v = F.conv2d(x, self.input_transform, stride=(self.rows.step, self.cols.step), padding=1, groups=c)
+            if v.shape[2] != th or v.shape[3] != tw:  # the odd phases' last tile may be past the output
+                v = v[:, :, :th, :tw]
+        p, t, mm = self.u.shape[0], th * tw, self.rows.m * self.cols.m
+        v = v.reshape(b, c, p, t).transpose(1, 2)  # [B, P, in, T]: blocks of T stay whole
+        if self.out_channels >= WEIGHT_BOUND * t:
+            # P 1x1 convs (one group each): ONNX Runtime packs a Conv's weights once, a MatMul's
+            # first operand on every call, which costs most where the weights outweigh the tiles
+            products = F.conv2d(v.reshape(b, p * c, th, tw), self.u.reshape(-1, c, 1, 1), groups=p)
+        else:
+            products = torch.matmul(self.u, v)  # [B, P, out, T]
+        y = torch.matmul(self.output_transform, products.reshape(b, p, -1))  # [B, m_r * m_c, out * T]
+        y = y.reshape(b, mm, self.out_channels, t).transpose(1, 2).reshape(b, self.out_channels * mm, t)
+        tile = (self.rows.m, self.cols.m)
+        return F.fold(y, (th * tile[0], tw * tile[1]), kernel_size=tile, stride=tile)  # Col2Im
 
 
 class WinogradConv2d(nn.Module):
-    """``F.conv2d(x, weight, bias, stride=1, padding=1)`` for a fixed 3x3 ``weight [out, in, 3, 3]``,
-    computed as Winograd F(4x4, 3x3). ``[B, in, H, W] -> [B, out, H, W]``, any H and W (padded
-    up to a multiple of 4 and cropped back); H and W are fixed when the graph is traced."""
+    """``F.conv2d(x, weight, bias, stride, padding=1)`` for a fixed 3x3 ``weight [out, in, 3, 3]``,
+    as Winograd F(4x4, 3x3) (stride 1) or its polyphase form (stride 2: the F(4, 2) x F(4, 2),
+    F(4, 2) x 1 and 1 x F(4, 2) paths plus a strided 1x1 conv for the centre tap).
+    ``[B, in, H, W] -> [B, out, ceil(H / stride), ceil(W / stride)]``, any H and W (padded up to
+    whole tiles and cropped back); H and W are fixed when the graph is traced."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1):
         super().__init__()
-        u = transformed_weight(weight)
+        if stride not in (1, 2):
+            raise ValueError(f"Winograd convolutions here have stride 1 or 2, not {stride}")
+        transformed_weight(weight[:1, :1])  # checks the shape
+        self.stride = stride
         self.in_channels, self.out_channels = int(weight.shape[1]), int(weight.shape[0])
-        self.register_buffer("u", u)  # [36, out, in]
-        kernels = np.einsum("ip,jq->ijpq", BT, BT).reshape(A * A, 1, A, A)  # kernel i*6+j: outer(BT[i], BT[j])
-        self.register_buffer("input_transform", torch.from_numpy(np.tile(kernels, (self.in_channels, 1, 1, 1))).float())
-        self.register_buffer("output_transform", torch.from_numpy(np.einsum("ui,vj->uvij", AT, AT).reshape(M * M, A * A)).float())
+        pairs = [(F43, F43)] if stride == 1 else [(EVEN, EVEN), (EVEN, ODD), (ODD, EVEN)]
+        self.paths = nn.ModuleList(WinogradPath(weight, rows, cols) for rows, cols in pairs)
+        # stride 2: the odd-odd phase is g1,1 alone, a 1x1 conv of the even samples of the unpadded input
+        self.register_buffer("centre", weight.detach()[:, :, 1:2, 1:2].clone().float() if stride == 2 else None)
         self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.in_channels, f"expected [B, {self.in_channels}, H, W], got {tuple(x.shape)}"
-        b, c = x.shape[:2]
-        h, w = int(x.shape[2]), int(x.shape[3])  # static in the exported graph (Col2Im needs them)
-        th, tw = -(-h // M), -(-w // M)
-        if h % M or w % M:  # tiles past the edge read zeros; their outputs are cropped below
-            x = F.pad(x, [1, 1 + tw * M - w, 1, 1 + th * M - h])
-            v = F.conv2d(x, self.input_transform, stride=M, groups=c)
-        else:
-            v = F.conv2d(x, self.input_transform, stride=M, padding=1, groups=c)  # [B, in * 36, th, tw]
-        v = v.reshape(b, c, A * A, th * tw).transpose(1, 2)  # [B, 36, in, T]: blocks of T stay whole
-        products = torch.matmul(self.u, v)  # [B, 36, out, T]
-        y = torch.matmul(self.output_transform, products.reshape(b, A * A, -1))  # [B, 16, out * T]
-        y = y.reshape(b, M * M, self.out_channels, th * tw).transpose(1, 2).reshape(b, self.out_channels * M * M, th * tw)
-        y = F.fold(y, (th * M, tw * M), kernel_size=M, stride=M)  # [B, out, th * 4, tw * 4]
-        if th * M != h or tw * M != w:
-            y = y[:, :, :h, :w]
-        return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
+        ho, wo = -(-int(x.shape[2]) // self.stride), -(-int(x.shape[3]) // self.stride)  # static when traced
+        y = F.conv2d(x, self.centre, self.bias, stride=2) if self.centre is not None else None
+        for path in self.paths:
+            part = path(x, -(-ho // path.rows.m), -(-wo // path.cols.m))
+            if part.shape[2] != ho or part.shape[3] != wo:
+                part = part[:, :, :ho, :wo]
+            y = part if y is None else y + part
+        return y if self.bias is None or self.centre is not None else y + self.bias.reshape(1, -1, 1, 1)
 
 
 def eligible(conv: nn.Module, side: int | None = None) -> bool:

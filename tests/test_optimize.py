@@ -65,7 +65,14 @@ def test_fast_encoder_equals_the_encoder(encoder_type):
     assert rewrites == ["merged_style_heads"]
     x = torch.randn(1, 6, 256, 256)
     with torch.no_grad():
-        assert rel(fast(x), enc(x)) < BOUND
+        want = enc(x)
+        assert rel(fast(x), want) < BOUND
+        # the CPU form: the 3 fine heads' first conv (512 -> 1536 on the 64 px map) as stride-2 Winograd
+        cpu, cpu_rewrites = optimize_encoder(enc, cpu=True)
+        strided = encoder_type == "GradualStyleEncoder"
+        assert cpu_rewrites == ["merged_style_heads"] + (["winograd_strided_heads"] if strided else [])
+        assert [g.first is not None for g in cpu.groups] == ([False, False, True] if strided else [False])
+        assert rel(cpu(x), want) < 1e-4
     # the checkpoint module is untouched: its state dict keeps the public layout
     assert all(k.startswith(("input_layer.", "body.", "styles.", "latlayer")) for k in enc.state_dict())
 

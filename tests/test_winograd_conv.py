@@ -8,32 +8,64 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.winograd_conv import WinogradConv2d, eligible, replace_convs, transformed_weight, worth_it
+from export.winograd_conv import (EVEN, M, ODD, WEIGHT_BOUND, WinogradConv2d, eligible, replace_convs,
+                                  toom_cook, transformed_weight, worth_it, worth_it_strided)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
-@pytest.mark.parametrize("shape", [(1, 8, 16, 16), (2, 5, 9, 13), (1, 3, 4, 4), (3, 16, 1, 7)])
+@pytest.mark.parametrize("shape", [(1, 8, 16, 16), (2, 5, 9, 13), (1, 3, 4, 4), (3, 16, 1, 7), (1, 4, 2, 3)])
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("bias", [False, True])
-def test_equals_the_direct_convolution(shape, bias):
+def test_equals_the_direct_convolution(shape, stride, bias):
     torch.manual_seed(0)
     b, c, h, w = shape
     weight = torch.randn(7, c, 3, 3)
     bias_t = torch.randn(7) if bias else None
     x = torch.randn(b, c, h, w)
-    want = F.conv2d(x.double(), weight.double(), None if bias_t is None else bias_t.double(), padding=1)
-    got = WinogradConv2d(weight, bias_t)(x)
+    want = F.conv2d(x.double(), weight.double(), None if bias_t is None else bias_t.double(), stride=stride, padding=1)
+    got = WinogradConv2d(weight, bias_t, stride)(x)
     assert got.shape == want.shape and _relative(got, want) < 1e-5
 
 
-def test_exported_graph_runs_in_onnx_runtime(tmp_path):
+@pytest.mark.parametrize("m,r,points", [(4, 3, (0, 1, -1, 2, -2)), (4, 2, (0, 1, -1, 2)), (2, 3, (0, 1, -1))])
+def test_toom_cook_gives_a_correlation(m, r, points):
+    """``AT @ ((G @ g) * (BT @ d))`` is the m-output correlation of g with d, and BT is integral."""
+    at, g, bt = toom_cook(m, r, points)
+    rng = np.random.default_rng(m * r)
+    w, d = rng.standard_normal(r), rng.standard_normal(m + r - 1)
+    want = np.array([w @ d[i:i + r] for i in range(m)])
+    assert np.allclose(at @ ((g @ w) * (bt @ d)), want, atol=1e-12)
+    assert np.array_equal(bt, np.round(bt))
+    with pytest.raises(ValueError, match="distinct finite points"):
+        toom_cook(m, r, points[:-1])
+
+
+def test_stride_two_transforms_match_the_polyphase_split():
+    """One dimension of the stride-2 form: the even phase reads samples 0, 2, .., 8 of a tile with
+    the taps (g0, g2), the odd phase sample 1, 3, 5, 7 with g1; together they are the 3-tap
+    stride-2 correlation, 9 products per 4 outputs instead of 12."""
+    rng = np.random.default_rng(3)
+    w, d = rng.standard_normal(3), rng.standard_normal(EVEN.span)
+    even = EVEN.at @ ((EVEN.g @ w[list(EVEN.taps)]) * (EVEN.bt @ d))
+    odd = np.array([w[1] * d[2 * i + 1] for i in range(M)])  # what ODD's transforms pick
+    want = np.array([w @ d[2 * i:2 * i + 3] for i in range(M)])
+    assert np.allclose(even + odd, want, atol=1e-12)
+    assert EVEN.positions + ODD.positions * M == 9 and EVEN.step == 2 * M and ODD.step == 2
+    assert np.array_equal(ODD.bt @ d[:2], d[1:2])
+
+
+@pytest.mark.parametrize("stride,out", [(1, 32), (2, 32), (2, 4)])
+def test_exported_graph_runs_in_onnx_runtime(tmp_path, stride, out):
+    """Both forms of the products run: grouped 1x1 convs where the weights outweigh the tiles
+    (``WEIGHT_BOUND``), one batched MatMul elsewhere."""
     ort = pytest.importorskip("onnxruntime")
     from export.onnx_export import export_onnx
 
     torch.manual_seed(1)
-    conv = WinogradConv2d(torch.randn(32, 16, 3, 3), torch.randn(32)).eval()
+    conv = WinogradConv2d(torch.randn(out, 16, 3, 3), torch.randn(out), stride).eval()
     x = torch.randn(2, 16, 12, 12)
     path = tmp_path / "w.onnx"
     export_onnx(conv, {"x": x}, "y", path, max_batch=4)
@@ -41,18 +73,31 @@ def test_exported_graph_runs_in_onnx_runtime(tmp_path):
     for batch in (1, 3):  # the batch axis stays dynamic
         xb = torch.randn(batch, 16, 12, 12)
         got = torch.from_numpy(session.run(None, {"x": xb.numpy()})[0])
-        assert _relative(got, F.conv2d(xb.double(), conv_weight(conv), conv.bias.double(), padding=1)) < 1e-5
-    ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
-    assert "Col2Im" in ops and "MatMul" in ops and "Conv" in ops
+        want = F.conv2d(xb.double(), conv_weight(conv), conv.bias.double(), stride=stride, padding=1)
+        assert _relative(got, want) < 1e-5
+    graph = __import__("onnx").load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert "Col2Im" in ops and "Conv" in ops
+    grouped = [n for n in graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    # tiles per path at 12 px: stride 1: 9; stride 2: 4 (F(4, 2) both ways) and 12 (F(4, 2) x 1)
+    tiles = [9] if stride == 1 else [4, 12, 12]
+    assert len(grouped) == len(tiles) + sum(out >= WEIGHT_BOUND * t for t in tiles)  # input transforms + products
+    matmuls = sum(n.op_type == "MatMul" for n in graph.node)
+    assert matmuls == len(tiles) + sum(out < WEIGHT_BOUND * t for t in tiles)  # output transforms + products
 
 
 def conv_weight(conv: WinogradConv2d) -> torch.Tensor:
-    """Recover g from U = G g G^T (G has a left inverse): the test's independent check of U."""
-    from export.winograd_conv import G
-
-    pinv = np.linalg.pinv(G)
-    u = conv.u.double().numpy().reshape(6, 6, conv.out_channels, conv.in_channels)
-    return torch.from_numpy(np.einsum("pi,ijoc,qj->ocpq", pinv, u, pinv))
+    """Recover the 3x3 weight from the paths' ``U = G g G^T`` (each G has a left inverse) and the
+    centre tap: the test's independent check of the transformed weights."""
+    weight = np.zeros((conv.out_channels, conv.in_channels, 3, 3))
+    for path in conv.paths:
+        rows, cols = path.rows, path.cols
+        u = path.u.double().numpy().reshape(rows.positions, cols.positions, conv.out_channels, conv.in_channels)
+        sub = np.einsum("pi,ijoc,qj->ocpq", np.linalg.pinv(rows.g), u, np.linalg.pinv(cols.g))
+        weight[np.ix_(range(conv.out_channels), range(conv.in_channels), rows.taps, cols.taps)] = sub
+    if conv.centre is not None:
+        weight[:, :, 1, 1] = conv.centre.double().numpy()[:, :, 0, 0]
+    return torch.from_numpy(weight)
 
 
 def test_replace_swaps_exactly_the_eligible_convs():
@@ -87,6 +132,10 @@ def test_worth_it_follows_the_measurements():
     assert not worth_it(128, 128, side=64) and not worth_it(64, 64, side=1024) and not worth_it(128, 128)
     assert not worth_it(512, 512, side=4)
     assert not eligible(nn.Conv2d(512, 512, 3, 1, 1, padding_mode="reflect"))
+    # stride 2: the merged fine style heads (512 -> k * 512 on 64 px maps, k >= 3), nothing narrower or smaller
+    assert worth_it_strided(512, 3584, 64) and worth_it_strided(512, 1536, 64)
+    assert not worth_it_strided(512, 512, 64) and not worth_it_strided(512, 2048, 32)
+    assert not worth_it_strided(256, 1024, 128)
 
 
 def test_bad_weights_are_refused():
@@ -94,6 +143,8 @@ def test_bad_weights_are_refused():
         transformed_weight(torch.randn(4, 4, 5, 5))
     with pytest.raises(ValueError, match=r"\[out, in, 3, 3\]"):
         WinogradConv2d(torch.randn(4, 3, 3))
+    with pytest.raises(ValueError, match="stride 1 or 2"):
+        WinogradConv2d(torch.randn(4, 4, 3, 3), stride=3)
 
 
 def test_cpu_form_of_the_graphs_uses_it():
@@ -134,3 +185,8 @@ def test_counted_flops_show_the_saving():
     assert direct == 2 * 9 * 256 * 256 * 32 * 32
     # 36 products per 16 outputs (a quarter of the direct MACs), plus the two transforms
     assert 0.25 < dense_flops(Wrap(WinogradConv2d(weight)), {"x": x}) / direct < 0.32
+    # stride 2, 4x wider output (as the style heads): 81 products per 16 outputs instead of 144
+    # (0.5625), plus the transforms (the input transform's is linear in the input channels only)
+    direct = dense_flops(Wrap(nn.Conv2d(256, 1024, 3, 2, 1, bias=False)), {"x": x})
+    strided = WinogradConv2d(torch.randn(1024, 256, 3, 3), stride=2)
+    assert 0.5625 < dense_flops(Wrap(strided), {"x": x}) / direct < 0.62

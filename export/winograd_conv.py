@@ -11,13 +11,18 @@ that are linear in the channels (the products are quadratic), so it wins on wide
     M[k] = U[k] @ V[k]   for each of the 36 positions k    one batched MatMul, U = G g G^T
     Y = A^T M A      (output tiles: 4x4)                   a MatMul by [16, 36], then Col2Im
 
-**Stride 2** (the encoders' map-to-style heads, about half of a ReStyle encoder's FLOPs) goes
-through the same three steps by polyphase decomposition: in each dimension the even taps
-``(g0, g2)`` of the kernel meet the even input samples, which is a stride-1 correlation with a
-2-tap kernel (Winograd F(4, 2): 5 products per 4 outputs), and the odd tap ``g1`` meets the odd
-samples (4 products). So one dimension has 9 positions instead of 12 products, a 4x4 output tile
-81 instead of 144 (1.78x fewer), read from a 9x9 input tile at stride 8; the transforms
-:data:`STRIDE2` are block matrices of F(4, 2) and the identity (:func:`polyphase_stride2`).
+**Stride 2** (the encoders' map-to-style heads, about half of a ReStyle encoder's FLOPs) by
+polyphase decomposition: in each dimension the even taps ``(g0, g2)`` of the kernel meet the
+even input samples, a stride-1 correlation with a 2-tap kernel (Winograd F(m, 2): m + 1
+products per m outputs), and the odd tap ``g1`` meets the odd samples (m products). The
+convolution is the sum of three :class:`WinogradPath` s (even x even, even x odd, odd x even)
+and a 1x1 stride-2 conv for the centre tap. With m = 2 (:data:`EVEN`) that is 25 products per
+2x2 output tile instead of 36 (1.44x fewer) from 16 distinct transformed [out, in] matrices
+(1.78x the direct weights' memory); m = 4 (``even_phase(4)``) does 81 instead of 144 (1.78x
+fewer) but needs 36 matrices (4x the memory). Measured on the fine heads' first conv (512 ->
+3584 and 5632 ch, 64 px maps; ORT 1.32, 2 threads, shared host) m = 4 was 5-8 % faster than
+m = 2 (both 0.6-0.9 of the direct conv's time), but at 1024 px its weights would add 311 MB
+instead of 81 MB and break the loop's memory budget (1.2x the PyTorch eager loop's peak RSS).
 
 Everything is in standard ONNX operators (Conv with groups, MatMul, Transpose, Col2Im), so the
 graph runs anywhere; it is only worth it where direct convolutions are slow relative to
@@ -33,10 +38,8 @@ interleaved by ``Col2Im`` rather than a 6-D permute, which at 128 px costs more 
 Where the weights outweigh the tiles (``WEIGHT_BOUND``), the products are grouped 1x1 convs
 instead of a MatMul: ONNX Runtime packs a Conv's weights once, not on every call.
 
-A stride-2 convolution is the sum of :class:`WinogradPath` s (F(4, 2) x F(4, 2), F(4, 2) x odd,
-odd x F(4, 2)) and a 1x1 stride-2 conv for the centre tap. Its transformed weights take 4x the
-direct weights' memory (36 distinct [out, in] matrices for 9), as in the stride-1 form; it is
-used only where it measured a win (:func:`worth_it_strided`: the merged fine style heads).
+The stride-2 form is used only where it measured a win (:func:`worth_it_strided`: the merged
+fine style heads).
 """
 from __future__ import annotations
 
@@ -106,15 +109,15 @@ F43 = Transform1d(
     step=M, taps=(0, 1, 2))
 
 
-def _even_phase() -> Transform1d:
-    """Stride 2, taps ``(g0, g2)`` on the even samples ``0, 2, .., 2M`` of a tile: F(M, 2)."""
-    at, g, bt = toom_cook(M, 2, (0, 1, -1, 2))
-    spread = np.zeros((bt.shape[0], 2 * M + 1))
+def even_phase(m: int = M) -> Transform1d:
+    """Stride 2, taps ``(g0, g2)`` on the even samples ``0, 2, .., 2m`` of a tile: F(m, 2)."""
+    at, g, bt = toom_cook(m, 2, (0, 1, -1, 2, -2)[:m])
+    spread = np.zeros((bt.shape[0], 2 * m + 1))
     spread[:, 0::2] = bt
-    return Transform1d(at, g, spread, step=2 * M, taps=(0, 2))
+    return Transform1d(at, g, spread, step=2 * m, taps=(0, 2))
 
 
-EVEN = _even_phase()
+EVEN = even_phase(2)  # stride 2: the m = 2 form, for its memory (module docstring)
 ODD = Transform1d(np.ones((1, 1)), np.ones((1, 1)), np.array([[0.0, 1.0]]), step=2, taps=(1,))  # g1 x odd samples
 
 # the products as grouped 1x1 convs where out_channels >= WEIGHT_BOUND * tiles, else one batched
@@ -139,10 +142,10 @@ def worth_it(in_channels: int, out_channels: int, side: int | None = None) -> bo
 
 def worth_it_strided(in_channels: int, out_channels: int, side: int) -> bool:
     """Whether a 3x3 stride-2 conv reading ``side``-pixel maps runs faster in its polyphase
-    Winograd form: measured (ORT 1.32, 2 threads; Winograd time / Conv time) it wins on 64 px
-    maps where the output is wide (512 -> 1536: 0.89, -> 3584: 0.82, -> 5632: 0.73: the merged
-    fine style heads) and not on narrow outputs (512 -> 512 at 64 px: 1.04), smaller maps
-    (512 -> 2048 at 32 px: 1.0) or narrow inputs (256 -> 1024 at 128 px: 1.04)."""
+    Winograd form. Measured (ORT 1.32, 2 threads, shared host; Winograd time / Conv time) it wins
+    on 64 px maps with wide outputs, 0.6-0.9 for 512 -> 1536, 3584 and 5632 channels (the merged
+    fine style heads at 256 and 1024 px), and not on narrow outputs (512 -> 512 at 64 px: 1.04),
+    smaller maps (512 -> 2048 at 32 px: 0.94-1.16) or narrow inputs (256 -> 1024 at 128 px: 1.04)."""
     return side >= 64 and in_channels >= 512 and out_channels >= 3 * in_channels
 
 
@@ -198,19 +201,20 @@ class WinogradPath(nn.Module):
 
 class WinogradConv2d(nn.Module):
     """``F.conv2d(x, weight, bias, stride, padding=1)`` for a fixed 3x3 ``weight [out, in, 3, 3]``,
-    as Winograd F(4x4, 3x3) (stride 1) or its polyphase form (stride 2: the F(4, 2) x F(4, 2),
-    F(4, 2) x 1 and 1 x F(4, 2) paths plus a strided 1x1 conv for the centre tap).
+    as Winograd F(4x4, 3x3) (stride 1) or its polyphase form (stride 2: the ``even`` x ``even``,
+    ``even`` x odd and odd x ``even`` paths plus a strided 1x1 conv for the centre tap).
     ``[B, in, H, W] -> [B, out, ceil(H / stride), ceil(W / stride)]``, any H and W (padded up to
     whole tiles and cropped back); H and W are fixed when the graph is traced."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1,
+                 even: Transform1d = EVEN):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"Winograd convolutions here have stride 1 or 2, not {stride}")
         transformed_weight(weight[:1, :1])  # checks the shape
         self.stride = stride
         self.in_channels, self.out_channels = int(weight.shape[1]), int(weight.shape[0])
-        pairs = [(F43, F43)] if stride == 1 else [(EVEN, EVEN), (EVEN, ODD), (ODD, EVEN)]
+        pairs = [(F43, F43)] if stride == 1 else [(even, even), (even, ODD), (ODD, even)]
         self.paths = nn.ModuleList(WinogradPath(weight, rows, cols) for rows, cols in pairs)
         # stride 2: the odd-odd phase is g1,1 alone, a 1x1 conv of the even samples of the unpadded input
         self.register_buffer("centre", weight.detach()[:, :, 1:2, 1:2].clone().float() if stride == 2 else None)

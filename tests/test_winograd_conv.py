@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.winograd_conv import (EVEN, M, ODD, WEIGHT_BOUND, WinogradConv2d, eligible, replace_convs,
+from export.winograd_conv import (ODD, WEIGHT_BOUND, WinogradConv2d, eligible, even_phase, replace_convs,
                                   toom_cook, transformed_weight, worth_it, worth_it_strided)
 
 
@@ -30,7 +30,8 @@ def test_equals_the_direct_convolution(shape, stride, bias):
     assert got.shape == want.shape and _relative(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("m,r,points", [(4, 3, (0, 1, -1, 2, -2)), (4, 2, (0, 1, -1, 2)), (2, 3, (0, 1, -1))])
+@pytest.mark.parametrize("m,r,points", [(4, 3, (0, 1, -1, 2, -2)), (4, 2, (0, 1, -1, 2)), (2, 2, (0, 1)),
+                                        (2, 3, (0, 1, -1))])
 def test_toom_cook_gives_a_correlation(m, r, points):
     """``AT @ ((G @ g) * (BT @ d))`` is the m-output correlation of g with d, and BT is integral."""
     at, g, bt = toom_cook(m, r, points)
@@ -43,21 +44,26 @@ def test_toom_cook_gives_a_correlation(m, r, points):
         toom_cook(m, r, points[:-1])
 
 
-def test_stride_two_transforms_match_the_polyphase_split():
-    """One dimension of the stride-2 form: the even phase reads samples 0, 2, .., 8 of a tile with
-    the taps (g0, g2), the odd phase sample 1, 3, 5, 7 with g1; together they are the 3-tap
-    stride-2 correlation, 9 products per 4 outputs instead of 12."""
+@pytest.mark.parametrize("m", [2, 4])
+def test_stride_two_transforms_match_the_polyphase_split(m):
+    """One dimension of the stride-2 form: the even phase reads samples 0, 2, .., 2m of a tile with
+    the taps (g0, g2), the odd phase samples 1, 3, .., 2m - 1 with g1; together they are the 3-tap
+    stride-2 correlation, 2m + 1 products per m outputs instead of 3m."""
+    even = even_phase(m)
     rng = np.random.default_rng(3)
-    w, d = rng.standard_normal(3), rng.standard_normal(EVEN.span)
-    even = EVEN.at @ ((EVEN.g @ w[list(EVEN.taps)]) * (EVEN.bt @ d))
-    odd = np.array([w[1] * d[2 * i + 1] for i in range(M)])  # what ODD's transforms pick
-    want = np.array([w @ d[2 * i:2 * i + 3] for i in range(M)])
-    assert np.allclose(even + odd, want, atol=1e-12)
-    assert EVEN.positions + ODD.positions * M == 9 and EVEN.step == 2 * M and ODD.step == 2
-    assert np.array_equal(ODD.bt @ d[:2], d[1:2])
+    w, d = rng.standard_normal(3), rng.standard_normal(even.span)
+    evens = even.at @ ((even.g @ w[list(even.taps)]) * (even.bt @ d))
+    odds = np.array([(ODD.g @ w[list(ODD.taps)]) * (ODD.bt @ d[2 * i:2 * i + ODD.span]) for i in range(m)])[:, 0]
+    want = np.array([w @ d[2 * i:2 * i + 3] for i in range(m)])
+    assert np.allclose(evens + odds, want, atol=1e-12)
+    assert even.positions + ODD.positions * m == 2 * m + 1 and even.step == 2 * m and ODD.step == 2
+    torch.manual_seed(m)
+    weight, x = torch.randn(5, 3, 3, 3), torch.randn(1, 3, 11, 14)
+    got = WinogradConv2d(weight, stride=2, even=even)(x)
+    assert _relative(got, F.conv2d(x.double(), weight.double(), stride=2, padding=1)) < 1e-5
 
 
-@pytest.mark.parametrize("stride,out", [(1, 32), (2, 32), (2, 4)])
+@pytest.mark.parametrize("stride,out", [(1, 32), (1, 64), (2, 64), (2, 4)])
 def test_exported_graph_runs_in_onnx_runtime(tmp_path, stride, out):
     """Both forms of the products run: grouped 1x1 convs where the weights outweigh the tiles
     (``WEIGHT_BOUND``), one batched MatMul elsewhere."""
@@ -78,12 +84,17 @@ def test_exported_graph_runs_in_onnx_runtime(tmp_path, stride, out):
     graph = __import__("onnx").load(str(path)).graph
     ops = {n.op_type for n in graph.node}
     assert "Col2Im" in ops and "Conv" in ops
+    side = 12 // stride
+    tiles = [-(-side // p.rows.m) * -(-side // p.cols.m) for p in conv.paths]
+    as_convs = sum(out >= WEIGHT_BOUND * t for t in tiles)
     grouped = [n for n in graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
-    # tiles per path at 12 px: stride 1: 9; stride 2: 4 (F(4, 2) both ways) and 12 (F(4, 2) x 1)
-    tiles = [9] if stride == 1 else [4, 12, 12]
-    assert len(grouped) == len(tiles) + sum(out >= WEIGHT_BOUND * t for t in tiles)  # input transforms + products
+    assert len(grouped) == len(tiles) + as_convs  # the input transforms, and the products where convs
     matmuls = sum(n.op_type == "MatMul" for n in graph.node)
-    assert matmuls == len(tiles) + sum(out < WEIGHT_BOUND * t for t in tiles)  # output transforms + products
+    assert matmuls == 2 * len(tiles) - as_convs  # the output transforms, and the products where MatMuls
+    if (stride, out) in ((1, 64), (2, 64)):
+        assert as_convs >= 1  # the cases chosen to cover the conv form
+    if (stride, out) in ((1, 32), (2, 64), (2, 4)):
+        assert as_convs < len(tiles)  # ... and the MatMul form
 
 
 def conv_weight(conv: WinogradConv2d) -> torch.Tensor:
@@ -185,8 +196,8 @@ def test_counted_flops_show_the_saving():
     assert direct == 2 * 9 * 256 * 256 * 32 * 32
     # 36 products per 16 outputs (a quarter of the direct MACs), plus the two transforms
     assert 0.25 < dense_flops(Wrap(WinogradConv2d(weight)), {"x": x}) / direct < 0.32
-    # stride 2, 4x wider output (as the style heads): 81 products per 16 outputs instead of 144
-    # (0.5625), plus the transforms (the input transform's is linear in the input channels only)
+    # stride 2, 4x wider output (as the style heads): 25 products per 4 outputs instead of 36
+    # (0.694), plus the transforms (the input transform's is linear in the input channels only)
     direct = dense_flops(Wrap(nn.Conv2d(256, 1024, 3, 2, 1, bias=False)), {"x": x})
     strided = WinogradConv2d(torch.randn(1024, 256, 3, 3), stride=2)
-    assert 0.5625 < dense_flops(Wrap(strided), {"x": x}) / direct < 0.62
+    assert 25 / 36 < dense_flops(Wrap(strided), {"x": x}) / direct < 0.74

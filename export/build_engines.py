@@ -31,7 +31,9 @@ import argparse
 import datetime
 import logging
 import platform
+import signal
 import sys
+import threading
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -228,33 +230,63 @@ def main(argv=None) -> int:
     return _build(args)
 
 
+class _InterruptWatch:
+    """Remembers a Ctrl-C while the build runs. The KeyboardInterrupt it raises can land inside a
+    library that turns it into its own error (torch.export reports a failed export); the build
+    must still say it was interrupted, and exit with 130."""
+
+    seen = False
+
+    def __enter__(self) -> "_InterruptWatch":
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def _build(args: argparse.Namespace) -> int:
     out = args.out or REPO / "engines" / args.checkpoint.stem
+    interrupt = _InterruptWatch()
     try:
-        log.info("loading %s", args.checkpoint)
-        ckpt = load_checkpoint(args.checkpoint, args.format, args.generator)
-        task = args.task or ckpt.suggested_task
-        if TASK_CHANNELS.get(task, ckpt.condition_channels) != ckpt.condition_channels:
-            raise CheckpointError(f"task {task!r} needs {TASK_CHANNELS[task]} input channels but the encoder takes "
-                                  f"{ckpt.condition_channels}; pick another --task")
-        cfg = ckpt.encoder_config
-        log.info("%s: %d stage(s) of %s (%s-%d, %d input channels, %d styles), %dpx generator", ckpt.format,
-                 len(ckpt.stages), cfg["encoder_type"], cfg["mode"], cfg["num_layers"], cfg["input_nc"],
-                 cfg["n_styles"], ckpt.generator.size)
-        build_bundle(ckpt, out, task=task, factor=args.factor, max_batch=args.max_batch, tolerance=args.tolerance,
-                     iterations=args.iterations, progress=not args.quiet, precision=args.precision,
-                     fp16_min_psnr=args.fp16_min_psnr, optimize=not args.no_optimize,
-                     engines=EngineOptions(min_batch=1, opt_batch=args.opt_batch, max_batch=args.max_batch,
-                                           workspace_gb=args.workspace_gb, rebuild_command=_rebuild_command(args, out),
-                                           timing_cache=args.timing_cache or REPO / "engines" / ".timing_cache"))
-    except (CheckpointError, ParityError, Fp16Error, EngineBuildError, BundleError) as e:
-        log.error("%s", e)
-        return 1
-    except KeyboardInterrupt:
-        log.error("interrupted; the previous bundle (if any) is untouched")
-        return 130
+        with interrupt:
+            _load_and_build(args, out)
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) or (interrupt.seen and isinstance(e, Exception)):
+            log.error("interrupted; the previous bundle (if any) is untouched")
+            return 130
+        if isinstance(e, (CheckpointError, ParityError, Fp16Error, EngineBuildError, BundleError)):
+            log.error("%s", e)
+            return 1
+        raise
     log.info("bundle ready: %s  (try: python samples/translate.py --bundle %s)", out, out)
     return 0
+
+
+def _load_and_build(args: argparse.Namespace, out: Path) -> None:
+    log.info("loading %s", args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, args.format, args.generator)
+    task = args.task or ckpt.suggested_task
+    if TASK_CHANNELS.get(task, ckpt.condition_channels) != ckpt.condition_channels:
+        raise CheckpointError(f"task {task!r} needs {TASK_CHANNELS[task]} input channels but the encoder takes "
+                              f"{ckpt.condition_channels}; pick another --task")
+    cfg = ckpt.encoder_config
+    log.info("%s: %d stage(s) of %s (%s-%d, %d input channels, %d styles), %dpx generator", ckpt.format,
+             len(ckpt.stages), cfg["encoder_type"], cfg["mode"], cfg["num_layers"], cfg["input_nc"],
+             cfg["n_styles"], ckpt.generator.size)
+    build_bundle(ckpt, out, task=task, factor=args.factor, max_batch=args.max_batch, tolerance=args.tolerance,
+                 iterations=args.iterations, progress=not args.quiet, precision=args.precision,
+                 fp16_min_psnr=args.fp16_min_psnr, optimize=not args.no_optimize,
+                 engines=EngineOptions(min_batch=1, opt_batch=args.opt_batch, max_batch=args.max_batch,
+                                       workspace_gb=args.workspace_gb, rebuild_command=_rebuild_command(args, out),
+                                       timing_cache=args.timing_cache or REPO / "engines" / ".timing_cache"))
 
 
 def _rebuild_command(args: argparse.Namespace, out: Path) -> str:

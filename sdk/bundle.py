@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from .digests import CHUNK_BYTES, Expected, file_digests, sha256_file, verify_files  # noqa: F401
 from .errors import BundleError
 # the schema lives in sdk/manifest.py; re-exported here, where readers and writers look for it
 from .manifest import (MAX_ITERATIONS, ROLES, SCHEMA_VERSION, GraphSpec, Manifest, Schedule,  # noqa: F401
@@ -32,33 +31,6 @@ REBUILD_HINT = "rebuild it with: python export/build_engines.py --checkpoint CKP
 
 
 # --------------------------------------------------------------------------- files
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _verify_hashes(files: list[tuple[Path, str]], hint: str) -> None:
-    """Check every (path, SHA-256); the files hash in parallel, one per core (hashlib releases the
-    GIL while it hashes), so a bundle of several GB opens in a fraction of the sequential time."""
-    def digest(path: Path) -> str | OSError:
-        try:
-            return sha256_file(path)
-        except OSError as e:  # unreadable: permissions, I/O errors
-            return e
-
-    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
-        digests = list(pool.map(digest, [path for path, _ in files]))
-    for (path, want), got in zip(files, digests):
-        if isinstance(got, OSError):
-            raise BundleError(f"bundle file {path} cannot be read ({got}); {hint}")
-        if got != want:
-            raise BundleError(f"bundle file {path} does not match its SHA-256 in the manifest "
-                              f"(corrupt or modified); {hint}")
-
 
 def resolve_inside(root: Path, name: str) -> Path:
     """``root / name``, refusing absolute paths, ``..`` and symlinks that leave ``root``."""
@@ -77,8 +49,10 @@ def resolve_inside(root: Path, name: str) -> Path:
 
 
 class Bundle:
-    """A validated bundle folder. Opening checks the manifest, every file's presence and
-    SHA-256 (``verify=True``), so a corrupt or tampered bundle fails here, not mid-run."""
+    """A validated bundle folder. Opening checks the manifest, every file's presence and, with
+    ``verify=True``, every file's SHA-256, so a corrupt or tampered bundle fails here, not mid-run.
+    ``verify=False`` leaves the digests to :meth:`verify`, which :class:`sdk.Translator` calls for
+    the files its backend loads (a CPU backend reads the optimised graphs, not the portable ones)."""
 
     def __init__(self, path: str | os.PathLike, verify: bool = True):
         self.path = Path(path)
@@ -101,7 +75,8 @@ class Bundle:
             raise BundleError(f"{manifest_path}: {e}") from None
         files = [f for g in self.manifest.graphs.values() for f in g.files()]
         files.append((self.manifest.constants_file, self.manifest.constants_sha256))
-        checked = []
+        self._expected: dict[str, tuple[Path, str]] = {}
+        self._verified: set[str] = set()
         for name, digest in files:
             path = resolve_inside(self.path, name)
             try:
@@ -109,9 +84,49 @@ class Bundle:
                     raise BundleError(f"bundle file {path} is missing; {hint}")
             except OSError as e:  # unreadable: permissions, I/O errors
                 raise BundleError(f"bundle file {path} cannot be read ({e}); {hint}") from None
-            checked.append((path, digest))
+            self._expected[name] = (path, digest)
         if verify:
-            _verify_hashes(checked, hint)
+            self.verify()
+
+    def verify(self, names: Iterable[str] | None = None) -> None:
+        """Check the SHA-256 of the bundle files ``names`` (default: all of them), each file once
+        per Bundle; raises :class:`BundleError` naming the first that differs."""
+        names = list(self._expected) if names is None else list(dict.fromkeys(names))
+        unknown = [n for n in names if n not in self._expected]
+        if unknown:
+            raise BundleError(f"{self.path}: the manifest lists no file {unknown[0]!r}")
+        todo = [n for n in names if n not in self._verified]
+        if not todo:
+            return
+        m = self.manifest
+        verify_files([Expected(*self._expected[n], tuple(m.chunk_sha256.get(n, ()))) for n in todo],
+                     m.chunk_bytes, REBUILD_HINT.format(path=self.path))
+        self._verified.update(todo)
+
+    def add_piece_digests(self) -> bool:
+        """For a bundle built before piece digests existed: check every file whole, record the
+        digests of its ``CHUNK_BYTES`` pieces in the manifest (replaced atomically), so later opens
+        check them in parallel. Returns whether the manifest changed."""
+        if self.manifest.chunk_sha256 or not any(p.stat().st_size > CHUNK_BYTES for p, _ in self._expected.values()):
+            return False
+        pieces = {}
+        for name, (path, digest) in self._expected.items():
+            whole, chunks = file_digests(path, CHUNK_BYTES)
+            if whole != digest:
+                raise BundleError(f"bundle file {path} does not match its SHA-256 in the manifest (corrupt or "
+                                  f"modified); {REBUILD_HINT.format(path=self.path)}")
+            if len(chunks) > 1:
+                pieces[name] = chunks
+        raw = {**self.manifest.raw, "chunks": {"bytes": CHUNK_BYTES, "sha256": pieces}}
+        self.manifest = Manifest.parse(raw)
+        tmp = self.path / f".{MANIFEST}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(raw, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / MANIFEST)
+        self._verified.update(self._expected)
+        return True
 
     def file(self, name: str) -> Path:
         return resolve_inside(self.path, name)
@@ -161,6 +176,7 @@ class BundleWriter:
         self._remove_stale_temporaries()
         self._lock_fd, self.tmp = _locked_temporary(self.target)
         self.files: dict[str, str] = {}
+        self.chunks: dict[str, list[str]] = {}  # the pieces' digests of files over CHUNK_BYTES
 
     def __enter__(self) -> "BundleWriter":
         return self
@@ -181,12 +197,17 @@ class BundleWriter:
         return resolve_inside(self.tmp, name)
 
     def add(self, name: str) -> str:
-        """Record a written file; returns its SHA-256 for the manifest."""
-        digest = sha256_file(self.path(name))
+        """Record a written file; returns its SHA-256 for the manifest (the digests of its pieces,
+        for files over ``CHUNK_BYTES``, go into the manifest's ``chunks`` on commit)."""
+        digest, pieces = file_digests(self.path(name), CHUNK_BYTES)
         self.files[name] = digest
+        if len(pieces) > 1:
+            self.chunks[name] = pieces
         return digest
 
     def commit(self, manifest: Mapping[str, Any]) -> Path:
+        if self.chunks:
+            manifest = {**manifest, "chunks": {"bytes": CHUNK_BYTES, "sha256": dict(self.chunks)}}
         Manifest.parse(json.loads(json.dumps(manifest)))  # never commit what the reader rejects
         for name in self.files:  # the data reaches the disk before the manifest that vouches for it
             _fsync(self.path(name))

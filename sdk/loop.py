@@ -77,20 +77,28 @@ class _Arena:
     graphs: Dict[tuple, object] = field(default_factory=dict)  # (N, INIT|WARM) -> Replay, or None: not capturable
 
 
+def _files_read(backend: Backend, spec) -> list[str]:
+    """The bundle files ``backend`` reads to load ``spec`` (all of the graph's where it does not say)."""
+    files = getattr(backend, "files", None)
+    return files(spec) if files is not None else [name for name, _ in spec.files()]
+
+
 class RefinementLoop:
     """Runs a bundle's schedule on a backend. Thread-safe: calls are serialised by a lock,
     because the per-batch buffers are shared (use one loop per thread for parallelism)."""
 
-    def __init__(self, backend: Backend, bundle: Bundle, cuda_graphs: bool = False):
+    def __init__(self, backend: Backend, bundle: Bundle, cuda_graphs: bool = False, verify: bool = True):
         self.backend = backend
         self.cuda_graphs = bool(cuda_graphs) and hasattr(backend, "capture")
         if cuda_graphs and not self.cuda_graphs:
             log.warning("backend %s cannot record CUDA graphs (only the TensorRT backend can); the loop runs "
                         "without them", backend.name)
-        self._bundle = bundle
+        self._bundle, self._verify = bundle, verify
         self.manifest = m = bundle.manifest
-        self.runners = {g.key: backend.load(g, bundle.graph_path(g.key)) for g in iter_stage_graphs(m)}
-        self.runners["generator"] = backend.load(m.graphs["generator"], bundle.graph_path("generator"))
+        specs = [*iter_stage_graphs(m), m.graphs["generator"]]
+        if verify:  # one call, so the files hash in parallel
+            bundle.verify([n for g in specs for n in _files_read(backend, g)] + [m.constants_file])
+        self.runners = {g.key: backend.load(g, bundle.graph_path(g.key)) for g in specs}
         consts = bundle.constants()
         self._latent_avg, self._average_image = consts["latent_avg"], consts["average_image"]
         self._arenas: Dict[int, _Arena] = {}
@@ -255,6 +263,8 @@ class RefinementLoop:
         with self._lock:
             self._check_open()
             if "mapping" not in self.runners:
+                if self._verify:
+                    self._bundle.verify(_files_read(self.backend, spec))
                 self.runners["mapping"] = self.backend.load(spec, self._bundle.graph_path("mapping"))
             be, batch = self.backend, samples.shape[0]
             inp = be.empty(spec.inputs[0].concrete_shape(batch), spec.inputs[0].dtype)

@@ -21,12 +21,14 @@ Layout of ``manifest.json`` (schema version 1)::
     schedule         {"stages": [{"graph", "feedback", "residual"}], "repeat_last": bool,
                       "default_iterations": N}
     engines          {name: {"file", "sha256", "tensorrt", "compute_capability", ...}} (optional)
+    chunks           {"bytes": K, "sha256": {file: [hex, ...]}}: the SHA-256 of every K-byte piece
+                     of the files larger than K, checked in parallel when a bundle opens (optional)
     parity, build    what the export measured and with which tools (informational)
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from .errors import BundleError
@@ -170,6 +172,8 @@ class Manifest:
     schedule: Schedule
     constants_file: str
     constants_sha256: str
+    chunk_bytes: int = 0
+    chunk_sha256: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: Any) -> "Manifest":
@@ -206,7 +210,7 @@ class Manifest:
                 latent_count=_field(latent, "count", int, "latent"), latent_dim=_field(latent, "dim", int, "latent"),
                 batch_min=_field(batch, "min", int, "batch"), batch_max=_field(batch, "max", int, "batch"),
                 graphs=graphs, schedule=schedule, constants_file=_field(consts, "file", str, "constants"),
-                constants_sha256=_field(consts, "sha256", str, "constants"))
+                constants_sha256=_field(consts, "sha256", str, "constants"), **_parse_chunks(raw))
         m._check_consistency()
         return m
 
@@ -247,6 +251,21 @@ class Manifest:
                               f"1..{self.schedule.max_iterations or MAX_ITERATIONS}")
         if not 1 <= self.batch_min <= self.batch_max:
             raise BundleError(f"batch range {self.batch_min}..{self.batch_max} is empty")
+
+
+def _parse_chunks(raw: Mapping) -> dict:
+    chunks = raw.get("chunks")
+    if chunks is None:
+        return {}
+    _expect(chunks, dict, "chunks")
+    size = _field(chunks, "bytes", int, "chunks")
+    digests = _field(chunks, "sha256", dict, "chunks")
+    if size <= 0:
+        raise BundleError(f"chunks.bytes is {size}; expected a positive piece size")
+    for name, pieces in digests.items():
+        if not isinstance(pieces, list) or not pieces or not all(isinstance(d, str) and d for d in pieces):
+            raise BundleError(f"chunks.sha256.{name} must be a non-empty list of hex digests; got {pieces!r}")
+    return {"chunk_bytes": size, "chunk_sha256": {k: tuple(v) for k, v in digests.items()}}
 
 
 def _finite_number(v: Any) -> bool:

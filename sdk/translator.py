@@ -62,7 +62,8 @@ class Translator:
             ``"tensorrt"``, ``"onnxruntime"`` (CPU), ``"onnxruntime-cuda"``, ``"onnxruntime-tensorrt"``
             (ONNX Runtime's TensorRT provider).
         threads: intra-op threads for CPU back ends (default: the runtime's choice).
-        verify: check every bundle file's SHA-256 before loading (recommended).
+        verify: check the SHA-256 of every bundle file the backend loads, before loading it
+            (recommended; ``Bundle(path).verify()`` checks all of them).
         device: the GPU index for the GPU back ends.
         cuda_graphs: record each (batch, iterations, cold/warm start) loop into a CUDA graph on
             its first call and replay it afterwards (TensorRT backend; others warn and run eagerly).
@@ -74,10 +75,10 @@ class Translator:
 
     def __init__(self, bundle: str | os.PathLike, backend: str = "auto", threads: int | None = None,
                  verify: bool = True, device: int = 0, cuda_graphs: bool = False):
-        self.bundle = Bundle(bundle, verify=verify)
+        self.bundle = Bundle(bundle, verify=False)  # the loop checks the files its backend reads
         self.backend = create_backend(backend, threads=threads, bundle=self.bundle, device=device)
         try:
-            self._loop = RefinementLoop(self.backend, self.bundle, cuda_graphs)
+            self._loop = RefinementLoop(self.backend, self.bundle, cuda_graphs, verify)
         except BackendError as e:
             self.backend.close()
             if backend != "auto" or self.backend.name != "tensorrt":
@@ -85,7 +86,7 @@ class Translator:
             # an engine that passed the version checks but does not deserialise: the graphs still run
             log.warning("TensorRT engines of %s cannot be loaded (%s); falling back to ONNX Runtime", self.bundle.path, e)
             self.backend = create_backend("auto", threads=threads, device=device)
-            self._loop = RefinementLoop(self.backend, self.bundle, cuda_graphs)
+            self._loop = RefinementLoop(self.backend, self.bundle, cuda_graphs, verify)
         except BaseException:
             self.backend.close()  # device memory and streams of a half-opened backend
             raise

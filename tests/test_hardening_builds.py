@@ -259,3 +259,26 @@ def test_build_engines_killed_at_random_points(tiny_graphs, tmp_path):
     assert_opens(target, previous)
     # ...and the interrupted build's writer removed them (and its own) when it started and stopped
     assert sorted(p.name for p in target.parent.iterdir()) == ["bundle"]
+
+
+@pytest.mark.parametrize("library_converts", [False, True])
+def test_ctrl_c_is_reported_even_when_a_library_rewraps_it(monkeypatch, caplog, library_converts):
+    """torch.export catches a KeyboardInterrupt raised inside it and reports a failed export
+    instead; the build must still exit as interrupted (130), not as a failed build."""
+    from export import build_engines
+
+    def interrupted_export(args, out):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here
+        except KeyboardInterrupt:
+            if library_converts:
+                raise RuntimeError("Failed to export the model with torch.export") from None
+            raise
+        raise AssertionError("SIGINT was not delivered")
+
+    monkeypatch.setattr(build_engines, "_load_and_build", interrupted_export)
+    previous = signal.getsignal(signal.SIGINT)
+    assert build_engines.main(["--quiet"]) == 130
+    assert "interrupted; the previous bundle (if any) is untouched" in caplog.text
+    assert signal.getsignal(signal.SIGINT) is previous  # the build's handler is gone again

@@ -18,6 +18,7 @@ from export.onnx_export import check_parity, export_onnx
 from export.optimize import FastGenerator, MergedStyleHeads, optimize_encoder, optimize_generator, optimize_graph
 from sdk import BundleError, Translator
 from sdk.backends import ort_cpu
+from sdk.bundle import Bundle
 
 BOUND = 1e-5  # relative: the rewrites only reorder float additions
 
@@ -195,6 +196,25 @@ def test_cpu_graph_weights_are_verified(make_tiny_bundle):
     raw[len(raw) // 2] ^= 0x01
     data.write_bytes(bytes(raw))
     with pytest.raises(BundleError, match="does not match its SHA-256"):
+        Translator(path, backend="onnxruntime")
+
+
+def test_translator_verifies_the_files_its_backend_reads(make_tiny_bundle):
+    """The CPU backend opens the optimised graphs: a damaged portable graph does not stop it
+    (the full check still finds it), a damaged optimised graph does."""
+    path = make_tiny_bundle("iterative")
+    manifest = _with_cpu_graphs(path)
+    portable = path / manifest["graphs"]["generator"]["file"]
+    portable.write_bytes(portable.read_bytes()[:-1] + b"\0")
+    with Translator(path, backend="onnxruntime", threads=1) as t:
+        assert t.infer(tb.random_input(1)).images.shape == (1, 3, tb.R, tb.R)
+        with pytest.raises(BundleError, match=f"{portable.name} does not match its SHA-256"):
+            t.bundle.verify()
+    with pytest.raises(BundleError, match=f"{portable.name} does not match its SHA-256"):
+        Bundle(path)
+    tb.edit_manifest(path, lambda m: [g["onnxruntime_cpu"].__setitem__("cpu", "x86_64-avx512")
+                                      for g in m["graphs"].values()])  # another machine: the portable graphs
+    with pytest.raises(BundleError, match=f"{portable.name} does not match its SHA-256"):
         Translator(path, backend="onnxruntime")
 
 

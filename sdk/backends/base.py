@@ -32,6 +32,11 @@ class Runner(Protocol):
 class Backend(Protocol):
     name: str
 
+    def files(self, spec: GraphSpec) -> list[str]:
+        """The bundle files ``load`` will read for ``spec``, checked against the manifest's
+        digests before it is called (the loop falls back to all of the graph's files where a
+        backend lacks this method)."""
+
     def load(self, spec: GraphSpec, path: Path) -> Runner:
         """Load the graph file at ``path`` described by ``spec``."""
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..bundle import GraphSpec
 from ..errors import BackendError, BundleError
-from .ort_cpu import choose_graph, configure
+from .ort_cpu import choose_graph, configure, graph_files
 from .ort_cuda import OrtDeviceIO, gpu_providers
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,11 @@ class OrtBackend(OrtDeviceIO):
             # cost (the benchmarks' peak-RSS target is 1.2x the PyTorch loop's)
             opts.enable_mem_pattern = False
         return opts
+
+    def files(self, spec: GraphSpec) -> list[str]:
+        """The bundle files ``load`` reads for ``spec``: the build machine's optimised graph and its
+        weights where the CPU provider can use them, else the portable graph."""
+        return graph_files(spec, self.ort) if self.device == "cpu" else [spec.file]
 
     def load(self, spec: GraphSpec, path: Path) -> OrtRunner:
         return OrtRunner(self, spec, path)

@@ -58,16 +58,26 @@ def unusable_reason(entry: Mapping[str, str], onnxruntime_version: str) -> str |
     return None
 
 
-def choose_graph(spec, path: Path, ort) -> tuple[Path, bool]:
-    """The file to open for ``spec`` (a :class:`sdk.manifest.GraphSpec`) on the CPU provider:
-    its optimised graph where usable (True), else ``path`` (False)."""
+def usable_entry(spec, ort) -> Mapping[str, str] | None:
+    """``spec``'s optimised-graph entry where it can run here, else None (quietly)."""
     entry = spec.onnxruntime_cpu
+    return entry if entry is not None and unusable_reason(entry, ort.__version__) is None else None
+
+
+def graph_files(spec, ort) -> list[str]:
+    """The bundle files the CPU provider reads for ``spec`` (a :class:`sdk.manifest.GraphSpec`)."""
+    entry = usable_entry(spec, ort)
+    return [entry["file"], entry["data"]] if entry else [spec.file]
+
+
+def choose_graph(spec, path: Path, ort) -> tuple[Path, bool]:
+    """The file to open for ``spec`` on the CPU provider: its optimised graph where usable (True),
+    else ``path`` (False)."""
+    entry = usable_entry(spec, ort)
     if entry is None:
-        return path, False
-    reason = unusable_reason(entry, ort.__version__)
-    if reason is not None:
-        log.info("graph %s: opening the portable %s, not the build machine's optimised graph (%s)", spec.key,
-                 path.name, reason)
+        if spec.onnxruntime_cpu is not None:
+            log.info("graph %s: opening the portable %s, not the build machine's optimised graph (%s)", spec.key,
+                     path.name, unusable_reason(spec.onnxruntime_cpu, ort.__version__))
         return path, False
     chosen = resolve_inside(path.parent, entry["file"])
     log.debug("graph %s: opening the build machine's optimised graph %s", spec.key, chosen.name)

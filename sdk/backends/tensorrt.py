@@ -223,6 +223,11 @@ class TensorRTBackend:
                                    f"architecture they were built for: {REBUILD_HINT.format(path=self.bundle.path)} "
                                    f"on this machine, or use backend='onnxruntime'")
 
+    def files(self, spec: GraphSpec) -> list[str]:
+        """None of the ONNX files: ``load`` reads the engine, and checks it against the manifest's
+        ``engines`` entry itself."""
+        return []
+
     def load(self, spec: GraphSpec, path: Path) -> TrtRunner:
         """``path`` (the ONNX graph) is not read: the engine for ``spec.key`` comes from the manifest."""
         es = self.engines.get(spec.key)

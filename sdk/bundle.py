@@ -117,13 +117,10 @@ class Bundle:
                                   f"modified); {REBUILD_HINT.format(path=self.path)}")
             if len(chunks) > 1:
                 pieces[name] = chunks
-        raw = {**self.manifest.raw, "chunks": {"bytes": CHUNK_BYTES, "sha256": pieces}}
+        raw = _with_pieces(self.manifest.raw, pieces)
         self.manifest = Manifest.parse(raw)
         tmp = self.path / f".{MANIFEST}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(raw, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_json(tmp, raw)
         os.replace(tmp, self.path / MANIFEST)
         self._verified.update(self._expected)
         return True
@@ -207,14 +204,11 @@ class BundleWriter:
 
     def commit(self, manifest: Mapping[str, Any]) -> Path:
         if self.chunks:
-            manifest = {**manifest, "chunks": {"bytes": CHUNK_BYTES, "sha256": dict(self.chunks)}}
+            manifest = _with_pieces(manifest, self.chunks)
         Manifest.parse(json.loads(json.dumps(manifest)))  # never commit what the reader rejects
         for name in self.files:  # the data reaches the disk before the manifest that vouches for it
             _fsync(self.path(name))
-        with open(self.tmp / MANIFEST, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=False)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_json(self.tmp / MANIFEST, manifest)
         _fsync(self.tmp)
         if not os.path.lexists(self.target):
             os.replace(self.tmp, self.target)
@@ -279,6 +273,19 @@ try:
     import fcntl
 except ImportError:  # Windows: no stale-folder cleanup
     fcntl = None
+
+
+def _with_pieces(manifest: Mapping[str, Any], pieces: Mapping[str, list[str]]) -> dict:
+    """``manifest`` with the digests of its files' ``CHUNK_BYTES`` pieces (``chunks``)."""
+    return {**manifest, "chunks": {"bytes": CHUNK_BYTES, "sha256": dict(pieces)}}
+
+
+def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
+    """Write ``obj`` as JSON and make it durable before returning."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _lock_path(tmp: Path) -> Path:

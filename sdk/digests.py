@@ -41,11 +41,7 @@ def _blocks(f, length: int | None):
 
 def sha256_file(path: Path) -> str:
     """The SHA-256 of a whole file (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        for block in _blocks(f, None):
-            h.update(block)
-    return h.hexdigest()
+    return _digest_range(path, 0, None)
 
 
 def file_digests(path: Path, chunk_bytes: int = CHUNK_BYTES) -> tuple[str, list[str]]:
@@ -118,8 +114,9 @@ def verify_files(files: list[Expected], chunk_bytes: int, hint: str) -> None:
             raise BundleError(f"bundle file {e.path} does not match its SHA-256 in the manifest (it has {size} "
                               f"bytes, the manifest's {len(e.chunks)} pieces of {chunk_bytes} do not cover that; "
                               f"truncated or modified); {hint}")
-        tasks += [_Task(i, k * chunk_bytes, min(chunk_bytes, size - k * chunk_bytes),
-                        min(chunk_bytes, size - k * chunk_bytes), d) for k, d in enumerate(e.chunks)]
+        for k, digest in enumerate(e.chunks):
+            piece = min(chunk_bytes, size - k * chunk_bytes)
+            tasks.append(_Task(i, k * chunk_bytes, piece, piece, digest))
     tasks.sort(key=lambda t: -t.size)  # the longest first, so no core is left with one big file at the end
 
     def check(task: _Task) -> str | OSError:

@@ -42,6 +42,10 @@ CPU graphs only (``cpu=True``, the source of export/cpu_graphs.py's optimised gr
   k x 512, stride 2, on the 64 px map: a quarter to a third of the encoder's FLOPs) in the
   polyphase Winograd form (export/winograd_conv.py): 25 products per 2x2 output tile instead of
   36, 1.44x fewer; the fine heads only, where it measured a win.
+* **blocked layout.** Each PReLU after a plain convolution as two depthwise 1x1 convolutions and
+  a relu, which ONNX Runtime keeps in its blocked layout (``PRelu`` has no blocked kernel), and
+  the IR units' identity shortcuts (``MaxPool2d(1, 1)``) dropped (export/blocked_layout.py): no
+  reorders around them.
 
 Families without a rewrite (E2Style's pooled heads, ProGAN, MTV-TSA) export unchanged.
 """
@@ -60,10 +64,11 @@ from export.graphs import EncoderStep, GeneratorGraph
 from export.models.encoders import BackboneEncoder, GradualStyleBlock, GradualStyleEncoder
 from export.models.stylegan2 import Generator, ModulatedConv2d
 from export.phase_upsample import PhaseUpsampleConv
+from export.blocked_layout import drop_identity_pools, split_prelus
 from export.winograd_conv import WinogradConv2d, replace_convs, worth_it, worth_it_strided
 
 HEAD_SLOPE = 0.01  # nn.LeakyReLU's default, as GradualStyleBlock uses it
-REWRITES_VERSION = 5  # recorded in the manifest; bump when a rewrite changes (cached bundles are rebuilt)
+REWRITES_VERSION = 6  # recorded in the manifest; bump when a rewrite changes (cached bundles are rebuilt)
 
 
 # --------------------------------------------------------------------------- encoder
@@ -295,6 +300,8 @@ def optimize_graph(module: nn.Module, cpu: bool = False) -> tuple[nn.Module, lis
             channels = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d)).in_channels
             example = torch.zeros(1, channels, module.input_size, module.input_size)
             rewrites = rewrites + (["winograd_convs"] if replace_convs(encoder, example) else [])
+            rewrites = rewrites + (["split_prelu"] if split_prelus(encoder) else [])
+            rewrites = rewrites + (["identity_pools_dropped"] if drop_identity_pools(encoder) else [])
         if not rewrites:
             return module, []
         return EncoderStep(encoder, feedback=module.feedback, residual=module.residual, input_size=module.input_size,

@@ -174,8 +174,13 @@ class WinogradPath(nn.Module):
         self.register_buffer("output_transform",
                              torch.from_numpy(np.einsum("ui,vj->uvij", rows.at, cols.at).reshape(rows.m * cols.m, -1)).float())
 
-    def forward(self, x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
-        """``x``: the unpadded input; it is read as if padded by 1 (and by zeros past the last tile)."""
+    def products_as_matmul(self, tiles: int) -> bool:
+        """Whether the products run as one batched MatMul (else grouped 1x1 convs), for ``tiles`` tiles."""
+        return self.out_channels < WEIGHT_BOUND * tiles
+
+    def forward(self, x: torch.Tensor, th: int, tw: int, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: the unpadded input; it is read as if padded by 1 (and by zeros past the last tile).
+        ``scale`` ``[B, 1, out, in]``: per-sample factors of the weights (matmul form only)."""
         b, c, h, w = x.shape[0], x.shape[1], int(x.shape[2]), int(x.shape[3])
         need_h, need_w = self.rows.step * (th - 1) + self.rows.span, self.cols.step * (tw - 1) + self.cols.span
         if h + 2 < need_h or w + 2 < need_w:  # tiles past the edge read zeros; their outputs are cropped
@@ -187,12 +192,13 @@ class WinogradPath(nn.Module):
                 v = v[:, :, :th, :tw]
         p, t, mm = self.u.shape[0], th * tw, self.rows.m * self.cols.m
         v = v.reshape(b, c, p, t).transpose(1, 2)  # [B, P, in, T]: blocks of T stay whole
-        if self.out_channels >= WEIGHT_BOUND * t:
+        if not self.products_as_matmul(t):
             # P 1x1 convs (one group each): ONNX Runtime packs a Conv's weights once, a MatMul's
             # first operand on every call, which costs most where the weights outweigh the tiles
+            assert scale is None, "per-sample weight scales need the matmul form"
             products = F.conv2d(v.reshape(b, p * c, th, tw), self.u.reshape(-1, c, 1, 1), groups=p)
         else:
-            products = torch.matmul(self.u, v)  # [B, P, out, T]
+            products = torch.matmul(self.u if scale is None else self.u * scale, v)  # [B, P, out, T]
         y = torch.matmul(self.output_transform, products.reshape(b, p, -1))  # [B, m_r * m_c, out * T]
         y = y.reshape(b, mm, self.out_channels, t).transpose(1, 2).reshape(b, self.out_channels * mm, t)
         tile = (self.rows.m, self.cols.m)
@@ -220,12 +226,31 @@ class WinogradConv2d(nn.Module):
         self.register_buffer("centre", weight.detach()[:, :, 1:2, 1:2].clone().float() if stride == 2 else None)
         self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def folds_styles_cheaply(self, side: int) -> bool:
+        """Whether per-sample channel scales of the input and output (a modulated conv's style and
+        demodulation) cost less applied to the transformed weights, ``36 * out * in`` products per
+        call, than to ``side`` x ``side`` input and output maps, a pass over each: stride 1, the
+        products a matmul, and maps with more pixels than twice ``36 * in * out / (in + out)``."""
+        path = self.paths[0]
+        weights = path.u.shape[0] * self.in_channels * self.out_channels
+        return self.stride == 1 and path.products_as_matmul((-(-side // M)) ** 2) and \
+            2 * weights <= (self.in_channels + self.out_channels) * side * side
+
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None,
+                out_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``in_scale`` ``[B, in]``, ``out_scale`` ``[B, out]`` (stride 1 only): the result is
+        ``conv(x * in_scale) * out_scale`` per channel, with the scales applied to the weights."""
         assert x.ndim == 4 and x.shape[1] == self.in_channels, f"expected [B, {self.in_channels}, H, W], got {tuple(x.shape)}"
+        scale = None
+        if in_scale is not None or out_scale is not None:
+            assert self.stride == 1, "weight scales are for stride-1 Winograd convolutions"
+            ones = x.new_ones(x.shape[0], 1)
+            scale = ((ones if out_scale is None else out_scale)[:, None, :, None] *
+                     (ones if in_scale is None else in_scale)[:, None, None, :])  # [B, 1, out, in]
         ho, wo = -(-int(x.shape[2]) // self.stride), -(-int(x.shape[3]) // self.stride)  # static when traced
         y = F.conv2d(x, self.centre, self.bias, stride=2) if self.centre is not None else None
         for path in self.paths:
-            part = path(x, -(-ho // path.rows.m), -(-wo // path.cols.m))
+            part = path(x, -(-ho // path.rows.m), -(-wo // path.cols.m), scale)
             if part.shape[2] != ho or part.shape[3] != wo:
                 part = part[:, :, :ho, :wo]
             y = part if y is None else y + part

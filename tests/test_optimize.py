@@ -102,6 +102,20 @@ def test_phase_up_convolutions_equal_the_transposed_ones(size):
         assert rel(fast(z), g(z)) < BOUND
 
 
+def test_cpu_generator_folds_styles_into_weights_where_maps_are_large():
+    """The CPU form's ToRGB convs as matmuls with modulated weights, and the Winograd conv on the
+    128 px map with its style and demodulation on the transformed weights."""
+    torch.manual_seed(5)
+    g = _noisy(Generator(128, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 16, 64: 16, 128: 128}))
+    fast, rewrites = optimize_generator(g, cpu=True)
+    assert "winograd_convs" in rewrites
+    assert [c.fold_styles for c in fast.convs].count(True) == 1  # the 128 px 3x3 conv
+    assert all(c.pointwise == (c.weight.shape[-1] == 1) for c in fast.convs) and fast.convs[1].pointwise
+    z = torch.randn(2, g.n_latent, 32)
+    with torch.no_grad():
+        assert rel(fast(z), g(z)) < 1e-4  # Winograd: ~1e-5 per layer
+
+
 def test_fused_and_foreign_modules_are_left_alone():
     g = Generator(8, style_dim=16, n_mlp=1).eval().set_fused(True)
     assert optimize_generator(g) == (g, [])

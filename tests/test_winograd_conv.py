@@ -30,6 +30,30 @@ def test_equals_the_direct_convolution(shape, stride, bias):
     assert got.shape == want.shape and _relative(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("in_scaled,out_scaled", [(True, True), (True, False), (False, True)])
+def test_channel_scales_folded_into_the_weights(in_scaled, out_scaled):
+    """A modulated conv's style and demodulation applied to the transformed weights, per sample."""
+    torch.manual_seed(1)
+    weight, x = torch.randn(6, 5, 3, 3), torch.randn(2, 5, 12, 10)
+    s, d = torch.randn(2, 5) if in_scaled else None, torch.rand(2, 6) + 0.5 if out_scaled else None
+    xs = x if s is None else x * s[:, :, None, None]
+    want = F.conv2d(xs.double(), weight.double(), padding=1)
+    want = want if d is None else want * d[:, :, None, None].double()
+    got = WinogradConv2d(weight)(x, in_scale=s, out_scale=d)
+    assert got.shape == want.shape and _relative(got, want) < 1e-5
+    with pytest.raises(AssertionError, match="stride-1"):
+        WinogradConv2d(weight, stride=2)(x, in_scale=torch.ones(2, 5))
+
+
+def test_styles_fold_where_the_maps_outweigh_the_weights():
+    # 36 * 128 * 128 products' weights against 128-channel maps: worth it from about 72 px on
+    assert WinogradConv2d(torch.randn(128, 128, 3, 3)).folds_styles_cheaply(128)
+    assert WinogradConv2d(torch.randn(256, 256, 3, 3)).folds_styles_cheaply(128)
+    assert not WinogradConv2d(torch.randn(512, 512, 3, 3)).folds_styles_cheaply(64)
+    assert not WinogradConv2d(torch.randn(128, 128, 3, 3)).folds_styles_cheaply(32)
+    assert not WinogradConv2d(torch.randn(8, 8, 3, 3), stride=2).folds_styles_cheaply(1024)
+
+
 @pytest.mark.parametrize("m,r,points", [(4, 3, (0, 1, -1, 2, -2)), (4, 2, (0, 1, -1, 2)), (2, 2, (0, 1)),
                                         (2, 3, (0, 1, -1))])
 def test_toom_cook_gives_a_correlation(m, r, points):

@@ -13,9 +13,10 @@ import tiny_bundle as tb
 from export.cpu_graphs import add_cpu_graphs
 from export.graphs import EncoderStep, GeneratorGraph
 from export.models.encoders import GradualStyleBlock, build_encoder
-from export.models.stylegan2 import Generator
+from export.models.stylegan2 import Generator, Upsample
 from export.onnx_export import check_parity, export_onnx
 from export.optimize import FastGenerator, MergedStyleHeads, optimize_encoder, optimize_generator, optimize_graph
+from export.phase_upsample import PhaseFirUpsample
 from sdk import BundleError, Translator
 from sdk.backends import ort_cpu
 from sdk.bundle import Bundle
@@ -96,7 +97,7 @@ def test_phase_up_convolutions_equal_the_transposed_ones(size):
     torch.manual_seed(size)
     g = _noisy(Generator(size, style_dim=32, n_mlp=2))
     fast, rewrites = optimize_generator(g, cpu=True)
-    assert "phase_upsample_convs" in rewrites
+    assert {"phase_upsample_convs", "phase_skip_upsample", "styles_in_weights"} <= set(rewrites)
     z = torch.randn(2, g.n_latent, 32)
     with torch.no_grad():
         assert rel(fast(z), g(z)) < BOUND
@@ -114,6 +115,19 @@ def test_cpu_generator_folds_styles_into_weights_where_maps_are_large():
     z = torch.randn(2, g.n_latent, 32)
     with torch.no_grad():
         assert rel(fast(z), g(z)) < 1e-4  # Winograd: ~1e-5 per layer
+
+
+@pytest.mark.parametrize("kernel", [[1, 3, 3, 1], [1, 2, 1], [1, 1], [1, 3, 3, 1, 2]])
+def test_phase_skip_upsampling_equals_upfirdn(kernel):
+    up = Upsample(kernel)
+    phases = PhaseFirUpsample(up)
+    x = torch.randn(2, 3, 9, 7)
+    assert phases(x).shape == (2, 3, 18, 14) and rel(phases(x), up(x)) < 1e-6
+
+
+def test_phase_skip_upsampling_refuses_other_shapes():
+    with pytest.raises(ValueError, match="2x upsampling"):
+        PhaseFirUpsample(Upsample([1, 3, 3, 1], factor=4))
 
 
 def test_fused_and_foreign_modules_are_left_alone():

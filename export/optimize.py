@@ -44,9 +44,9 @@ CPU graphs only (``cpu=True``, the source of export/cpu_graphs.py's optimised gr
   output by the demodulation, two passes over ``[B, C, H, W]`` maps that ONNX Runtime does not
   fuse. Where the weights are smaller than the maps they are scaled per call instead: the 1x1
   ToRGB convs become one ``[B, 3, C] @ [B, C, H*W]`` matmul (at 1024 px 16 ms instead of 38 for
-  the scaled copy, the reorders and the blocked 1x1 conv), and Winograd convs on maps with more
-  pixels than twice the transformed weights' ``36 * in`` (the 128 and 256 px layers) scale their
-  ``[36, out, in]`` products' weights by ``d s^T``.
+  the scaled copy, the reorders and the blocked 1x1 conv), and Winograd convs whose maps hold
+  more values than their ``[36, out, in]`` transformed weights (``side^2 >= 36 C`` at equal
+  widths ``C``: the 128 and 256 px layers of StyleGAN2) scale those weights by ``d s^T``.
 * **stride-2 Winograd for the fine style heads.** The merged fine heads' first conv (512 ->
   k x 512, stride 2, on the 64 px map: a quarter to a third of the encoder's FLOPs) in the
   polyphase Winograd form (export/winograd_conv.py): 25 products per 2x2 output tile instead of
@@ -69,11 +69,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.blocked_layout import drop_identity_pools, split_prelus
 from export.graphs import EncoderStep, GeneratorGraph
 from export.models.encoders import BackboneEncoder, GradualStyleBlock, GradualStyleEncoder
 from export.models.stylegan2 import Generator, ModulatedConv2d
 from export.phase_upsample import PhaseFirUpsample, PhaseUpsampleConv
-from export.blocked_layout import drop_identity_pools, split_prelus
 from export.winograd_conv import WinogradConv2d, replace_convs, worth_it, worth_it_strided
 
 HEAD_SLOPE = 0.01  # nn.LeakyReLU's default, as GradualStyleBlock uses it

@@ -239,7 +239,7 @@ class WinogradConv2d(nn.Module):
     def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None,
                 out_scale: torch.Tensor | None = None) -> torch.Tensor:
         """``in_scale`` ``[B, in]``, ``out_scale`` ``[B, out]`` (stride 1 only): the result is
-        ``conv(x * in_scale) * out_scale`` per channel, with the scales applied to the weights."""
+        ``conv(x * in_scale) * out_scale (+ bias)`` per channel, the scales applied to the weights."""
         assert x.ndim == 4 and x.shape[1] == self.in_channels, f"expected [B, {self.in_channels}, H, W], got {tuple(x.shape)}"
         scale = None
         if in_scale is not None or out_scale is not None:

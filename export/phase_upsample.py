@@ -57,9 +57,16 @@ class PhaseUpsampleConv(nn.Module):
             (top, bottom), (left, right) = PADS[py], PADS[px]
             outs.append(F.conv2d(F.pad(x, [left, right, top, bottom]), getattr(self, f"kernel_{py}{px}")))
         b, c, h, w = outs[0].shape  # each phase: [B, C, H+1, W+1]
-        blocks = torch.stack(outs, dim=2).reshape(b, c * 4, h * w)  # channel c, then phase (py, px)
-        grid = F.fold(blocks, (2 * h, 2 * w), kernel_size=2, stride=2)  # [B, C, 2H+2, 2W+2]
+        grid = interleave_phases(torch.stack(outs, dim=2).reshape(b, c * 4, h, w))  # [B, C, 2H+2, 2W+2]
         return upfirdn2d(grid, self.blur_kernel, pad=self.blur_pad)
+
+
+def interleave_phases(phases: torch.Tensor) -> torch.Tensor:
+    """``[B, 4C, H, W]``, the four phases (py, px) of each channel in turn, -> ``[B, C, 2H, 2W]``
+    with phase (py, px) at rows ``2i + py``, columns ``2j + px``: ``col2im`` with 2x2 blocks and
+    stride 2 (``F.fold``, ONNX ``Col2Im``)."""
+    b, c4, h, w = phases.shape
+    return F.fold(phases.reshape(b, c4, h * w), (2 * h, 2 * w), kernel_size=2, stride=2)
 
 
 class PhaseFirUpsample(nn.Module):
@@ -91,6 +98,5 @@ class PhaseFirUpsample(nn.Module):
         self.register_buffer("phases", phases.float()[:, None])  # [4, 1, side, side], tiled per channel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        y = F.conv2d(x, self.phases.repeat(c, 1, 1, 1), padding=self.reach, groups=c)  # [B, 4C]: channel, then phase
-        return F.fold(y.reshape(b, c * 4, h * w), (2 * h, 2 * w), kernel_size=2, stride=2)
+        c = x.shape[1]
+        return interleave_phases(F.conv2d(x, self.phases.repeat(c, 1, 1, 1), padding=self.reach, groups=c))

@@ -56,6 +56,9 @@ CPU graphs only (``cpu=True``, the source of export/cpu_graphs.py's optimised gr
   the IR units' identity shortcuts (``MaxPool2d(1, 1)``) dropped (export/blocked_layout.py): no
   reorders around them.
 
+After ONNX Runtime has optimised the CPU generator graph, export/blocked_styles.py moves the top
+layers' styles, noise, bias and leaky ReLU into its blocked convolutions for batch 1.
+
 Families without a rewrite (E2Style's pooled heads, ProGAN, MTV-TSA) export unchanged.
 """
 from __future__ import annotations
@@ -77,7 +80,7 @@ from export.phase_upsample import PhaseFirUpsample, PhaseUpsampleConv
 from export.winograd_conv import WinogradConv2d, replace_convs, worth_it, worth_it_strided
 
 HEAD_SLOPE = 0.01  # nn.LeakyReLU's default, as GradualStyleBlock uses it
-REWRITES_VERSION = 6  # recorded in the manifest; bump when a rewrite changes (cached bundles are rebuilt)
+REWRITES_VERSION = 7  # recorded in the manifest; bump when a rewrite changes (cached bundles are rebuilt)
 
 
 # --------------------------------------------------------------------------- encoder

@@ -272,7 +272,89 @@ def _rewrite(nodes: list, sites: list[_Site], rw: _Rewriter) -> list:
         out.extend(extra.get(k, []))
         if k not in drop:
             out.append(n)
+    return _blocked_to_rgb(_interleave_in_blocks(out, rw), blocked, rw)
+
+
+def _const_values(rw: _Rewriter, name: str) -> list | None:
+    init = rw.g.inits.get(name)
+    if init is None or init.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    return numpy_helper.to_array(init).tolist()
+
+
+def _splice(nodes: list, drop: list, new: list, before) -> list:
+    """``nodes`` without ``drop``, with ``new`` inserted where ``before`` was."""
+    gone = {id(n) for n in drop}
+    out = []
+    for n in nodes:
+        if n is before:
+            out.extend(new)
+        if id(n) not in gone:
+            out.append(n)
     return out
+
+
+def _interleave_in_blocks(nodes: list, rw: _Rewriter) -> list:
+    """The phase up-convs' interleave without leaving the blocked layout. ORT's graph reorders the
+    four blocked phase maps out, stacks them, interleaves them with Col2Im and reorders the result
+    back in for the blur; in the blocked layout ([C/b, h, w, b] in memory) the interleaved map is
+    [C/b, h, 2, w, 2, b], two concats of the phases viewed as [1, C/b, h, 1, w, 1, b]."""
+    b = rw.b
+    for c2i in [n for n in nodes if n.op_type == "Col2Im"]:
+        prod = {o: n for n in nodes for o in n.output}
+        users = lambda name: [n for n in nodes if name in n.input]  # noqa: E731
+        rs = prod.get(c2i.input[0])
+        cat = rs is not None and rs.op_type == "Reshape" and prod.get(rs.input[0])
+        ri = users(c2i.output[0])
+        if not cat or cat.op_type != "Concat" or _attr(cat, "axis") != 2 or len(cat.input) != 4 or \
+                len(ri) != 1 or ri[0].op_type != "ReorderInput" or _attr(ri[0], "channels_last", 0) != 0 or \
+                _attr(c2i, "strides") != [2, 2] or any(_attr(c2i, "pads", [0] * 4)) or \
+                _const_values(rw, c2i.input[2]) != [2, 2]:
+            continue
+        image = _const_values(rw, c2i.input[1])
+        uns = [prod.get(i) for i in cat.input]
+        ros = [u is not None and u.op_type == "Unsqueeze" and prod.get(u.input[0]) for u in uns]
+        if image is None or not all(r and r.op_type == "ReorderOutput" and _attr(r, "channels_last", 0) == 0
+                                    for r in ros):
+            continue
+        c, (h, w) = _attr(ros[0], "channels"), (image[0] // 2, image[1] // 2)
+        if c % b or any(_attr(r, "channels") != c or len(users(r.output[0])) != 1 for r in ros):
+            continue
+        rw.nodes = []
+        phases = [rw.reshape(r.input[0], [1, c // b, h, 1, w, 1, b]) for r in ros]  # stack order = (row, col)
+        rows = [rw.node("Concat", phases[2 * p:2 * p + 2], axis=5) for p in (0, 1)]
+        full = rw.reshape(rw.node("Concat", rows, axis=3), [1, c, 2 * h, 2 * w])
+        for user in users(ri[0].output[0]):
+            user.input[list(user.input).index(ri[0].output[0])] = full
+        nodes = _splice(nodes, ros + uns + [cat, rs, c2i, ri[0]], rw.nodes, c2i)
+    return nodes
+
+
+def _blocked_to_rgb(nodes: list, blocked: dict, rw: _Rewriter) -> list:
+    """A ToRGB matmul (``[1, 3, C] @ [1, C, H*W]``, styles in its weights) that reads a rewritten
+    layer's output as a blocked 1x1 conv on the blocked map: no reorder of the C-channel map, only
+    of the 3-channel result."""
+    b = rw.b
+    for nchw, blocked_map in blocked.items():
+        for rs1 in [n for n in nodes if n.op_type == "Reshape" and n.input[0] == nchw]:
+            mm = [n for n in nodes if rs1.output[0] in n.input]
+            rs2 = mm and [n for n in nodes if mm[0].output[0] in n.input]
+            if len(mm) != 1 or mm[0].op_type != "MatMul" or mm[0].input[1] != rs1.output[0] or \
+                    len(rs2) != 1 or rs2[0].op_type != "Reshape":
+                continue
+            flat, shape = _const_values(rw, rs1.input[1]), _const_values(rw, rs2[0].input[1])
+            if flat is None or shape is None or len(flat) != 3 or len(shape) != 4 or flat[1] % b or shape[1] > b:
+                continue
+            c, o = flat[1], shape[1]
+            rw.nodes = []
+            padded = rw.node("Pad", [mm[0].input[0], rw.const("pads", np.array([0, 0, 0, 0, b - o, 0], np.int64))])
+            weight = rw.reshape(rw.node("Transpose", [rw.reshape(padded, [b, c // b, b])], perm=[1, 2, 0]),
+                                [b, c, 1, 1])  # [O/b = 1, I/b, 1, 1, b_in, b_out]
+            conv = rw.node("Conv", [blocked_map, weight], NCHWC, group=1, pads=[0, 0, 0, 0])
+            rw.nodes.append(helper.make_node("ReorderOutput", [conv], [rs2[0].output[0]], name=rs2[0].name,
+                                             domain=NCHWC, channels_last=0, channels=o))
+            nodes = _splice(nodes, [rs1, mm[0], rs2[0]], rw.nodes, rs2[0])
+    return nodes
 
 
 def _prune(nodes: list, keep: set[str]) -> list:

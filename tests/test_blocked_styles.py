@@ -75,8 +75,10 @@ def test_styles_noise_and_activation_are_inside_the_convs(optimised_generator):
     assert len(fused) >= 4 and all(len(n.input) == 4 and n.input[3] for n in fused)  # Sum = noise + bias
     # the standalone passes are gone from the batch-1 branch: no leaky ReLU, fewer reorders
     assert sum(n.op_type == "LeakyRelu" for n in one) == 0 < sum(n.op_type == "LeakyRelu" for n in many)
-    reorders = lambda nodes: sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in nodes)  # noqa: E731
-    assert reorders(one) < reorders(many)
+    count = lambda nodes, *ops: sum(n.op_type in ops for n in nodes)  # noqa: E731
+    assert count(one, "ReorderInput", "ReorderOutput") < count(many, "ReorderInput", "ReorderOutput")
+    assert count(one, "MatMul") == 0 < count(many, "MatMul")  # the ToRGBs as blocked 1x1 convs
+    assert count(one, "Col2Im") < count(many, "Col2Im")  # the up-convs' interleaves as blocked concats
     # the weights stay in the data file: no initializer grew inline
     assert all(i.data_location == onnx.TensorProto.EXTERNAL or i.ByteSize() < 64 * 1024
                for i in model.graph.initializer)

@@ -133,7 +133,7 @@ def _find_sites(g: GraphIndex, block: int) -> list[_Site]:
         dims = [list(g.inits[c.input[1]].dims) for c in modulated]
         if tail is None or any(o % block or i % block for o, i, _, _ in dims):
             continue
-        # per call the weights are scaled instead of the map: worth it where they are much smaller
+        # per call the weights are scaled instead of the maps: worth it where they are smaller
         side = g.inits[tail[2].input[1]].dims[-1]  # the noise map's
         if WEIGHTS_PER_MAP * sum(int(np.prod(d)) for d in dims) > dims[0][0] * side * side:
             continue
@@ -148,9 +148,9 @@ def _blur_after(g: GraphIndex, phases: list):
         nxt = []
         for name in frontier:
             for user in g.consumers.get(name, []):
-                if user.name in seen:
+                if id(user) in seen:
                     continue
-                seen.add(user.name)
+                seen.add(id(user))
                 if user.op_type == "Conv" and user.domain == NCHWC:
                     out_c = g.inits[user.input[1]].dims[0] if g.is_init(user.input[1], 4) else -1
                     return user if _plain_conv(g, user) and attr(user, "group", 1) == out_c else None

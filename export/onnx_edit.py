@@ -14,15 +14,17 @@ class GraphIndex:
         self.graph = graph
         self.inits = {i.name: i for i in graph.initializer}
         self.producer = {o: n for n in graph.node for o in n.output}
+        self.outputs = {o.name for o in graph.output}
         self.consumers: dict[str, list] = {}
         for n in graph.node:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
 
     def only_consumer(self, name: str, op: str, domain: str = ""):
+        """The one node reading ``name`` if it is an ``op`` (and ``name`` is no graph output), else None."""
         users = self.consumers.get(name, [])
         if len(users) == 1 and users[0].op_type == op and users[0].domain == domain and \
-                name not in {o.name for o in self.graph.output}:
+                name not in self.outputs:
             return users[0]
         return None
 

@@ -57,7 +57,8 @@ CPU graphs only (``cpu=True``, the source of export/cpu_graphs.py's optimised gr
   reorders around them.
 
 After ONNX Runtime has optimised the CPU generator graph, export/blocked_styles.py moves the top
-layers' styles, noise, bias and leaky ReLU into its blocked convolutions for batch 1.
+layers' styles into its blocked convolutions' weights and their noise, bias and leaky ReLU into
+one blocked 1x1 conv each, for batch 1.
 
 Families without a rewrite (E2Style's pooled heads, ProGAN, MTV-TSA) export unchanged.
 """

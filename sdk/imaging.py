@@ -11,6 +11,8 @@ Images are float32 arrays laid out ``[..., H, W]`` (channels first) unless state
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .errors import InputError
@@ -62,9 +64,12 @@ def as_rgb_uint8(image) -> np.ndarray:
     raise InputError(f"unsupported image dtype {arr.dtype}; pass uint8 (0..255) or float in [0, 1]")
 
 
+@functools.lru_cache(maxsize=16)
 def _bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
     """[out_size, in_size] resampling matrix of PIL's bilinear filter (support 1, widened
-    by the scale when downsampling; edge taps renormalised)."""
+    by the scale when downsampling; edge taps renormalised), float32, read-only: cached, as
+    building it takes longer than resizing a 1024 px frame with it (a video resizes every
+    frame to the same size)."""
     scale = in_size / out_size
     support = max(scale, 1.0)
     weights = np.zeros((out_size, in_size), dtype=np.float64)
@@ -75,7 +80,38 @@ def _bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
         taps = np.arange(lo, hi)
         w = np.clip(1.0 - np.abs((taps + 0.5 - centre) / support), 0.0, None)
         weights[i, lo:hi] = w / w.sum()
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
     return weights
+
+
+BAND = 32  # outputs per block of a banded resampling product
+
+
+def _bands(weights: np.ndarray):
+    """``(outputs, lo, hi)`` blocks of :data:`BAND` rows of ``weights [out, in]``, with the range
+    of inputs ``lo:hi`` the block reads (the rest of its rows is zeros)."""
+    for start in range(0, weights.shape[0], BAND):
+        block = weights[start:start + BAND]
+        cols = np.flatnonzero(block.any(axis=0))
+        lo, hi = (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 0)
+        yield slice(start, start + BAND), lo, hi
+
+
+def _resample_leading(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``weights [out, in]`` applied along the first axis of ``x [in, ...]`` -> ``[out, ...]``.
+
+    The other axes are flattened in their memory order (no copy where they are contiguous, as
+    an HxWx3 image's are), so each product is one wide matmul; and as the filter reads a few
+    inputs per output (a band), it runs in blocks of :data:`BAND` outputs over just the inputs
+    they read: a 1024 -> 256 px resize does 0.2 instead of 2 GFLOP (the zeros skipped)."""
+    order = [0] + sorted(range(1, x.ndim), key=lambda a: -x.strides[a])
+    xt = x.transpose(order)
+    flat = xt.reshape(xt.shape[0], -1)
+    out = np.empty((weights.shape[0], flat.shape[1]), np.float32)
+    for rows, lo, hi in _bands(weights):
+        np.matmul(weights[rows, lo:hi], flat[lo:hi], out=out[rows])
+    return out.reshape((weights.shape[0],) + xt.shape[1:]).transpose(np.argsort(order))
 
 
 def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -83,9 +119,10 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = image.shape[-2:]
     if (h, w) == tuple(size):
         return image.astype(np.float32, copy=True)
-    wy = _bilinear_weights(h, size[0]).astype(np.float32)
-    wx = _bilinear_weights(w, size[1]).astype(np.float32)
-    return np.einsum("oh,...hw,pw->...op", wy, image.astype(np.float32), wx, optimize=True)
+    x = np.asarray(image, dtype=np.float32)  # keeps the memory layout (an HWC image's planes stay interleaved)
+    rows = np.moveaxis(_resample_leading(_bilinear_weights(h, size[0]), np.moveaxis(x, -2, 0)), 0, -2)
+    cols = np.moveaxis(_resample_leading(_bilinear_weights(w, size[1]), np.moveaxis(rows, -1, 0)), 0, -1)
+    return np.ascontiguousarray(cols)
 
 
 def _bicubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -103,21 +140,34 @@ def bicubic_kernel(factor: int) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
-def bicubic_downsample(image: np.ndarray, factor: int) -> np.ndarray:
-    """pSp's ``BicubicDownSample``: ``[..., H, W]`` → ``[..., H/factor, W/factor]``."""
-    k = bicubic_kernel(factor)
+@functools.lru_cache(maxsize=16)
+def _bicubic_matrix(in_size: int, factor: int) -> np.ndarray:
+    """``[in_size // factor, in_size]``: one axis of :func:`bicubic_downsample` as a matrix, the
+    reflect padding folded in (a padded tap adds its weight to the sample it mirrors)."""
+    k = bicubic_kernel(factor).astype(np.float64)
     pad = max(4 * factor - factor, 0)
-    before, after = pad // 2, pad - pad // 2
-    out = image.astype(np.float32)
-    for axis in (out.ndim - 2, out.ndim - 1):  # rows first (the reference pads and filters H, then W)
-        widths = [(0, 0)] * out.ndim
-        widths[axis] = (before, after)
-        padded = np.pad(out, widths, mode="reflect")
-        n_out = (padded.shape[axis] - k.size) // factor + 1
-        windows = np.lib.stride_tricks.sliding_window_view(padded, k.size, axis=axis)
-        windows = np.take(windows, np.arange(n_out) * factor, axis=axis)
-        out = np.tensordot(windows, k, axes=([-1], [0])).astype(np.float32)  # window dim was appended
-    return out
+    before = pad // 2
+    n_out = (in_size + pad - k.size) // factor + 1
+    matrix = np.zeros((n_out, in_size), np.float64)
+    period = max(2 * (in_size - 1), 1)
+    for i in range(n_out):
+        for t, weight in enumerate(k):
+            j = i * factor + t - before
+            j %= period  # numpy's "reflect", any number of times over
+            matrix[i, period - j if j >= in_size else j] += weight
+    matrix = matrix.astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
+
+
+def bicubic_downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    """pSp's ``BicubicDownSample``: ``[..., H, W]`` → ``[..., H/factor, W/factor]`` (reflect padding,
+    rows filtered first as the reference does)."""
+    h, w = image.shape[-2:]
+    x = np.asarray(image, dtype=np.float32)
+    rows = np.moveaxis(_resample_leading(_bicubic_matrix(h, factor), np.moveaxis(x, -2, 0)), 0, -2)
+    cols = np.moveaxis(_resample_leading(_bicubic_matrix(w, factor), np.moveaxis(rows, -1, 0)), 0, -1)
+    return np.ascontiguousarray(cols)
 
 
 def to_model_range(rgb01: np.ndarray, lo: float, hi: float) -> np.ndarray:

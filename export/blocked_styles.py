@@ -48,6 +48,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from export import winograd_matmuls
 from export.onnx_edit import GraphIndex, attr, const_values, prune, renamed, splice
 
 log = logging.getLogger(__name__)
@@ -333,16 +334,19 @@ def _blocked_to_rgb(nodes: list, blocked: dict, rw: _Rewriter) -> list:
     return nodes
 
 
-def rewrite_batch1(model: onnx.ModelProto, block: int) -> int:
+def rewrite_batch1(model: onnx.ModelProto, block: int | None) -> dict[str, int]:
     """Rewrite ``model`` (ONNX Runtime's optimised CPU graph of a StyleGAN2 generator) in place as
-    described in the module docstring; returns how many modulated convs were rewritten (0: none
-    matched, the model is unchanged)."""
+    described in the module docstring, and its Winograd products' transposes folded into their
+    matmuls (export/winograd_matmuls.py), both for batch 1; returns how many sites each rewrite
+    changed (``{}``: none matched, the model is unchanged). ``block``: the NCHWc block size, or
+    None where the CPU has no blocked layout (then only the Winograd rewrite can apply)."""
     g = GraphIndex(model.graph)
-    sites = _find_sites(g, block)
-    if not sites:
-        return 0
+    sites = _find_sites(g, block) if block else []
+    starts = [s.scale for s in sites] + [n for n in [winograd_matmuls.first_site(g)] if n is not None]
+    if not starts:
+        return {}
     order = {id(n): k for k, n in enumerate(model.graph.node)}
-    first = min(order[id(s.scale)] for s in sites)
+    first = min(order[id(n)] for n in starts)
     values, top = set(model.graph.node[first].output), [first]
     for k in range(first + 1, len(model.graph.node)):
         n = model.graph.node[k]
@@ -359,7 +363,11 @@ def rewrite_batch1(model: onnx.ModelProto, block: int) -> int:
         s.modulated = [by_id[id(c)] for c in s.modulated]
         s.tail = [by_id[id(t)] for t in s.tail]
     rw = _Rewriter(g, block)
-    then_nodes = prune(_rewrite(copies, sites, rw), {o.name for o in outputs})
+    then_nodes = prune(_rewrite(copies, sites, rw), {o.name for o in outputs}) if sites else copies
+    then_nodes, folded = winograd_matmuls.fold_transposes(GraphIndex(model.graph, then_nodes), rw.inits)
+    counts = {k: v for k, v in (("blocked_styles_batch1", len(sites)), ("winograd_matmuls_batch1", folded)) if v}
+    if not counts:
+        return {}
     else_nodes = [copy.deepcopy(model.graph.node[k]) for k in top]
     then_values = values | {o for n in then_nodes for o in n.output}
 
@@ -369,32 +377,32 @@ def rewrite_batch1(model: onnx.ModelProto, block: int) -> int:
                                   for o in outputs])
 
     latents = model.graph.input[0].name
-    cond = [helper.make_node("Shape", [latents], ["blocked_styles_batch"], name="blocked_styles_batch", start=0, end=1),
-            helper.make_node("Equal", ["blocked_styles_batch", "blocked_styles_one"], ["blocked_styles_is_1"],
-                             name="blocked_styles_is_1")]
-    rw.inits.append(numpy_helper.from_array(np.array([1], np.int64), "blocked_styles_one"))
-    switch = helper.make_node("If", ["blocked_styles_is_1"], [o.name for o in outputs], name="blocked_styles_if",
+    cond = [helper.make_node("Shape", [latents], ["batch1_size"], name="batch1_size", start=0, end=1),
+            helper.make_node("Equal", ["batch1_size", "batch1_one"], ["batch1_is_1"], name="batch1_is_1")]
+    rw.inits.append(numpy_helper.from_array(np.array([1], np.int64), "batch1_one"))
+    switch = helper.make_node("If", ["batch1_is_1"], [o.name for o in outputs], name="batch1_if",
                               then_branch=branch(then_nodes, then_values, B1), else_branch=branch(else_nodes, values, BN))
     outer = [n for k, n in enumerate(model.graph.node) if k not in top_set]
     del model.graph.node[:]
     model.graph.node.extend(outer + cond + [switch])
     model.graph.initializer.extend(rw.inits)
-    log.info("blocked styles: %d modulated convs rewritten for batch 1", len(sites))
-    return len(sites)
+    log.info("batch-1 branch: %s", ", ".join(f"{k} at {v} sites" for k, v in counts.items()))
+    return counts
 
 
-def apply_blocked_styles(path) -> int:
+def apply_batch1_rewrites(path) -> dict[str, int]:
     """Rewrite the optimised graph at ``path`` (its weights stay where they are, in its ``.data``
-    file) where it has modulated convs to rewrite; returns how many were rewritten."""
+    file) where it has modulated convs or Winograd products to rewrite for batch 1; returns how
+    many sites each rewrite changed (see :func:`rewrite_batch1`)."""
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
     block = nchwc_block_size() if any(n.domain == NCHWC for n in model.graph.node) else None
-    count = rewrite_batch1(model, block) if block else 0
-    if count:
+    counts = rewrite_batch1(model, block)
+    if counts:
         tmp = path.with_name(path.name + ".tmp")
         try:
             onnx.save(model, str(tmp))
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-    return count
+    return counts

@@ -12,9 +12,10 @@ the build machine's (sdk/backends/ort_cpu.py), else the portable graph.
 Where export/optimize.py has a CPU-specific form of a graph (the generator's up-convolutions as
 phase convolutions), that form is exported as the source instead, checked against the original
 PyTorch module like every graph. The generator's optimised graph is then rewritten once more
-(export/blocked_styles.py: its top layers' styles into the blocked convolutions' weights, for
-batch 1). The result is checked against the portable graph in ONNX Runtime on the parity inputs,
-at their batch and at batch 1.
+for batch 1 (export/blocked_styles.py: the generator's top layers' styles into the blocked
+convolutions' weights; export/winograd_matmuls.py: the Winograd products' transposes folded into
+their matmuls). The result is checked against the portable graph in ONNX Runtime on the parity
+inputs, at their batch and at batch 1.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Callable, Mapping
 
-from export.blocked_styles import apply_blocked_styles
+from export.blocked_styles import apply_batch1_rewrites
 from export.onnx_export import ParityError, check_parity, export_onnx, relative_error
 from export.optimize import optimize_graph
 from sdk.backends.ort_cpu import cpu_tag
@@ -115,12 +116,11 @@ def add_cpu_graphs(folder: Path, manifest: dict, graphs: list, add_file: Callabl
         finally:
             if source is not None:
                 source.unlink()  # a build intermediate, not part of the bundle
-        if apply_blocked_styles(dst):
-            rewrites = rewrites + ["blocked_styles_batch1"]
+        rewrites = rewrites + list(apply_batch1_rewrites(dst))
         feeds = {k: v.numpy() for k, v in inputs.items()}
         portable_session, optimised = _session(portable), _preoptimised_session(dst)
         rel = 0.0
-        # the whole batch, and one sample (the batch-1 branch of the blocked-styles rewrite)
+        # the whole batch, and one sample (the batch-1 branch of the rewrites)
         for batch in (feeds, {k: v[:1] for k, v in feeds.items()}):
             err, ref, r = relative_error(optimised.run(None, batch)[0], portable_session.run(None, batch)[0])
             if not r <= tolerance:

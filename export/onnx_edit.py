@@ -8,15 +8,17 @@ from onnx import helper, numpy_helper
 
 
 class GraphIndex:
-    """Producer/consumer indices over a graph's nodes."""
+    """Producer/consumer indices over a graph's nodes (or over ``nodes``, a list of nodes edited
+    apart from it, such as a branch being built; the graph's constants and outputs still count)."""
 
-    def __init__(self, graph: onnx.GraphProto):
+    def __init__(self, graph: onnx.GraphProto, nodes: list | None = None):
         self.graph = graph
+        self.nodes = list(graph.node) if nodes is None else nodes
         self.inits = {i.name: i for i in graph.initializer}
-        self.producer = {o: n for n in graph.node for o in n.output}
+        self.producer = {o: n for n in self.nodes for o in n.output}
         self.outputs = {o.name for o in graph.output}
         self.consumers: dict[str, list] = {}
-        for n in graph.node:
+        for n in self.nodes:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
 

@@ -56,9 +56,10 @@ CPU graphs only (``cpu=True``, the source of export/cpu_graphs.py's optimised gr
   the IR units' identity shortcuts (``MaxPool2d(1, 1)``) dropped (export/blocked_layout.py): no
   reorders around them.
 
-After ONNX Runtime has optimised the CPU generator graph, export/blocked_styles.py moves the top
-layers' styles into its blocked convolutions' weights and their noise, bias and leaky ReLU into
-one blocked 1x1 conv each, for batch 1.
+After ONNX Runtime has optimised a CPU graph, two rewrites make its batch-1 branch: in a
+generator, export/blocked_styles.py moves the top layers' styles into its blocked convolutions'
+weights and their noise, bias and leaky ReLU into one blocked 1x1 conv each; in any graph,
+export/winograd_matmuls.py folds the Winograd products' transposes into their matmuls.
 
 Families without a rewrite (E2Style's pooled heads, ProGAN, MTV-TSA) export unchanged.
 """
@@ -81,7 +82,7 @@ from export.phase_upsample import PhaseFirUpsample, PhaseUpsampleConv
 from export.winograd_conv import WinogradConv2d, replace_convs, worth_it, worth_it_strided
 
 HEAD_SLOPE = 0.01  # nn.LeakyReLU's default, as GradualStyleBlock uses it
-REWRITES_VERSION = 8  # recorded in the manifest; bump when a rewrite changes (cached bundles are rebuilt)
+REWRITES_VERSION = 9  # recorded in the manifest; bump when a rewrite changes (cached bundles are rebuilt)
 
 
 # --------------------------------------------------------------------------- encoder

@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from export.blocked_styles import NCHWC, apply_blocked_styles, nchwc_block_size, rewrite_batch1
+from export.blocked_styles import NCHWC, apply_batch1_rewrites, nchwc_block_size, rewrite_batch1
 from export.cpu_graphs import _session
 from export.graphs import GeneratorGraph
 from export.models.stylegan2 import Generator
@@ -52,8 +52,8 @@ def test_block_size_matches_the_cpu():
 def test_rewritten_graph_equals_the_module_at_batch_1_and_more(optimised_generator):
     path, z, want = optimised_generator
     before = _run(path, z)
-    count = apply_blocked_styles(path)
-    assert count >= 4  # the 32 and 64 px up-convs and convs at least
+    counts = apply_batch1_rewrites(path)
+    assert counts["blocked_styles_batch1"] >= 4  # the 32 and 64 px up-convs and convs at least
     assert not path.with_name(path.name + ".tmp").exists()
     scale = np.abs(want).max()
     for batch in (z[:1], z):  # the rewritten branch, then the original one
@@ -66,7 +66,7 @@ def test_styles_noise_and_activation_are_inside_the_convs(optimised_generator):
     path, _, _ = optimised_generator
     model = onnx.load(str(path), load_external_data=False)
     if not any(n.op_type == "If" for n in model.graph.node):
-        apply_blocked_styles(path)
+        apply_batch1_rewrites(path)
         model = onnx.load(str(path), load_external_data=False)
     switch = next(n for n in model.graph.node if n.op_type == "If")
     branches = {a.name: a.g for a in switch.attribute}
@@ -94,7 +94,7 @@ def test_graphs_without_modulated_convs_are_left_alone(tmp_path):
     onnx.save(helper.make_model(graph), str(tmp_path / "plain.onnx"))
     _session(tmp_path / "plain.onnx", optimise_into=tmp_path / "plain.cpu.onnx")
     before = (tmp_path / "plain.cpu.onnx").read_bytes()
-    assert apply_blocked_styles(tmp_path / "plain.cpu.onnx") == 0
+    assert apply_batch1_rewrites(tmp_path / "plain.cpu.onnx") == {}
     assert (tmp_path / "plain.cpu.onnx").read_bytes() == before
     model = onnx.load(str(tmp_path / "plain.cpu.onnx"))
-    assert rewrite_batch1(model, nchwc_block_size()) == 0
+    assert rewrite_batch1(model, nchwc_block_size()) == {}

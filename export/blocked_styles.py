@@ -32,7 +32,9 @@ that fold their styles already and only the two up-convs are rewritten.
 
 The weights are per sample, so the rewritten layers serve batch 1 (the real-time case): the
 graph's top part becomes an ``If`` on the batch size, the rewritten form for one frame, the
-original for more. Every other value the top part reads is shared from the outer graph.
+original for more. Every other value the top part reads is shared from the outer graph. The
+same branch carries the other batch-1 rewrite, the Winograd products' transposes folded into
+their matmuls (export/winograd_matmuls.py), in any graph that has them, encoders included.
 """
 from __future__ import annotations
 

@@ -378,8 +378,8 @@ def rewrite_batch1(model: onnx.ModelProto, block: int | None) -> dict[str, int]:
                                  [helper.make_tensor_value_info(o.name + suffix, onnx.TensorProto.FLOAT, None)
                                   for o in outputs])
 
-    latents = model.graph.input[0].name
-    cond = [helper.make_node("Shape", [latents], ["batch1_size"], name="batch1_size", start=0, end=1),
+    batched = model.graph.input[0].name  # every input is [B, ...]
+    cond = [helper.make_node("Shape", [batched], ["batch1_size"], name="batch1_size", start=0, end=1),
             helper.make_node("Equal", ["batch1_size", "batch1_one"], ["batch1_is_1"], name="batch1_is_1")]
     rw.inits.append(numpy_helper.from_array(np.array([1], np.int64), "batch1_one"))
     switch = helper.make_node("If", ["batch1_is_1"], [o.name for o in outputs], name="batch1_if",

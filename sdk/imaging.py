@@ -119,10 +119,16 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = image.shape[-2:]
     if (h, w) == tuple(size):
         return image.astype(np.float32, copy=True)
+    return _separable(image, _bilinear_weights(h, size[0]), _bilinear_weights(w, size[1]))
+
+
+def _separable(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``rows [h', H]`` along the rows of ``image [..., H, W]``, then ``cols [w', W]`` along its
+    columns -> float32 ``[..., h', w']``."""
     x = np.asarray(image, dtype=np.float32)  # keeps the memory layout (an HWC image's planes stay interleaved)
-    rows = np.moveaxis(_resample_leading(_bilinear_weights(h, size[0]), np.moveaxis(x, -2, 0)), 0, -2)
-    cols = np.moveaxis(_resample_leading(_bilinear_weights(w, size[1]), np.moveaxis(rows, -1, 0)), 0, -1)
-    return np.ascontiguousarray(cols)
+    x = np.moveaxis(_resample_leading(rows, np.moveaxis(x, -2, 0)), 0, -2)
+    x = np.moveaxis(_resample_leading(cols, np.moveaxis(x, -1, 0)), 0, -1)
+    return np.ascontiguousarray(x)
 
 
 def _bicubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -164,10 +170,7 @@ def bicubic_downsample(image: np.ndarray, factor: int) -> np.ndarray:
     """pSp's ``BicubicDownSample``: ``[..., H, W]`` → ``[..., H/factor, W/factor]`` (reflect padding,
     rows filtered first as the reference does)."""
     h, w = image.shape[-2:]
-    x = np.asarray(image, dtype=np.float32)
-    rows = np.moveaxis(_resample_leading(_bicubic_matrix(h, factor), np.moveaxis(x, -2, 0)), 0, -2)
-    cols = np.moveaxis(_resample_leading(_bicubic_matrix(w, factor), np.moveaxis(rows, -1, 0)), 0, -1)
-    return np.ascontiguousarray(cols)
+    return _separable(image, _bicubic_matrix(h, factor), _bicubic_matrix(w, factor))
 
 
 def to_model_range(rgb01: np.ndarray, lo: float, hi: float) -> np.ndarray:

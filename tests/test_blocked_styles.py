@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import helper, numpy_helper
 
 from export.blocked_styles import NCHWC, apply_batch1_rewrites, nchwc_block_size, rewrite_batch1
-from export.cpu_graphs import _session
+from export.cpu_graphs import _preoptimised_session, _session
 from export.graphs import GeneratorGraph
 from export.models.stylegan2 import Generator
 from export.onnx_export import export_onnx
@@ -23,9 +22,7 @@ CHANNELS = {4: 32, 8: 32, 16: 32, 32: 32, 64: 16}  # multiples of both block siz
 
 
 def _run(path, z: np.ndarray) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as the SDK opens it
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]
+    return _preoptimised_session(path).run(None, {"z": z})[0]  # as the SDK opens it
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from export.blocked_styles import apply_batch1_rewrites
-from export.cpu_graphs import _session
+from export.cpu_graphs import _preoptimised_session, _session
 from export.onnx_export import export_onnx
 from export.winograd_conv import WinogradConv2d
 
@@ -38,9 +37,7 @@ class _WinogradNet(nn.Module):
 
 
 def _run(path, x: np.ndarray) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as the SDK opens it
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return _preoptimised_session(path).run(None, {"x": x})[0]  # as the SDK opens it
 
 
 @pytest.fixture(scope="module")

@@ -32,16 +32,12 @@ that fold their styles already and only the two up-convs are rewritten.
 
 The weights are per sample, so the rewritten layers serve batch 1 (the real-time case): the
 graph's top part becomes an ``If`` on the batch size, the rewritten form for one frame, the
-original for more. Every other value the top part reads is shared from the outer graph. The
-same branch carries the other batch-1 rewrite, the Winograd products' transposes folded into
-their matmuls (export/winograd_matmuls.py), in any graph that has them, encoders included.
+original for more (export/batch1_branch.py builds that branch, which also carries the Winograd
+products' transposes folded into their matmuls, export/winograd_matmuls.py).
 """
 from __future__ import annotations
 
-import copy
 import functools
-import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +46,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from export import winograd_matmuls
-from export.onnx_edit import GraphIndex, attr, const_values, prune, renamed, splice
-
-log = logging.getLogger(__name__)
+from export.onnx_edit import GraphIndex, attr, const_values, prune, splice
 
 NCHWC = "com.microsoft.nchwc"
-B1, BN = "__b1", "__bn"  # name suffixes of the If branches' values
 WEIGHTS_PER_MAP = 1  # rewrite a layer where its weights hold at most as many values as its output map
 
 
@@ -120,9 +112,10 @@ def _per_channel(g: GraphIndex, name: str) -> bool:
     return shape is not None and shape[2:] == [1, 1]
 
 
-def _find_sites(g: GraphIndex, block: int) -> list[_Site]:
+def find_sites(g: GraphIndex, block: int) -> list[_Site]:
+    """The modulated convs the rewrite takes, found on the original graph (each starts at its ``scale``)."""
     sites = []
-    for scale in g.graph.node:
+    for scale in g.nodes:
         if scale.op_type != "Mul" or len(scale.input) != 2 or any(g.is_init(i) for i in scale.input) or \
                 not _per_channel(g, scale.input[1]) or _per_channel(g, scale.input[0]):
             continue
@@ -336,75 +329,15 @@ def _blocked_to_rgb(nodes: list, blocked: dict, rw: _Rewriter) -> list:
     return nodes
 
 
-def rewrite_batch1(model: onnx.ModelProto, block: int | None) -> dict[str, int]:
-    """Rewrite ``model`` (ONNX Runtime's optimised CPU graph of a StyleGAN2 generator) in place as
-    described in the module docstring, and its Winograd products' transposes folded into their
-    matmuls (export/winograd_matmuls.py), both for batch 1; returns how many sites each rewrite
-    changed (``{}``: none matched, the model is unchanged). ``block``: the NCHWc block size, or
-    None where the CPU has no blocked layout (then only the Winograd rewrite can apply)."""
-    g = GraphIndex(model.graph)
-    sites = _find_sites(g, block) if block else []
-    starts = [s.scale for s in sites] + [n for n in [winograd_matmuls.first_site(g)] if n is not None]
-    if not starts:
-        return {}
-    order = {id(n): k for k, n in enumerate(model.graph.node)}
-    first = min(order[id(n)] for n in starts)
-    values, top = set(model.graph.node[first].output), [first]
-    for k in range(first + 1, len(model.graph.node)):
-        n = model.graph.node[k]
-        if any(i in values for i in n.input):
-            top.append(k)
-            values.update(n.output)
-    top_set = set(top)
-    sites = [s for s in sites if order[id(s.scale)] in top_set]
-    outputs = [o for o in model.graph.output if o.name in values]
-    copies = [copy.deepcopy(model.graph.node[k]) for k in top]
-    by_id = {id(model.graph.node[k]): c for k, c in zip(top, copies)}
-    for s in sites:  # the sites' nodes, in the copies
-        s.scale, s.reorder, s.tail_conv = by_id[id(s.scale)], by_id[id(s.reorder)], by_id[id(s.tail_conv)]
-        s.modulated = [by_id[id(c)] for c in s.modulated]
-        s.tail = [by_id[id(t)] for t in s.tail]
+def rewrite_copies(g: GraphIndex, sites: list[_Site], copy_of: dict, copies: list, outputs: set[str],
+                  block: int) -> tuple[list, list]:
+    """The batch-1 form of ``copies`` (the graph's top part, copied: ``copy_of`` maps each original
+    node's ``id`` to its copy) with ``sites`` (found on the original nodes) rewritten as the module
+    docstring describes; returns the nodes (those no value in ``outputs`` needs pruned) and the
+    new constants."""
+    for s in sites:
+        s.scale, s.reorder, s.tail_conv = copy_of[id(s.scale)], copy_of[id(s.reorder)], copy_of[id(s.tail_conv)]
+        s.modulated = [copy_of[id(c)] for c in s.modulated]
+        s.tail = [copy_of[id(t)] for t in s.tail]
     rw = _Rewriter(g, block)
-    then_nodes = prune(_rewrite(copies, sites, rw), {o.name for o in outputs}) if sites else copies
-    then_nodes, folded = winograd_matmuls.fold_transposes(GraphIndex(model.graph, then_nodes), rw.inits)
-    counts = {k: v for k, v in (("blocked_styles_batch1", len(sites)), ("winograd_matmuls_batch1", folded)) if v}
-    if not counts:
-        return {}
-    else_nodes = [copy.deepcopy(model.graph.node[k]) for k in top]
-    then_values = values | {o for n in then_nodes for o in n.output}
-
-    def branch(nodes, produced, suffix):
-        return helper.make_graph(renamed(nodes, produced, suffix), "batch_1" if suffix == B1 else "batch_n", [],
-                                 [helper.make_tensor_value_info(o.name + suffix, onnx.TensorProto.FLOAT, None)
-                                  for o in outputs])
-
-    batched = model.graph.input[0].name  # every input is [B, ...]
-    cond = [helper.make_node("Shape", [batched], ["batch1_size"], name="batch1_size", start=0, end=1),
-            helper.make_node("Equal", ["batch1_size", "batch1_one"], ["batch1_is_1"], name="batch1_is_1")]
-    rw.inits.append(numpy_helper.from_array(np.array([1], np.int64), "batch1_one"))
-    switch = helper.make_node("If", ["batch1_is_1"], [o.name for o in outputs], name="batch1_if",
-                              then_branch=branch(then_nodes, then_values, B1), else_branch=branch(else_nodes, values, BN))
-    outer = [n for k, n in enumerate(model.graph.node) if k not in top_set]
-    del model.graph.node[:]
-    model.graph.node.extend(outer + cond + [switch])
-    model.graph.initializer.extend(rw.inits)
-    log.info("batch-1 branch: %s", ", ".join(f"{k} at {v} sites" for k, v in counts.items()))
-    return counts
-
-
-def apply_batch1_rewrites(path) -> dict[str, int]:
-    """Rewrite the optimised graph at ``path`` (its weights stay where they are, in its ``.data``
-    file) where it has modulated convs or Winograd products to rewrite for batch 1; returns how
-    many sites each rewrite changed (see :func:`rewrite_batch1`)."""
-    path = Path(path)
-    model = onnx.load(str(path), load_external_data=False)
-    block = nchwc_block_size() if any(n.domain == NCHWC for n in model.graph.node) else None
-    counts = rewrite_batch1(model, block)
-    if counts:
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            onnx.save(model, str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return counts
+    return prune(_rewrite(copies, sites, rw), outputs), rw.inits

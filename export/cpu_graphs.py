@@ -11,10 +11,10 @@ the build machine's (sdk/backends/ort_cpu.py), else the portable graph.
 
 Where export/optimize.py has a CPU-specific form of a graph (the generator's up-convolutions as
 phase convolutions), that form is exported as the source instead, checked against the original
-PyTorch module like every graph. The generator's optimised graph is then rewritten once more
-for batch 1 (export/blocked_styles.py: the generator's top layers' styles into the blocked
-convolutions' weights; export/winograd_matmuls.py: the Winograd products' transposes folded into
-their matmuls). The result is checked against the portable graph in ONNX Runtime on the parity
+PyTorch module like every graph. Each optimised graph then gets a batch-1 branch where a rewrite
+applies (export/batch1_branch.py): export/blocked_styles.py, the generator's top layers' styles
+in the blocked convolutions' weights; export/winograd_matmuls.py, the Winograd products'
+transposes folded into their matmuls. The result is checked against the portable graph in ONNX Runtime on the parity
 inputs, at their batch and at batch 1.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Callable, Mapping
 
-from export.blocked_styles import apply_batch1_rewrites
+from export.batch1_branch import apply_batch1_rewrites
 from export.onnx_export import ParityError, check_parity, export_onnx, relative_error
 from export.optimize import optimize_graph
 from sdk.backends.ort_cpu import cpu_tag

@@ -1,6 +1,7 @@
 """Small tools for editing ONNX graphs in place: producer/consumer indices, node attributes,
 splicing node lists, dead-node pruning, renaming. Used by the build's rewrites of graphs that
-ONNX Runtime optimised (export/blocked_styles.py), which are edited as node lists."""
+ONNX Runtime optimised (export/batch1_branch.py, blocked_styles.py, winograd_matmuls.py), which are
+edited as node lists."""
 from __future__ import annotations
 
 import onnx

@@ -9,7 +9,8 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from export.blocked_styles import NCHWC, apply_batch1_rewrites, nchwc_block_size, rewrite_batch1
+from export.batch1_branch import apply_batch1_rewrites, rewrite_batch1
+from export.blocked_styles import NCHWC, nchwc_block_size
 from export.cpu_graphs import _preoptimised_session, _session
 from export.graphs import GeneratorGraph
 from export.models.stylegan2 import Generator

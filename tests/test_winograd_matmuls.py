@@ -1,5 +1,5 @@
 """The Winograd products' transposes folded into ONNX Runtime's FusedMatMul for batch 1
-(export/winograd_matmuls.py), as the build applies it (export/blocked_styles.apply_batch1_rewrites)."""
+(export/winograd_matmuls.py), as the build applies it (export/batch1_branch.apply_batch1_rewrites)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.blocked_styles import apply_batch1_rewrites
+from export.batch1_branch import apply_batch1_rewrites
 from export.cpu_graphs import _preoptimised_session, _session
 from export.onnx_export import export_onnx
 from export.winograd_conv import WinogradConv2d

@@ -82,7 +82,7 @@ from export.phase_upsample import PhaseFirUpsample, PhaseUpsampleConv
 from export.winograd_conv import WinogradConv2d, replace_convs, worth_it, worth_it_strided
 
 HEAD_SLOPE = 0.01  # nn.LeakyReLU's default, as GradualStyleBlock uses it
-REWRITES_VERSION = 9  # recorded in the manifest; bump when a rewrite changes (cached bundles are rebuilt)
+REWRITES_VERSION = 10  # recorded in the manifest; bump when a rewrite changes (cached bundles are rebuilt)
 
 
 # --------------------------------------------------------------------------- encoder

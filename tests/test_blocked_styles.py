@@ -72,6 +72,9 @@ def test_styles_noise_and_activation_are_inside_the_convs(optimised_generator):
     fused = [n for n in one if n.domain == NCHWC and n.op_type == "Conv" and
              any(a.name == "activation" for a in n.attribute)]
     assert len(fused) >= 4 and all(len(n.input) == 4 and n.input[3] for n in fused)  # Sum = noise + bias
+    # ... reading the constant [1, 1, H, W] noise maps as they are (NCHW input): no per-call pad and reorder
+    inits = {i.name: i for i in model.graph.initializer}
+    assert all(list(inits[n.input[0]].dims[:2]) == [1, 1] for n in fused)
     # the standalone passes are gone from the batch-1 branch: no leaky ReLU, fewer reorders
     assert sum(n.op_type == "LeakyRelu" for n in one) == 0 < sum(n.op_type == "LeakyRelu" for n in many)
     count = lambda nodes, *ops: sum(n.op_type in ops for n in nodes)  # noqa: E731

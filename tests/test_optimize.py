@@ -253,10 +253,13 @@ def test_malformed_cpu_entry_refused(make_tiny_bundle):
         Translator(path, backend="onnxruntime")
 
 
-def test_cpu_sessions_allocate_as_the_graph_runs():
+def test_cpu_session_options():
     """No memory pattern on the CPU: it reserves the planned peak of every intermediate up front
-    (about 220 MB more per reference-scale session, the benchmarks measured, at no speed gain)."""
+    (about 220 MB more per reference-scale session, the benchmarks measured, at no speed gain);
+    no spinning threads between runs (the loop alternates sessions on the same cores)."""
     from sdk.backends.onnxruntime import OrtBackend
 
     opts = OrtBackend("cpu", threads=2).session_options()
     assert opts.enable_mem_pattern is False and opts.intra_op_num_threads == 2
+    # ... and its threads stop spinning when a Run() returns (the next session needs the cores)
+    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"

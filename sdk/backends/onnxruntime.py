@@ -126,6 +126,12 @@ class OrtBackend(OrtDeviceIO):
             # session than allocating from the arena as the graph runs, at no measured speed
             # cost (the benchmarks' peak-RSS target is 1.2x the PyTorch loop's)
             opts.enable_mem_pattern = False
+            # A translation alternates sessions (encoder, generator) with numpy work between
+            # them; each session's intra-op threads would otherwise spin on after its Run()
+            # returns, taking cores from the next session. Measured on two cores (N = 5, one
+            # process): the demo model 46-80 -> 38-47 ms per frame, reference scale 5489 -> 5087 ms
+            # at 256 px and 8534 -> 8305 ms at 1024 px. Threads still spin inside a Run().
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         return opts
 
     def files(self, spec: GraphSpec) -> list[str]:

@@ -128,8 +128,9 @@ class OrtBackend(OrtDeviceIO):
             opts.enable_mem_pattern = False
             # A translation alternates sessions (encoder, generator) with numpy work between
             # them; each session's intra-op threads would otherwise spin on after its Run()
-            # returns, taking cores from the next session. Measured on two cores (N = 5, one
-            # process): the demo model 46-80 -> 38-47 ms per frame, reference scale 5489 -> 5087 ms
+            # returns, taking cores from the next session. Measured on two cores (pre-processing
+            # and N = 5 per frame): the demo model 64-82 -> 20.5 ms (separate processes, medians
+            # of 5 rounds of 20 frames); reference scale, one process, interleaved, 5350 -> 5036 ms
             # at 256 px and 8534 -> 8305 ms at 1024 px. Threads still spin inside a Run().
             opts.add_session_config_entry("session.force_spinning_stop", "1")
         return opts

@@ -332,9 +332,10 @@ def rewrite_copies(g: GraphIndex, sites: list[_Site], copy_of: dict, copies: lis
     node's ``id`` to its copy) with ``sites`` (found on the original nodes) rewritten as the module
     docstring describes; returns the nodes (those no value in ``outputs`` needs pruned) and the
     new constants."""
-    for s in sites:
-        s.scale, s.reorder, s.tail_conv = copy_of[id(s.scale)], copy_of[id(s.reorder)], copy_of[id(s.tail_conv)]
-        s.modulated = [copy_of[id(c)] for c in s.modulated]
-        s.tail = [copy_of[id(t)] for t in s.tail]
+    def in_copies(s: _Site) -> _Site:
+        one = lambda n: copy_of[id(n)]  # noqa: E731
+        return _Site(one(s.scale), one(s.reorder), [one(c) for c in s.modulated], one(s.tail_conv),
+                     [one(t) for t in s.tail])
+
     rw = _Rewriter(g, block)
-    return prune(_rewrite(copies, sites, rw), outputs), rw.inits
+    return prune(_rewrite(copies, [in_copies(s) for s in sites], rw), outputs), rw.inits

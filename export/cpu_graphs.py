@@ -14,8 +14,8 @@ phase convolutions), that form is exported as the source instead, checked agains
 PyTorch module like every graph. Each optimised graph then gets a batch-1 branch where a rewrite
 applies (export/batch1_branch.py): export/blocked_styles.py, the generator's top layers' styles
 in the blocked convolutions' weights; export/winograd_matmuls.py, the Winograd products'
-transposes folded into their matmuls. The result is checked against the portable graph in ONNX Runtime on the parity
-inputs, at their batch and at batch 1.
+transposes folded into their matmuls. The result is checked against the portable graph in ONNX
+Runtime on the parity inputs, at their batch and at batch 1.
 """
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ ONNX Runtime's contrib ``FusedMatMul`` reads an operand stored as [K, batch, N] 
     Y = FusedMatMul(A [1, m2, P], M [P, out, T], transBatchB=1)                 -> [out, m2, T]
 
 the same products in the same order, no transposes (bit-identical results in every graph
-measured here). The batch
-is the outermost dimension of ``V`` and ``M``, though, and ``transBatchB`` needs the contracted
-one there, so this serves **batch 1**: the rewrite runs on the batch-1 branch of the graph
-(export/batch1_branch.py, which any graph with Winograd products gets).
+measured here). The batch is the outermost dimension of ``V`` and ``M``, though, and
+``transBatchB`` needs the contracted one there, so this serves **batch 1**: the rewrite runs on
+the batch-1 branch of the graph (export/batch1_branch.py, which any graph with Winograd products
+gets).
 
 Measured (ORT 1.32, 2 threads, shared host): one layer's products, transpose included, 73 -> 63 ms
 (128 ch at 256 px) and 72 -> 57 ms (256 ch at 128 px); the output transform 1.1-1.7x faster

@@ -18,8 +18,14 @@ slopes start at 0.25 (PyTorch's init) and the reference-scale checkpoints' lie i
 PReLU with any slope >= 1 (where 1 - a <= 0 and the form does not hold) is left as it is.
 
 Applied only where the PReLU reads a plain ``nn.Conv2d`` (optionally through a BatchNorm that
-ONNX Runtime folds into it): after a Winograd convolution (export/winograd_conv.py), whose
-output is interleaved in the plain layout, the PReLU is already where ``PRelu`` runs best.
+ONNX Runtime folds into it). After a Winograd convolution (export/winograd_conv.py), whose
+output is interleaved in the plain layout, there is no blocked layout to keep:
+
+**PReLU in the plain layout, as a max.** For slopes ``a <= 1``, ``prelu(y) = max(y, a * y)``
+(``a * y <= y`` where ``y >= 0`` and ``a * y >= y`` where ``y < 0``): the same product, so the
+same float, bit for bit. ONNX Runtime's ``PRelu`` broadcasts its slope element by element;
+``Mul`` and ``Max`` run at memory speed. Measured (ORT 1.32, 2 threads, one op): 0.72 -> 0.11 ms
+on ``[1, 256, 32, 32]``, 0.34 -> 0.07 ms on ``[1, 512, 16, 16]``, 12.7 -> 2.7 ms on ``[1, 64, 256, 256]``.
 
 **Identity max pools.** An IR unit that keeps its width and resolution has ``MaxPool2d(1, 1)``
 as its shortcut, the identity, which ONNX Runtime runs as a blocked max pool between two
@@ -51,6 +57,21 @@ class SplitPReLU(nn.Module):
             F.relu(F.conv2d(y, self.rectified, groups=self.channels))
 
 
+class MaxPReLU(nn.Module):
+    """``nn.PReLU(C)`` (all slopes <= 1) on ``[B, C, H, W]`` as ``max(y, a * y)``."""
+
+    def __init__(self, prelu: nn.PReLU):
+        super().__init__()
+        if not splittable(prelu):
+            raise ValueError("MaxPReLU needs one slope per channel, each < 1")
+        self.register_buffer("slope", prelu.weight.detach().float().reshape(1, -1, 1, 1).clone())
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        assert y.ndim == 4 and y.shape[1] == self.slope.shape[1], \
+            f"expected [B, {self.slope.shape[1]}, H, W], got {tuple(y.shape)}"
+        return torch.maximum(y, y * self.slope)
+
+
 def splittable(prelu: nn.Module) -> bool:
     """A per-channel ``nn.PReLU`` (more than one slope) whose slopes are all below 1."""
     return isinstance(prelu, nn.PReLU) and prelu.weight.numel() > 1 and bool((prelu.weight < 1).all())
@@ -64,18 +85,23 @@ def _after_plain_conv(previous: list[nn.Module]) -> bool:
     return bool(previous) and type(previous[-1]) is nn.Conv2d
 
 
-def split_prelus(module: nn.Module) -> int:
-    """Swap every :func:`splittable` PReLU inside ``module`` that follows a plain convolution in an
-    ``nn.Sequential`` for its :class:`SplitPReLU`, in place (work on a copy to keep the original);
-    returns how many were swapped."""
-    swapped = 0
-    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
-        children = list(seq)
-        for i, child in enumerate(children):
-            if splittable(child) and _after_plain_conv(children[:i]):
-                seq[i] = SplitPReLU(child)
-                swapped += 1
-    return swapped
+def split_prelus(module: nn.Module) -> tuple[int, int]:
+    """Swap every :func:`splittable` PReLU inside ``module`` for its :class:`SplitPReLU` where it
+    follows a plain convolution in an ``nn.Sequential``, else for its :class:`MaxPReLU`, in place
+    (work on a copy to keep the original); returns how many of each were swapped."""
+    split = maxed = 0
+    for parent in list(module.modules()):
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
+            if not splittable(child):
+                continue
+            if isinstance(parent, nn.Sequential) and _after_plain_conv([c for _, c in children[:i]]):
+                setattr(parent, name, SplitPReLU(child))
+                split += 1
+            else:
+                setattr(parent, name, MaxPReLU(child))
+                maxed += 1
+    return split, maxed
 
 
 def drop_identity_pools(module: nn.Module) -> int:

@@ -21,8 +21,10 @@ and a 1x1 stride-2 conv for the centre tap. With m = 2 (:data:`EVEN`) that is 25
 (1.78x the direct weights' memory); m = 4 (``even_phase(4)``) does 81 instead of 144 (1.78x
 fewer) but needs 36 matrices (4x the memory). Measured on the fine heads' first conv (512 ->
 3584 and 5632 ch, 64 px maps; ORT 1.32, 2 threads, shared host) m = 4 was 5-8 % faster than
-m = 2 (both 0.6-0.9 of the direct conv's time), but at 1024 px its weights would add 311 MB
-instead of 81 MB and break the loop's memory budget (1.2x the PyTorch eager loop's peak RSS).
+m = 2 (both 0.6-0.9 of the direct conv's time). :func:`strided_even_phase` takes m = 4 where its
+20 extra matrices stay under :data:`STRIDED_M4_MAX_EXTRA` bytes: the 256 px encoders' 7 fine heads
+(+147 MB); at 1024 px the 11 heads' would add 231 MB and take the loop's peak RSS to the edge of
+its budget (1.2x the PyTorch eager loop's: 2,657 of 2,885 MiB allowed before).
 
 Everything is in standard ONNX operators (Conv with groups, MatMul, Transpose, Col2Im), so the
 graph runs anywhere; it is only worth it where direct convolutions are slow relative to
@@ -118,6 +120,14 @@ def even_phase(m: int = M) -> Transform1d:
 
 
 EVEN = even_phase(2)  # stride 2: the m = 2 form, for its memory (module docstring)
+STRIDED_M4_MAX_EXTRA = 160 * 2 ** 20  # bytes of transformed weights the m = 4 form may add
+
+
+def strided_even_phase(in_channels: int, out_channels: int) -> Transform1d:
+    """The even-tap transform of a stride-2 Winograd conv of these widths: m = 4 where its extra
+    weights (36 instead of 16 float32 ``[out, in]`` matrices) fit :data:`STRIDED_M4_MAX_EXTRA`, else m = 2."""
+    extra = (36 - 16) * in_channels * out_channels * 4
+    return even_phase(4) if extra <= STRIDED_M4_MAX_EXTRA else EVEN
 ODD = Transform1d(np.ones((1, 1)), np.ones((1, 1)), np.array([[0.0, 1.0]]), step=2, taps=(1,))  # g1 x odd samples
 
 # the products as grouped 1x1 convs where out_channels >= WEIGHT_BOUND * tiles, else one batched

@@ -1,14 +1,15 @@
 """The blocked-layout rewrites of the CPU graphs (export/blocked_layout.py): same values as the
 modules they replace, applied only where they hold, and in ONNX Runtime they leave no ``PRelu``
-and no reorder between the convolutions around it."""
+and no reorder between the convolutions around it; PReLUs elsewhere become a max, bit for bit."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
 
-from export.blocked_layout import SplitPReLU, drop_identity_pools, split_prelus, splittable
+from export.blocked_layout import MaxPReLU, SplitPReLU, drop_identity_pools, split_prelus, splittable
 from export.graphs import EncoderStep
 from export.models.encoders import BottleneckIR, build_encoder
 from export.onnx_export import export_onnx
@@ -39,22 +40,59 @@ def test_prelu_with_a_slope_of_one_or_more_is_kept(slopes):
     assert not splittable(prelu)
     with pytest.raises(ValueError, match="each < 1"):
         SplitPReLU(prelu)
+    with pytest.raises(ValueError, match="each < 1"):
+        MaxPReLU(prelu)
     seq = nn.Sequential(nn.Conv2d(3, len(slopes), 3, padding=1), prelu)
-    assert split_prelus(seq) == 0 and seq[1] is prelu
+    assert split_prelus(seq) == (0, 0) and seq[1] is prelu
 
 
-def test_only_prelus_after_a_plain_conv_are_split():
+def test_max_prelu_is_prelu_bit_for_bit():
+    torch.manual_seed(1)
+    prelu = _prelu([-0.3, 0.0, 0.25, 0.9, 0.999, 0.5])
+    y = torch.randn(2, 6, 7, 5) * 3
+    y[0, :, 0, 0] = 0.0  # the kink itself
+    y[1, :, 0, 0] = -0.0
+    assert torch.equal(MaxPReLU(prelu)(y), prelu(y))
+
+
+class _Wrap(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, y):
+        return self.inner(y)
+
+
+def test_max_prelu_is_prelu_bit_for_bit_in_onnxruntime(tmp_path):
+    """ONNX Runtime's PRelu and the exported Mul + Max give the same floats."""
+    import onnxruntime as ort
+
+    torch.manual_seed(2)
+    prelu = _prelu(list(np.linspace(-0.2, 0.95, 16)))
+    y = torch.randn(1, 16, 12, 12) * 2
+    outs = []
+    for module, name in ((_Wrap(prelu), "prelu"), (_Wrap(MaxPReLU(prelu)), "max")):
+        path = tmp_path / f"{name}.onnx"
+        export_onnx(module.eval(), {"y": y}, "out", path, 2)
+        ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+        assert ("PRelu" in ops) == (name == "prelu")
+        outs.append(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"y": y.numpy()})[0])
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_prelus_after_a_plain_conv_are_split_the_others_maxed():
     single = nn.PReLU()  # one shared slope: ONNX Runtime's PRelu broadcasts it; nothing to gain
     seq = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.PReLU(8),  # conv -> BN -> PReLU: split
         nn.Conv2d(8, 8, 3, padding=1), nn.PReLU(8),  # conv -> PReLU: split
-        WinogradConv2d(torch.randn(8, 8, 3, 3)), nn.PReLU(8),  # Winograd's output is plain: kept
-        nn.Conv2d(8, 8, 1), single,
-        nn.ReLU(), nn.PReLU(8),  # not after a conv: kept
+        WinogradConv2d(torch.randn(8, 8, 3, 3)), nn.PReLU(8),  # Winograd's output is plain: a max
+        nn.Conv2d(8, 8, 1), single,  # one shared slope: kept
+        nn.ReLU(), nn.PReLU(8),  # not after a conv: a max
     )
-    assert split_prelus(seq) == 2
-    assert [type(m).__name__ for m in seq][2::2][:2] == ["SplitPReLU", "SplitPReLU"]
-    assert isinstance(seq[6], nn.PReLU) and seq[8] is single and isinstance(seq[10], nn.PReLU)
+    assert split_prelus(seq) == (2, 2)
+    assert [type(m).__name__ for m in seq][2::2] == ["SplitPReLU", "SplitPReLU", "MaxPReLU", "PReLU", "MaxPReLU"]
+    assert seq[8] is single
 
 
 def test_identity_pools_are_dropped_and_subsampling_ones_kept():
@@ -122,7 +160,7 @@ def test_onnxruntime_keeps_the_split_prelu_in_the_blocked_layout(tmp_path):
         want = model(x).numpy()
     before, _ = _optimised_ops(model, x, tmp_path)
     assert "PRelu" in before and before.count("ReorderOutput") == 2  # out of the blocked layout and back
-    assert split_prelus(model) == 1
+    assert split_prelus(model) == (1, 0)
     after, got = _optimised_ops(model, x, tmp_path)
     assert "PRelu" not in after and "Relu" not in after  # the relu is fused into a blocked conv
     assert after.count("ReorderOutput") == 1  # only the graph's output leaves the blocked layout

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.winograd_conv import (ODD, WEIGHT_BOUND, WinogradConv2d, eligible, even_phase, replace_convs,
-                                  toom_cook, transformed_weight, worth_it, worth_it_strided)
+from export.winograd_conv import (ODD, STRIDED_M4_MAX_EXTRA, WEIGHT_BOUND, WinogradConv2d, eligible, even_phase,
+                                  replace_convs, strided_even_phase, toom_cook, transformed_weight, worth_it,
+                                  worth_it_strided)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -85,6 +86,15 @@ def test_stride_two_transforms_match_the_polyphase_split(m):
     weight, x = torch.randn(5, 3, 3, 3), torch.randn(1, 3, 11, 14)
     got = WinogradConv2d(weight, stride=2, even=even)(x)
     assert _relative(got, F.conv2d(x.double(), weight.double(), stride=2, padding=1)) < 1e-5
+
+
+def test_strided_tile_size_follows_the_memory_of_its_weights():
+    """m = 4 where its 20 extra [out, in] matrices fit the budget: the 256 px encoders' 7 merged
+    fine heads (512 -> 3584), not the 1024 px encoders' 11 (512 -> 5632), whose loop would reach
+    its peak-memory limit."""
+    assert strided_even_phase(512, 7 * 512).m == 4
+    assert strided_even_phase(512, 11 * 512).m == 2
+    assert 20 * 512 * 7 * 512 * 4 <= STRIDED_M4_MAX_EXTRA < 20 * 512 * 11 * 512 * 4
 
 
 @pytest.mark.parametrize("stride,out", [(1, 32), (1, 64), (2, 64), (2, 4)])

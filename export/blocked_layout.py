@@ -58,7 +58,8 @@ class SplitPReLU(nn.Module):
 
 
 class MaxPReLU(nn.Module):
-    """``nn.PReLU(C)`` (all slopes <= 1) on ``[B, C, H, W]`` as ``max(y, a * y)``."""
+    """``nn.PReLU(C)`` (:func:`splittable`: all slopes below 1, where the identity holds) on
+    ``[B, C, H, W]`` as ``max(y, a * y)``."""
 
     def __init__(self, prelu: nn.PReLU):
         super().__init__()

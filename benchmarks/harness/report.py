@@ -45,8 +45,12 @@ def targets(model: dict) -> list[tuple[str, bool, str]]:
     name, sp = model["model"], model["speedup"].get("onnxruntime")
     if name in SPEEDUP_TARGETS and sp:
         goal = SPEEDUP_TARGETS[name]
-        out.append((f"Translator (ORT CPU) >= {goal}x the public PyTorch loop, N = {model['iterations']}, batch 1",
-                    sp["ratio_of_medians"] >= goal,
+        # both statistics: the ratio of the medians, and the median of the interleaved rounds' own
+        # ratios (each round's pair shares the host's state of the moment); on a shared host they
+        # can straddle the goal, and a verdict that depends on which one is quoted is not a pass
+        out.append((f"Translator (ORT CPU) >= {goal}x the public PyTorch loop (ratio of medians and median of "
+                    f"the rounds' ratios), N = {model['iterations']}, batch 1",
+                    min(sp["ratio_of_medians"], sp["median_of_round_ratios"]) >= goal,
                     f"{sp['ratio_of_medians']:.2f}x (median of rounds {sp['median_of_round_ratios']:.2f}x, "
                     f"rounds {sp['round_ratio_range'][0]:.2f}-{sp['round_ratio_range'][1]:.2f}x)"))
     eff = model["efficiency"].get("onnxruntime")

@@ -86,7 +86,7 @@ def _after_plain_conv(previous: list[nn.Module]) -> bool:
     return bool(previous) and type(previous[-1]) is nn.Conv2d
 
 
-def split_prelus(module: nn.Module) -> tuple[int, int]:
+def rewrite_prelus(module: nn.Module) -> tuple[int, int]:
     """Swap every :func:`splittable` PReLU inside ``module`` for its :class:`SplitPReLU` where it
     follows a plain convolution in an ``nn.Sequential``, else for its :class:`MaxPReLU`, in place
     (work on a copy to keep the original); returns how many of each were swapped."""

@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.blocked_layout import drop_identity_pools, split_prelus
+from export.blocked_layout import drop_identity_pools, rewrite_prelus
 from export.graphs import EncoderStep, GeneratorGraph
 from export.models.encoders import BackboneEncoder, GradualStyleBlock, GradualStyleEncoder
 from export.models.stylegan2 import Generator, ModulatedConv2d
@@ -331,7 +331,7 @@ def optimize_graph(module: nn.Module, cpu: bool = False) -> tuple[nn.Module, lis
             channels = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d)).in_channels
             example = torch.zeros(1, channels, module.input_size, module.input_size)
             rewrites = rewrites + (["winograd_convs"] if replace_convs(encoder, example) else [])
-            split, maxed = split_prelus(encoder)
+            split, maxed = rewrite_prelus(encoder)
             rewrites = rewrites + (["split_prelu"] if split else []) + (["prelu_as_max"] if maxed else [])
             rewrites = rewrites + (["identity_pools_dropped"] if drop_identity_pools(encoder) else [])
         if not rewrites:

@@ -120,15 +120,22 @@ def even_phase(m: int = M) -> Transform1d:
 
 
 EVEN = even_phase(2)  # stride 2: the m = 2 form, for its memory (module docstring)
+ODD = Transform1d(np.ones((1, 1)), np.ones((1, 1)), np.array([[0.0, 1.0]]), step=2, taps=(1,))  # g1 x odd samples
 STRIDED_M4_MAX_EXTRA = 160 * 2 ** 20  # bytes of transformed weights the m = 4 form may add
+
+
+def strided_matrices(even: Transform1d) -> int:
+    """The ``[out, in]`` matrices a stride-2 Winograd conv stores with this even-tap transform: one
+    per position of its even x even, even x odd and odd x even paths, and the centre tap's."""
+    return even.positions ** 2 + 2 * even.positions * ODD.positions + ODD.positions ** 2
 
 
 def strided_even_phase(in_channels: int, out_channels: int) -> Transform1d:
     """The even-tap transform of a stride-2 Winograd conv of these widths: m = 4 where its extra
-    weights (36 instead of 16 float32 ``[out, in]`` matrices) fit :data:`STRIDED_M4_MAX_EXTRA`, else m = 2."""
-    extra = (36 - 16) * in_channels * out_channels * 4
-    return even_phase(4) if extra <= STRIDED_M4_MAX_EXTRA else EVEN
-ODD = Transform1d(np.ones((1, 1)), np.ones((1, 1)), np.array([[0.0, 1.0]]), step=2, taps=(1,))  # g1 x odd samples
+    float32 matrices (36 instead of 16) fit :data:`STRIDED_M4_MAX_EXTRA`, else m = 2."""
+    wide = even_phase(4)
+    extra = (strided_matrices(wide) - strided_matrices(EVEN)) * in_channels * out_channels * 4
+    return wide if extra <= STRIDED_M4_MAX_EXTRA else EVEN
 
 # the products as grouped 1x1 convs where out_channels >= WEIGHT_BOUND * tiles, else one batched
 # MatMul: measured (ORT 1.32, 2 threads), the conv form wins where the weights are at least 4x

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from export.blocked_layout import MaxPReLU, SplitPReLU, drop_identity_pools, split_prelus, splittable
+from export.blocked_layout import MaxPReLU, SplitPReLU, drop_identity_pools, rewrite_prelus, splittable
 from export.graphs import EncoderStep
 from export.models.encoders import BottleneckIR, build_encoder
 from export.onnx_export import export_onnx
@@ -43,7 +43,7 @@ def test_prelu_with_a_slope_of_one_or_more_is_kept(slopes):
     with pytest.raises(ValueError, match="each < 1"):
         MaxPReLU(prelu)
     seq = nn.Sequential(nn.Conv2d(3, len(slopes), 3, padding=1), prelu)
-    assert split_prelus(seq) == (0, 0) and seq[1] is prelu
+    assert rewrite_prelus(seq) == (0, 0) and seq[1] is prelu
 
 
 def test_max_prelu_is_prelu_bit_for_bit():
@@ -90,7 +90,7 @@ def test_prelus_after_a_plain_conv_are_split_the_others_maxed():
         nn.Conv2d(8, 8, 1), single,  # one shared slope: kept
         nn.ReLU(), nn.PReLU(8),  # not after a conv: a max
     )
-    assert split_prelus(seq) == (2, 2)
+    assert rewrite_prelus(seq) == (2, 2)
     assert [type(m).__name__ for m in seq][2::2] == ["SplitPReLU", "SplitPReLU", "MaxPReLU", "PReLU", "MaxPReLU"]
     assert seq[8] is single
 
@@ -160,7 +160,7 @@ def test_onnxruntime_keeps_the_split_prelu_in_the_blocked_layout(tmp_path):
         want = model(x).numpy()
     before, _ = _optimised_ops(model, x, tmp_path)
     assert "PRelu" in before and before.count("ReorderOutput") == 2  # out of the blocked layout and back
-    assert split_prelus(model) == (1, 0)
+    assert rewrite_prelus(model) == (1, 0)
     after, got = _optimised_ops(model, x, tmp_path)
     assert "PRelu" not in after and "Relu" not in after  # the relu is fused into a blocked conv
     assert after.count("ReorderOutput") == 1  # only the graph's output leaves the blocked layout

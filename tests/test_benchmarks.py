@@ -4,6 +4,7 @@ asserts a wall-clock time; they check what is counted, measured and written."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,9 @@ def test_a_whole_run_at_tiny_size(tmp_path):
     assert set(demo["latency"]) == {"pytorch_public", "onnxruntime"} and demo["parity"]["after_1"]["onnxruntime"] < 1e-3
     assert demo["flops"]["loop"]["1"]["dense_flops"] > 0 and demo["ceilings"]["matmul_peak_gflops"] > 0
     assert demo["probes"]["onnxruntime"]["peak_rss_mib"] > 0 and demo["by_batch"]["onnxruntime"]["2"]["fps"] > 0
+    for probe in demo["probes"].values():  # opened twice: files in the page cache, then dropped from it
+        assert probe["page_cache"] == "warm" and probe["page_cache_cold"] in ("cold", "unchanged")
+        assert probe["open_cold_s"] > 0 and probe["first_frame_cold_s"] > 0
     # the CPU graphs' executed FLOPs beside the model's: the demo's maps are too small for Winograd;
     # the phase up-convs compute one extra row and column of each phase
     fraction = demo["executed_fraction"]
@@ -155,3 +159,36 @@ def test_readme_numbers_come_from_the_committed_results():
     assert readme_section(run) in (repo / "README.md").read_text(encoding="utf-8")
     docs = dict(run, plots={k: f"img/perf_{v}" for k, v in run.get("plots", {}).items()})
     assert render(docs) == (repo / "docs" / "performance.md").read_text(encoding="utf-8")
+
+
+def test_probe_sets_the_page_cache_before_opening(tmp_path):
+    """The opening time is measured with the source's files read once (warm) or dropped from the
+    page cache (cold): a state the probe sets, not whatever the last job left."""
+    from benchmarks.harness.probe import prepare_page_cache, source_files
+
+    bundle = tmp_path / "bundle"
+    (bundle / "sub").mkdir(parents=True)
+    for name in ("a.onnx", "a.onnx.data", "sub/b.npz"):
+        (bundle / name).write_bytes(bytes(range(256)) * 64)
+    assert [p.relative_to(bundle).as_posix() for p in source_files(bundle)] == ["a.onnx", "a.onnx.data", "sub/b.npz"]
+    assert source_files(bundle / "a.onnx") == [bundle / "a.onnx"]
+    assert prepare_page_cache(bundle, "warm") == "warm"
+    assert prepare_page_cache(bundle, "cold") == ("cold" if hasattr(os, "posix_fadvise") else "unchanged")
+    assert (bundle / "a.onnx").read_bytes() == bytes(range(256)) * 64  # dropping the cache loses nothing
+    with pytest.raises(ValueError, match="page cache state 'hot'"):
+        prepare_page_cache(bundle, "hot")
+
+
+def test_open_target_is_judged_without_the_page_cache():
+    """Where a run measured both, the 2 s opening target is judged on the cold open (the slower);
+    an older run's single probe is judged as it was measured."""
+    from benchmarks.harness.report import open_target
+
+    probe = {"open_s": 0.8, "first_frame_s": 5.0, "open_cold_s": 2.4, "first_frame_cold_s": 6.0, "page_cache_cold": "cold"}
+    goal, ok, measured = open_target(probe)
+    assert not ok and "not in the page cache" in goal and measured.startswith("2.40 s (0.80 s with the files")
+    assert open_target(dict(probe, open_cold_s=1.5))[1]
+    goal, ok, measured = open_target({"open_s": 0.8, "first_frame_s": 5.0})
+    assert ok and "page cache" not in goal and measured.startswith("0.80 s")
+    # a platform without posix_fadvise measured no cold open: the warm one is all there is
+    assert open_target(dict(probe, page_cache_cold="unchanged"))[1]

@@ -39,6 +39,24 @@ def machine_lines(run: dict) -> list[str]:
             + (f", {run['wall_s'] / 60:.0f} min)." if "wall_s" in run else ", interrupted: a partial run).")]
 
 
+def open_target(probe: dict) -> tuple[str, bool, str]:
+    """Judged on opening with the bundle's files out of the page cache (the slower case) where the
+    run measured it; results from before that (one probe, cache state unknown) on ``open_s``."""
+    if probe.get("page_cache_cold") == "cold":
+        return (f"opening the bundle (Translator(...)) <= {OPEN_TARGET_S:g} s, its files not in the page cache",
+                probe["open_cold_s"] <= OPEN_TARGET_S,
+                f"{probe['open_cold_s']:.2f} s ({probe['open_s']:.2f} s with the files in the page cache; "
+                f"first frame after it {probe['first_frame_cold_s']:.1f} s)")
+    return (f"opening the bundle (Translator(...)) <= {OPEN_TARGET_S:g} s", probe["open_s"] <= OPEN_TARGET_S,
+            f"{probe['open_s']:.2f} s (first frame after it {probe['first_frame_s']:.1f} s)")
+
+
+def _open_cell(probe: dict, key: str = "open_s", fmt: str = ".2f") -> str:
+    """``warm / cold`` seconds (``open_s`` / ``open_cold_s``) where both were measured, else the one."""
+    cold = probe.get(key[:-2] + "_cold_s") if probe.get("page_cache_cold") == "cold" else None
+    return format(probe[key], fmt) + (f" / {format(cold, fmt)}" if cold is not None else "")
+
+
 def targets(model: dict) -> list[tuple[str, bool, str]]:
     """(target, met, measured) for the issue's targets that apply to this model."""
     out = []
@@ -65,8 +83,7 @@ def targets(model: dict) -> list[tuple[str, bool, str]]:
                     f"{model['ceilings']['matmul_peak_gflops']:.0f}{executed}"))
     ort, pt = model["probes"].get("onnxruntime"), model["probes"].get("pytorch_public")
     if name.startswith("reference") and ort and pt:
-        out.append((f"opening the bundle (Translator(...)) <= {OPEN_TARGET_S:g} s", ort["open_s"] <= OPEN_TARGET_S,
-                    f"{ort['open_s']:.2f} s (first frame after it {ort['first_frame_s']:.1f} s)"))
+        out.append(open_target(ort))
         ratio = ort["peak_rss_mib"] / pt["peak_rss_mib"]
         out.append((f"peak RSS of the loop <= {MEMORY_TARGET}x PyTorch eager's", ratio <= MEMORY_TARGET,
                     f"{ort['peak_rss_mib']:,.0f} MiB vs {pt['peak_rss_mib']:,.0f} MiB = {ratio:.2f}x"))
@@ -126,10 +143,13 @@ def model_section(model: dict) -> list[str]:
               "| back end | " + " | ".join(f"batch {b}" for b in bs) + " |", "|---|" + "---:|" * len(bs)]
     for k, per in batch.items():
         lines.append(f"| {LABELS.get(k, k)} | " + " | ".join(_sig(per[b]["fps"]) for b in bs) + " |")
+    both = any(p.get("page_cache_cold") == "cold" for p in model["probes"].values())
+    cache = " (files in the page cache / dropped from it)" if both else ""
     lines += ["", "**Cold start and memory** (each in a fresh process, N = " f"{n})", "",
-              "| back end | open s | first frame s | RSS after open MiB | peak RSS MiB |", "|---|---:|---:|---:|---:|"]
+              f"| back end | open s{cache} | first frame s{cache} | RSS after open MiB | peak RSS MiB |",
+              "|---|---:|---:|---:|---:|"]
     for k, p in model["probes"].items():
-        lines.append(f"| {LABELS.get(k, k)} | {p['open_s']:.2f} | {p['first_frame_s']:.1f} | "
+        lines.append(f"| {LABELS.get(k, k)} | {_open_cell(p)} | {_open_cell(p, 'first_frame_s', '.1f')} | "
                      f"{p['rss_open_mib']:,.0f} | {p['peak_rss_mib']:,.0f} |")
     lines += ["", "**FLOPs and bytes per call** (counted from the ONNX graphs, batch 1)", "",
               "| graph | dense GFLOP | other GFLOP | MB moved (unfused) | weights MB |", "|---|---:|---:|---:|---:|"]
@@ -201,6 +221,8 @@ def readme_section(run: dict) -> str:
     run = json.loads(json.dumps(run))
     m = run["machine"]
     models = list(run["models"].values())
+    both = any(p.get("page_cache_cold") == "cold" for model in models for p in model["probes"].values())
+    cache = " (files cached / not)" if both else ""
     lines = [README_BEGIN, "",
              f"Measured by `{run['command']}` on {run['created'][:10]}: {m['cpu']}, {m['cores']} cores shared with "
              f"other jobs, {run['settings']['threads']} threads; Python {m['python']}, torch {m['torch']}, onnxruntime "
@@ -210,7 +232,7 @@ def readme_section(run: dict) -> str:
              f"model's FLOPs (a direct convolution's, from the portable graphs; the CPU graphs execute fewer, "
              f"Winograd: see the targets).", "",
              "| model | PyTorch eager, public code | `Translator`, ONNX Runtime CPU | speed-up | % of matmul peak | "
-             "fps at batch 1 / 2 / 4 / 8 (N = 1) | open s | peak RSS vs eager |",
+             f"fps at batch 1 / 2 / 4 / 8 (N = 1) | open s{cache} | peak RSS vs eager |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for model in models:
         lat, sp, eff = model["latency"], model["speedup"].get("onnxruntime"), model["efficiency"].get("onnxruntime")
@@ -223,7 +245,7 @@ def readme_section(run: dict) -> str:
                  f"{_ms(lat['onnxruntime']['median_s'])} ms ({_sig(1 / lat['onnxruntime']['median_s'])} fps)",
                  f"**{sp['ratio_of_medians']:.2f}x**", _pct(eff["of_matmul_peak"]) if eff else "-",
                  " / ".join(_sig(v["fps"]) for v in fps.values()) or "-",
-                 f"{probe['open_s']:.2f}" if probe else "-", mem]
+                 _open_cell(probe) if probe else "-", mem]
         lines.append("| " + " | ".join(cells) + " |")
     goals = [(model["label"],) + g for model in models for g in targets(model)]
     if goals:

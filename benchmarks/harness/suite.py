@@ -2,7 +2,8 @@
 
 What :func:`run_model` measures, in this order (the ceilings bracket the timed back ends):
 
-1. cold start and peak memory, each back end in a fresh process (:mod:`.probe`);
+1. cold start and peak memory, each back end in a fresh process (:mod:`.probe`), opening with
+   the files in the page cache and out of it;
 2. parity: every back end's image after N iterations against the public PyTorch loop;
 3. the ceilings (matmul peak, FMA loop), before;
 4. latency per frame at batch 1 and N iterations, all back ends interleaved;
@@ -123,13 +124,24 @@ def graph_costs(bundle: Path, cache: Path) -> dict[str, GraphCost]:
     return out
 
 
-def run_probe(backend: str, source: Path, settings: Settings) -> dict:
+def run_probe(backend: str, source: Path, settings: Settings, page_cache: str = "warm", frames: int | None = None) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.harness.probe", backend, str(source), "--iterations",
-           str(settings.iterations), "--frames", str(settings.probe_frames), "--threads", str(settings.threads)]
+           str(settings.iterations), "--frames", str(settings.probe_frames if frames is None else frames),
+           "--threads", str(settings.threads), "--page-cache", page_cache]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SuiteError(f"probe {backend} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def probe_both_caches(backend: str, source: Path, settings: Settings) -> dict:
+    """The warm probe (opening, memory, frames) with the cold probe's opening beside it: the
+    source's files in the page cache, then dropped from it (:mod:`.probe`). Cold first, so the
+    warm probe's reading puts them back."""
+    cold = run_probe(backend, source, settings, page_cache="cold", frames=1)
+    warm = run_probe(backend, source, settings, page_cache="warm")
+    return dict(warm, open_cold_s=cold["open_s"], first_frame_cold_s=cold["first_frame_s"],
+                page_cache_cold=cold["page_cache"])
 
 
 def _parity(loops: dict, x: np.ndarray, n: int) -> dict:
@@ -216,8 +228,8 @@ def run_model(model: Model, settings: Settings) -> dict:
         "cpu_rewrites": {k: (g.get("onnxruntime_cpu") or {}).get("rewrites", []) for k, g in manifest.raw["graphs"].items()},
     })
     log.info("%s: cold start and memory, one fresh process per back end", model.name)
-    result["probes"] = {"onnxruntime": run_probe("onnxruntime", bundle, s),
-                        REFERENCE: run_probe(REFERENCE, model.checkpoint, s)}
+    result["probes"] = {"onnxruntime": probe_both_caches("onnxruntime", bundle, s),
+                        REFERENCE: probe_both_caches(REFERENCE, model.checkpoint, s)}
     loops, skipped = {}, {}
     for name in s.backends:
         try:

@@ -105,7 +105,7 @@ def probe(backend: str, source: str, iterations: int, frames: int, threads: int,
         run(x, iterations)
         times.append(time.perf_counter() - t0)
     return {"backend": backend, "iterations": iterations, "frames": frames, "threads": threads, "page_cache": page_cache,
-            "rss_before_open_mib": base, "open_s": open_s, "first_frame_s": times[0],
+            "rss_before_open_mib": base, "open_s": open_s, "first_frame_s": times[0] if times else None,
             "frame_s": times[1:], "rss_open_mib": rss_open, "rss_end_mib": rss_mib(), "peak_rss_mib": peak_rss_mib()}
 
 
@@ -114,11 +114,13 @@ def main(argv=None) -> int:
     p.add_argument("backend", choices=("onnxruntime", "pytorch_public", "pytorch_export"))
     p.add_argument("source", help="the bundle folder (onnxruntime) or the checkpoint file (PyTorch)")
     p.add_argument("--iterations", type=int, default=5, help="loop iterations per frame (default 5)")
-    p.add_argument("--frames", type=int, default=3, help="frames to run after opening (default 3)")
+    p.add_argument("--frames", type=int, default=3, help="frames to run after opening (default 3; 0: open only)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
     p.add_argument("--page-cache", choices=PAGE_CACHE_STATES, default="warm",
                    help="the source's files in the page cache before opening (warm, default) or dropped from it (cold)")
     args = p.parse_args(argv)
+    if args.frames < 0:
+        p.error(f"--frames {args.frames}: give 0 (open only) or more")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     print(json.dumps(probe(args.backend, args.source, args.iterations, args.frames, args.threads,
                            page_cache=args.page_cache)))

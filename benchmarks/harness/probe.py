@@ -53,11 +53,10 @@ def prepare_page_cache(source: str | Path, state: str) -> str:
     reached: ``warm``, ``cold``, or ``unchanged`` (asked for ``cold`` without ``posix_fadvise``)."""
     if state not in PAGE_CACHE_STATES:
         raise ValueError(f"page cache state {state!r}: use one of {PAGE_CACHE_STATES}")
-    files = source_files(source)
     if state == "cold" and not hasattr(os, "posix_fadvise"):
         return "unchanged"
     buffer = bytearray(1 << 16)  # reused and below malloc's mmap threshold: reading leaves the heap as it was
-    for path in files:
+    for path in source_files(source):
         with open(path, "rb", buffering=0) as f:
             if state == "warm":
                 while f.readinto(buffer):

@@ -39,10 +39,15 @@ def machine_lines(run: dict) -> list[str]:
             + (f", {run['wall_s'] / 60:.0f} min)." if "wall_s" in run else ", interrupted: a partial run).")]
 
 
+def _cold_measured(probe: dict) -> bool:
+    """Whether the run also opened with the files dropped from the page cache (:mod:`.probe`)."""
+    return probe.get("page_cache_cold") == "cold"
+
+
 def open_target(probe: dict) -> tuple[str, bool, str]:
     """Judged on opening with the bundle's files out of the page cache (the slower case) where the
     run measured it; results from before that (one probe, cache state unknown) on ``open_s``."""
-    if probe.get("page_cache_cold") == "cold":
+    if _cold_measured(probe):
         return (f"opening the bundle (Translator(...)) <= {OPEN_TARGET_S:g} s, its files not in the page cache",
                 probe["open_cold_s"] <= OPEN_TARGET_S,
                 f"{probe['open_cold_s']:.2f} s ({probe['open_s']:.2f} s with the files in the page cache; "
@@ -53,7 +58,7 @@ def open_target(probe: dict) -> tuple[str, bool, str]:
 
 def _open_cell(probe: dict, key: str = "open_s", fmt: str = ".2f") -> str:
     """``warm / cold`` seconds (``open_s`` / ``open_cold_s``) where both were measured, else the one."""
-    cold = probe.get(key[:-2] + "_cold_s") if probe.get("page_cache_cold") == "cold" else None
+    cold = probe.get(key[:-2] + "_cold_s") if _cold_measured(probe) else None
     return format(probe[key], fmt) + (f" / {format(cold, fmt)}" if cold is not None else "")
 
 
@@ -143,7 +148,7 @@ def model_section(model: dict) -> list[str]:
               "| back end | " + " | ".join(f"batch {b}" for b in bs) + " |", "|---|" + "---:|" * len(bs)]
     for k, per in batch.items():
         lines.append(f"| {LABELS.get(k, k)} | " + " | ".join(_sig(per[b]["fps"]) for b in bs) + " |")
-    both = any(p.get("page_cache_cold") == "cold" for p in model["probes"].values())
+    both = any(map(_cold_measured, model["probes"].values()))
     cache = " (files in the page cache / dropped from it)" if both else ""
     lines += ["", "**Cold start and memory** (each in a fresh process, N = " f"{n})", "",
               f"| back end | open s{cache} | first frame s{cache} | RSS after open MiB | peak RSS MiB |",
@@ -221,7 +226,7 @@ def readme_section(run: dict) -> str:
     run = json.loads(json.dumps(run))
     m = run["machine"]
     models = list(run["models"].values())
-    both = any(p.get("page_cache_cold") == "cold" for model in models for p in model["probes"].values())
+    both = any(_cold_measured(p) for model in models for p in model["probes"].values())
     cache = " (files cached / not)" if both else ""
     lines = [README_BEGIN, "",
              f"Measured by `{run['command']}` on {run['created'][:10]}: {m['cpu']}, {m['cores']} cores shared with "

@@ -73,11 +73,18 @@ def nchwc_block_size() -> int | None:
         optimised = onnx.load(opts.optimized_model_filepath)
     if not any(n.domain == NCHWC for n in optimised.graph.node):
         return None
-    blocked = [numpy_helper.to_array(i) for i in optimised.graph.initializer if i.dims[:2] == [c, c]]
+    return block_of(weight, [numpy_helper.to_array(i) for i in optimised.graph.initializer if i.dims[:2] == [c, c]])
+
+
+def block_of(weight: np.ndarray, laid_out: list[np.ndarray]) -> int | None:
+    """The NCHWc block (8 or 16) in which ``laid_out`` (the optimiser's copies of the [c, c, 1, 1]
+    ``weight``) holds it; None for any other layout (a layout this rewrite does not know: it then
+    leaves the graphs alone)."""
+    c = weight.shape[0]
     for b in (8, 16):
-        if len(blocked) == 1 and np.array_equal(_blocked_weight(weight, b).reshape(c, c, 1, 1), blocked[0]):
+        if len(laid_out) == 1 and np.array_equal(_blocked_weight(weight, b).reshape(c, c, 1, 1), laid_out[0]):
             return b
-    return None  # a layout this rewrite does not know: leave the graphs alone
+    return None
 
 
 def _blocked_weight(w: np.ndarray, b: int) -> np.ndarray:

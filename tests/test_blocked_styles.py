@@ -10,7 +10,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from export.batch1_branch import apply_batch1_rewrites, rewrite_batch1
-from export.blocked_styles import NCHWC, nchwc_block_size
+from export.blocked_styles import NCHWC, block_of, nchwc_block_size
 from export.cpu_graphs import _preoptimised_session, _session
 from export.graphs import GeneratorGraph
 from export.models.stylegan2 import Generator
@@ -45,6 +45,15 @@ def optimised_generator(tmp_path_factory):
 def test_block_size_matches_the_cpu():
     tag, block = cpu_tag(), nchwc_block_size()  # MLAS blocks 16 floats with AVX-512, 8 with AVX2
     assert block == {"x86_64-avx512": 16, "x86_64-avx2": 8}.get(tag, block) and block in (None, 8, 16)
+
+
+@pytest.mark.parametrize("b", [8, 16])  # the AVX2 and the AVX-512 layout, recognised on any host
+def test_block_size_is_read_from_either_layout(b):
+    c = 16
+    weight = np.arange(c * c, dtype=np.float32).reshape(c, c, 1, 1)
+    laid_out = weight.reshape(c // b, b, c // b, b).transpose(0, 2, 3, 1).reshape(c, c, 1, 1)  # [O/b, I/b, i, o]
+    assert block_of(weight, [laid_out]) == b
+    assert block_of(weight, [weight]) is None and block_of(weight, [laid_out, laid_out]) is None
 
 
 def test_rewritten_graph_equals_the_module_at_batch_1_and_more(optimised_generator):

@@ -205,15 +205,59 @@ def test_cpu_graphs_open_and_agree(make_tiny_bundle, caplog):
     assert "generator.cpu.onnx" in caplog.text and "encoder.cpu.onnx" in caplog.text
 
 
+def another_cpu_tag() -> str:
+    """A CPU tag that is not this host's, whatever the host (AMD AVX2, Intel AVX-512, Arm)."""
+    return next(t for t in ("x86_64-avx512", "x86_64-avx2", "aarch64") if t != ort_cpu.cpu_tag())
+
+
+def _as_if_built_on(path, tag: str) -> None:
+    tb.edit_manifest(path, lambda m: [g["onnxruntime_cpu"].__setitem__("cpu", tag) for g in m["graphs"].values()])
+
+
 def test_cpu_graphs_of_another_machine_fall_back(make_tiny_bundle, caplog):
     path = make_tiny_bundle("iterative")
     _with_cpu_graphs(path)
-    tb.edit_manifest(path, lambda m: [g["onnxruntime_cpu"].__setitem__("cpu", "x86_64-avx512")
-                                      for g in m["graphs"].values()])
+    other = another_cpu_tag()
+    _as_if_built_on(path, other)
     with caplog.at_level(logging.INFO, logger="sdk.backends.ort_cpu"):
         with Translator(path, backend="onnxruntime", threads=1) as t:
             assert t.infer(tb.random_input(1)).images.shape == (1, 3, tb.R, tb.R)
-    assert "optimised for a x86_64-avx512 CPU" in caplog.text
+    assert f"optimised for a {other} CPU, this one is {ort_cpu.cpu_tag()}" in caplog.text
+
+
+@pytest.mark.parametrize("machine, flags, tag", [
+    ("x86_64", "fpu sse2 avx avx2 fma avx512f avx512bw amx_bf16 avx512_fp16", "x86_64-avx512"),  # Intel Xeon
+    ("x86_64", "fpu sse2 avx f16c fma avx2 bmi2 sha_ni vaes", "x86_64-avx2"),  # AMD EPYC (Zen 3)
+    ("x86_64", "fpu sse2 sse4_2 avx", "x86_64-sse"),
+    ("AMD64", "fpu sse2 avx2 fma", "x86_64-avx2"),
+    ("aarch64", "fp asimd sve", "aarch64"),
+])
+def test_cpu_tag_of_each_kind_of_host(monkeypatch, tmp_path, machine, flags, tag):
+    """Both x86 branches (and the others) on any host: the tag read from a /proc/cpuinfo of that CPU."""
+    key = "Features" if machine == "aarch64" else "flags"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\n{key}\t\t: {flags}\n\nprocessor\t: 1\n")
+    monkeypatch.setattr(ort_cpu, "CPUINFO", str(cpuinfo))
+    monkeypatch.setattr(ort_cpu.platform, "machine", lambda: machine)
+    assert ort_cpu.cpu_tag() == tag
+    monkeypatch.setattr(ort_cpu, "CPUINFO", str(tmp_path / "absent"))  # not Linux: the architecture alone
+    assert ort_cpu.cpu_tag() == machine.lower()
+
+
+@pytest.mark.parametrize("here", ["x86_64-avx2", "x86_64-avx512"])  # what an AMD and an Intel host detect
+def test_cpu_graph_choice_follows_the_recorded_tag(make_tiny_bundle, monkeypatch, here):
+    """The optimised graphs where the recorded tag is this CPU's, the portable ones where it is not,
+    with the host's detection replaced, so both branches run on every host."""
+    import onnxruntime
+
+    path = make_tiny_bundle("iterative")
+    _with_cpu_graphs(path)
+    monkeypatch.setattr(ort_cpu, "cpu_tag", lambda: here)
+    for built_on in ("x86_64-avx2", "x86_64-avx512"):
+        _as_if_built_on(path, built_on)
+        spec = Bundle(path).manifest.graphs["generator"]
+        optimised = [spec.onnxruntime_cpu["file"], spec.onnxruntime_cpu["data"]]
+        assert ort_cpu.graph_files(spec, onnxruntime) == (optimised if built_on == here else [spec.file])
 
 
 def test_cpu_graph_weights_are_verified(make_tiny_bundle):
@@ -240,8 +284,7 @@ def test_translator_verifies_the_files_its_backend_reads(make_tiny_bundle):
             t.bundle.verify()
     with pytest.raises(BundleError, match=f"{portable.name} does not match its SHA-256"):
         Bundle(path)
-    tb.edit_manifest(path, lambda m: [g["onnxruntime_cpu"].__setitem__("cpu", "x86_64-avx512")
-                                      for g in m["graphs"].values()])  # another machine: the portable graphs
+    _as_if_built_on(path, another_cpu_tag())  # another machine: the portable graphs
     with pytest.raises(BundleError, match=f"{portable.name} does not match its SHA-256"):
         Translator(path, backend="onnxruntime")
 

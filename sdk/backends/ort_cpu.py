@@ -32,20 +32,33 @@ log = logging.getLogger(__name__)
 def cpu_tag() -> str:
     """What an NCHWc-optimised graph depends on: the architecture and the widest vector ISA
     ONNX Runtime's MLAS picks its block size from."""
-    machine = platform.machine().lower() or "unknown"
-    flags: set[str] = set()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+        with open(CPUINFO, encoding="utf-8") as f:
+            flags = cpu_flags(f)
     except OSError:  # not Linux: the architecture alone (a mismatch just means the portable graph)
+        flags = None
+    return tag_of(platform.machine(), flags)
+
+
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_flags(cpuinfo_lines) -> frozenset[str]:
+    """The feature flags of the first CPU in ``/proc/cpuinfo``'s lines (x86 ``flags``, Arm ``Features``)."""
+    for line in cpuinfo_lines:
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def tag_of(machine: str, flags: frozenset[str] | None) -> str:
+    """The CPU tag of an architecture (``platform.machine()``) with these feature flags (None:
+    unknown, the architecture alone)."""
+    machine = machine.lower() or "unknown"
+    if flags is None or machine not in ("x86_64", "amd64"):
         return machine
-    if machine in ("x86_64", "amd64"):
-        isa = "avx512" if "avx512f" in flags else "avx2" if {"avx2", "fma"} <= flags else "sse"
-        return f"x86_64-{isa}"
-    return machine
+    isa = "avx512" if "avx512f" in flags else "avx2" if {"avx2", "fma"} <= flags else "sse"
+    return f"x86_64-{isa}"
 
 
 def unusable_reason(entry: Mapping[str, str], onnxruntime_version: str) -> str | None:

@@ -36,7 +36,13 @@ _TRITON_TYPES = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32", np.d
 
 
 class ServerError(SdkError):
-    """The server refused or failed a request (its message is included)."""
+    """The server refused or failed a request (its message is included). ``status`` is the
+    protocol's status: ``"400"`` or ``"500"`` over HTTP, ``"StatusCode.INVALID_ARGUMENT"`` or
+    ``"StatusCode.INTERNAL"`` over gRPC (None when the server sent none)."""
+
+    def __init__(self, message: str, status: str | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -109,7 +115,8 @@ class TranslationClient:
             else:
                 result = self._client.infer(self.model, inputs, outputs=outputs)
         except InferenceServerException as e:
-            raise ServerError(f"{self.protocol} {self.url} model {self.model!r}: {e.message()}") from None
+            raise ServerError(f"{self.protocol} {self.url} model {self.model!r}: {e.message()}",
+                              None if e.status() is None else str(e.status())) from None
         return ServedResult(output=result.as_numpy(OUTPUT), raw=result.as_numpy(OUTPUT_RAW),
                             latents=result.as_numpy(LATENTS) if latents else None)
 

@@ -13,7 +13,12 @@ parallel). With dynamic batching, Triton stacks concurrent requests into one exe
 counts or task options are still answered each as asked (:mod:`serving.batching`).
 
 The model's inputs and outputs are listed in :mod:`serving.batching`; ``serving/client.py`` is a
-client. SIGINT and SIGTERM (what Kubernetes sends) stop the server after in-flight requests.
+client. SIGINT and SIGTERM (what Kubernetes sends) stop the server after in-flight requests
+and exit 0. When tritonserver, a model instance's Python stub or PyTriton's handler dies, the
+launcher logs one line naming what died and exits 1, so a supervisor that restarts on failure
+restarts it (:mod:`serving.watchdog`). A request the model refuses (an ``sdk.InputError``) is
+answered with the SDK's one-line message as HTTP 400 / gRPC INVALID_ARGUMENT
+(:mod:`serving.proxy_model`). Deployment (proxy, probes, supervisor): ``docs/serving.md``.
 """
 from __future__ import annotations
 
@@ -31,11 +36,24 @@ from sdk.errors import InputError
 
 from .batching import TensorInfo, model_inputs, model_outputs, translate_requests
 from .environment import prepare_environment
+from .watchdog import Watchdog, python_stubs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "translator"
 START_ATTEMPTS = 3
+EXIT_DIED = 1  # the server or its model died: a supervisor should restart it
+EXIT_BAD_SETUP = 2  # bad options or bundle, or Triton cannot run here: restarting will not help
+
+
+class ServerDied(SdkError):
+    """tritonserver, a model instance's stub or PyTriton's handler died while serving."""
+
+
+class ClientInputError(Exception):
+    """A request the model refuses because of its inputs; ``serving/proxy_model.py`` answers it
+    with this one-line message as HTTP 400 / gRPC INVALID_ARGUMENT (matched by the class name,
+    ``proxy_model.CLIENT_ERROR``: that file runs in Triton's stub and cannot import this one)."""
 
 
 @dataclass
@@ -52,6 +70,7 @@ class ServeOptions:
     backend: str = "auto"
     threads: int | None = None
     host: str = "127.0.0.1"
+    http_host: str | None = None  # HTTP's own address (default: host), e.g. loopback behind a proxy
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
@@ -109,7 +128,7 @@ class TranslationServer:
     # ------------------------------------------------------------------ endpoints
     @property
     def http_url(self) -> str:
-        return f"{self.options.host}:{self.options.http_port}"
+        return f"{self.options.http_host or self.options.host}:{self.options.http_port}"
 
     @property
     def grpc_url(self) -> str:
@@ -125,7 +144,7 @@ class TranslationServer:
         from pytriton.triton import Triton, TritonConfig
 
         o = self.options
-        config = TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
+        config = TritonConfig(http_address=o.http_host or o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
                               metrics_address=o.host, metrics_port=o.metrics_port, exit_timeout_secs=o.exit_timeout_s,
                               log_verbose=0, log_file=o.log_file)
         triton = Triton(config=config)
@@ -135,6 +154,7 @@ class TranslationServer:
                     inputs=[_tensor(Tensor, t) for t in model_inputs(reference)],
                     outputs=[_tensor(Tensor, t) for t in model_outputs(reference)],
                     config=ModelConfig(batching=True, max_batch_size=self.max_batch, batcher=batcher), strict=True)
+        _answer_errors_briefly(triton)
         return triton
 
     def _infer_fn(self, translator: Translator):
@@ -142,7 +162,10 @@ class TranslationServer:
 
         def infer(requests):
             # PyTriton hands a list of requests (the batcher's grouping) and wants one dict per request back
-            return translate_requests(translator, [r.data for r in requests], max_batch)
+            try:
+                return translate_requests(translator, [r.data for r in requests], max_batch)
+            except InputError as e:  # the client's fault: one line, no traceback, HTTP 400
+                raise ClientInputError(" ".join(str(e).split())) from None
 
         return infer
 
@@ -168,17 +191,34 @@ class TranslationServer:
         return self
 
     def serve_forever(self, poll_s: float = 1.0) -> None:
-        """Serve until SIGINT or SIGTERM (or until tritonserver dies), then stop after the
-        requests in flight."""
+        """Serve until SIGINT or SIGTERM, then stop after the requests in flight.
+
+        Raises :class:`ServerDied`, naming what died, when tritonserver, a model instance's
+        stub or PyTriton's handler dies first."""
         self.start()
         try:
-            while self._triton.is_alive():
+            watchdog = self.watchdog()
+            while (reason := watchdog.check()) is None:
                 time.sleep(poll_s)
-            log.error("tritonserver or its model stopped unexpectedly; see its log above")
         except KeyboardInterrupt:
             log.info("stopping (finishing in-flight requests, at most %d s)", self.options.exit_timeout_s)
+            return
         finally:
             self.stop()
+        raise ServerDied(f"model {self.options.model_name!r} can no longer answer: {reason}")
+
+    def watchdog(self) -> Watchdog:
+        """A :class:`Watchdog` over the running server (call after :meth:`start`)."""
+        triton = self._triton
+        running = getattr(getattr(triton, "_triton_server", None), "_tritonserver_running_cmd", None)
+        if running is None:  # PyTriton's internals moved: its own check still covers tritonserver
+            log.warning("cannot find tritonserver's process in this PyTriton; watching through is_alive() only")
+            return Watchdog(None, lambda: None, [], triton.is_alive)
+        stubs = python_stubs(running.pid)
+        if len(stubs) != self.options.instances:
+            log.warning("found %d Python backend stub(s) for %d instance(s); watching those", len(stubs),
+                        self.options.instances)
+        return Watchdog(running.pid, lambda: getattr(running.process, "exit_code", None), stubs, triton.is_alive)
 
     def stop(self) -> None:
         self._stop_triton()
@@ -205,6 +245,27 @@ def _transient(error: Exception) -> bool:
     return isinstance(error, TimeoutError) or "timeout" in str(error).lower()
 
 
+def _answer_errors_briefly(triton) -> None:
+    """Ship ``serving/proxy_model.py`` as each bound model's ``model.py``, PyTriton's proxy
+    beside it as ``pytriton_model.py``. PyTriton sends these files to tritonserver when it
+    loads the model (``Model.get_proxy_model_files``)."""
+    ours = (Path(__file__).parent / "proxy_model.py").read_bytes()
+    for model in getattr(getattr(triton, "_model_manager", None), "models", ()):
+        original = model.get_proxy_model_files
+
+        def files(original=original, version=model.model_version):
+            found = dict(original())
+            proxy = found.pop(f"file:{version}/model.py", None)
+            if proxy is None:
+                log.warning("PyTriton ships no model.py here; client errors keep PyTriton's traceback and HTTP 500")
+                return found
+            found[f"file:{version}/pytriton_model.py"] = proxy
+            found[f"file:{version}/model.py"] = ours
+            return found
+
+        model.get_proxy_model_files = files
+
+
 def _tensor(tensor_cls, info: TensorInfo):
     return tensor_cls(name=info.name, dtype=info.dtype, shape=info.dims, optional=info.optional)
 
@@ -226,6 +287,8 @@ def parse_args(argv=None) -> ServeOptions:
                    help="Translator backend: auto, tensorrt, onnxruntime, onnxruntime-cuda (default: auto)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per instance (default: CPUs / instances)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback; 0.0.0.0 for all)")
+    p.add_argument("--http-host", help="address for HTTP alone (default: --host); 127.0.0.1 keeps HTTP for a "
+                                       "local proxy and probes while gRPC listens on --host")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
@@ -240,9 +303,9 @@ def parse_args(argv=None) -> ServeOptions:
         logging.getLogger("pytriton").setLevel(logging.WARNING)
     return ServeOptions(bundle=a.bundle, model_name=a.model_name, instances=a.instances, max_batch=a.max_batch,
                         dynamic_batching=a.dynamic_batching, max_queue_delay_us=a.max_queue_delay_us, backend=a.backend,
-                        threads=a.threads, host=a.host, http_port=a.http_port, grpc_port=a.grpc_port,
-                        metrics_port=a.metrics_port, exit_timeout_s=a.exit_timeout, verify=a.verify,
-                        log_file=a.log_file)
+                        threads=a.threads, host=a.host, http_host=a.http_host, http_port=a.http_port,
+                        grpc_port=a.grpc_port, metrics_port=a.metrics_port, exit_timeout_s=a.exit_timeout,
+                        verify=a.verify, log_file=a.log_file)
 
 
 def main(argv=None) -> int:
@@ -254,9 +317,12 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         TranslationServer(options).serve_forever()
+    except ServerDied as e:
+        log.error("%s; exiting with %d so a supervisor restarts the server", e, EXIT_DIED)
+        return EXIT_DIED
     except SdkError as e:  # ServingUnavailable too
         log.error("%s", e)
-        return 2
+        return EXIT_BAD_SETUP
     return 0
 
 

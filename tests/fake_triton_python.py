@@ -26,11 +26,16 @@ class TritonModelException(Exception):
 
 
 class TritonError:
-    def __init__(self, msg: str):
-        self._msg = msg
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
+
+    def __init__(self, msg: str, code: int = INTERNAL):
+        self._msg, self._code = msg, code
 
     def message(self) -> str:
         return self._msg
+
+    def code(self) -> int:
+        return self._code
 
 
 class _Capsule:
@@ -162,6 +167,17 @@ class RepositoryServer:
         return InferenceResponse([Tensor(n, r) for n, r in zip(request.requested_output_names, results)])
 
 
+def install() -> types.ModuleType:
+    """Make ``import triton_python_backend_utils`` give this fake."""
+    fake = types.ModuleType("triton_python_backend_utils")
+    for name in ("Tensor", "InferenceRequest", "InferenceResponse", "TritonError", "TritonModelException",
+                 "PreferredMemory", "TRITONSERVER_MEMORY_CPU", "get_input_tensor_by_name",
+                 "get_output_tensor_by_name"):
+        setattr(fake, name, globals()[name])
+    sys.modules["triton_python_backend_utils"] = fake
+    return fake
+
+
 def load_bls_model(repository: Path, model_name: str = "translator"):
     """Import ``<repository>/<model_name>/1/model.py`` against this fake and initialise it as
     Triton would; returns ``(model, server)``."""
@@ -170,12 +186,7 @@ def load_bls_model(repository: Path, model_name: str = "translator"):
 
     server = RepositoryServer(repository)
     InferenceRequest.server = server
-    fake = types.ModuleType("triton_python_backend_utils")
-    for name in ("Tensor", "InferenceRequest", "InferenceResponse", "TritonError", "TritonModelException",
-                 "PreferredMemory", "TRITONSERVER_MEMORY_CPU", "get_input_tensor_by_name",
-                 "get_output_tensor_by_name"):
-        setattr(fake, name, globals()[name])
-    sys.modules["triton_python_backend_utils"] = fake
+    install()
     folder = Path(repository) / model_name
     spec = importlib.util.spec_from_file_location(f"bls_{model_name}", folder / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)

@@ -46,12 +46,14 @@ from tqdm import tqdm
 from export.checkpoints import FORMATS, CheckpointError, LoadedCheckpoint, load_checkpoint
 from export.graphs import EncoderStep, GeneratorGraph, MappingGraph
 from export.fp16 import Fp16Error, apply_fp16
-from export.onnx_export import OPSET, ParityError, check_parity, export_onnx
+from export.onnx_export import OPSET, DiskFullError, ParityError, check_parity, disk_full_as_error, disk_full_error, \
+    export_onnx
 from export.cpu_graphs import add_cpu_graphs
 from export.optimize import REWRITES_VERSION, optimize_graph
 from export.tensorrt_build import EngineBuildError, EngineOptions, build_bundle_engines
 from sdk.bundle import SCHEMA_VERSION, BundleWriter
-from sdk.errors import BundleError
+from sdk.build_target import check_build_target
+from sdk.errors import SdkError
 from sdk.tasks import SR_FACTORS, TASKS
 
 log = logging.getLogger("build_engines")
@@ -86,6 +88,9 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
     with torch.no_grad():
         latent_avg = ckpt.latent_avg.float()
         average_image = gen(latent_avg[None])[0]
+    if not bool(torch.isfinite(average_image).all()):
+        raise CheckpointError("the generator's image of latent_avg holds NaN/Inf although every weight is finite: "
+                              "the decoder's weights (or latent_avg) overflow float32; nothing was exported")
     rng = torch.Generator().manual_seed(0)
     example_batch = 2  # batch 1 would be specialised by the exporter
     example = {
@@ -119,7 +124,8 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
 
     manifest_graphs, parity = {}, {}
     bar = tqdm(total=2 * len(graphs) + 1, desc="build", unit="step", disable=not progress)
-    with BundleWriter(out) as writer:
+    # inside the writer's block: a full disk is told apart before the writer removes its temporary folder
+    with BundleWriter(out) as writer, disk_full_as_error(writer.tmp, _bundle_bytes(ckpt, optimize)):
         for key, module, inputs, out_name, (out_role, out_shape) in graphs:
             file = f"{key}.onnx"
             bar.set_postfix_str(f"export {key}")
@@ -185,12 +191,22 @@ def build_bundle(ckpt: LoadedCheckpoint, out: Path, task: str = "inversion", fac
     return out
 
 
+def _bundle_bytes(ckpt: LoadedCheckpoint, optimize: bool) -> int:
+    """About how much disk a build takes: each graph holds its weights, the CPU-optimised graphs
+    a second copy, and a CPU-form source a third while it is optimised."""
+    weights = sum(t.numel() * t.element_size() for module in [ckpt.generator, *(st.encoder for st in ckpt.stages)]
+                  for t in [*module.parameters(), *module.buffers()])
+    return (3 if optimize else 1) * weights + (16 << 20)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, help="encoder checkpoint (.pt); default: the embedded demo model")
     p.add_argument("--generator", type=Path, help="rosinality StyleGAN2 file (g_ema) to use as the decoder")
     p.add_argument("--format", choices=FORMATS, help="checkpoint format (default: detected from the file)")
-    p.add_argument("--out", type=Path, help="bundle folder (default: engines/demo, or engines/<checkpoint name>)")
+    p.add_argument("--out", type=Path, help="bundle folder to write (default: engines/demo, or engines/<checkpoint "
+                   "name>): a new path, an empty folder or an earlier bundle, which is replaced; any other folder or "
+                   "file is refused, never deleted")
     p.add_argument("--task", choices=sorted(TASKS), help="pre-processing the bundle applies to images "
                    "(default: read from the checkpoint's opts; super_resolution for the demo)")
     p.add_argument("--factor", type=int, default=4, choices=SR_FACTORS, help="default super-resolution factor")
@@ -257,12 +273,17 @@ def _build(args: argparse.Namespace) -> int:
     interrupt = _InterruptWatch()
     try:
         with interrupt:
+            check_build_target(out)  # before the minutes of loading and tracing: refuse a user's folder now
             _load_and_build(args, out)
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt) or (interrupt.seen and isinstance(e, Exception)):
             log.error("interrupted; the previous bundle (if any) is untouched")
             return 130
-        if isinstance(e, (CheckpointError, ParityError, Fp16Error, EngineBuildError, BundleError)):
+        full = disk_full_error(e, out.parent) if isinstance(e, OSError) else None  # outside the bundle writer
+        if full is not None or isinstance(e, (CheckpointError, SdkError, DiskFullError)):
+            log.error("%s", " ".join(str(full or e).split()))  # one line
+            return 2
+        if isinstance(e, (ParityError, Fp16Error, EngineBuildError)):
             log.error("%s", e)
             return 1
         raise

@@ -18,11 +18,15 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .digests import CHUNK_BYTES, Expected, file_digests, sha256_file, verify_files  # noqa: F401
+from .build_target import check_build_target, not_a_bundle, remove_bundle
+from .digests import (CHUNK_BYTES, REPLACE_ATOMICALLY, Expected, changed_since, file_digests,  # noqa: F401
+                      sha256_file, verify_files)
 from .errors import BundleError
 # the schema lives in sdk/manifest.py; re-exported here, where readers and writers look for it
 from .manifest import (MAX_ITERATIONS, ROLES, SCHEMA_VERSION, GraphSpec, Manifest, Schedule,  # noqa: F401
                        Stage, TensorSpec, iter_stage_graphs)
+from .npz import read_arrays
+from .permissions import check_private
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,45 @@ def resolve_inside(root: Path, name: str) -> Path:
     return path
 
 
+def _shown(path: str) -> str:
+    return repr(path) if len(path) <= 200 else f"{path[:80]!r}... ({len(path)} characters)"
+
+
+def _bundle_folder(path: Any) -> Path:
+    """``path`` as a :class:`Path`, or :class:`BundleError` where it cannot name a folder this
+    process may look into (a missing folder or manifest is for :class:`Bundle` to explain)."""
+    usage = "pass the bundle folder export/build_engines.py wrote, e.g. Translator('engines/demo')"
+    if not isinstance(path, (str, os.PathLike)):
+        raise BundleError(f"the bundle path must be a str or os.PathLike naming a folder; got "
+                          f"{type(path).__name__}. {usage}")
+    try:
+        text = os.fspath(path)
+        if not isinstance(text, str):
+            raise TypeError(f"it is {type(text).__name__}")
+    except TypeError as e:
+        raise BundleError(f"the bundle path must be a text path ({e}); {usage}") from None
+    if not text.strip():
+        raise BundleError(f"the bundle path is empty; {usage}")
+    folder = Path(text)
+    for probe in (folder, folder / MANIFEST):
+        try:
+            os.stat(probe)
+        except (FileNotFoundError, NotADirectoryError):
+            break
+        except ValueError:  # an embedded NUL byte
+            raise BundleError(f"bundle path {_shown(text)} contains a NUL byte; {usage}") from None
+        except PermissionError:
+            raise BundleError(f"bundle folder {_shown(text)} cannot be searched ({probe} is not accessible: "
+                              f"permission denied); give yourself read and search permission on it and the "
+                              f"folders above (chmod u+rx), or run as its owner") from None
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                raise BundleError(f"bundle path {_shown(text)} is too long for this system ({e.strerror}); "
+                                  f"{usage}") from None
+            raise BundleError(f"bundle path {_shown(text)} cannot be opened ({e.strerror or e}); {usage}") from None
+    return folder
+
+
 class Bundle:
     """A validated bundle folder. Opening checks the manifest, every file's presence and, with
     ``verify=True``, every file's SHA-256, so a corrupt or tampered bundle fails here, not mid-run.
@@ -55,20 +98,24 @@ class Bundle:
     the files its backend loads (a CPU backend reads the optimised graphs, not the portable ones)."""
 
     def __init__(self, path: str | os.PathLike, verify: bool = True):
-        self.path = Path(path)
+        self.path = _bundle_folder(path)
         manifest_path = self.path / MANIFEST
         hint = REBUILD_HINT.format(path=self.path)
+        if self.path.exists() and not self.path.is_dir():
+            raise BundleError(f"bundle path {self.path} is a file, not a bundle folder; pass the folder "
+                              f"export/build_engines.py wrote (e.g. engines/demo)")
         if not self.path.is_dir():
             raise BundleError(f"bundle folder {self.path} does not exist; build one with: "
                               f"python export/build_engines.py (demo) or --checkpoint CKPT --out {self.path}")
         if not manifest_path.is_file():
-            raise BundleError(f"{manifest_path} is missing: {self.path} is not a complete bundle; {hint}")
+            raise BundleError(not_a_bundle(self.path))
+        unreadable = f"if this is a bundle, remove the folder and rebuild it: {hint}"
         try:
             raw = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise BundleError(f"{manifest_path} is not valid JSON ({type(e).__name__}: {e}); {hint}") from None
+            raise BundleError(f"{manifest_path} is not valid JSON ({type(e).__name__}: {e}); {unreadable}") from None
         except OSError as e:
-            raise BundleError(f"{manifest_path} cannot be read ({e}); {hint}") from None
+            raise BundleError(f"{manifest_path} cannot be read ({e}); {unreadable}") from None
         try:
             self.manifest = Manifest.parse(raw)
         except BundleError as e:
@@ -77,6 +124,8 @@ class Bundle:
         files.append((self.manifest.constants_file, self.manifest.constants_sha256))
         self._expected: dict[str, tuple[Path, str]] = {}
         self._verified: set[str] = set()
+        self._identity: dict[str, tuple] = {}  # each verified file as hashed (sdk.digests.identity)
+        self._private = False  # the folder chain and manifest passed sdk.permissions.check_private
         for name, digest in files:
             path = resolve_inside(self.path, name)
             try:
@@ -90,7 +139,10 @@ class Bundle:
 
     def verify(self, names: Iterable[str] | None = None) -> None:
         """Check the SHA-256 of the bundle files ``names`` (default: all of them), each file once
-        per Bundle; raises :class:`BundleError` naming the first that differs."""
+        per Bundle; raises :class:`BundleError` naming the first that differs. First the files, the
+        manifest, the bundle folder and the folders above it must be writable by no one but this
+        user and root (:func:`sdk.permissions.check_private`): a digest of files that others may
+        rewrite before they are loaded would vouch for nothing."""
         names = list(self._expected) if names is None else list(dict.fromkeys(names))
         unknown = [n for n in names if n not in self._expected]
         if unknown:
@@ -99,9 +151,22 @@ class Bundle:
         if not todo:
             return
         m = self.manifest
-        verify_files([Expected(*self._expected[n], tuple(m.chunk_sha256.get(n, ()))) for n in todo],
-                     m.chunk_bytes, REBUILD_HINT.format(path=self.path))
+        check_private(self.path, [resolve_inside(self.path, MANIFEST)] + [self._expected[n][0] for n in todo])
+        hashed = verify_files([Expected(*self._expected[n], tuple(m.chunk_sha256.get(n, ()))) for n in todo],
+                              m.chunk_bytes, REBUILD_HINT.format(path=self.path))
+        self._identity.update((n, hashed[self._expected[n][0]]) for n in todo)
         self._verified.update(todo)
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`BundleError` if a verified file was replaced or written to since its
+        digest was checked (call it once the backend has loaded the files): what the backend
+        loaded may then not be what was checked."""
+        for name, before in self._identity.items():
+            path = self._expected[name][0]
+            why = changed_since(path, before)
+            if why:
+                raise BundleError(f"bundle file {path} changed after its SHA-256 was checked, while the bundle was "
+                                  f"being opened ({why}); {REPLACE_ATOMICALLY}; then open it again")
 
     def add_piece_digests(self) -> bool:
         """For a bundle built before piece digests existed: check every file whole, record the
@@ -132,20 +197,13 @@ class Bundle:
         return self.file(self.manifest.graphs[key].file)
 
     def constants(self) -> dict[str, np.ndarray]:
-        """``latent_avg`` [M, D] and ``average_image`` [3, R, R], float32 (no pickles loaded)."""
-        path = self.file(self.manifest.constants_file)
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: np.ascontiguousarray(npz[k], dtype=np.float32) for k in npz.files}
-        except Exception as e:  # zip/npy format errors come in many types
-            raise BundleError(f"{path} is not a readable .npz ({e}); {REBUILD_HINT.format(path=self.path)}") from None
+        """``latent_avg`` [M, D] and ``average_image`` [3, R, R], float32 and finite (only these two members
+        are read, their headers checked before decompressing; no pickles loaded)."""
         m = self.manifest
         expected = {"latent_avg": (m.latent_count, m.latent_dim), "average_image": (3, m.output_size, m.output_size)}
-        for key, shape in expected.items():
-            if key not in arrays or arrays[key].shape != shape:
-                got = arrays[key].shape if key in arrays else "nothing"
-                raise BundleError(f"{path}: {key} should have shape {shape}, found {got}")
-        return arrays
+        # once verified, the bytes read here are hashed again: they are the ones the arrays come from
+        digest = m.constants_sha256 if m.constants_file in self._verified else None
+        return read_arrays(self.file(m.constants_file), expected, REBUILD_HINT.format(path=self.path), digest)
 
 
 # --------------------------------------------------------------------------- writing
@@ -155,7 +213,8 @@ class BundleWriter:
 
     Use as a context manager: an exception (or Ctrl-C) inside the block removes the
     temporary folder and leaves any previous bundle at ``target`` untouched. The manifest is
-    written last, so a folder without one is never a bundle.
+    written last, so a folder without one is never a bundle. ``target`` must be nothing, an empty
+    folder or a bundle (:mod:`sdk.build_target`): anything else is refused, never deleted.
 
     Crash safety (SIGKILL, power loss): the temporary folder ``.NAME.tmp-XXXX`` is paired with a
     lock file ``.NAME.tmp-XXXX.lock`` that this writer holds (``flock``) while it lives. A later
@@ -168,7 +227,12 @@ class BundleWriter:
 
     def __init__(self, target: str | os.PathLike):
         self.target = Path(target)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
+        check_build_target(self.target)
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BundleError(f"cannot create the folder {self.target.parent} for the bundle ({e.strerror}); "
+                              f"choose --out in a folder you can write") from None
         self._recover_interrupted_swap()
         self._remove_stale_temporaries()
         self._lock_fd, self.tmp = _locked_temporary(self.target)
@@ -210,16 +274,17 @@ class BundleWriter:
             _fsync(self.path(name))
         _write_json(self.tmp / MANIFEST, manifest)
         _fsync(self.tmp)
+        check_build_target(self.target)  # again: the folder may have changed during the build
         if not os.path.lexists(self.target):
             os.replace(self.tmp, self.target)
         elif _exchange(self.tmp, self.target):  # atomic: the old bundle is now at self.tmp
-            _remove(self.tmp)
+            remove_bundle(self.tmp)
         else:
             old = self.target.parent / f".{self.target.name}.old"
-            _remove(old)
+            remove_bundle(old)
             os.replace(self.target, old)
             os.replace(self.tmp, self.target)
-            _remove(old)
+            remove_bundle(old)
         _fsync(self.target.parent)
         log.info("bundle written to %s", self.target)
         return self.target

@@ -98,7 +98,8 @@ def test_missing_manifest(make_tiny_bundle):
     path = make_tiny_bundle()
     (path / MANIFEST).unlink()
     msg = _open_error(path)
-    assert "manifest.json is missing" in msg and "build_engines" in msg
+    assert "holds no manifest.json, so it is not a bundle" in msg and "build_engines" in msg
+    assert f"--out {path} " not in msg + " "  # a build refuses a folder that is not a bundle
 
 
 @pytest.mark.parametrize("text", ["{", "", "not json", '{"schema_version": 1,}', b"\xff\xfe{}"])

@@ -19,7 +19,9 @@ mtv_tsa       Deep-GAN-Encoders' bare MTV-TSA ``BE`` state dict + ``--generator`
 
 Files are read with ``torch.load(weights_only=True)``: tensors, containers and the few
 option types public checkpoints carry; anything else (a pickled callable) is refused before
-it can run. State dicts must match the modules exactly; a mismatch names the missing and
+it can run. Every value read from the file is checked first (export/checkpoint_values.py: the
+file's type and zip CRCs, each tensor's type, dtype, device and finiteness, the option fields,
+``latent_avg``). State dicts must match the modules exactly; a mismatch names the missing and
 unexpected keys and the likely cause.
 """
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from export.checkpoint_values import CheckedState, CheckpointError, check_file, check_opts, latent_avg_tensor, \
+    tensor_dict
 from export.models.encoders import build_encoder, infer_encoder_config
 from export.models.stylegan2 import Generator
 from sdk.bundle import sha256_file
@@ -45,10 +49,8 @@ FORMATS = ("psp", "restyle_psp", "restyle_fpn", "e2style", "rosinality")
 FORMATS += ("ome_progan", "ome_stylegan2", "mtv_tsa")
 ITERATIVE = ("restyle_psp", "restyle_fpn")
 SAFE_GLOBALS = [argparse.Namespace]  # option objects some public checkpoints carry
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable, of an unknown format, or does not match its modules."""
+# what inferring a config from odd shapes, or building a module from it, raises
+CONFIG_ERRORS = (KeyError, ValueError, IndexError, TypeError, ZeroDivisionError, OverflowError, RuntimeError)
 
 
 @dataclass
@@ -102,11 +104,11 @@ class LoadedCheckpoint:
         return "inversion"
 
 
-def read_file(path: str | Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` and our allow-list, mapped to CheckpointError."""
+def read_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load`` with ``weights_only=True`` and our allow-list, mapped to CheckpointError,
+    after :func:`~export.checkpoint_values.check_file` (file type, permissions, zip CRCs)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    check_file(path, what)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -134,8 +136,11 @@ def detect_format(ckpt: Any) -> str:
     if "state_dict" not in ckpt:
         raise CheckpointError(f"unknown checkpoint layout (top-level keys {sorted(ckpt)[:8]}); expected "
                               f"'state_dict' + 'opts' (pSp/ReStyle) or 'g_ema' (rosinality). Use --format")
-    keys = ckpt["state_dict"].keys()
-    if any(k.startswith("encoder_firststage.") for k in keys):
+    state = ckpt["state_dict"]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"the checkpoint's 'state_dict' is a {type(state).__name__}; expected a dict of "
+                              f"weight names to tensors")
+    if any(isinstance(k, str) and k.startswith("encoder_firststage.") for k in state):
         return "e2style"
     opts = _opts(ckpt)
     encoder_type = opts.get("encoder_type", "GradualStyleEncoder")
@@ -150,7 +155,7 @@ def load_checkpoint(path: str | Path, format: str | None = None, generator_path:
     """Load an encoder checkpoint (with its decoder, or the generator from ``generator_path``)."""
     path = Path(path)
     ckpt = read_file(path)
-    generator_file = read_file(generator_path) if generator_path is not None else None
+    generator_file = read_file(generator_path, "--generator file") if generator_path is not None else None
     loaded = from_dict(ckpt, format, where=str(path), generator_file=generator_file)
     loaded.path, loaded.sha256 = path, sha256_file(path)
     return loaded
@@ -172,13 +177,11 @@ def from_dict(ckpt: Any, format: str | None = None, where: str = "checkpoint",
                               f"checkpoint with --checkpoint and this file with --generator")
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise CheckpointError(f"{where} has no 'state_dict'; it is not a {fmt} checkpoint")
-    state = ckpt["state_dict"]
-    opts = _opts(ckpt)
+    state = tensor_dict(ckpt["state_dict"], f"{where} (state_dict)")
+    opts = _opts(ckpt, where)
     stages = _load_stages(state, opts, fmt, where)
     if generator_file is not None:
-        if detect_format(generator_file) != "rosinality":
-            raise CheckpointError("the --generator file is not a rosinality file with 'g_ema'")
-        dec_sd, dec_where = dict(generator_file["g_ema"]), "--generator (g_ema)"
+        dec_sd, dec_where = g_ema(generator_file), "--generator (g_ema)"
     else:
         dec_sd, dec_where = _strip(state, "decoder."), f"{where} (decoder.*)"
         if not dec_sd:
@@ -189,13 +192,12 @@ def from_dict(ckpt: Any, format: str | None = None, where: str = "checkpoint",
         if n_styles != generator.n_latent and st.config["encoder_type"] != "BackboneEncoderUsingLastLayerIntoW":
             raise CheckpointError(f"the encoder predicts {n_styles} styles but the {generator.size}px "
                                   f"generator takes {generator.n_latent}; they belong to different models")
-    source = generator_file if generator_file is not None and "latent_avg" in generator_file else ckpt
     if fmt in ITERATIVE:
-        iterations = int(opts.get("n_iters_per_batch", 5))
+        iterations = opts.get("n_iters_per_batch") or 5
     else:
-        iterations = min(int(opts.get("training_stage", len(stages)) or len(stages)), len(stages))
+        iterations = min(opts.get("training_stage") or len(stages), len(stages))
     return LoadedCheckpoint(format=fmt, path=Path(where), sha256="", opts=opts, generator=generator,
-                            latent_avg=_latent_avg(source, generator), stages=stages,
+                            latent_avg=_latent_avg(_avg_source(ckpt, generator_file), generator, where), stages=stages,
                             repeat_last=fmt in ITERATIVE, default_iterations=iterations)
 
 
@@ -221,8 +223,8 @@ def _load_stages(state: Mapping[str, torch.Tensor], opts: dict, fmt: str, where:
             raise CheckpointError(f"{where} has no '{prefix}*' weights; it is not a {fmt} checkpoint (try --format)")
         try:
             config = infer_encoder_config(sd)  # checked against the format before anything is built
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"{where}: the {prefix}* weights are not a known encoder ({e})") from None
+        except CONFIG_ERRORS as e:
+            raise CheckpointError(f"{where}: the {prefix}* weights are not a known encoder ({_reason(e)})") from None
         if config["encoder_type"] not in expected_type:
             raise CheckpointError(f"{where}: the {prefix}* weights are a {config['encoder_type']} but format "
                                   f"{fmt!r} uses {' or '.join(expected_type)}; drop --format or pick the matching one")
@@ -233,7 +235,7 @@ def _load_stages(state: Mapping[str, torch.Tensor], opts: dict, fmt: str, where:
         if feedback and config["input_nc"] < 4:
             raise CheckpointError(f"{where}: the {prefix}* encoder takes {config['input_nc']} channels, too few "
                                   f"for the input plus the fed-back image")
-        encoder = build_encoder(config)
+        encoder = _construct(build_encoder, config, f"{where} ({prefix}*)")
         load_strict(encoder, sd, f"{where} ({prefix}*)")
         stages.append(StageModel(encoder.eval(), config, feedback, residual))
     return stages
@@ -243,13 +245,27 @@ def build_loaded(state: Mapping[str, torch.Tensor], where: str, infer: Callable[
                  build: Callable[[dict], nn.Module], kind: str) -> tuple[nn.Module, dict]:
     """Read a module's config off ``state`` (``infer``), ``build`` it and load ``state``
     strictly; returns the module in eval mode and its config. Errors name ``where`` and ``kind``."""
+    state = tensor_dict(state, where)  # returned as it is when checked already
     try:
         config = infer(state)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{where}: not a {kind} state dict ({e})") from None
-    module = build(config)
+    except CONFIG_ERRORS as e:
+        raise CheckpointError(f"{where}: not a {kind} state dict ({_reason(e)})") from None
+    module = _construct(build, config, where)
     load_strict(module, state, where)
     return module.eval(), config
+
+
+def _construct(build: Callable[[dict], nn.Module], config: dict, where: str) -> nn.Module:
+    """``build(config)``: a config read off odd shapes can still be one the module rejects."""
+    try:
+        return build(config)
+    except CONFIG_ERRORS as e:
+        raise CheckpointError(f"{where}: the weights describe a module that cannot be built ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}"[:300]
 
 
 def build_generator(state: Mapping[str, torch.Tensor], where: str, cls: type = Generator,
@@ -259,23 +275,32 @@ def build_generator(state: Mapping[str, torch.Tensor], where: str, cls: type = G
 
 
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
-    """``load_state_dict(strict=True)`` with a message that names the keys and the likely cause."""
+    """``load_state_dict(strict=True)`` with a one-line message that names the keys (missing,
+    unexpected, of another shape, dtype or device) and the likely cause."""
     own = module.state_dict()
+    state = {k: v for k, v in state.items()}
+    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{where}: {', '.join(not_tensors[:6])} are not tensors")
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if not (missing or unexpected or wrong):
+    common = sorted(set(own) & set(state))
+    wrong = [k for k in common if tuple(own[k].shape) != tuple(state[k].shape)]
+    dtypes = [k for k in common if own[k].dtype != state[k].dtype]
+    devices = [k for k in common if own[k].device.type != state[k].device.type]
+    if not (missing or unexpected or wrong or dtypes or devices):
         # assign: the module takes the checkpoint's tensors (no second copy; works on meta)
         module.load_state_dict(state, strict=True, assign=True)
         return
-    lines = [f"{where} does not match {type(module).__name__}:"]
+    parts = []
     for label, keys in (("missing", missing), ("unexpected", unexpected)):
         if keys:
-            lines.append(f"  {len(keys)} {label} keys: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
-    for k in wrong[:6]:
-        lines.append(f"  shape of {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}")
-    lines.append(f"  likely cause: {_likely_cause(missing, unexpected, wrong)}")
-    raise CheckpointError("\n".join(lines))
+            parts.append(f"{len(keys)} {label} keys: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
+    for label, keys, attr in (("shape", wrong, lambda t: tuple(t.shape)), ("dtype", dtypes, lambda t: t.dtype),
+                              ("device", devices, lambda t: t.device.type)):
+        parts += [f"{label} of {k}: checkpoint {attr(state[k])}, model {attr(own[k])}" for k in keys[:6]]
+    parts.append(f"likely cause: {_likely_cause(missing, unexpected, wrong)}")
+    raise CheckpointError(f"{where} does not match {type(module).__name__}: " + "; ".join(parts))
 
 
 def _likely_cause(missing: list, unexpected: list, wrong: list) -> str:
@@ -292,31 +317,37 @@ def _likely_cause(missing: list, unexpected: list, wrong: list) -> str:
     return "the file is a different model or format; try --format"
 
 
-def _opts(ckpt: Mapping) -> dict:
-    opts = ckpt.get("opts", {}) or {}
-    if isinstance(opts, argparse.Namespace):
-        opts = vars(opts)
-    if not isinstance(opts, Mapping):
-        raise CheckpointError(f"checkpoint 'opts' is a {type(opts).__name__}; expected a dict")
-    return dict(opts)
+def _opts(ckpt: Mapping, where: str = "checkpoint") -> dict:
+    return check_opts(ckpt.get("opts"), where)
+
+
+def g_ema(generator_file: Any) -> dict[str, torch.Tensor]:
+    """The checked ``g_ema`` state dict of a ``--generator`` rosinality file."""
+    if not isinstance(generator_file, Mapping) or not isinstance(generator_file.get("g_ema"), Mapping):
+        raise CheckpointError("the --generator file is not a rosinality file with 'g_ema' (a dict of tensors)")
+    return tensor_dict(generator_file["g_ema"], "--generator (g_ema)")
+
+
+def _avg_source(ckpt: Mapping, generator_file: Mapping | None) -> tuple[Mapping, str]:
+    """Where ``latent_avg`` comes from: the generator file when it has one, else the checkpoint."""
+    if generator_file is not None and "latent_avg" in generator_file:
+        return generator_file, "--generator"
+    return ckpt, "checkpoint"
 
 
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    kind = CheckedState if isinstance(state, CheckedState) else dict  # a checked dict's parts stay checked
+    return kind((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
 
 
-def _latent_avg(ckpt: Mapping, generator: Generator) -> torch.Tensor:
+def _latent_avg(source: tuple[Mapping, str], generator: Generator, where: str = "checkpoint") -> torch.Tensor:
     """[M, D]: the file's ``latent_avg`` ([M, D] or [D], repeated), else the generator's mean."""
+    ckpt, name = source
     m, d = generator.n_latent, generator.style_dim
     avg = ckpt.get("latent_avg")
     if avg is None:
         log.warning("checkpoint has no latent_avg; using the mean of 10000 mapped samples (seed 0)")
         with torch.no_grad():
             avg = generator.mean_latent(10000, seed=0)
-    avg = avg.detach().float().reshape(-1, d)
-    if avg.shape[0] == 1:
-        avg = avg.repeat(m, 1)
-    if avg.shape != (m, d):
-        raise CheckpointError(f"latent_avg has shape {tuple(avg.shape)}; expected [{m}, {d}] or [{d}]")
-    return avg.contiguous()
+    return latent_avg_tensor(avg, m, d, where if name == "checkpoint" else name)
 

@@ -40,8 +40,9 @@ from typing import Any, Mapping
 
 import torch
 
-from export.checkpoints import CheckpointError, LoadedCheckpoint, StageModel, _latent_avg, _opts, _strip, \
-    build_generator, build_loaded, detect_format, load_strict
+from export.checkpoint_values import CheckedState, latent_avg_tensor, tensor_dict
+from export.checkpoints import CheckpointError, LoadedCheckpoint, StageModel, _avg_source, _latent_avg, _opts, \
+    _strip, build_generator, build_loaded, g_ema, load_strict
 from export.models.mtv import NOISE_SEED, MTVEncoder, infer_mtv_config
 from export.models.ome_encoder import OMEEncoder, infer_ome_config
 from export.models.progan import OME_SPLIT, DynamicFusion, MultiCodeProGAN, ProGANGenerator, StaticFusion
@@ -55,8 +56,9 @@ def detect_family_format(ckpt: Any) -> str | None:
     """``ome_progan`` (its ``format`` marker), ``mtv_tsa`` (a bare BE state dict), else None."""
     if not isinstance(ckpt, Mapping):
         return None
-    if ckpt.get("format") in ("ome_progan", "ome_stylegan2"):
-        return ckpt["format"]
+    marker = ckpt.get("format")
+    if isinstance(marker, str) and marker in ("ome_progan", "ome_stylegan2"):
+        return marker
     keys = [k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k for k in ckpt]
     if "FromRGB.from_rgb.weight" in keys and any(str(k).startswith("decode_block.") for k in keys):
         return "mtv_tsa"
@@ -77,9 +79,11 @@ def load_family(fmt: str, ckpt: Any, where: str, generator_file: Mapping | None)
 
 def build_progan(state: Mapping[str, torch.Tensor], where: str) -> ProGANGenerator:
     """A genforce PGGAN generator from its bare state dict (``lod`` must be 0 or absent)."""
-    state = dict(state)
+    state = CheckedState(tensor_dict(state, where))
     lod = state.pop("lod", None)
-    if lod is not None and float(lod) != 0.0:
+    if lod is not None and lod.numel() != 1:
+        raise CheckpointError(f"{where}: lod has shape {tuple(lod.shape)}; expected one number (0)")
+    if lod is not None and lod.device.type != "meta" and float(lod) != 0.0:
         raise CheckpointError(f"{where}: lod = {float(lod)}; only fully grown generators (lod 0) are supported")
     return build_generator(state, where, ProGANGenerator, "genforce PGGAN generator")
 
@@ -90,6 +94,9 @@ def build_fusion(state: Mapping[str, torch.Tensor], channels: int, where: str) -
         return StaticFusion()
     if "fc0.weight" not in state:
         raise CheckpointError(f"{where}: fusion.* has no fc0.weight (keys {sorted(state)[:4]})")
+    if state["fc0.weight"].ndim != 2:
+        raise CheckpointError(f"{where}: fusion.fc0.weight has shape {tuple(state['fc0.weight'].shape)}; "
+                              f"expected [C/r, C]")
     hidden = int(state["fc0.weight"].shape[0])
     if hidden <= 0 or channels % hidden:
         raise CheckpointError(f"{where}: fusion.fc0.weight is {tuple(state['fc0.weight'].shape)}, which does not "
@@ -99,11 +106,15 @@ def build_fusion(state: Mapping[str, torch.Tensor], channels: int, where: str) -
     return fusion.eval()
 
 
-def _ome_stage(ckpt: Any, fmt: str, where: str, input_size: int = 256) -> tuple[dict, StageModel]:
-    """The opts and the OME encoder stage (feedback + residual) of an ``ome_*`` checkpoint."""
+def _ome_stage(ckpt: Any, fmt: str, where: str) -> tuple[dict, StageModel, CheckedState]:
+    """The opts, the OME encoder stage (feedback + residual) and the checked state dict of an
+    ``ome_*`` checkpoint."""
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise CheckpointError(f"{where} has no 'state_dict'; it is not an {fmt} checkpoint")
-    enc_sd = _strip(ckpt["state_dict"], "encoder.")
+    opts = _opts(ckpt, where)
+    input_size = opts.get("input_size") or 256
+    state = tensor_dict(ckpt["state_dict"], f"{where} (state_dict)")
+    enc_sd = _strip(state, "encoder.")
     encoder, config = build_loaded(enc_sd, f"{where} (encoder.*)", lambda sd: infer_ome_config(sd, input_size),
                                    lambda c: OMEEncoder(**c), "OME encoder")
     if config["input_nc"] < 4:
@@ -112,19 +123,15 @@ def _ome_stage(ckpt: Any, fmt: str, where: str, input_size: int = 256) -> tuple[
     stage_config = {"encoder_type": "OMEEncoder", "mode": f"resnet{config['depth']}", "num_layers": config["depth"],
                     "input_nc": config["input_nc"], "n_styles": encoder.n_styles, "code_dim": config["code_dim"],
                     **{k: config[k] for k in ("width", "fpn_dim")}, "codes_per_level": list(config["codes_per_level"])}
-    return _opts(ckpt), StageModel(encoder.eval(), stage_config, True, True)
+    return opts, StageModel(encoder.eval(), stage_config, True, True), state
 
 
 def load_ome_stylegan2(ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
-    opts = _opts(ckpt) if isinstance(ckpt, Mapping) else {}
-    input_size = int(opts.get("input_size", 256))
-    opts, stage = _ome_stage(ckpt, "ome_stylegan2", where, input_size)
+    opts, stage, state = _ome_stage(ckpt, "ome_stylegan2", where)
     if generator_file is not None:
-        if detect_format(generator_file) != "rosinality":
-            raise CheckpointError("the --generator file is not a rosinality file with 'g_ema'")
-        generator = build_generator(dict(generator_file["g_ema"]), "--generator (g_ema)")
+        generator = build_generator(g_ema(generator_file), "--generator (g_ema)")
     else:
-        dec_sd = _strip(ckpt["state_dict"], "decoder.")
+        dec_sd = _strip(state, "decoder.")
         if not dec_sd:
             raise CheckpointError(f"{where} has no 'decoder.*' weights; pass the StyleGAN2 file with --generator")
         generator = build_generator(dec_sd, f"{where} (decoder.*)")
@@ -132,15 +139,14 @@ def load_ome_stylegan2(ckpt: Any, where: str, generator_file: Mapping | None) ->
     if (m, d) != (generator.n_latent, generator.style_dim):
         raise CheckpointError(f"the encoder predicts {m} x {d} codes but the {generator.size} px generator takes "
                               f"{generator.n_latent} x {generator.style_dim}; they belong to different models")
-    source = generator_file if generator_file is not None and "latent_avg" in generator_file else ckpt
     return LoadedCheckpoint(format="ome_stylegan2", path=Path(where), sha256="", opts=opts, generator=generator,
-                            latent_avg=_latent_avg(source, generator), stages=[stage], repeat_last=True,
-                            default_iterations=int(opts.get("n_iters_per_batch", 5)), input_size=input_size)
+                            latent_avg=_latent_avg(_avg_source(ckpt, generator_file), generator, where),
+                            stages=[stage], repeat_last=True, default_iterations=opts.get("n_iters_per_batch") or 5,
+                            input_size=opts.get("input_size") or 256)
 
 
 def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
-    opts, stage = _ome_stage(ckpt, "ome_progan", where)
-    state = ckpt["state_dict"]
+    opts, stage, state = _ome_stage(ckpt, "ome_progan", where)
     if generator_file is not None:
         generator = build_progan(generator_file, "--generator (genforce PGGAN)")
     else:
@@ -148,7 +154,7 @@ def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> Lo
         if not dec_sd:
             raise CheckpointError(f"{where} has no 'decoder.*' weights; pass the genforce PGGAN file with --generator")
         generator = build_progan(dec_sd, f"{where} (decoder.*)")
-    split = int(opts.get("split", OME_SPLIT))
+    split = opts.get("split") or OME_SPLIT
     if not 1 <= split < generator.num_layers:
         raise CheckpointError(f"{where}: opts.split = {split} is outside 1..{generator.num_layers - 1}")
     fusion = build_fusion(_strip(state, "fusion."), generator.split_channels(split), where)
@@ -157,15 +163,11 @@ def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> Lo
         raise CheckpointError(f"{where}: the encoder predicts {stage.config['code_dim']}-d codes but the generator "
                               f"takes z of {d}; they belong to different models")
     multi = MultiCodeProGAN(generator, m, fusion, split).eval()
-    avg = ckpt.get("latent_avg")
-    avg = torch.zeros(m, d) if avg is None else avg.detach().float().reshape(-1, d)
-    if avg.shape[0] == 1:
-        avg = avg.repeat(m, 1)  # OME: the average code repeated M times
-    if tuple(avg.shape) != (m, d):
-        raise CheckpointError(f"{where}: latent_avg has shape {tuple(avg.shape)}; expected [{d}] or [{m}, {d}]")
+    avg = ckpt.get("latent_avg")  # OME: the average code, repeated M times; absent: the mean of N(0, I)
+    avg = torch.zeros(m, d) if avg is None else latent_avg_tensor(avg, m, d, where)
     return LoadedCheckpoint(format="ome_progan", path=Path(where), sha256="", opts=opts, generator=multi,
-                            latent_avg=avg.contiguous(), stages=[stage],
-                            repeat_last=True, default_iterations=int(opts.get("n_iters_per_batch", 5)))
+                            latent_avg=avg, stages=[stage],
+                            repeat_last=True, default_iterations=opts.get("n_iters_per_batch") or 5)
 
 
 # --------------------------------------------------------------------------- MTV-TSA
@@ -173,15 +175,15 @@ def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> Lo
 def load_mtv_tsa(ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{where} is a {type(ckpt).__name__}; expected the MTV-TSA encoder state dict")
-    state = dict(ckpt.get("state_dict", ckpt))
+    state = tensor_dict(ckpt.get("state_dict", ckpt), where)
     if state and all(k.startswith("module.") for k in state):
         log.info("%s: stripping the DataParallel 'module.' prefix", where)
         state = _strip(state, "module.")
     encoder, config = build_loaded(state, where, infer_mtv_config, lambda c: MTVEncoder(**c), "MTV-TSA encoder")
-    if generator_file is None or detect_format(generator_file) != "rosinality":
+    if not isinstance(generator_file, Mapping) or "g_ema" not in generator_file:
         raise CheckpointError(f"{where} holds only the MTV-TSA encoder; pass its StyleGAN2 generator with --generator "
                               f"(a rosinality file with 'g_ema', {encoder.size} px, {encoder.n_styles} W+ codes)")
-    generator = build_generator(dict(generator_file["g_ema"]), "--generator (g_ema)")
+    generator = build_generator(g_ema(generator_file), "--generator (g_ema)")
     if generator.n_latent != encoder.n_styles or generator.style_dim != config["latent_size"]:
         raise CheckpointError(f"the encoder predicts {encoder.n_styles} x {config['latent_size']} codes but the "
                               f"{generator.size} px generator takes {generator.n_latent} x {generator.style_dim}; "
@@ -190,7 +192,7 @@ def load_mtv_tsa(ckpt: Any, where: str, generator_file: Mapping | None) -> Loade
                     "input_nc": config["channels"], "n_styles": encoder.n_styles,
                     "startf": config["startf"], "maxf": config["maxf"], "noise_seed": NOISE_SEED}
     return LoadedCheckpoint(format="mtv_tsa", path=Path(where), sha256="", opts={}, generator=generator,
-                            latent_avg=_latent_avg(generator_file, generator),
+                            latent_avg=_latent_avg((generator_file, "--generator"), generator),
                             stages=[StageModel(encoder.eval(), stage_config, False, False)],
                             repeat_last=False, default_iterations=1, input_size=encoder.size)
 

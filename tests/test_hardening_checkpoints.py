@@ -89,7 +89,7 @@ def test_command_line_refuses_and_writes_nothing(tmp_path, caplog):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {}, "opts": Payload(marker), "latent_avg": torch.zeros(512)}, path)
     out = tmp_path / "engines" / "evil"
-    assert build_engines.main(["--checkpoint", str(path), "--out", str(out), "--quiet"]) == 1
+    assert build_engines.main(["--checkpoint", str(path), "--out", str(out), "--quiet"]) == 2
     assert "allow-list" in caplog.text and "nothing in it was run" in caplog.text
     assert not marker.exists()
     assert not out.exists() and not any(out.parent.glob(".evil.tmp-*"))

@@ -12,9 +12,12 @@ Images are float32 arrays laid out ``[..., H, W]`` (channels first) unless state
 from __future__ import annotations
 
 import functools
+import os
+import sys
 
 import numpy as np
 
+from .checks import plain_array
 from .errors import InputError
 
 MAX_IMAGE_SIDE = 8192  # larger images are refused: resizing them to 256 px would take gigabytes
@@ -28,21 +31,107 @@ def check_image_side(shape, what: str = "image") -> None:
 
 
 def as_rgb_uint8(image) -> np.ndarray:
-    """An HxWx3 uint8 RGB array from numpy (HxW, HxWx1, HxWx3, HxWx4) or a PIL image.
+    """An HxWx3 uint8 RGB array from an image in any of the forms a caller has at hand:
 
-    Grayscale is repeated to three channels; an alpha channel is dropped. Float images must
-    be in [0, 1] (they are scaled to 0..255). PIL images in other modes (palette, CMYK, LA,
-    16-bit, ...) are converted with ``image.convert("RGB")``.
+    * a numpy array (or nested list) HxW (gray), HxWx1, HxWx3 (RGB) or HxWx4 (RGBA) of uint8
+      (0..255), uint16 (0..65535, as 16-bit files hold), bool (black and white) or float in [0, 1];
+    * a PIL image in any mode (1, L, LA, La, P, PA, RGB, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV;
+      16-bit I;16*, and I as 16-bit; F in Pillow's 0..255 scale);
+    * a path (``str`` or ``os.PathLike``) of an image file, read with Pillow (imported only then;
+      loading files needs Pillow installed), as users of an image API expect.
+
+    Gray is repeated to three channels; an alpha channel is dropped (not composited). 16-bit
+    values are scaled to 8 bits (65535 -> 255). Masked arrays, ragged lists, unreadable files
+    and truncated images raise :class:`InputError`.
     """
-    mode = getattr(image, "mode", None)
-    size = getattr(image, "size", None)
-    if isinstance(mode, str) and isinstance(size, tuple) and len(size) == 2:  # PIL: check before decoding
-        check_image_side((size[1], size[0]))
-    if isinstance(mode, str) and hasattr(image, "convert") and mode not in ("RGB", "RGBA", "L"):
-        image = image.convert("RGB")  # a PIL image whose array is not RGB values (palette indices, CMYK)
-    arr = np.asarray(image)
-    if arr.dtype == object or arr.size == 0:
-        raise InputError(f"expected an HxWx3 image, got an empty or non-numeric array of shape {arr.shape}")
+    if isinstance(image, (str, os.PathLike)):
+        with open_image(image) as pil:
+            return _pil_rgb(pil, f"image file {os.fspath(image)!r}")
+    if _is_pil(image):
+        return _pil_rgb(image, "PIL image" + (f" of {image.filename!r}" if getattr(image, "filename", "") else ""))
+    if image is None or isinstance(image, (bytes, bytearray, memoryview)):
+        raise InputError(f"expected an image (an HxWx3 array, a PIL image or a file path); got a non-numeric "
+                         f"{type(image).__name__} (encoded file bytes? open them with PIL.Image.open(io.BytesIO(data)))")
+    return _array_rgb(plain_array(image, "image"))
+
+
+def as_label_array(labels) -> np.ndarray:
+    """A label map as an array, not converted: an array, a PIL image (its pixel values, e.g. a
+    palette image's indices) or the path of an image file (read with Pillow)."""
+    if isinstance(labels, (str, os.PathLike)):
+        with open_image(labels) as pil:
+            return _decoded(pil, f"label map {os.fspath(labels)!r}", np.asarray)
+    if _is_pil(labels):
+        check_image_side((labels.size[1], labels.size[0]), "label map")
+        return _decoded(labels, "PIL label map", np.asarray)
+    return plain_array(labels, "label map")
+
+
+def open_image(path) -> "PIL.Image.Image":
+    """Open an image file with Pillow (lazy import), its size checked before it is decoded; use
+    as a context manager. Unreadable files raise :class:`InputError` naming the file."""
+    name = os.fspath(path)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise InputError(f"reading the image file {name!r} needs Pillow (pip install pillow); or pass the image "
+                         f"as an HxWx3 uint8 array") from None
+    try:
+        pil = Image.open(name)
+    except Exception as e:  # missing, a folder, no permission, not an image, a NUL in the name, ...
+        raise InputError(f"cannot read the image file {name!r}: {_reason(e)}") from None
+    try:
+        check_image_side((pil.size[1], pil.size[0]), f"image in {name!r}")
+    except InputError:
+        pil.close()
+        raise
+    return pil
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_AS_ARRAY = ("1", "L", "RGB", "RGBA", "RGBX", "LA", "F", "I") + _SIXTEEN_BIT  # modes read as arrays
+_UNPREMULTIPLY = {"La": "LA", "RGBa": "RGBA"}  # premultiplied alpha: divide it out before dropping alpha
+
+
+def _pil_rgb(pil, source: str) -> np.ndarray:
+    check_image_side((pil.size[1], pil.size[0]), source)
+
+    def convert(image):
+        mode = _UNPREMULTIPLY.get(image.mode, image.mode)
+        if mode != image.mode:
+            image = image.convert(mode)
+        elif mode not in _AS_ARRAY:  # palette indices, CMYK, YCbCr, ...: not RGB values as stored
+            image = image.convert("RGB")
+        arr = np.asarray(image)
+        if mode == "LA":
+            return arr[:, :, 0]
+        if mode == "F":  # Pillow's float mode uses the 8-bit scale (convert("L") clips it to 0..255)
+            return _scaled_float(arr, 255.0, "a PIL mode F image")
+        if mode == "I":  # 32-bit ints: what 16-bit gray files open as in some Pillow releases
+            if arr.size and (arr.min() < 0 or arr.max() > 65535):
+                raise InputError(f"the {source} (mode I) has values in [{arr.min()}, {arr.max()}]; 16-bit values "
+                                 f"0..65535 are accepted: scale it to 8 bits (mode L) first")
+            return arr.astype(np.uint16)
+        return arr
+
+    return _array_rgb(_decoded(pil, source, convert))
+
+
+def _decoded(pil, source: str, read):
+    """``read(pil)`` with the pixels decoded first: truncated or corrupt data raise InputError."""
+    try:
+        pil.load()
+        return read(pil)
+    except InputError:
+        raise
+    except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError, zlib.error...
+        raise InputError(f"cannot decode the {source} (mode {getattr(pil, 'mode', '?')}): {_reason(e)} "
+                         f"(a truncated or corrupt file?)") from None
+
+
+def _array_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.size == 0:
+        raise InputError(f"expected an HxWx3 image, got an empty array of shape {arr.shape}")
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
@@ -50,18 +139,41 @@ def as_rgb_uint8(image) -> np.ndarray:
     check_image_side(arr.shape)
     if arr.shape[2] == 4:
         arr = arr[:, :, :3]
+    if arr.dtype == np.uint8:
+        pass
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * np.uint8(255)
+    elif arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # 16-bit: round(v * 255 / 65535)
+        arr = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        arr = _scaled_float(arr, 1.0, "a float image")
+    else:
+        raise InputError(f"unsupported image dtype {arr.dtype}; pass uint8 (0..255), uint16 (0..65535) or float "
+                         f"in [0, 1]")
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
-    if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)):
-            raise InputError("the image contains NaN or Inf values")
-        if arr.min() < 0.0 or arr.max() > 1.0:
-            raise InputError(f"a float image must be in [0, 1]; got values in [{arr.min():.3g}, {arr.max():.3g}]. "
-                             f"Pass uint8 0..255 or divide by 255")
-        return np.round(arr * 255.0).astype(np.uint8)
-    raise InputError(f"unsupported image dtype {arr.dtype}; pass uint8 (0..255) or float in [0, 1]")
+    return np.ascontiguousarray(arr)
+
+
+def _scaled_float(arr: np.ndarray, top: float, what: str) -> np.ndarray:
+    """Floats in [0, top] -> uint8 0..255 (rounded)."""
+    if not np.all(np.isfinite(arr)):
+        raise InputError("the image contains NaN or Inf values")
+    if arr.min() < 0.0 or arr.max() > top:
+        fix = "Pass uint8 0..255 or divide by 255" if top == 1.0 else "Scale it to 0..255"
+        raise InputError(f"{what} must be in [0, {top:g}]; got values in [{arr.min():.3g}, {arr.max():.3g}]. {fix}")
+    return np.round(arr.astype(np.float32) * np.float32(255.0 / top)).astype(np.uint8)
+
+
+def _is_pil(value) -> bool:
+    """A PIL image, without importing PIL: whoever made one has imported it."""
+    module = sys.modules.get("PIL.Image")
+    return module is not None and isinstance(value, module.Image)
+
+
+def _reason(e: BaseException) -> str:
+    text = (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
+    return text[:160]
 
 
 @functools.lru_cache(maxsize=16)

@@ -34,7 +34,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .bundle import MAX_ITERATIONS, Bundle, GraphSpec, iter_stage_graphs
-from .checks import is_int
+from .checks import check_bool, is_int, is_number, shown
 from .device_arrays import DeviceInput
 from .errors import InputError
 
@@ -100,6 +100,8 @@ class RefinementLoop:
             bundle.verify([n for g in specs for n in _files_read(backend, g)] + [m.constants_file])
         self.runners = {g.key: backend.load(g, bundle.graph_path(g.key)) for g in specs}
         consts = bundle.constants()
+        if verify:  # the files the backend loaded are still the ones hashed (nobody replaced one meanwhile)
+            bundle.check_unchanged()
         self._latent_avg, self._average_image = consts["latent_avg"], consts["average_image"]
         self._arenas: Dict[int, _Arena] = {}
         self._lock = threading.Lock()
@@ -118,21 +120,15 @@ class RefinementLoop:
         ``iterations`` is then the cap. It reads the latents back after every step (a small copy;
         a host synchronisation on GPUs). ``output``: "host" (numpy arrays) or "device" (new
         :class:`sdk.device_arrays.DeviceArray` objects, ready when returned)."""
-        m, sched = self.manifest, self.manifest.schedule
-        n = sched.default_iterations if iterations is None else iterations
-        limit = sched.max_iterations or MAX_ITERATIONS
-        if not is_int(n) or not 1 <= n <= limit:
-            raise InputError(f"iterations must be an int in 1..{limit} for this {m.family} bundle; got {n!r}")
+        m = self.manifest
+        n = self.check_arguments(iterations, return_steps, early_exit, output)
         expected = (m.input_channels, m.input_size, m.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise InputError(f"input must be [B, {expected[0]}, {expected[1]}, {expected[2]}] (NCHW); got {list(x.shape)}")
         batch = x.shape[0]
-        self._check_batch(batch)
+        self.check_batch(batch)
         if init is not None:
             self._check_init(init, batch)
-        if early_exit is not None and (isinstance(early_exit, (bool, np.bool_)) or not isinstance(
-                early_exit, (int, float, np.number)) or not 0.0 < float(early_exit) < float("inf")):
-            raise InputError(f"early_exit must be a positive number (a mean latent change); got {early_exit!r}")
         self.check_device_use(output, any(isinstance(v, DeviceInput) for v in [x, *(init or ())]))
         with self._lock:
             self._check_open()
@@ -160,6 +156,28 @@ class RefinementLoop:
             if output == "device":  # ready for any consumer stream; borrowed device inputs are read
                 self.backend.synchronize()
             return LoopResult(images, latents, t, steps, changes)
+
+    def check_arguments(self, iterations=None, return_steps=False, early_exit=None, output="host") -> int:
+        """The number of iterations a call runs, or :class:`InputError` for any bad scalar argument
+        (cheap: callers check these before converting or copying their arrays)."""
+        sched = self.manifest.schedule
+        n = sched.default_iterations if iterations is None else iterations
+        limit = sched.max_iterations or MAX_ITERATIONS
+        if not is_int(n) or not 1 <= n <= limit:
+            raise InputError(f"iterations must be an int in 1..{limit} for this {self.manifest.family} bundle; "
+                             f"got {shown(n)}")
+        check_bool(return_steps, "return_steps")
+        if early_exit is not None and (not is_number(early_exit) or not 0.0 < float(early_exit) < float("inf")):
+            raise InputError(f"early_exit must be a positive number (a mean latent change) or None; "
+                             f"got {shown(early_exit)}")
+        if not isinstance(output, str) or output not in ("host", "device"):
+            raise InputError(f"output must be 'host' (numpy arrays) or 'device' (GPU arrays); got {shown(output)}")
+        return int(n)
+
+    def state_shapes(self, batch: int) -> tuple[tuple, tuple]:
+        """The shapes of a loop state for ``batch``: (latents [B, M, D], images [B, 3, R, R])."""
+        gen = self.manifest.graphs["generator"]
+        return tuple(gen.input("latents").concrete_shape(batch)), tuple(gen.output.concrete_shape(batch))
 
     def _run_stepwise(self, arena: _Arena, n: int, start, fetch, return_steps: bool, early_exit, previous):
         steps = [] if return_steps else None
@@ -214,7 +232,7 @@ class RefinementLoop:
     def check_device_use(self, output: str, device_inputs: bool) -> None:
         """:class:`InputError` unless this backend can take the call's device inputs (if any) and
         give ``output``."""
-        if output not in ("host", "device"):
+        if not isinstance(output, str) or output not in ("host", "device"):
             raise InputError(f"output must be 'host' (numpy arrays) or 'device' (GPU arrays); got {output!r}")
         if (output == "device" or device_inputs) and not getattr(self.backend, "device_io", False):
             raise InputError(f"GPU-resident inputs and output='device' need a GPU backend (tensorrt, onnxruntime-cuda); "
@@ -226,8 +244,7 @@ class RefinementLoop:
         if not (self.manifest.schedule.repeat_last and stage.feedback and stage.residual):
             raise InputError(f"a warm start needs an iterative bundle whose steps take the previous image and "
                              f"latents (ReStyle, OME); this {m.family} bundle's schedule starts without them")
-        gen = m.graphs["generator"]
-        expected = (tuple(gen.input("latents").concrete_shape(batch)), tuple(gen.output.concrete_shape(batch)))
+        expected = self.state_shapes(batch)
         if (not isinstance(init, tuple) or len(init) != 2
                 or any(not isinstance(a, (np.ndarray, DeviceInput)) or tuple(a.shape) != e
                        for a, e in zip(init, expected))):
@@ -242,7 +259,7 @@ class RefinementLoop:
         expected = (m.latent_count, m.latent_dim)
         if latents.ndim != 3 or tuple(latents.shape[1:]) != expected:
             raise InputError(f"latents must be [B, {expected[0]}, {expected[1]}]; got {list(latents.shape)}")
-        self._check_batch(latents.shape[0])
+        self.check_batch(latents.shape[0])
         with self._lock:
             self._check_open()
             arena = self._arena(latents.shape[0])
@@ -259,13 +276,16 @@ class RefinementLoop:
                              "with export/build_engines.py, or pass inject_latents")
         if samples.ndim != 2 or samples.shape[1] != self.manifest.latent_dim:
             raise InputError(f"samples must be [B, {self.manifest.latent_dim}]; got {list(samples.shape)}")
-        self._check_batch(samples.shape[0])
+        self.check_batch(samples.shape[0])
         with self._lock:
             self._check_open()
             if "mapping" not in self.runners:
                 if self._verify:
                     self._bundle.verify(_files_read(self.backend, spec))
-                self.runners["mapping"] = self.backend.load(spec, self._bundle.graph_path("mapping"))
+                runner = self.backend.load(spec, self._bundle.graph_path("mapping"))
+                if self._verify:
+                    self._bundle.check_unchanged()
+                self.runners["mapping"] = runner
             be, batch = self.backend, samples.shape[0]
             inp = be.empty(spec.inputs[0].concrete_shape(batch), spec.inputs[0].dtype)
             out = be.empty(spec.output.concrete_shape(batch), spec.output.dtype)
@@ -274,7 +294,7 @@ class RefinementLoop:
             runner.run(runner.bind({spec.inputs[0].name: inp}, {spec.output.name: out}))
             return be.download(out)
 
-    def _check_batch(self, batch: int) -> None:
+    def check_batch(self, batch: int) -> None:
         m = self.manifest
         if not m.batch_min <= batch <= m.batch_max:
             raise InputError(f"batch size {batch} is outside this bundle's range {m.batch_min}..{m.batch_max}; "

@@ -12,7 +12,8 @@ import numpy as np
 from .bundle import Manifest
 from .checks import is_int
 from .errors import InputError
-from .imaging import as_rgb_uint8, bicubic_downsample, check_image_side, resize_bilinear, to_model_range
+from .imaging import (as_label_array, as_rgb_uint8, bicubic_downsample, check_image_side, resize_bilinear,
+                      to_model_range)
 
 SR_FACTORS = (1, 2, 4, 8, 16, 32)
 Preprocess = Callable[..., np.ndarray]
@@ -93,7 +94,7 @@ def preprocess_segmentation(labels, manifest: Manifest) -> np.ndarray:
     PIL's bilinear filter on its 8-bit values before the one-hot encoding (at S x S input
     nothing is resized; at other sizes boundary pixels get blended labels, as in training)."""
     label_nc = int(manifest.task_options.get("label_nc", manifest.input_channels))
-    arr = np.asarray(labels)
+    arr = as_label_array(labels)  # masked, ragged and object arrays refused; paths read with Pillow
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim != 2 or arr.size == 0:

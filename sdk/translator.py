@@ -12,16 +12,17 @@ On a GPU: ``Translator(..., cuda_graphs=True)`` replays the loop from CUDA graph
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
-from .backends import create_backend
+from .backends import BACKENDS, create_backend
 from .bundle import Bundle, Manifest
-from .checks import is_int
+from .checks import check_bool, check_int, is_int, is_number, match_shape, plain_array, refuse_masked, shown
 from .device_arrays import DeviceInput, device_view, is_device_array
 from .errors import BackendError, InputError
 from .imaging import to_uint8_image
@@ -61,20 +62,26 @@ class Translator:
             the engines were built for them, else ONNX Runtime on CUDA if available, else CPU),
             ``"tensorrt"``, ``"onnxruntime"`` (CPU), ``"onnxruntime-cuda"``, ``"onnxruntime-tensorrt"``
             (ONNX Runtime's TensorRT provider).
-        threads: intra-op threads for CPU back ends (default: the runtime's choice).
+        threads: intra-op threads for CPU back ends, an int in 1..:func:`max_threads` (four per
+            core, at most 1024: more only oversubscribes the cores, and ONNX Runtime takes minutes
+            to start 10**5 threads); None: the runtime's choice.
         verify: check the SHA-256 of every bundle file the backend loads, before loading it
             (recommended; ``Bundle(path).verify()`` checks all of them).
-        device: the GPU index for the GPU back ends.
+        device: the GPU index for the GPU back ends, an int in 0..:data:`MAX_DEVICE`.
         cuda_graphs: record each (batch, iterations, cold/warm start) loop into a CUDA graph on
             its first call and replay it afterwards (TensorRT backend; others warn and run eagerly).
             Calls with ``return_steps`` or ``early_exit`` read the host between steps and run eagerly.
 
     One Translator may be shared by threads; calls are serialised. ``close()`` (or a
     ``with`` block) releases the sessions and buffers.
+
+    Every argument is checked (type, range, an array's shape and batch size) before any work,
+    and a bad one raises an :class:`sdk.errors.SdkError` subclass saying what was expected.
     """
 
     def __init__(self, bundle: str | os.PathLike, backend: str = "auto", threads: int | None = None,
                  verify: bool = True, device: int = 0, cuda_graphs: bool = False):
+        _check_options(backend, threads, verify, device, cuda_graphs)
         self.bundle = Bundle(bundle, verify=False)  # the loop checks the files its backend reads
         self.backend = create_backend(backend, threads=threads, bundle=self.bundle, device=device)
         try:
@@ -137,23 +144,22 @@ class Translator:
                 prev = t.infer(x, iterations=5, init=prev, early_exit=0.01)
         """
         loop = self._open_loop()
-        x = self._check_input(x)
+        loop.check_arguments(iterations, return_steps, early_exit, output)
+        x, batch = self._check_input(x)
         start = None
-        if init is not None:
+        if init is not None:  # shapes checked before any array is converted
             latents, images = (init.latents, init.images) if isinstance(init, TranslationResult) else _pair(init)
-            start = (self._state(latents, "init latents"), self._state(images, "init images"))
-            if start[0].ndim == 2 and start[1].ndim == 3:  # one sample, like x may be
-                start = tuple(a.with_batch() if isinstance(a, DeviceInput) else a[None] for a in start)
+            start = self._start_state(loop, latents, images, batch)
+        if isinstance(x, np.ndarray):
+            x = self._host_input(x)
         return TranslationResult.from_loop(loop.run(x, iterations, return_steps, start, early_exit, output))
 
     def synthesise(self, latents: np.ndarray) -> np.ndarray:
         """Render W+ codes: [B, M, D] (or [M, D]) float32 → [B, 3, R, R] raw generator images."""
         loop = self._open_loop()
         m = self.manifest
-        codes = _float_array(latents, "latents")
-        if codes.shape[-2:] != (m.latent_count, m.latent_dim) or codes.ndim not in (2, 3):
-            raise InputError(f"latents must be [B, {m.latent_count}, {m.latent_dim}] or [{m.latent_count}, "
-                             f"{m.latent_dim}] W+ codes; got {list(codes.shape)}")
+        forms = [(None, m.latent_count, m.latent_dim), (m.latent_count, m.latent_dim)]
+        codes = _float_array(latents, "latents", lambda shape: loop.check_batch(match_shape(shape, forms, "latents")))
         _check_magnitude(codes, "latents")
         return loop.synthesise(codes if codes.ndim == 3 else codes[None])
 
@@ -166,44 +172,42 @@ class Translator:
         ``mix_alpha``. ``latent_mask`` defaults to the fine layers 8..M-1 (pSp's default for
         conditional synthesis); indices are 0-based."""
         loop = self._open_loop()
-        m = self.manifest.latent_count
-        try:  # check the cheap arguments before running the loop
-            mask = list(range(8, m)) if latent_mask is None else [_index(i) for i in latent_mask]
-        except TypeError:
-            mask = None
-        if not mask or any(not 0 <= i < m for i in mask):
-            raise InputError(f"latent_mask must list layer indices (ints) in 0..{m - 1}; got {latent_mask!r}")
-        if alpha is not None and (isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.number))
-                                  or not 0.0 <= float(alpha) <= 1.0):
-            raise InputError(f"alpha must be a number in [0, 1]; got {alpha!r}")
+        m, d = self.manifest.latent_count, self.manifest.latent_dim
+        mask = _layer_mask(latent_mask, m)  # every argument is checked before the loop runs
+        if alpha is not None and (not is_number(alpha) or not 0.0 <= float(alpha) <= 1.0):
+            raise InputError(f"alpha must be a number in [0, 1]; got {shown(alpha)}")
         if seed is not None and (not is_int(seed) or seed < 0):
-            raise InputError(f"seed must be a non-negative int or None; got {seed!r}")
-        base = self.infer(x, iterations=iterations)
-        codes = base.latents.copy()
-        b, m, d = codes.shape
-        if inject_latents is None:
-            samples = np.random.default_rng(seed).standard_normal((b, d)).astype(np.float32)
-            inject = np.repeat(loop.map_samples(samples)[:, None, :], m, axis=1)
-        else:
-            inject = _float_array(inject_latents, "inject_latents")
+            raise InputError(f"seed must be a non-negative int or None; got {shown(seed)}")
+        loop.check_arguments(iterations)
+        b = self._check_input(x)[1]
+        inject = None
+        if inject_latents is not None:
+            inject = _float_array(inject_latents, "inject_latents",
+                                  lambda shape: match_shape(shape, [(b, m, d), (b, d)], "inject_latents"))
+            _check_magnitude(inject, "inject_latents")
             if inject.ndim == 2:
                 inject = np.repeat(inject[:, None, :], m, axis=1)
-            if inject.shape != codes.shape:
-                raise InputError(f"inject_latents must be [{b}, {m}, {d}] or [{b}, {d}]; got {list(inject.shape)}")
-            _check_magnitude(inject, "inject_latents")
+        base = self.infer(x, iterations=iterations)
+        codes = base.latents.copy()
+        if inject is None:
+            samples = np.random.default_rng(seed).standard_normal((b, d)).astype(np.float32)
+            inject = np.repeat(loop.map_samples(samples)[:, None, :], m, axis=1)
         a = 1.0 if alpha is None else float(alpha)
         codes[:, mask] = a * inject[:, mask] + (1.0 - a) * codes[:, mask]
         return TranslationResult(images=loop.synthesise(codes), latents=codes, iterations=base.iterations)
 
     def __call__(self, image, iterations: int | None = None, **task_options) -> np.ndarray:
-        """HxWx3 uint8 RGB (numpy or PIL; gray and RGBA are converted) → HxWx3 uint8 RGB at the
-        generator's resolution. ``task_options``: e.g. ``factor=8`` for super-resolution."""
+        """An image → HxWx3 uint8 RGB at the generator's resolution. ``image``: HxWx3 uint8 RGB
+        (or gray HxW, RGBA, 16-bit, float in [0, 1]), a PIL image in any mode, or a file path
+        (read with Pillow, if installed). ``task_options``: e.g. ``factor=8`` for super-resolution."""
+        self._open_loop().check_arguments(iterations)  # before the pre-processing's work
         x = self.preprocess(image, **task_options)
         result = self.infer(x[None], iterations=iterations)
         return to_uint8_image(result.images[0])
 
     def preprocess(self, image, **task_options) -> np.ndarray:
-        """The task's pre-processing: image → [C_x, S, S] float32 in the model's range."""
+        """The task's pre-processing: image (as for calls: array, PIL image or file path) →
+        [C_x, S, S] float32 in the model's range."""
         self._open_loop()
         return preprocess(image, self.manifest, **task_options)
 
@@ -232,32 +236,61 @@ class Translator:
         self._open_loop().check_device_use("host", device_inputs=True)  # a clear error on CPU backends
         return device_view(value, self.backend.consumer_stream, what)
 
-    def _state(self, value, what: str):
-        """A warm-start array: a :class:`DeviceInput` for CUDA arrays, else finite float32."""
-        if is_device_array(value):
-            return self._device_input(value, what)
-        arr = _float_array(value, what)
-        _check_magnitude(arr, what)
-        return arr
+    def _start_state(self, loop: RefinementLoop, latents, images, batch: int) -> tuple:
+        """A warm start (latents, images) for ``batch``: shapes checked first, then each array a
+        :class:`DeviceInput` (CUDA arrays) or finite float32, with the batch axis."""
+        shapes = loop.state_shapes(batch)
+        state = []
+        for value, shape, what in zip((latents, images), shapes, ("latents", "images")):
+            forms = [shape, shape[1:]] if batch == 1 else [shape]
 
-    def _check_input(self, x) -> np.ndarray | DeviceInput:
+            def check(got, forms=forms):
+                try:
+                    match_shape(got, forms, f"init {what}")
+                except InputError:
+                    raise InputError(f"init must be (latents {list(shapes[0])}, images {list(shapes[1])}) float32 "
+                                     f"arrays for this batch (a previous result); got init {what} of shape "
+                                     f"{list(got)}") from None
+
+            if is_device_array(value):
+                arr = self._device_input(value, f"init {what}")
+                check(arr.shape)
+                state.append(arr if arr.ndim == len(shape) else arr.with_batch())
+            else:
+                arr = _float_array(value, f"init {what}", check)
+                _check_magnitude(arr, f"init {what}")
+                state.append(arr if arr.ndim == len(shape) else arr[None])
+        return tuple(state)
+
+    def _check_input(self, x) -> tuple[np.ndarray | DeviceInput, int]:
+        """``x`` (a host array as given, or a :class:`DeviceInput`) and its batch size, checked
+        by shape, batch and dtype only: nothing is converted or copied yet."""
         device = is_device_array(x)
         if not device and not isinstance(x, np.ndarray):
             raise InputError(f"infer() takes a numpy array; got {type(x).__name__} (GPU backends also take CUDA "
                              f"arrays). Use translator(image) for HxWx3 images")
         if device:
             x = self._device_input(x, "x")
+        else:
+            refuse_masked(x, "x")
         c, s, _ = self.input_shape
         if tuple(x.shape[-3:]) != (c, s, s) or x.ndim not in (3, 4):
             raise InputError(f"expected x of shape [B, {c}, {s}, {s}] or [{c}, {s}, {s}] (NCHW); "
                              f"got {list(x.shape)}")
         if int(np.prod(x.shape)) == 0:
             raise InputError(f"x is empty (shape {list(x.shape)}); expected a batch of at least 1")
+        batch = x.shape[0] if x.ndim == 4 else 1
+        self._open_loop().check_batch(batch)  # before a copy: a broadcast view may hold a million frames
         if device:  # not range-checked: that would need a host read
-            return x if x.ndim == 4 else x.with_batch()
-        lo, hi = self.manifest.input_range
+            return (x if x.ndim == 4 else x.with_batch()), batch
         if not np.issubdtype(x.dtype, np.floating):
+            lo, hi = self.manifest.input_range
             raise InputError(f"expected float32 input in {[lo, hi]}; got dtype {x.dtype}")
+        return x, batch
+
+    def _host_input(self, x: np.ndarray) -> np.ndarray:
+        """A checked host ``x`` as C-contiguous float32 [B, C, S, S], finite and near the model's range."""
+        lo, hi = self.manifest.input_range
         with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, refused below
             x = np.ascontiguousarray(x if x.ndim == 4 else x[None], dtype=np.float32)  # a copy if it must change
         if not np.all(np.isfinite(x)):
@@ -269,6 +302,26 @@ class Translator:
             raise InputError(f"x has values in [{x.min():.4g}, {x.max():.4g}]; this model expects its input "
                              f"range [{lo:g}, {hi:g}] (pixels 0..255? use translator(image), which scales them)")
         return x
+
+
+MAX_DEVICE = 255  # GPU indices beyond it are typos (CUDA numbers the visible GPUs from 0)
+
+
+def max_threads() -> int:
+    """The most intra-op threads a Translator takes: four per core, at most 1024."""
+    return min(4 * (os.cpu_count() or 1), 1024)
+
+
+def _check_options(backend, threads, verify, device, cuda_graphs) -> None:
+    """The constructor's arguments other than the bundle, before anything is opened."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise BackendError(f"unknown backend {shown(backend)}; expected one of {BACKENDS}")
+    if threads is not None:
+        check_int(threads, "threads", 1, max_threads(),
+                  f"; None lets the runtime choose (this machine has {os.cpu_count()} cores)")
+    check_bool(verify, "verify")
+    check_bool(cuda_graphs, "cuda_graphs")
+    check_int(device, "device (a GPU index)", 0, MAX_DEVICE)
 
 
 # W+ codes of a StyleGAN are of order 1 to 10; far beyond, the style affines overflow float32 (Inf
@@ -284,14 +337,13 @@ def _check_magnitude(codes: np.ndarray, what: str) -> None:
                          f"SDK refuses magnitudes beyond {LATENT_LIMIT:g}, where the style affines overflow")
 
 
-def _float_array(value, what: str) -> np.ndarray:
-    """``value`` as a float32 array, or :class:`InputError` naming ``what`` and what came."""
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError) as e:  # ragged nested lists and the like
-        raise InputError(f"{what} must be a float array; got {type(value).__name__} ({e})") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+def _float_array(value, what: str, check_shape: Callable[[tuple], object]) -> np.ndarray:
+    """``value`` as a C-contiguous float32 array, after ``check_shape(value.shape)`` (which
+    raises): nothing is copied before the shape (and so the batch size) is accepted."""
+    arr = plain_array(value, what, "float")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise InputError(f"{what} must be a float array; got dtype {arr.dtype} ({type(value).__name__})")
+    check_shape(arr.shape)
     with np.errstate(over="ignore"):  # beyond float32's range becomes Inf: the callers refuse it
         return np.ascontiguousarray(arr, dtype=np.float32)
 
@@ -303,10 +355,21 @@ def _pair(init) -> tuple:
     return init[0], init[1]
 
 
-def _index(i) -> int:
-    if not is_int(i):
-        raise TypeError(i)
-    return int(i)
+def _layer_mask(latent_mask, m: int) -> list[int]:
+    """``latent_mask`` (None: pSp's fine layers 8..M-1) as a list of layer indices in 0..M-1."""
+    mask = None
+    if latent_mask is None:
+        mask = list(range(8, m))
+    elif not isinstance(latent_mask, (str, bytes)):
+        try:  # at most M entries are read: a huge iterator cannot hang the caller
+            mask = list(itertools.islice(iter(latent_mask), m + 1))
+        except TypeError:  # not iterable
+            mask = None
+    if not mask or any(not is_int(i) for i in mask) or any(not 0 <= i < m for i in mask):
+        raise InputError(f"latent_mask must list layer indices (ints) in 0..{m - 1}; got {shown(latent_mask)}")
+    if len(mask) > m:
+        raise InputError(f"latent_mask lists more than the model's {m} layers; got {shown(latent_mask)}")
+    return [int(i) for i in mask]
 
 
 def _return_heap_to_os() -> None:

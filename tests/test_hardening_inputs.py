@@ -163,7 +163,7 @@ def test_rgba_and_read_only_non_contiguous_images(t):
     (np.zeros((8, 8, 2), np.uint8), "got shape (8, 8, 2)"),
     (np.zeros((8, 0, 3), np.uint8), "empty"),
     (None, "non-numeric"),
-    ("photo.png", "got shape ()"),
+    ("no-such-photo.png", "cannot read the image file 'no-such-photo.png': No such file"),
 ])
 def test_bad_images_through_call(t, image, needle):
     assert needle in _refused(t, image)

@@ -37,7 +37,7 @@ def test_the_cli_refuses_a_users_folder_and_keeps_it(tmp_path):
     before = snapshot(u)
     r = subprocess.run([sys.executable, str(REPO / "export" / "build_engines.py"), "--out", str(u), "--quiet"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1 and f"--out {u} is a folder that is not a bundle" in errors[0]
     assert "never deletes other files" in errors[0] and "Traceback" not in r.stderr
@@ -49,7 +49,7 @@ def test_the_cli_refuses_a_file(tmp_path):
 
     f = tmp_path / "somefile.txt"
     f.write_text("keep me\n")
-    assert main(["--out", str(f), "--quiet"]) == 1
+    assert main(["--out", str(f), "--quiet"]) == 2
     assert f.read_text() == "keep me\n"
 
 

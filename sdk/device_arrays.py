@@ -141,10 +141,17 @@ def is_device_array(value) -> bool:
 def device_view(value, consumer_stream: int, what: str = "x") -> DeviceInput:
     """Describe a CUDA array without copying it. ``consumer_stream``: the stream the SDK reads it
     on, handed to DLPack producers so that they order their pending work before it."""
-    cai = getattr(value, "__cuda_array_interface__", None)
-    if cai is not None:
-        return _from_cai(value, cai, what)
-    return _from_dlpack(value, consumer_stream, what)
+    try:
+        cai = getattr(value, "__cuda_array_interface__", None)
+        if cai is not None:
+            return _from_cai(value, cai, what)
+        return _from_dlpack(value, consumer_stream, what)
+    except InputError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as e:  # a malformed interface
+        raise InputError(f"{what} claims to be a CUDA array, but its __cuda_array_interface__ / __dlpack__ cannot "
+                         f"be read ({type(e).__name__}: {str(e)[:120]}); pass a numpy array or a PyTorch/CuPy "
+                         f"CUDA array") from None
 
 
 def _from_cai(value, cai: dict, what: str) -> DeviceInput:

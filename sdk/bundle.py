@@ -26,7 +26,7 @@ from .errors import BundleError
 from .manifest import (MAX_ITERATIONS, ROLES, SCHEMA_VERSION, GraphSpec, Manifest, Schedule,  # noqa: F401
                        Stage, TensorSpec, iter_stage_graphs)
 from .npz import read_arrays
-from .permissions import check_private
+from .permissions import bundle_folder, check_private
 
 log = logging.getLogger(__name__)
 
@@ -52,45 +52,6 @@ def resolve_inside(root: Path, name: str) -> Path:
     return path
 
 
-def _shown(path: str) -> str:
-    return repr(path) if len(path) <= 200 else f"{path[:80]!r}... ({len(path)} characters)"
-
-
-def _bundle_folder(path: Any) -> Path:
-    """``path`` as a :class:`Path`, or :class:`BundleError` where it cannot name a folder this
-    process may look into (a missing folder or manifest is for :class:`Bundle` to explain)."""
-    usage = "pass the bundle folder export/build_engines.py wrote, e.g. Translator('engines/demo')"
-    if not isinstance(path, (str, os.PathLike)):
-        raise BundleError(f"the bundle path must be a str or os.PathLike naming a folder; got "
-                          f"{type(path).__name__}. {usage}")
-    try:
-        text = os.fspath(path)
-        if not isinstance(text, str):
-            raise TypeError(f"it is {type(text).__name__}")
-    except TypeError as e:
-        raise BundleError(f"the bundle path must be a text path ({e}); {usage}") from None
-    if not text.strip():
-        raise BundleError(f"the bundle path is empty; {usage}")
-    folder = Path(text)
-    for probe in (folder, folder / MANIFEST):
-        try:
-            os.stat(probe)
-        except (FileNotFoundError, NotADirectoryError):
-            break
-        except ValueError:  # an embedded NUL byte
-            raise BundleError(f"bundle path {_shown(text)} contains a NUL byte; {usage}") from None
-        except PermissionError:
-            raise BundleError(f"bundle folder {_shown(text)} cannot be searched ({probe} is not accessible: "
-                              f"permission denied); give yourself read and search permission on it and the "
-                              f"folders above (chmod u+rx), or run as its owner") from None
-        except OSError as e:
-            if e.errno == errno.ENAMETOOLONG:
-                raise BundleError(f"bundle path {_shown(text)} is too long for this system ({e.strerror}); "
-                                  f"{usage}") from None
-            raise BundleError(f"bundle path {_shown(text)} cannot be opened ({e.strerror or e}); {usage}") from None
-    return folder
-
-
 class Bundle:
     """A validated bundle folder. Opening checks the manifest, every file's presence and, with
     ``verify=True``, every file's SHA-256, so a corrupt or tampered bundle fails here, not mid-run.
@@ -98,7 +59,7 @@ class Bundle:
     the files its backend loads (a CPU backend reads the optimised graphs, not the portable ones)."""
 
     def __init__(self, path: str | os.PathLike, verify: bool = True):
-        self.path = _bundle_folder(path)
+        self.path = bundle_folder(path, MANIFEST)
         manifest_path = self.path / MANIFEST
         hint = REBUILD_HINT.format(path=self.path)
         if self.path.exists() and not self.path.is_dir():

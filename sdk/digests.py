@@ -98,15 +98,44 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def verify_files(files: list[Expected], chunk_bytes: int, hint: str) -> None:
+# (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns): the change time also moves when a copy keeps the
+# modification time (cp -p, rsync -a --inplace)
+Identity = tuple
+REPLACE_ATOMICALLY = ("replace a bundle only as the build does, by writing a new folder and renaming it into "
+                      "place, never by copying files over an open one (cp, rsync --inplace)")
+
+
+def identity(path: Path) -> Identity:
+    """What changes when ``path`` is replaced (a new inode) or written in place (size, times)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def changed_since(path: Path, before: Identity) -> str | None:
+    """Why ``path`` is no longer the file of identity ``before`` (None: it is the same)."""
+    try:
+        now = identity(path)
+    except OSError as err:
+        return f"it cannot be read any more ({err})"
+    if now[:2] != before[:2]:
+        return "it was replaced by another file"
+    if now != before:
+        return "it was written to: its size or its modification or change time moved"
+    return None
+
+
+def verify_files(files: list[Expected], chunk_bytes: int, hint: str) -> dict[Path, Identity]:
     """Check every file against its digests; raise :class:`BundleError` naming the first that
-    differs or cannot be read (``hint`` says how to fix it)."""
+    differs, cannot be read, or changes while it is hashed (``hint`` says how to fix it).
+    Returns each file's :func:`identity` as hashed, for :func:`changed_since` after its use."""
     tasks: list[_Task] = []
+    before: dict[Path, Identity] = {}
     for i, e in enumerate(files):
         try:
-            size = e.path.stat().st_size
+            before[e.path] = identity(e.path)
         except OSError as err:  # missing, permissions
             raise BundleError(f"bundle file {e.path} cannot be read ({err}); {hint}") from None
+        size = before[e.path][2]
         if not e.chunks:
             tasks.append(_Task(i, 0, None, size, e.sha256))
             continue
@@ -129,8 +158,13 @@ def verify_files(files: list[Expected], chunk_bytes: int, hint: str) -> None:
         results = list(pool.map(check, tasks))
     failed = sorted((t.index, t.offset, got) for t, got in zip(tasks, results)
                     if isinstance(got, OSError) or got != t.digest)
+    for e in files:  # a digest that matched bytes of a file that then changed vouches for nothing
+        why = changed_since(e.path, before[e.path])
+        if why:
+            raise BundleError(f"bundle file {e.path} changed while its SHA-256 was checked ({why}); "
+                              f"{REPLACE_ATOMICALLY}; then open it again")
     if not failed:
-        return
+        return before
     index, offset, got = failed[0]
     path = files[index].path
     if isinstance(got, OSError):

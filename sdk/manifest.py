@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from .errors import BundleError
+from .tasks import check_task_options
 
 SCHEMA_VERSION = 1
 # sample: a random z [batch, D] into the mapping graph; style: one W code [batch, D] out of it
@@ -40,6 +41,12 @@ MAX_ITERATIONS = 1000  # bounds repeating schedules, so a typo cannot hang the c
 # graphs.<key>.onnxruntime_cpu: the build machine's optimised graph (sdk/backends/ort_cpu.py)
 ORT_CPU_KEY = "onnxruntime_cpu"
 ORT_CPU_FIELDS = ("file", "sha256", "data", "data_sha256", "onnxruntime", "cpu")
+# Bounds on the manifest's integers: far beyond any real model, low enough that the arithmetic and
+# the messages on them stay cheap (JSON integers may have thousands of digits)
+MAX_SIDE, MAX_CHANNELS, MAX_LATENTS, MAX_LATENT_DIM, MAX_BATCH = 16384, 4096, 4096, 65536, 65536
+MAX_DIM = (1 << 31) - 1  # any one tensor dimension
+MAX_CHUNK_BYTES = 1 << 40
+ENGINE_FIELDS = ("file", "sha256", "tensorrt", "compute_capability")  # strings; "gpu", "precision" optional
 
 
 # --------------------------------------------------------------------------- schema
@@ -63,8 +70,9 @@ class TensorSpec:
         if spec.dtype not in ("float32", "float16"):
             raise BundleError(f"{where}.dtype is {spec.dtype!r}; expected float32 or float16")
         for d in spec.shape:
-            if not (isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d > 0)):
-                raise BundleError(f"{where}.shape has {d!r}; expected positive ints or names")
+            if not (isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM)):
+                raise BundleError(f"{where}.shape has {_shown(d)}; expected positive ints (at most {MAX_DIM}) "
+                                  f"or names")
         return spec
 
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
@@ -102,9 +110,9 @@ class GraphSpec:
         if cpu is not None and (not isinstance(cpu, dict) or not all(
                 isinstance(cpu.get(k), str) and cpu[k] for k in ORT_CPU_FIELDS)):
             raise BundleError(f"{where}.{ORT_CPU_KEY} must be an object with the string fields "
-                              f"{list(ORT_CPU_FIELDS)}; got {cpu!r}")
+                              f"{list(ORT_CPU_FIELDS)}; got {_shown(cpu)}")
         return cls(key=key, file=_field(raw, "file", str, where), sha256=_field(raw, "sha256", str, where),
-                   precision=raw.get("precision", "fp32"), inputs=ins, outputs=outs,
+                   precision=_optional(raw, "precision", str, where, "fp32"), inputs=ins, outputs=outs,
                    onnxruntime_cpu=None if cpu is None else {k: cpu[k] for k in ORT_CPU_FIELDS})
 
     def files(self) -> list[tuple[str, str]]:
@@ -172,6 +180,7 @@ class Manifest:
     schedule: Schedule
     constants_file: str
     constants_sha256: str
+    output_range: tuple[float, float] = (-1.0, 1.0)
     chunk_bytes: int = 0
     chunk_sha256: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -180,7 +189,7 @@ class Manifest:
         _expect(raw, dict, "manifest")
         version = raw.get("schema_version")
         if version != SCHEMA_VERSION or isinstance(version, bool):
-            raise BundleError(f"manifest schema_version is {version!r}; this SDK reads version "
+            raise BundleError(f"manifest schema_version is {_shown(version)}; this SDK reads version "
                               f"{SCHEMA_VERSION}. Rebuild the bundle with this version's export/build_engines.py")
         task = _field(raw, "task", dict, "manifest")
         inp, out = _field(raw, "input", dict, "manifest"), _field(raw, "output", dict, "manifest")
@@ -196,22 +205,29 @@ class Manifest:
         if not stages:
             raise BundleError("schedule.stages is empty; expected at least one stage")
         schedule = Schedule(stages=tuple(stages), repeat_last=_field(sched_raw, "repeat_last", bool, "schedule"),
-                            default_iterations=_field(sched_raw, "default_iterations", int, "schedule"))
+                            default_iterations=_int(sched_raw, "default_iterations", "schedule", 0, MAX_ITERATIONS))
         consts = _field(raw, "constants", dict, "manifest")
-        rng = _field(inp, "range", list, "input")
-        if len(rng) != 2 or not all(_finite_number(v) for v in rng) or not float(rng[0]) < float(rng[1]):
-            raise BundleError(f"input.range is {rng!r}; expected [lo, hi], two finite numbers with lo < hi")
         options = task.get("options", {}) or {}
         _expect(options, dict, "task.options")
-        m = cls(raw=raw, name=str(raw.get("name", "")), family=_field(raw, "family", str, "manifest"),
+        if out.get("channels", 3) != 3 or isinstance(out.get("channels"), bool):
+            raise BundleError(f"output.channels is {_shown(out['channels'])}; the generator makes RGB images: "
+                              f"expected 3")
+        m = cls(raw=raw, name=_optional(raw, "name", str, "manifest", ""), family=_field(raw, "family", str, "manifest"),
                 task=_field(task, "name", str, "task"), task_options=options,
-                input_channels=_field(inp, "channels", int, "input"), input_size=_field(inp, "size", int, "input"),
-                input_range=(float(rng[0]), float(rng[1])), output_size=_field(out, "size", int, "output"),
-                latent_count=_field(latent, "count", int, "latent"), latent_dim=_field(latent, "dim", int, "latent"),
-                batch_min=_field(batch, "min", int, "batch"), batch_max=_field(batch, "max", int, "batch"),
+                input_channels=_int(inp, "channels", "input", 1, MAX_CHANNELS),
+                input_size=_int(inp, "size", "input", 1, MAX_SIDE), input_range=_range(inp, "input"),
+                output_size=_int(out, "size", "output", 1, MAX_SIDE),
+                output_range=_range(out, "output") if "range" in out else (-1.0, 1.0),
+                latent_count=_int(latent, "count", "latent", 1, MAX_LATENTS),
+                latent_dim=_int(latent, "dim", "latent", 1, MAX_LATENT_DIM),
+                batch_min=_int(batch, "min", "batch", -MAX_BATCH, MAX_BATCH),
+                batch_max=_int(batch, "max", "batch", -MAX_BATCH, MAX_BATCH),
                 graphs=graphs, schedule=schedule, constants_file=_field(consts, "file", str, "constants"),
                 constants_sha256=_field(consts, "sha256", str, "constants"), **_parse_chunks(raw))
         m._check_consistency()
+        _check_constant_shapes(consts)
+        _check_engines(raw.get("engines"), graphs)
+        check_task_options(m.task, options, m.input_channels, m.input_size)
         return m
 
     def _check_consistency(self) -> None:
@@ -259,12 +275,12 @@ def _parse_chunks(raw: Mapping) -> dict:
         return {}
     _expect(chunks, dict, "chunks")
     size = _field(chunks, "bytes", int, "chunks")
+    if not 0 < size <= MAX_CHUNK_BYTES:
+        raise BundleError(f"chunks.bytes is {_shown(size)}; expected a positive piece size, at most {MAX_CHUNK_BYTES}")
     digests = _field(chunks, "sha256", dict, "chunks")
-    if size <= 0:
-        raise BundleError(f"chunks.bytes is {size}; expected a positive piece size")
     for name, pieces in digests.items():
         if not isinstance(pieces, list) or not pieces or not all(isinstance(d, str) and d for d in pieces):
-            raise BundleError(f"chunks.sha256.{name} must be a non-empty list of hex digests; got {pieces!r}")
+            raise BundleError(f"chunks.sha256.{name} must be a non-empty list of hex digests; got {_shown(pieces)}")
     return {"chunk_bytes": size, "chunk_sha256": {k: tuple(v) for k, v in digests.items()}}
 
 
@@ -275,6 +291,67 @@ def _finite_number(v: Any) -> bool:
         return math.isfinite(float(v))
     except OverflowError:  # an int beyond float's range
         return False
+
+
+def _range(raw: Mapping, where: str) -> tuple[float, float]:
+    rng = _field(raw, "range", list, where)
+    if len(rng) != 2 or not all(_finite_number(v) for v in rng) or not float(rng[0]) < float(rng[1]):
+        raise BundleError(f"{where}.range is {_shown(rng)}; expected [lo, hi], two finite numbers with lo < hi")
+    return float(rng[0]), float(rng[1])
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for a message, shortened; never raising (Python refuses to print ints of
+    more than 4300 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"a {type(value).__name__} holding an integer too long to print"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _int(raw: Mapping, key: str, where: str, lo: int, hi: int) -> int:
+    value = _field(raw, key, int, where)
+    if not lo <= value <= hi:
+        raise BundleError(f"{where}.{key} is {_shown(value)}; expected an int in {lo}..{hi}")
+    return value
+
+
+def _optional(raw: Mapping, key: str, kind: type, where: str, default: Any) -> Any:
+    return _field(raw, key, kind, where) if raw.get(key) is not None else default
+
+
+def _check_constant_shapes(consts: Mapping) -> None:
+    """``constants.arrays`` (optional, informational: the shapes read are the latent and output
+    fields'): an object of shapes."""
+    arrays = consts.get("arrays")
+    if arrays is None:
+        return
+    _expect(arrays, dict, "constants.arrays")
+    for name, shape in arrays.items():
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                  and 0 < d <= MAX_DIM for d in shape):
+            raise BundleError(f"constants.arrays.{name} is {_shown(shape)}; expected a shape (a list of positive ints)")
+
+
+def _check_engines(engines: Any, graphs: Mapping[str, GraphSpec]) -> None:
+    """``engines`` (TensorRT plans, optional): one object of string fields per graph."""
+    if not engines:
+        return
+    if not isinstance(engines, dict):
+        raise BundleError(f"manifest engines is {type(engines).__name__}; expected an object")
+    for key, entry in engines.items():
+        where = f"engines.{key}"
+        if not isinstance(entry, dict):
+            raise BundleError(f"{where} is {type(entry).__name__}; expected an object")
+        missing = [f for f in ENGINE_FIELDS if not isinstance(entry.get(f), str)]
+        if missing:
+            raise BundleError(f"{where} lacks the string field(s) {missing}; rebuild the engines")
+        for name in ("gpu", "precision"):
+            _optional(entry, name, str, where, "")
+        if key not in graphs:
+            raise BundleError(f"{where} is an engine for no graph of manifest.graphs ({sorted(graphs)}); "
+                              f"rebuild the engines")
 
 
 def _expect(value: Any, kind: type, where: str) -> None:

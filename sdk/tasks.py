@@ -5,17 +5,20 @@ new task is one function here and one manifest value, not a branch in the transl
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping
 
 import numpy as np
 
-from .bundle import Manifest
 from .checks import is_int
-from .errors import InputError
+from .errors import BundleError, InputError
 from .imaging import (as_label_array, as_rgb_uint8, bicubic_downsample, check_image_side, resize_bilinear,
                       to_model_range)
 
+if TYPE_CHECKING:  # sdk.manifest validates task options with check_task_options below
+    from .manifest import Manifest
+
 SR_FACTORS = (1, 2, 4, 8, 16, 32)
+MAX_LABELS = 256  # label maps are resized as 8-bit planes (as pSp's PIL transforms do)
 Preprocess = Callable[..., np.ndarray]
 TASKS: Dict[str, Preprocess] = {}
 
@@ -113,6 +116,38 @@ def preprocess_segmentation(labels, manifest: Manifest) -> np.ndarray:
     one_hot = np.zeros((label_nc, size, size), dtype=np.float32)
     np.put_along_axis(one_hot, index[None], 1.0, axis=0)
     return one_hot
+
+
+# --------------------------------------------------------------------------- the manifest's side
+
+def _option_int(options: Mapping[str, Any], key: str, default: int, allowed, why: str) -> int:
+    value = options.get(key, default)
+    if not is_int(value) or value not in allowed:
+        try:
+            text = repr(value)[:60]
+        except ValueError:  # an int of thousands of digits
+            text = "an integer too long to print"
+        raise BundleError(f"task.options.{key} is {text}; {why}. Rebuild the bundle with a valid value "
+                          f"(export/build_engines.py)")
+    return int(value)
+
+
+def check_task_options(task_name: str, options: Mapping[str, Any], channels: int, size: int) -> None:
+    """:class:`BundleError` for a bundle whose task cannot run as the manifest describes it (its
+    defaults are checked when it opens, not blamed on the caller's argument at the first call).
+    Tasks this SDK does not know are left to ``Translator.infer`` with prepared arrays."""
+    needs = {"inversion": 3, "super_resolution": 3, "sketch": 1}.get(task_name)
+    if needs is not None and channels != needs:
+        raise BundleError(f"task {task_name!r} feeds the encoder {needs} channel(s), but input.channels is "
+                          f"{channels}; the task and the encoder come from different checkpoints")
+    if task_name == "super_resolution":
+        _option_int(options, "factor", 4, [f for f in SR_FACTORS if size % f == 0],
+                    f"the default super-resolution factor must be one of {SR_FACTORS} that divides the encoder "
+                    f"input size {size}")
+    elif task_name == "segmentation":
+        _option_int(options, "label_nc", channels, [channels] if channels <= MAX_LABELS else [],
+                    f"it must equal input.channels ({channels}, one one-hot plane per label) and be at most "
+                    f"{MAX_LABELS}")
 
 
 def preprocess(image, manifest: Manifest, **options) -> np.ndarray:

@@ -20,12 +20,13 @@
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..bundle import REBUILD_HINT, GraphSpec, sha256_file
+from ..bundle import REBUILD_HINT, GraphSpec
 from ..errors import BackendError, BundleError, InputError, StaleEngineError
 from ..device_arrays import DeviceArray, DeviceInput
 from .cuda import CudaGraph, CudaRuntime, DeviceBuffer, device_count, device_info
@@ -237,9 +238,13 @@ class TensorRTBackend:
         plan = self.bundle.file(es.file)
         if not plan.is_file():
             raise BundleError(f"engine file {plan} is missing; {hint}")
-        if sha256_file(plan) != es.sha256:
+        try:  # one read: TensorRT gets exactly the bytes that were hashed (no window to swap the file)
+            data = plan.read_bytes()
+        except OSError as e:
+            raise BundleError(f"engine file {plan} cannot be read ({e}); {hint}") from None
+        if hashlib.sha256(data).hexdigest() != es.sha256:
             raise BundleError(f"engine file {plan} does not match its SHA-256 in the manifest; {hint}")
-        engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise StaleEngineError(f"TensorRT {self.trt.__version__} could not deserialize {plan} (built with "
                                    f"TensorRT {es.tensorrt} for {es.gpu}); {hint}")

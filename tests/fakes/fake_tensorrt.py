@@ -67,6 +67,27 @@ def read_plan(plan: bytes):
     return json.loads(plan[12:12 + n]), plan[12 + n:]
 
 
+def engine_graph(header: dict, onnx_bytes: bytes) -> bytes:
+    """The graph a fake engine computes: the ONNX graph, with TF32 operands where the build left
+    ``BuilderFlag.TF32`` set (TensorRT's default; ``fakes/tf32.py``)."""
+    if "TF32" in header.get("builder_flags", []):
+        from .tf32 import tf32_graph
+
+        return tf32_graph(onnx_bytes)
+    return onnx_bytes
+
+
+def polygraphy_runner(plan: bytes):
+    """A stand-in for Polygraphy's ``TrtRunner(EngineFromBytes(plan))``: a real Polygraphy
+    ``OnnxrtRunner`` over the graph the fake engine computes (so the build's comparison runs
+    Polygraphy for real, ONNX Runtime against ONNX Runtime with the engine's numerics)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    header, onnx_bytes = read_plan(bytes(plan))
+    return OnnxrtRunner(SessionFromOnnx(engine_graph(header, onnx_bytes), providers=["CPUExecutionProvider"]),
+                        name="fake-tensorrt")
+
+
 # --------------------------------------------------------------------------- builder
 
 class _Network:
@@ -106,12 +127,21 @@ class _TimingCache:
 class _Config:
     def __init__(self, module):
         self.flags, self.profiles, self.pools, self.cache, self._m = set(), [], {}, None, module
+        tf32 = getattr(module.BuilderFlag, "TF32", None)
+        if tf32 is not None:  # as in TensorRT: TF32 is on unless cleared
+            self.flags.add(tf32)
 
     def set_memory_pool_limit(self, pool, size):
         self.pools[pool] = size
 
     def set_flag(self, flag):
         self.flags.add(flag)
+
+    def clear_flag(self, flag):
+        self.flags.discard(flag)
+
+    def get_flag(self, flag):
+        return flag in self.flags
 
     def add_optimization_profile(self, profile):
         self.profiles.append(profile)
@@ -144,7 +174,7 @@ class Builder:
         return _Network(flags)
 
     def create_builder_config(self):
-        return _Config(sys.modules[__name__])
+        return _Config(sys.modules["tensorrt"])  # the installed module: its BuilderFlag
 
     def create_optimization_profile(self):
         return _Profile()
@@ -240,7 +270,8 @@ class _Engine:
         import onnxruntime as ort
 
         self.module, self.header = module, header
-        self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        self.onnx = engine_graph(header, onnx_bytes)
+        self.session = ort.InferenceSession(self.onnx, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.name = "+".join(self.outputs) + ":" + ",".join(self.inputs)

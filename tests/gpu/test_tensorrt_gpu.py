@@ -24,10 +24,11 @@ from export.tensorrt_build import EngineOptions, build_bundle_engines  # noqa: E
 from test_fp16 import ITERATIONS, S, fp_bundles  # noqa: E402,F401  (the module-scoped FP16/FP32 bundles)
 
 
-def with_engines(src, dst, max_batch=4):
+def with_engines(src, dst, max_batch=4, **options):
     shutil.copytree(src, dst)
     manifest = tiny_bundle.read_manifest(dst)
-    build_bundle_engines(dst, manifest, EngineOptions(max_batch=max_batch, timing_cache=dst.parent / "timing.cache"))
+    build_bundle_engines(dst, manifest, EngineOptions(max_batch=max_batch, timing_cache=dst.parent / "timing.cache",
+                                                      **options))
     tiny_bundle.write_manifest(dst, manifest)
     return manifest
 
@@ -49,13 +50,22 @@ def test_tensorrt_fp16_loop_vs_onnxruntime_fp32(fp_bundles, tmp_path):
 def test_tensorrt_fp32_engines_match_onnxruntime(tiny_bundles, tmp_path):
     from sdk import Translator
 
-    with_engines(tiny_bundles["two_stage"], tmp_path / "trt")
+    manifest = with_engines(tiny_bundles["two_stage"], tmp_path / "trt")
+    # TF32 cleared (TensorRT's default would round Conv/MatMul operands on Ampere+): compared at 1e-3
+    assert all(e["tf32"] is False and e["comparison"]["tolerance"] == "fp32" and e["comparison"]["passed"]
+               for e in manifest["engines"].values())
     x = np.random.default_rng(0).uniform(-1, 1, (2, tiny_bundle.C_X, tiny_bundle.S, tiny_bundle.S)).astype(np.float32)
     with Translator(tmp_path / "trt", backend="onnxruntime") as a, Translator(tmp_path / "trt", backend="auto") as b:
         assert b.backend.name == "tensorrt"
         ref, got = a.infer(x, return_steps=True), b.infer(x, return_steps=True)
     for s, t in zip(ref.steps, got.steps):
         np.testing.assert_allclose(t.image, s.image, rtol=1e-3, atol=1e-3)
+
+
+def test_tf32_engines_pass_at_their_own_tolerance(tiny_bundles, tmp_path):
+    manifest = with_engines(tiny_bundles["two_stage"], tmp_path / "trt", tf32=True)
+    assert all(e["tf32"] is True and e["comparison"]["tolerance"] == "tf32" and e["comparison"]["passed"]
+               for e in manifest["engines"].values())
 
 
 def test_loop_enqueues_no_host_copies(tiny_bundles, tmp_path):

@@ -193,3 +193,99 @@ def test_synthesise_and_mix_with_arbitrary_arguments(translator, z, mask, alpha)
         assert res.latents.shape == (1, tb.M, tb.D)
     except SdkError as e:
         assert str(e)
+
+
+# --------------------------------------------------------------------------- constructor and call arguments
+
+ANY = (st.none() | st.booleans() | st.integers(-3, 10) | st.integers(-10**30, 10**30) | st.floats()
+       | st.text(max_size=6) | st.binary(max_size=4) | st.lists(st.integers(0, 3), max_size=3)
+       | st.sampled_from([np.int64(1), np.float32(2.0), np.True_, np.array([1, 2]), np.array("auto"), object()]))
+BACKEND_NAMES = st.sampled_from(["auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt",
+                                 "AUTO", "", "cpu"])
+
+
+@st.composite
+def some_odd(draw, valid: dict, odd: dict | None = None) -> dict:
+    """Keyword arguments: valid values, but up to two of them anything at all (ANY, or ``odd[k]``)."""
+    names = draw(st.sets(st.sampled_from(sorted(valid)), max_size=2))
+    return {k: draw((odd or {}).get(k, ANY) if k in names else v) for k, v in valid.items()}
+
+
+CONSTRUCTOR = some_odd(
+    {"backend": st.sampled_from(["auto", "onnxruntime"]), "threads": st.none() | st.integers(1, 4),
+     "verify": st.booleans(), "device": st.integers(0, 3), "cuda_graphs": st.booleans()},
+    {"backend": BACKEND_NAMES | ANY, "threads": ANY | st.integers(-2, 2**31)})
+
+
+@settings(max_examples=50, **SETTINGS)
+@given(kwargs=CONSTRUCTOR)
+def test_translator_constructor_with_arbitrary_arguments(tiny_bundles, kwargs):
+    """Every keyword of the constructor at random: a working Translator or an SdkError, never
+    another exception (nor a hang: threads are bounded)."""
+    try:
+        t = Translator(tiny_bundles["single"], **kwargs)
+    except SdkError as e:
+        assert str(e) and "\n" not in str(e)
+        event(type(e).__name__)
+        return
+    with t:
+        event("opened")
+        assert t.infer(np.zeros((1, tb.C_X, tb.S, tb.S), np.float32)).images.shape == (1, 3, tb.R, tb.R)
+
+
+INFER = some_odd({"iterations": st.none() | st.integers(1, 3), "return_steps": st.booleans(),
+                  "early_exit": st.none() | st.floats(0.001, 1.0), "output": st.just("host"),
+                  "init": st.none() | st.just("previous")})
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(kwargs=INFER)
+def test_infer_with_arbitrary_scalar_arguments(translator, kwargs):
+    x = np.zeros((1, tb.C_X, tb.S, tb.S), np.float32)
+    if isinstance(kwargs["init"], str) and kwargs["init"] == "previous":
+        kwargs["init"] = translator.infer(x, iterations=1)
+    try:
+        res = translator.infer(x, **kwargs)
+    except SdkError as e:
+        assert str(e) and "\n" not in str(e)
+        event(type(e).__name__)
+        return
+    event("ran")
+    assert res.images.shape == (1, 3, tb.R, tb.R) and (res.steps is not None) == bool(kwargs["return_steps"])
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(image=ANY | st.sampled_from(["", "no-such.png", "/", "a\0b", "x" * 5000]) | st.recursive(
+    st.integers(0, 255), lambda c: st.lists(c, min_size=1, max_size=3), max_leaves=12))
+def test_call_with_arbitrary_objects(translator, image):
+    """Not arrays: scalars, strings (paths), nested and ragged lists."""
+    try:
+        out = translator(image)
+    except SdkError as e:
+        assert str(e)
+        event(type(e).__name__)
+        return
+    event("ran")
+    assert out.shape == (tb.R, tb.R, 3)
+
+
+PIL_MODES = ["1", "L", "LA", "La", "P", "PA", "I", "I;16", "I;16B", "F", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
+             "YCbCr", "HSV", "LAB"]
+
+
+@settings(max_examples=50, **SETTINGS)
+@given(mode=st.sampled_from(PIL_MODES), w=st.integers(1, 12), h=st.integers(1, 12), data=st.data())
+def test_call_with_pil_images_of_random_modes_and_bytes(translator, mode, w, h, data):
+    """Any mode, any pixel bytes (NaN floats, negative ints included): RGB out or an SdkError."""
+    from PIL import Image
+
+    size = Image.new(mode, (1, 1)).tobytes().__len__() * w * h
+    image = Image.frombytes(mode, (w, h), data.draw(st.binary(min_size=size, max_size=size)))
+    try:
+        out = translator(image)
+    except SdkError as e:
+        assert str(e)
+        event(type(e).__name__)
+        return
+    event("ran")
+    assert out.shape == (tb.R, tb.R, 3) and out.dtype == np.uint8

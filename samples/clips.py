@@ -26,6 +26,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 
 from samples.face_crop import Box, FaceTracker, centre_box
+from sdk.errors import InputError
+from sdk.imaging import as_rgb_uint8
 from samples.video_io import SampleError, import_cv2, write_video
 
 DEFAULT_PHOTOS = ("grace_hopper", "astronaut", "chelsea")
@@ -36,10 +38,10 @@ ZOOM = 0.2  # the window shrinks by up to this fraction
 def shipped_photo(name: str) -> np.ndarray:
     """HxWx3 uint8 RGB: a ``skimage.data`` image, ``grace_hopper``, or an image file."""
     if Path(name).suffix and Path(name).is_file():
-        from PIL import Image
-
-        with Image.open(name) as im:
-            return np.asarray(im.convert("RGB"))
+        try:  # the SDK's reader: any mode, 16-bit scaled; a truncated or corrupt file named in one line
+            return as_rgb_uint8(name)
+        except InputError as e:
+            raise SampleError(str(e)) from None
     try:
         if name == "grace_hopper":
             import matplotlib.cbook
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
                         "height; the window is kept inside the photograph)")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate written into the file (default 30)")
     args = p.parse_args(argv)
-    if args.frames_per_photo < 1 or args.extent <= 0:
+    if args.frames_per_photo < 1 or not 0 < args.extent < math.inf:  # NaN fails too
         p.error("--frames-per-photo must be >= 1 and --extent > 0")
     try:
         cv2 = import_cv2()

@@ -7,6 +7,7 @@ moved (a cut, or a new face).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +57,7 @@ class FaceTracker:
     """
 
     def __init__(self, cv2, margin: float = 0.5, smoothing: float = 0.3, detect_width: int = 160):
-        if margin < 0 or not 0 < smoothing <= 1 or detect_width < 64:
+        if not (margin >= 0 and math.isfinite(margin) and 0 < smoothing <= 1 and detect_width >= 64):  # NaN fails
             raise SampleError(f"need margin >= 0, 0 < smoothing <= 1, detect width >= 64; got {margin}, {smoothing}, "
                               f"{detect_width}")
         path = cv2.data.haarcascades + CASCADE

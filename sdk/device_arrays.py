@@ -4,7 +4,10 @@
 PyTorch CUDA tensors, CuPy, Numba) or DLPack on a CUDA device (``__dlpack__`` and
 ``__dlpack_device__``: JAX and others) is described by a :class:`DeviceInput` — pointer, shape,
 dtype, device and the producer's stream — that the backend copies device-to-device into the
-loop's input buffer (:meth:`sdk.backends.cuda.CudaRuntime.copy_in`).
+loop's input buffer (:meth:`sdk.backends.cuda.CudaRuntime.copy_in`). DLPack is preferred where
+both exist: ``__dlpack__(stream=ours)`` makes the producer order its pending work before our
+stream. A CUDA Array Interface without ``stream`` (v2: PyTorch's) is taken as written on the
+legacy default stream, and the copy waits for an event recorded there.
 
 **Out**: a :class:`DeviceArray` is device memory the SDK allocated and hands over; it exposes
 both protocols, so ``torch.as_tensor(a, device="cuda")``, ``torch.from_dlpack(a)`` and
@@ -25,6 +28,7 @@ from .errors import BackendError, InputError
 
 KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED = 1, 2, 3, 13  # DLDeviceType
 KDL_FLOAT = 2  # DLDataTypeCode
+LEGACY_STREAM, PER_THREAD_STREAM = 1, 2  # the CUDA Array Interface's / DLPack's default-stream handles
 _NAME, _USED = b"dltensor", b"used_dltensor"  # capsule names of an unconsumed / consumed tensor
 
 
@@ -104,7 +108,7 @@ class DeviceInput:
     ptr: int
     shape: tuple
     device: int | None  # CUDA device index; None: ask CUDA (cudaPointerGetAttributes)
-    stream: int | None  # the producer's stream to order after (CAI v3); None: ready now
+    stream: int | None  # the producer's stream to order after (CAI; 1: legacy default); None: ready now
     owner: Any = None  # keeps the producer's memory (or its DLPack capsule) alive while we copy
     what: str = "x"
     dtype = np.dtype(np.float32)
@@ -142,6 +146,8 @@ def device_view(value, consumer_stream: int, what: str = "x") -> DeviceInput:
     """Describe a CUDA array without copying it. ``consumer_stream``: the stream the SDK reads it
     on, handed to DLPack producers so that they order their pending work before it."""
     try:
+        if _dlpack_on_cuda(value):  # DLPack first: the producer orders its own stream before ours
+            return _from_dlpack(value, consumer_stream, what)
         cai = getattr(value, "__cuda_array_interface__", None)
         if cai is not None:
             return _from_cai(value, cai, what)
@@ -154,6 +160,18 @@ def device_view(value, consumer_stream: int, what: str = "x") -> DeviceInput:
                          f"CUDA array") from None
 
 
+def _dlpack_on_cuda(value) -> bool:
+    """Does ``value`` export DLPack from a CUDA device? (PyTorch tensors also have a CUDA Array
+    Interface, but only v2, which names no stream: DLPack's ``stream=`` argument orders it.)"""
+    device = getattr(value, "__dlpack_device__", None)
+    if device is None or getattr(value, "__dlpack__", None) is None:
+        return False
+    try:
+        return int(device()[0]) in (KDL_CUDA, KDL_CUDA_MANAGED)
+    except Exception:  # a refusing __dlpack_device__: read the array interface instead
+        return False
+
+
 def _from_cai(value, cai: dict, what: str) -> DeviceInput:
     shape = tuple(int(d) for d in cai["shape"])
     _check_dtype(np.dtype(cai["typestr"]), what, f"typestr {cai['typestr']!r}")
@@ -162,7 +180,9 @@ def _from_cai(value, cai: dict, what: str) -> DeviceInput:
     strides = cai.get("strides")
     _check_contiguous(shape, None if strides is None else [s // 4 for s in strides], what)
     ptr = int(cai["data"][0])
-    stream = cai.get("stream")
+    # no "stream" key (v2, e.g. PyTorch): the data is ordered on the legacy default stream, which
+    # our non-blocking stream does not wait for by itself; "stream": None (v3) means ready now
+    stream = cai.get("stream", LEGACY_STREAM)
     if stream == 0:  # CAI v3 forbids 0 (ambiguous between the legacy and per-thread default streams)
         raise InputError(f"{what}'s __cuda_array_interface__ names stream 0, which the interface forbids; "
                          f"its producer must give 1 (legacy default stream), 2 (per-thread) or a stream handle")
@@ -176,7 +196,7 @@ def _from_dlpack(value, consumer_stream: int, what: str) -> DeviceInput:
     try:  # the producer makes its pending work visible to our stream (array API __dlpack__ semantics)
         capsule, stream = value.__dlpack__(stream=consumer_stream), None
     except TypeError:  # a producer without the stream argument: its data is ordered on the legacy stream
-        capsule, stream = value.__dlpack__(), 1
+        capsule, stream = value.__dlpack__(), LEGACY_STREAM
     t, data = parse_capsule(capsule)
     if (t.dtype.code, t.dtype.bits, t.dtype.lanes) != (KDL_FLOAT, 32, 1):
         raise InputError(f"{what} must be float32; got DLPack dtype code {t.dtype.code}, {t.dtype.bits} bits "

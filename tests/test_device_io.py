@@ -72,6 +72,43 @@ def test_dlpack_input_gets_our_stream(fake_gpu, trt_translator):
     np.testing.assert_array_equal(got.latents, trt_translator.infer(x, iterations=2).latents)
 
 
+def test_an_unordered_read_of_pending_producer_work_is_stale(fake_gpu, trt_translator):
+    """The stand-in's queued streams model the race: our copy on our non-blocking stream, not
+    ordered after the producer's stream, reads the memory before the producer's kernel wrote it."""
+    from sdk.device_arrays import DeviceInput
+
+    _, cudart = fake_gpu
+    x = x_input(seed=3)
+    tensor = FakeCudaTensor(cudart, x, pending=True)  # written by work queued on the legacy stream
+    rt = trt_translator.backend.cuda
+    dst = rt.empty(x.shape, "float32")
+    rt.copy_in(dst.ptr, dst.nbytes, DeviceInput(tensor.ptr, x.shape, 0, None, tensor))
+    assert not rt.download(dst).any()  # zeros: the producer's write had not run
+    cudart.cudaStreamSynchronize(cudart.LEGACY_STREAM)
+    np.testing.assert_array_equal(tensor.numpy(), x)
+
+
+@pytest.mark.parametrize("protocol,stream", [("cai_v2", None), ("torch", None), ("torch", "side")])
+def test_pending_producer_work_is_ordered_before_our_copy(fake_gpu, trt_translator, protocol, stream):
+    """PyTorch's CUDA Array Interface is v2 (no ``stream``): the legacy default stream is waited
+    for with an event; where DLPack exists it is preferred, and the producer orders its stream
+    (here a side stream, as under ``torch.cuda.stream(s)``) before ours."""
+    _, cudart = fake_gpu
+    x = x_input(seed=4)
+    want = trt_translator.infer(x, iterations=2)
+    producer = int(cudart.cudaStreamCreateWithFlags(1)[1]) if stream == "side" else None
+    tensor = FakeCudaTensor(cudart, x, stream=producer, protocol=protocol, pending=True)
+    cudart.calls.clear()
+    got = trt_translator.infer(tensor, iterations=2)
+    np.testing.assert_array_equal(got.latents, want.latents)
+    np.testing.assert_array_equal(got.images, want.images)
+    assert "cudaStreamSynchronize" not in [c[0] for c in cudart.calls[:cudart.names().index("cudaMemcpyAsync")]]
+    ours = trt_translator.backend.cuda.handle
+    assert tensor.dlpack_streams == ([ours] if protocol == "torch" else [])
+    waits = [c for c in cudart.calls if c[0] == "cudaStreamWaitEvent"]
+    assert waits and waits[0][1][0] == ours  # the GPU waits; the host does not
+
+
 def test_device_output_is_an_owned_copy_on_the_gpu(fake_gpu, make_tiny_bundle):
     _, cudart = fake_gpu
     bundle = make_tiny_bundle("iterative")

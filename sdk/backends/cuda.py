@@ -175,8 +175,10 @@ class CudaRuntime:
 
     def copy_in(self, dst: int, nbytes: int, src: DeviceInput) -> None:
         """Device → device copy of ``src`` into ``nbytes`` at ``dst`` on our stream. ``src.stream``
-        (the producer's stream, CUDA Array Interface v3) is waited for with an event: the GPU
-        orders the copy after the producer's queued work and the host does not block."""
+        (the producer's stream; 1, the legacy default stream, for a CUDA Array Interface without
+        one, as PyTorch's) is waited for with an event: our stream is non-blocking, so nothing else
+        orders it after the producer; the GPU orders the copy after the producer's queued work and
+        the host does not block. DLPack producers did that ordering themselves (``stream=None``)."""
         if src.nbytes != nbytes:
             raise BackendError(f"{src.what} has {src.nbytes} bytes but the loop's buffer {nbytes} (the bundle's "
                                f"input is not float32?)")

@@ -4,13 +4,20 @@ Only the calls ``sdk/backends/cuda.py`` and ``sdk/device_arrays.py`` make. Each 
 whose first element is the error code, like cuda-python. ``calls`` records (name, args) in order;
 ``fail`` maps a call name to an error code to return once (fault injection).
 
-Streams are synchronous here: work enqueued on a stream runs at once — except while the stream
-is capturing (``cudaStreamBeginCapture``), when it is recorded as a graph node instead (kernel
-nodes come from the fake TensorRT's ``execute_async_v3``, memcpy nodes from ``cudaMemcpyAsync``)
-and runs only when an instantiated graph is launched. As in CUDA's global and thread-local
-capture modes, a synchronising call during capture (stream sync, ``cudaMalloc``, ``cudaMemcpy``)
-fails with ``cudaErrorStreamCaptureUnsupported`` and invalidates the capture. Events only record
-the calls (ordering is trivial on synchronous streams): tests assert the order of calls.
+Streams are queues, as on a GPU: work enqueued on a stream (copies, fake engine kernels, graph
+launches) runs only when something waits for it — ``cudaStreamSynchronize`` of that stream, a
+synchronous call that waits for the device (``cudaFree``, ``cudaDeviceSynchronize``; ``cudaMemcpy``
+waits for the legacy default stream), or another stream that reaches a ``cudaStreamWaitEvent`` on
+an event recorded after it (``cudaEventRecord`` marks the recording stream's queue position).
+Nothing orders two streams implicitly (ours are ``cudaStreamNonBlocking``), so a read that is not
+ordered after a producer's write sees the old memory. The legacy (1) and per-thread (2) default
+streams are queues too; :meth:`FakeCudart.enqueue` puts producer work there.
+
+While a stream is capturing (``cudaStreamBeginCapture``) its work is recorded as graph nodes
+instead (kernel nodes come from the fake TensorRT's ``execute_async_v3``, memcpy nodes from
+``cudaMemcpyAsync``) and queued only when an instantiated graph is launched. As in CUDA's global
+and thread-local capture modes, a synchronising call during capture (stream sync, ``cudaMalloc``,
+``cudaMemcpy``) fails with ``cudaErrorStreamCaptureUnsupported`` and invalidates the capture.
 """
 from __future__ import annotations
 
@@ -119,7 +126,10 @@ class FakeCudart:
         self.ptr_device: dict[int, int] = {}  # device allocation -> the device it lives on
         self.capturing: dict[int, dict] = {}  # stream -> {"mode", "nodes", "invalidated"}
         self.graphs: set[int] = set()  # ids of live Graph / GraphExec objects (leak checks)
-        self.events: set[int] = set()
+        self.events: dict[int, tuple | None] = {}  # event -> (stream, queue position) of its last record
+        self.queues: dict[int, list] = {}  # stream -> work not yet run, in order
+        self.queued: dict[int, int] = {}  # stream -> work items ever enqueued (queue positions)
+        self.completed: dict[int, int] = {}  # stream -> work items run
         self.launches = 0
         self._adopted: list = []
 
@@ -180,6 +190,7 @@ class FakeCudart:
 
     def cudaFree(self, ptr):
         self._call("cudaFree", ptr)
+        self.run_all()  # cudaFree waits for the device, as in CUDA
         self.ptr_device.pop(int(ptr), None)
         return (cudaError_t.cudaSuccess if self.device_mem.pop(int(ptr), None) is not None
                 else cudaError_t.cudaErrorInvalidValue,)
@@ -215,6 +226,7 @@ class FakeCudart:
             return (err,)
         if kind != cudaMemcpyKind.cudaMemcpyDeviceToHost or not self.region(self.device_mem, int(src), count):
             return (cudaError_t.cudaErrorInvalidValue,)
+        self.run_until(self.LEGACY_STREAM)  # a synchronous copy runs on the legacy default stream
         ctypes.memmove(int(dst), int(src), int(count))
         return (cudaError_t.cudaSuccess,)
 
@@ -230,12 +242,38 @@ class FakeCudart:
 
     # ------------------------------------------------------------------ work, capture and graphs
     def enqueue(self, stream: int, kind: cudaGraphNodeType, what: str, run) -> None:
-        """Run ``run`` now, or record it as a node while ``stream`` is capturing."""
+        """Queue ``run`` on ``stream`` (it runs when the stream is waited for), or record it as a
+        node while ``stream`` is capturing."""
         capture = self.capturing.get(int(stream))
         if capture is None:
-            run()
+            stream = int(stream)
+            self.queues.setdefault(stream, []).append(run)
+            self.queued[stream] = self.queued.get(stream, 0) + 1
         else:
             capture["nodes"].append(Node(kind, what, run))
+
+    def run_until(self, stream: int, position: int | None = None) -> None:
+        """Run ``stream``'s queued work up to queue ``position`` (all of it by default)."""
+        stream = int(stream)
+        target = self.queued.get(stream, 0) if position is None else position
+        queue = self.queues.get(stream, [])
+        while self.completed.get(stream, 0) < target and queue:
+            work = queue.pop(0)
+            self.completed[stream] = self.completed.get(stream, 0) + 1
+            work()
+
+    def run_all(self) -> None:
+        """The device drains (a device-wide synchronisation)."""
+        while any(self.queues.values()):
+            for stream in list(self.queues):
+                self.run_until(stream)
+
+    def cudaDeviceSynchronize(self):
+        err = self._call("cudaDeviceSynchronize") or self._unsafe_during_capture()
+        if err:
+            return (err,)
+        self.run_all()
+        return (cudaError_t.cudaSuccess,)
 
     def is_capturing(self, stream) -> bool:
         return int(stream) in self.capturing
@@ -315,22 +353,28 @@ class FakeCudart:
     def cudaEventCreateWithFlags(self, flags):
         self._call("cudaEventCreateWithFlags", flags)
         self._next_stream += 16
-        self.events.add(self._next_stream)
+        self.events[self._next_stream] = None
         return (cudaError_t.cudaSuccess, self._next_stream)
 
     def cudaEventRecord(self, event, stream):
         self._call("cudaEventRecord", int(event), int(stream))
         ok = int(event) in self.events and self._known_stream(stream)
+        if ok:  # the event completes when the stream's work queued so far has run
+            self.events[int(event)] = (int(stream), self.queued.get(int(stream), 0))
         return (cudaError_t.cudaSuccess if ok else cudaError_t.cudaErrorInvalidValue,)
 
     def cudaStreamWaitEvent(self, stream, event, flags):
         self._call("cudaStreamWaitEvent", int(stream), int(event), flags)
         ok = int(event) in self.events and self._known_stream(stream)
+        if ok and self.events[int(event)] is not None:  # an unrecorded event: nothing to wait for
+            other, position = self.events[int(event)]
+            self.enqueue(int(stream), cudaGraphNodeType.cudaGraphNodeTypeKernel, "wait event",
+                         lambda: self.run_until(other, position))
         return (cudaError_t.cudaSuccess if ok else cudaError_t.cudaErrorInvalidValue,)
 
     def cudaEventDestroy(self, event):
         self._call("cudaEventDestroy", int(event))
-        self.events.discard(int(event))
+        self.events.pop(int(event), None)
         return (cudaError_t.cudaSuccess,)
 
     # ------------------------------------------------------------------ streams
@@ -344,10 +388,14 @@ class FakeCudart:
         self._call("cudaStreamSynchronize", int(stream))
         if int(stream) in self.capturing:
             return (self._unsafe_during_capture() or cudaError_t.cudaErrorStreamCaptureUnsupported,)
-        return (cudaError_t.cudaSuccess if int(stream) in self.streams else cudaError_t.cudaErrorInvalidValue,)
+        if not self._known_stream(stream):
+            return (cudaError_t.cudaErrorInvalidValue,)
+        self.run_until(stream)
+        return (cudaError_t.cudaSuccess,)
 
     def cudaStreamDestroy(self, stream):
         self._call("cudaStreamDestroy", int(stream))
+        self.run_until(stream)  # queued work still completes, as in CUDA
         self.streams.discard(int(stream))
         return (cudaError_t.cudaSuccess,)
 

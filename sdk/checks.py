@@ -6,6 +6,7 @@ memory behind it, and must be refused as such, not by a ``MemoryError`` while co
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -34,6 +35,18 @@ def shown(value, limit: int = 60) -> str:
     except Exception:  # a broken __repr__ must not replace the error being reported
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def finite_float(value) -> float | None:
+    """A real number (not a bool) as a finite float, or None (NaN, Inf, an int beyond float's
+    range, not a number): ``float(10**400)`` raises OverflowError, which a caller must not see."""
+    if not is_number(value):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def check_bool(value, what: str) -> bool:

@@ -34,7 +34,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .bundle import MAX_ITERATIONS, Bundle, GraphSpec, iter_stage_graphs
-from .checks import check_bool, is_int, is_number, shown
+from .checks import check_bool, finite_float, is_int, shown
 from .device_arrays import DeviceInput
 from .errors import InputError
 
@@ -167,7 +167,7 @@ class RefinementLoop:
             raise InputError(f"iterations must be an int in 1..{limit} for this {self.manifest.family} bundle; "
                              f"got {shown(n)}")
         check_bool(return_steps, "return_steps")
-        if early_exit is not None and (not is_number(early_exit) or not 0.0 < float(early_exit) < float("inf")):
+        if early_exit is not None and not (finite_float(early_exit) or 0.0) > 0.0:
             raise InputError(f"early_exit must be a positive number (a mean latent change) or None; "
                              f"got {shown(early_exit)}")
         if not isinstance(output, str) or output not in ("host", "device"):

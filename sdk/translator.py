@@ -22,7 +22,7 @@ import numpy as np
 
 from .backends import BACKENDS, create_backend
 from .bundle import Bundle, Manifest
-from .checks import check_bool, check_int, is_int, is_number, match_shape, plain_array, refuse_masked, shown
+from .checks import check_bool, check_int, finite_float, is_int, match_shape, plain_array, refuse_masked, shown
 from .device_arrays import DeviceInput, device_view, is_device_array
 from .errors import BackendError, InputError
 from .imaging import to_uint8_image
@@ -174,7 +174,8 @@ class Translator:
         loop = self._open_loop()
         m, d = self.manifest.latent_count, self.manifest.latent_dim
         mask = _layer_mask(latent_mask, m)  # every argument is checked before the loop runs
-        if alpha is not None and (not is_number(alpha) or not 0.0 <= float(alpha) <= 1.0):
+        a = 1.0 if alpha is None else finite_float(alpha)
+        if a is None or not 0.0 <= a <= 1.0:
             raise InputError(f"alpha must be a number in [0, 1]; got {shown(alpha)}")
         if seed is not None and (not is_int(seed) or seed < 0):
             raise InputError(f"seed must be a non-negative int or None; got {shown(seed)}")
@@ -192,7 +193,6 @@ class Translator:
         if inject is None:
             samples = np.random.default_rng(seed).standard_normal((b, d)).astype(np.float32)
             inject = np.repeat(loop.map_samples(samples)[:, None, :], m, axis=1)
-        a = 1.0 if alpha is None else float(alpha)
         codes[:, mask] = a * inject[:, mask] + (1.0 - a) * codes[:, mask]
         return TranslationResult(images=loop.synthesise(codes), latents=codes, iterations=base.iterations)
 

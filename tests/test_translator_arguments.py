@@ -120,8 +120,9 @@ def test_return_steps_must_be_a_bool(t, value):
     ({"output": np.array(["host"])}, "output must be 'host' (numpy arrays) or 'device'"),
     ({"early_exit": np.array([0.1])}, "early_exit must be a positive number"),
     ({"iterations": "3"}, "iterations must be an int in 1.."),
+    ({"early_exit": 10**400}, "early_exit must be a positive number"),  # float() of it overflows
 ])
-def test_array_valued_scalars_are_refused(t, kwargs, needle):
+def test_array_valued_and_odd_scalars_are_refused(t, kwargs, needle):
     assert needle in _refused(t.infer, _x(), **kwargs)
 
 
@@ -145,6 +146,7 @@ def test_mix_checks_every_argument_before_running_the_loop(t, monkeypatch):
         t.mix, _x(), **{**good, "inject_latents": np.zeros((2, tb.D), np.float32)})
     assert "iterations must be an int" in _refused(t.mix, _x(), iterations=-1, **good)
     assert "seed must be a non-negative int" in _refused(t.mix, _x(), seed=1.5, **good)
+    assert "alpha must be a number in [0, 1]" in _refused(t.mix, _x(), alpha=10**400, **good)
     assert "latent_mask must list layer indices" in _refused(t.mix, _x(), latent_mask=itertools.count(),
                                                              inject_latents=good["inject_latents"])
 

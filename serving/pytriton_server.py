@@ -38,7 +38,7 @@ from .batching import TensorInfo, model_inputs, model_outputs, translate_request
 from .environment import prepare_environment
 from .watchdog import Watchdog, python_stubs
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("serving.pytriton_server")  # the same name under python -m, for log searches
 
 DEFAULT_MODEL_NAME = "translator"
 START_ATTEMPTS = 3
@@ -177,7 +177,11 @@ class TranslationServer:
                 self._triton.run()
                 break
             except Exception as e:
+                died = self._tritonserver_ended()
                 self._stop_triton()
+                if died is not None:  # PyTriton then waits out its own timeouts before it raises
+                    self._close_translators()
+                    raise ServerDied(f"model {self.options.model_name!r} did not start: {died}") from None
                 # PyTriton's model start-up has short fixed timeouts (its instances get one second to
                 # exchange a handshake); on an overloaded host they can expire although nothing is wrong
                 # with the model. Retry those; anything else is a real error.
@@ -209,8 +213,7 @@ class TranslationServer:
 
     def watchdog(self) -> Watchdog:
         """A :class:`Watchdog` over the running server (call after :meth:`start`)."""
-        triton = self._triton
-        running = getattr(getattr(triton, "_triton_server", None), "_tritonserver_running_cmd", None)
+        triton, running = self._triton, _tritonserver_command(self._triton)
         if running is None:  # PyTriton's internals moved: its own check still covers tritonserver
             log.warning("cannot find tritonserver's process in this PyTriton; watching through is_alive() only")
             return Watchdog(None, lambda: None, [], triton.is_alive)
@@ -218,7 +221,12 @@ class TranslationServer:
         if len(stubs) != self.options.instances:
             log.warning("found %d Python backend stub(s) for %d instance(s); watching those", len(stubs),
                         self.options.instances)
-        return Watchdog(running.pid, lambda: getattr(running.process, "exit_code", None), stubs, triton.is_alive)
+        return Watchdog(running.pid, _exit_code(running), stubs, triton.is_alive)
+
+    def _tritonserver_ended(self) -> str | None:
+        """Why the tritonserver process ended, None while it runs (or where it cannot be found)."""
+        running = _tritonserver_command(self._triton)
+        return None if running is None else Watchdog(running.pid, _exit_code(running), [], lambda: True).check()
 
     def stop(self) -> None:
         self._stop_triton()
@@ -243,6 +251,15 @@ class TranslationServer:
 def _transient(error: Exception) -> bool:
     """A start-up failure worth retrying: one of PyTriton's or Triton's timeouts."""
     return isinstance(error, TimeoutError) or "timeout" in str(error).lower()
+
+
+def _tritonserver_command(triton):
+    """PyTriton's handle (an ``sh.RunningCommand``) on the tritonserver process, or None."""
+    return getattr(getattr(triton, "_triton_server", None), "_tritonserver_running_cmd", None)
+
+
+def _exit_code(running):
+    return lambda: getattr(getattr(running, "process", None), "exit_code", None)
 
 
 def _answer_errors_briefly(triton) -> None:

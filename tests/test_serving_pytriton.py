@@ -132,14 +132,43 @@ def test_concurrent_mixed_requests_are_batched_and_each_answered_right(server, l
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_bad_requests_get_the_reason(server, protocol):
+def test_bad_requests_get_the_sdks_one_line_message_as_a_client_error(server, protocol):
     from serving.client import ServerError
 
+    refused = {"http": "400", "grpc": "StatusCode.INVALID_ARGUMENT"}[protocol]
     with client(server, protocol) as c:
-        with pytest.raises(ServerError, match="iterations must be an int in 1.."):
-            c.translate(face(3), iterations=0)
-        with pytest.raises(ServerError, match="factor must be one of"):
-            c.translate(face(3), factor=3)
+        for options, reason in (({"iterations": 0}, "iterations must be an int in 1.."),
+                                ({"factor": 3}, "factor must be one of")):
+            with pytest.raises(ServerError, match=reason) as e:
+                c.translate(face(3), **options)
+            assert e.value.status == refused
+            assert "\n" not in str(e.value) and "Traceback" not in str(e.value) and len(str(e.value)) < 300
+        assert c.translate(face(3)).output.shape == (1, tb.R, tb.R, 3)  # and the server still answers
+
+
+def post_json(server, body: bytes) -> tuple[int, dict]:
+    import http.client
+    import json
+
+    host, port = server.http_url.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request("POST", f"/v2/models/{server.options.model_name}/infer", body=body,
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_a_json_request_with_a_bad_image_gets_400_and_one_line(server):
+    import json
+
+    body = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 4, 4, 7], "data": [0] * (16 * 7)}]}
+    status, answer = post_json(server, json.dumps(body).encode())
+    assert status == 400
+    assert answer == {"error": "request 0 of this batch: expected an image HxWx3 (RGB), HxWx4 (RGBA) or HxW (gray); "
+                               "got shape (4, 4, 7)"}
 
 
 def test_options_are_checked_before_launch(sr_bundle):
@@ -152,3 +181,61 @@ def test_options_are_checked_before_launch(sr_bundle):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+def nested_json_answer(port: int, depth: int, header_bytes: int) -> tuple[int, bytes]:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("POST", "/v2/models/translator/infer", body=b"[" * depth + b"]" * depth,
+                           headers={"Inference-Header-Content-Length": str(header_bytes)})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_the_launcher_exits_non_zero_when_tritonserver_dies(sr_bundle, tmp_path):
+    """A crash of tritonserver (SIGKILL here; a stack overflow in its JSON parser in the field)
+    must end the launcher with a non-zero status and one line naming it, so that a supervisor
+    restarts it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from serving.watchdog import children
+
+    http, grpc, metrics = free_ports(3)
+    log = tmp_path / "launcher.log"
+    root = Path(__file__).resolve().parents[1]
+    with open(log, "wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "serving.pytriton_server", "--bundle", str(sr_bundle), "--backend", "onnxruntime",
+             "--threads", "1", "--no-verify", "--http-port", str(http), "--grpc-port", str(grpc),
+             "--metrics-port", str(metrics), "--exit-timeout", "3", "--log-file", str(tmp_path / "tritonserver.log")],
+            cwd=root, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        from serving.client import TranslationClient
+
+        deadline = time.monotonic() + 180
+        while "serving model 'translator'" not in log.read_text():  # start() returned
+            assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        # docs/serving_deployment.md's proxy rule: a JSON part bounded by Inference-Header-Content-Length
+        # (5 digits at most) cannot nest deep enough to overflow tritonserver's recursive JSON parser
+        assert nested_json_answer(http, depth=200_000, header_bytes=99_999)[0] >= 400
+        with TranslationClient(f"127.0.0.1:{http}") as c:
+            assert c.ready()
+        (server_pid,) = children(launcher.pid, "tritonserver")
+        os.kill(server_pid, signal.SIGKILL)
+        assert launcher.wait(timeout=60) == 1, log.read_text()[-3000:]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    errors = [line for line in log.read_text().splitlines() if line.startswith("ERROR ")]
+    assert errors == [f"ERROR serving.pytriton_server: model 'translator' can no longer answer: tritonserver (pid {server_pid}) ended with "
+                      f"signal 9 (SIGKILL); its log says why; exiting with 1 so a supervisor restarts the server"]

@@ -26,7 +26,7 @@ from .errors import BundleError
 from .manifest import (MAX_ITERATIONS, ROLES, SCHEMA_VERSION, GraphSpec, Manifest, Schedule,  # noqa: F401
                        Stage, TensorSpec, iter_stage_graphs)
 from .npz import read_arrays
-from .permissions import bundle_folder, check_private
+from .permissions import bundle_folder, check_private, drop_others_write
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ class Bundle:
             raw = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise BundleError(f"{manifest_path} is not valid JSON ({type(e).__name__}: {e}); {unreadable}") from None
+        except ValueError as e:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+            raise BundleError(f"{manifest_path} holds a number too long to read ({str(e).split(';')[0]}); "
+                              f"{unreadable}") from None
         except OSError as e:
             raise BundleError(f"{manifest_path} cannot be read ({e}); {unreadable}") from None
         try:
@@ -234,6 +237,8 @@ class BundleWriter:
         for name in self.files:  # the data reaches the disk before the manifest that vouches for it
             _fsync(self.path(name))
         _write_json(self.tmp / MANIFEST, manifest)
+        # writable by no one else, whatever the umask: what Bundle.verify requires (sdk/permissions.py)
+        drop_others_write(*(self.path(name) for name in self.files), self.tmp / MANIFEST, self.tmp)
         _fsync(self.tmp)
         check_build_target(self.target)  # again: the folder may have changed during the build
         if not os.path.lexists(self.target):

@@ -113,6 +113,15 @@ def bundle_folder(path: Any, manifest: str) -> Path:
     return folder
 
 
+def drop_others_write(*paths: Path) -> None:
+    """Clear the group and other write bits of ``paths`` (a build's files and folder), so a bundle
+    written under a permissive umask (002, common with per-user groups) passes :func:`check_private`."""
+    for path in paths:
+        mode = stat.S_IMODE(os.lstat(path).st_mode)
+        if mode & _OTHERS_WRITE and not os.path.islink(path):
+            os.chmod(path, mode & ~_OTHERS_WRITE)
+
+
 def check_private(folder: Path, files: Iterable[Path], hint: str = "") -> None:
     """Raise :class:`BundleError` unless ``folder`` (with its ancestors) and ``files`` (resolved
     paths inside it) can be changed by no one but the effective user and root."""

@@ -77,9 +77,9 @@ def plain_array(value, what: str, kind: str = "numeric") -> np.ndarray:
     refuse_masked(value, what)
     try:
         arr = np.asarray(value)
-    except (ValueError, TypeError, OverflowError, MemoryError) as e:  # ragged nested lists, odd __array__
+    except Exception as e:  # ragged nested lists; an object whose __array__ or __len__ fails (its cause is chained)
         raise InputError(f"{what} must be a {kind} array; got {type(value).__name__} that numpy cannot make a "
-                         f"regular array of (ragged nested lists?): {_first_line(e)}") from None
+                         f"regular array of (ragged nested lists?): {_first_line(e)}") from e
     if arr.dtype == object:
         raise InputError(f"{what} must be a {kind} array; got a non-numeric array (Python objects) of shape "
                          f"{list(arr.shape)} from {type(value).__name__}: ragged lists or mixed types?")

@@ -363,7 +363,7 @@ def _layer_mask(latent_mask, m: int) -> list[int]:
     elif not isinstance(latent_mask, (str, bytes)):
         try:  # at most M entries are read: a huge iterator cannot hang the caller
             mask = list(itertools.islice(iter(latent_mask), m + 1))
-        except TypeError:  # not iterable
+        except Exception:  # not iterable, or its iterator fails
             mask = None
     if not mask or any(not is_int(i) for i in mask) or any(not 0 <= i < m for i in mask):
         raise InputError(f"latent_mask must list layer indices (ints) in 0..{m - 1}; got {shown(latent_mask)}")

@@ -284,3 +284,39 @@ def test_cuda_errors_name_the_call(fake_gpu, make_tiny_bundle):
         cudart.fail["cudaMalloc"] = fake_cuda.cudaError_t.cudaErrorMemoryAllocation
         with pytest.raises(BackendError, match=r"CUDA cudaMalloc\(\d+\) failed: cudaErrorMemoryAllocation"):
             t.infer(x_input())
+
+
+def test_an_old_driver_is_named_with_its_requirement(monkeypatch):
+    """cuda-python 13 on a CUDA 12 driver: every call returns cudaErrorInsufficientDriver, which
+    must not read as "no CUDA device is visible"."""
+    from sdk import BackendError
+    from sdk.backends import tensorrt as trt_backend
+    from sdk.backends.cuda import CudaRuntime
+
+    cudart = fake_cuda.install(monkeypatch, fake_cuda.FakeCudart())
+    fake_tensorrt.install(monkeypatch, cudart)
+    cudart.driver_version, cudart.runtime_version = 12040, 13000
+    cudart.fail["cudaGetDeviceCount"] = fake_cuda.cudaError_t.cudaErrorInsufficientDriver
+    reason = trt_backend.unavailable_reason()
+    assert reason.startswith("cudaErrorInsufficientDriver") and "no CUDA device" not in reason
+    assert "supports CUDA 12.4" in reason and "runtime is 13.0" in reason and "driver >= 580" in reason
+    assert "gpu-cu12" in reason
+    cudart.fail["cudaSetDevice"] = fake_cuda.cudaError_t.cudaErrorInsufficientDriver
+    with pytest.raises(BackendError, match=r"cudaSetDevice\(0\) failed: cudaErrorInsufficientDriver: .*driver >= 580"):
+        CudaRuntime(0)
+
+
+def test_gpu_extras_pin_matching_tensorrt_and_cuda_python_pairs():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    pairs = {"gpu-cu12": ("tensorrt-cu12", 10, 12), "gpu-cu13": ("tensorrt-cu13", 11, 13)}
+    assert extras["gpu"] == extras["gpu-cu12"]
+    for extra, (package, trt_major, cuda_major) in pairs.items():
+        reqs = {re.split(r"[<>=!~]", r, maxsplit=1)[0].strip(): r for r in extras[extra]}
+        assert set(reqs) == {package, "cuda-python"}, extra
+        assert f">={trt_major}" in reqs[package] and f"<{trt_major + 1}" in reqs[package]
+        assert f"<{cuda_major + 1}" in reqs["cuda-python"] and f">={cuda_major}" in reqs["cuda-python"]

@@ -25,7 +25,10 @@ from ..errors import BackendError, InputError
 log = logging.getLogger(__name__)
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16}
-INSTALL_HINT = "pip install 'cuda-python>=12' (see the README's GPU section)"
+INSTALL_HINT = ("pip install 'gan-encoder-rt[gpu-cu12]' (cuda-python 12 + TensorRT 10, driver >= 525) or "
+                "'[gpu-cu13]' (cuda-python 13 + TensorRT 11, driver >= 580); see the README's GPU section")
+# the oldest Linux driver each CUDA major runs on (minor-version compatibility)
+DRIVER_FOR_CUDA = {12: 525, 13: 580}
 
 
 def import_cudart():
@@ -44,7 +47,10 @@ def check(cudart, result, what: str):
     """Unpack a ``cudart`` result tuple; raise :class:`BackendError` on a CUDA error."""
     err, rest = result[0], tuple(result[1:])
     if err != cudart.cudaError_t.cudaSuccess:
-        raise BackendError(f"CUDA {what} failed: {_error_name(cudart, err)}")
+        name = _error_name(cudart, err)
+        if name == "cudaErrorInsufficientDriver":
+            raise BackendError(f"CUDA {what} failed: {insufficient_driver(cudart)}")
+        raise BackendError(f"CUDA {what} failed: {name}")
     if not rest:
         return None
     return rest[0] if len(rest) == 1 else rest
@@ -52,11 +58,43 @@ def check(cudart, result, what: str):
 
 def device_count() -> int:
     """Number of visible CUDA devices; 0 without cuda-python, a driver or a GPU."""
+    return cuda_status()[0]
+
+
+def cuda_status() -> tuple[int, str | None]:
+    """(visible CUDA devices, why none: cuda-python missing, the CUDA error's name, or the driver
+    too old for this cuda-python's CUDA runtime)."""
     try:
         cudart = import_cudart()
-        return int(check(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount"))
-    except BackendError:
-        return 0
+    except BackendError as e:
+        return 0, str(e)
+    result = cudart.cudaGetDeviceCount()
+    if result[0] == cudart.cudaError_t.cudaSuccess:
+        count = int(result[1])
+        return count, None if count else "no CUDA device is visible (cudaGetDeviceCount returned 0)"
+    name = _error_name(cudart, result[0])
+    if name == "cudaErrorInsufficientDriver":
+        return 0, insufficient_driver(cudart)
+    return 0, f"no CUDA device is usable: cudaGetDeviceCount failed with {name} (is the NVIDIA driver loaded?)"
+
+
+def _cuda_version(result) -> str:
+    """"12.9" from a cudaDriverGetVersion / cudaRuntimeGetVersion result (12090); "none" for 0."""
+    value = int(result[1]) if len(result) > 1 and result[1] is not None else 0
+    return f"{value // 1000}.{value % 1000 // 10}" if value else "none"
+
+
+def insufficient_driver(cudart) -> str:
+    """The message for ``cudaErrorInsufficientDriver``: which CUDA the driver and cuda-python have."""
+    try:
+        driver, runtime = _cuda_version(cudart.cudaDriverGetVersion()), _cuda_version(cudart.cudaRuntimeGetVersion())
+    except Exception:  # the versions are a courtesy; the error name is the fact
+        driver, runtime = "unknown", "unknown"
+    major = int(runtime.split(".")[0]) if runtime[:1].isdigit() else 0
+    need = f"driver >= {DRIVER_FOR_CUDA[major]}" if major in DRIVER_FOR_CUDA else "a newer driver"
+    return (f"cudaErrorInsufficientDriver: the NVIDIA driver supports CUDA {driver}, but cuda-python's CUDA runtime "
+            f"is {runtime}, which needs {need}; update the driver, or install the pair for your driver "
+            f"(pip install 'gan-encoder-rt[gpu-cu12]' for a CUDA 12 driver)")
 
 
 @dataclass(frozen=True)

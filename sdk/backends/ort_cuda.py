@@ -45,7 +45,8 @@ def gpu_providers(available: list, kind: str, device_id: int, fp16: bool) -> lis
         return [cuda, "CPUExecutionProvider"]
     if "TensorrtExecutionProvider" not in available:
         raise BackendError(f"onnxruntime has no TensorRT execution provider here (available: {available}); "
-                           f"install onnxruntime-gpu and TensorRT's libraries (pip install tensorrt-cu12), or "
+                           f"install onnxruntime-gpu and the TensorRT major it was built with (TensorRT 10 for the "
+                           f"CUDA 12 wheels: pip install 'tensorrt-cu12>=10,<11'; TensorRT 11 does not load), or "
                            f"use backend='onnxruntime-cuda'")
     # nodes TensorRT cannot take fall back to CUDA, then CPU (the order is the priority)
     trt = ("TensorrtExecutionProvider", {"device_id": device_id, "trt_fp16_enable": bool(fp16),

@@ -29,12 +29,12 @@ from typing import Mapping
 from ..bundle import REBUILD_HINT, GraphSpec
 from ..errors import BackendError, BundleError, InputError, StaleEngineError
 from ..device_arrays import DeviceArray, DeviceInput
-from .cuda import CudaGraph, CudaRuntime, DeviceBuffer, device_count, device_info
+from .cuda import CudaGraph, CudaRuntime, DeviceBuffer, cuda_status, device_info
 
 log = logging.getLogger(__name__)
 
-TRT_INSTALL_HINT = ("pip install tensorrt-cu12 (NVIDIA's wheels; see the README's GPU section), "
-                    "or use backend='onnxruntime'")
+TRT_INSTALL_HINT = ("pip install 'gan-encoder-rt[gpu-cu12]' (TensorRT 10 + cuda-python 12; '[gpu-cu13]' for "
+                    "TensorRT 11 + CUDA 13, driver >= 580; see the README's GPU section), or use backend='onnxruntime'")
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16"}
 
 
@@ -52,9 +52,8 @@ def unavailable_reason() -> str | None:
         import_tensorrt()
     except BackendError as e:
         return str(e)
-    if device_count() == 0:
-        return "no CUDA device is visible (or cuda-python / the NVIDIA driver is missing)"
-    return None
+    count, why = cuda_status()
+    return why if count == 0 else None
 
 
 # --------------------------------------------------------------------------- manifest entries

@@ -32,6 +32,7 @@ class cudaError_t(enum.IntEnum):
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
+    cudaErrorInsufficientDriver = 35
     cudaErrorNoDevice = 100
     cudaErrorStreamCaptureUnsupported = 900
     cudaErrorStreamCaptureInvalidated = 901
@@ -116,6 +117,7 @@ class FakeCudart:
 
     def __init__(self, devices: int = 1, name: str = "Fake GPU (host memory)", capability=(8, 6)):
         self.devices, self.gpu_name, self.capability = devices, name, capability
+        self.driver_version, self.runtime_version = 12080, 12090  # cudaDriverGetVersion / cudaRuntimeGetVersion
         self.device_mem: dict[int, ctypes.Array] = {}  # ptr -> backing buffer
         self.host_mem: dict[int, ctypes.Array] = {}
         self.streams: set[int] = set()
@@ -157,6 +159,12 @@ class FakeCudart:
         if err or not 0 <= device < self.devices:
             return (err or cudaError_t.cudaErrorInvalidValue, None)
         return (cudaError_t.cudaSuccess, _Props(self.gpu_name.encode(), *self.capability, 16 << 30))
+
+    def cudaDriverGetVersion(self):
+        return (cudaError_t.cudaSuccess, self.driver_version)
+
+    def cudaRuntimeGetVersion(self):
+        return (cudaError_t.cudaSuccess, self.runtime_version)
 
     def cudaGetErrorName(self, err):
         return (cudaError_t.cudaSuccess, cudaError_t(err).name.encode())

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install tensorrt-cu12, see docs/gpu.md); "
+pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install '.[gpu-cu12]', see docs/gpu.md); "
                                        "GPU tests run only where TensorRT and a GPU exist")
-pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed (pip install 'cuda-python>=12')")
+pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed (pip install '.[gpu-cu12]')")
 
 from sdk.backends.cuda import device_count  # noqa: E402
 

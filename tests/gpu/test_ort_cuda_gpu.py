@@ -10,7 +10,7 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 if "CUDAExecutionProvider" not in ort.get_available_providers():
     pytest.skip("onnxruntime has no CUDA provider (pip install onnxruntime-gpu)", allow_module_level=True)
-pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed (pip install 'cuda-python>=12')")
+pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed (pip install '.[gpu-cu12]')")
 
 from sdk.backends.cuda import device_count  # noqa: E402
 

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install tensorrt-cu12, see README 'GPU'); "
+pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install '.[gpu-cu12]', see README 'GPU'); "
                                        "GPU tests run only where TensorRT and a GPU exist")
-pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed (pip install 'cuda-python>=12')")
+pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed (pip install '.[gpu-cu12]')")
 
 from sdk.backends.cuda import device_count  # noqa: E402
 

@@ -84,3 +84,15 @@ def test_device_arrays_through_onnxruntime_cuda(fake_ort, tiny_bundles):
         assert names[first_copy + 1] == "cudaStreamSynchronize"
     np.testing.assert_array_equal(got.images.numpy(), want.images)
     np.testing.assert_array_equal(got.latents.numpy(), want.latents)
+
+
+@pytest.mark.parametrize("version", ["1.17.0", "1.23.0"])
+def test_buffer_sizes_do_not_need_onnxruntime_1_23(monkeypatch, version):
+    from sdk.backends.ort_cuda import ortvalue_nbytes
+
+    cudart = fake_cuda.install(monkeypatch, fake_cuda.FakeCudart())
+    ort = fake_ort_cuda.install(monkeypatch, cudart, version=version)
+    for dtype, itemsize in ((np.float32, 4), (np.float16, 2)):
+        value = ort.OrtValue.ortvalue_from_shape_and_type([2, 3, 5], dtype, "cuda", 0)
+        assert ortvalue_nbytes(value) == 2 * 3 * 5 * itemsize
+        assert hasattr(value, "tensor_size_in_bytes") == (version >= "1.23")

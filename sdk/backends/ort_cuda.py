@@ -55,6 +55,19 @@ def gpu_providers(available: list, kind: str, device_id: int, fp16: bool) -> lis
     return [trt, cuda, "CPUExecutionProvider"]
 
 
+def ortvalue_nbytes(value) -> int:
+    """The byte size of a dense ``OrtValue`` from its shape and element type
+    (``OrtValue.tensor_size_in_bytes`` exists only from onnxruntime 1.23)."""
+    import numpy as np
+
+    from .onnxruntime import _ORT_TYPES
+
+    dtype = _ORT_TYPES.get(value.data_type())
+    if dtype is None:
+        raise BackendError(f"an OrtValue of {value.data_type()} is not a loop buffer (float32/float16 only)")
+    return int(np.prod(value.shape(), dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
 class OrtDeviceIO:
     """Device-resident inputs/outputs of :class:`sdk.backends.onnxruntime.OrtBackend` on a GPU.
     Needs cuda-python (the ``gpu`` extra); a clear :class:`BackendError` says so otherwise."""
@@ -80,7 +93,7 @@ class OrtDeviceIO:
 
     def put_device(self, dst, src: DeviceInput) -> None:
         rt = self._runtime()
-        rt.copy_in(int(dst.data_ptr()), int(dst.tensor_size_in_bytes()), src)
+        rt.copy_in(int(dst.data_ptr()), ortvalue_nbytes(dst), src)
         rt.synchronize()  # ORT reads dst on its own stream: the copy must have finished
 
     def fetch_device(self, src) -> DeviceArray:

@@ -47,7 +47,8 @@ EXIT_BAD_SETUP = 2  # bad options or bundle, or Triton cannot run here: restarti
 
 
 class ServerDied(SdkError):
-    """tritonserver, a model instance's stub or PyTriton's handler died while serving."""
+    """tritonserver, a model instance's stub or PyTriton's handler died, or the model did not
+    start in Triton."""
 
 
 class ClientInputError(Exception):
@@ -144,9 +145,9 @@ class TranslationServer:
         from pytriton.triton import Triton, TritonConfig
 
         o = self.options
-        config = TritonConfig(http_address=o.http_host or o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
-                              metrics_address=o.host, metrics_port=o.metrics_port, exit_timeout_secs=o.exit_timeout_s,
-                              log_verbose=0, log_file=o.log_file)
+        config = TritonConfig(http_address=o.http_host or o.host, http_port=o.http_port, grpc_address=o.host,
+                              grpc_port=o.grpc_port, metrics_address=o.host, metrics_port=o.metrics_port,
+                              exit_timeout_secs=o.exit_timeout_s, log_verbose=0, log_file=o.log_file)
         triton = Triton(config=config)
         batcher = DynamicBatcher(max_queue_delay_microseconds=o.max_queue_delay_us) if o.dynamic_batching else None
         reference = self.translators[0]
@@ -155,6 +156,9 @@ class TranslationServer:
                     outputs=[_tensor(Tensor, t) for t in model_outputs(reference)],
                     config=ModelConfig(batching=True, max_batch_size=self.max_batch, batcher=batcher), strict=True)
         _answer_errors_briefly(triton)
+        handler_log = logging.getLogger(PYTRITON_HANDLER_LOG)
+        if not any(isinstance(f, QuietClientErrors) for f in handler_log.filters):
+            handler_log.addFilter(QuietClientErrors())
         return triton
 
     def _infer_fn(self, translator: Translator):
@@ -165,7 +169,9 @@ class TranslationServer:
             try:
                 return translate_requests(translator, [r.data for r in requests], max_batch)
             except InputError as e:  # the client's fault: one line, no traceback, HTTP 400
-                raise ClientInputError(" ".join(str(e).split())) from None
+                message = " ".join(str(e).split())
+                log.info("refused a request: %s", message)
+                raise ClientInputError(message) from None
 
         return infer
 
@@ -187,9 +193,10 @@ class TranslationServer:
                 # with the model. Retry those; anything else is a real error.
                 if attempt == START_ATTEMPTS or not _transient(e):
                     self._close_translators()
-                    raise
+                    log.debug("Triton's start failed", exc_info=True)
+                    raise ServerDied(f"model {self.options.model_name!r} did not start: {_last_line(e)}") from e
                 log.warning("Triton's model start timed out (busy host?): %s; retrying (%d of %d)",
-                            str(e).strip().splitlines()[-1][:200], attempt + 1, START_ATTEMPTS)
+                            _last_line(e), attempt + 1, START_ATTEMPTS)
         log.info("serving model %r: HTTP %s, gRPC %s, metrics %s", self.options.model_name, self.http_url,
                  self.grpc_url, self.metrics_url)
         return self
@@ -199,8 +206,8 @@ class TranslationServer:
 
         Raises :class:`ServerDied`, naming what died, when tritonserver, a model instance's
         stub or PyTriton's handler dies first."""
-        self.start()
         try:
+            self.start()
             watchdog = self.watchdog()
             while (reason := watchdog.check()) is None:
                 time.sleep(poll_s)
@@ -248,9 +255,26 @@ class TranslationServer:
         self.stop()
 
 
+def _last_line(error: Exception) -> str:
+    """The last line of an error's message (PyTriton's messages carry the server's tracebacks)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
 def _transient(error: Exception) -> bool:
     """A start-up failure worth retrying: one of PyTriton's or Triton's timeouts."""
     return isinstance(error, TimeoutError) or "timeout" in str(error).lower()
+
+
+PYTRITON_HANDLER_LOG = "pytriton.proxy.inference"
+
+
+class QuietClientErrors(logging.Filter):
+    """Drops PyTriton's WARNING with a traceback for each request the model refused: that is
+    the client's error, logged as one INFO line by the inference function instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f".{ClientInputError.__name__}: " not in record.getMessage()
 
 
 def _tritonserver_command(triton):

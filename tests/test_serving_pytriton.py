@@ -237,5 +237,6 @@ def test_the_launcher_exits_non_zero_when_tritonserver_dies(sr_bundle, tmp_path)
             launcher.kill()
             launcher.wait()
     errors = [line for line in log.read_text().splitlines() if line.startswith("ERROR ")]
-    assert errors == [f"ERROR serving.pytriton_server: model 'translator' can no longer answer: tritonserver (pid {server_pid}) ended with "
-                      f"signal 9 (SIGKILL); its log says why; exiting with 1 so a supervisor restarts the server"]
+    assert errors == [f"ERROR serving.pytriton_server: model 'translator' can no longer answer: tritonserver "
+                      f"(pid {server_pid}) ended with signal 9 (SIGKILL); its log says why; exiting with 1 so a "
+                      f"supervisor restarts the server"]

@@ -124,6 +124,17 @@ def test_serve_forever_returns_on_ctrl_c_or_sigterm(tmp_path):
     assert server.stopped
 
 
+def test_sigterm_while_the_model_loads_is_a_clean_stop(tmp_path):
+    server = bare_server(tmp_path, FakeDog([]))
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    server.start = interrupted
+    assert server.serve_forever(poll_s=0) is None
+    assert server.stopped
+
+
 @pytest.mark.parametrize("outcome, code", [(None, 0), (ps.ServerDied("model 'translator' can no longer answer: x"), 1),
                                            (InputError("bad bundle"), 2)])
 def test_main_exit_codes(monkeypatch, caplog, tmp_path, outcome, code):
@@ -209,3 +220,15 @@ def test_server_faults_stay_internal_with_their_last_line(proxy_model):
 
 def test_the_proxy_matches_the_launchers_class_name():
     assert f'CLIENT_ERROR = "{ps.ClientInputError.__name__}"' in PROXY.read_text()
+
+
+def test_pytritons_traceback_for_a_refused_request_is_dropped_from_the_log():
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord(ps.PYTRITON_HANDLER_LOG, logging.WARNING, __file__, 1, message, None, None)
+
+    quiet = ps.QuietClientErrors()
+    refused = "Exception while performing inference on requests=01: " + pytriton_error_text(
+        ps.ClientInputError("request 0 of this batch: factor must be one of (1, 2); got 3"))
+    assert not quiet.filter(record(refused))
+    assert quiet.filter(record("Exception while performing inference on requests=02: " +
+                               pytriton_error_text(RuntimeError("CUDA out of memory"))))

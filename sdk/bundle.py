@@ -150,6 +150,7 @@ class Bundle:
         self.manifest = Manifest.parse(raw)
         tmp = self.path / f".{MANIFEST}.tmp"
         _write_json(tmp, raw)
+        drop_others_write(tmp)
         os.replace(tmp, self.path / MANIFEST)
         self._verified.update(self._expected)
         return True

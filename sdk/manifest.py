@@ -209,7 +209,7 @@ class Manifest:
         consts = _field(raw, "constants", dict, "manifest")
         options = task.get("options", {}) or {}
         _expect(options, dict, "task.options")
-        if out.get("channels", 3) != 3 or isinstance(out.get("channels"), bool):
+        if _optional(out, "channels", int, "output", 3) != 3:
             raise BundleError(f"output.channels is {_shown(out['channels'])}; the generator makes RGB images: "
                               f"expected 3")
         m = cls(raw=raw, name=_optional(raw, "name", str, "manifest", ""), family=_field(raw, "family", str, "manifest"),

@@ -122,7 +122,7 @@ def drop_others_write(*paths: Path) -> None:
             os.chmod(path, mode & ~_OTHERS_WRITE)
 
 
-def check_private(folder: Path, files: Iterable[Path], hint: str = "") -> None:
+def check_private(folder: Path, files: Iterable[Path]) -> None:
     """Raise :class:`BundleError` unless ``folder`` (with its ancestors) and ``files`` (resolved
     paths inside it) can be changed by no one but the effective user and root."""
     getuid = getattr(os, "geteuid", None)
@@ -154,4 +154,4 @@ def check_private(folder: Path, files: Iterable[Path], hint: str = "") -> None:
         else:
             fix = f"copy the bundle into a folder of yours (cp -r {folder} DEST) or chown it to you"
         raise BundleError(f"{where} {path} {problem}: someone else could replace the bundle's files after their "
-                          f"SHA-256 is checked, so it is refused. Fix: {fix}{'; ' + hint if hint else ''} ({SKIP})")
+                          f"SHA-256 is checked, so it is refused. Fix: {fix} ({SKIP})")

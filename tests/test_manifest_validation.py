@@ -73,7 +73,9 @@ def test_huge_factor_and_label_count(make_tiny_bundle):
 STRING_FIELDS = [  # a string (or another type) where a number, bool or string belongs
     (("output", "range"), ["-1", "1"], "output.range"),
     (("output", "range"), "wide", "output.range is str; expected list"),
-    (("output", "channels"), "3", "output.channels is '3'"),
+    (("output", "channels"), "3", "output.channels is str; expected int"),
+    (("output", "channels"), 3.0, "output.channels is float; expected int"),
+    (("output", "channels"), 1, "output.channels is 1; the generator makes RGB images"),
     (("name",), 7, "manifest.name is int; expected str"),
     (("graphs", "generator", "precision"), 16, "graphs.generator.precision is int; expected str"),
     (("chunks",), {"bytes": "64", "sha256": {}}, "chunks.bytes is str; expected int"),

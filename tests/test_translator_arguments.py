@@ -207,10 +207,18 @@ def test_masked_arrays_are_refused(t, seg, call):
     ("image", b"\x89PNG", "encoded file bytes?"),
     ("synthesise", [[0.0] * tb.D, [0.0]], "latents must be a float array; got list"),
     ("synthesise", np.array([None] * tb.D, dtype=object), "non-numeric"),
+    ("image", "broken", "got _BrokenArray that numpy cannot make a regular array of"),
+    ("synthesise", "broken", "latents must be a float array; got _BrokenArray"),
 ])
 def test_ragged_and_object_arrays_are_refused(t, call, value, needle):
+    """Also an object whose ``__array__`` raises (:class:`_BrokenArray`): its error is the cause."""
     fn = t if call == "image" else t.synthesise
-    assert needle in _refused(fn, value)
+    assert needle in _refused(fn, _BrokenArray() if isinstance(value, str) and value == "broken" else value)
+
+
+class _BrokenArray:
+    def __array__(self, *args, **kwargs):
+        raise RuntimeError("the caller's own bug")
 
 
 def test_malformed_cuda_array_interface_is_an_input_error():

@@ -51,7 +51,8 @@ def as_rgb_uint8(image) -> np.ndarray:
         return _pil_rgb(image, "PIL image" + (f" of {image.filename!r}" if getattr(image, "filename", "") else ""))
     if image is None or isinstance(image, (bytes, bytearray, memoryview)):
         raise InputError(f"expected an image (an HxWx3 array, a PIL image or a file path); got a non-numeric "
-                         f"{type(image).__name__} (encoded file bytes? open them with PIL.Image.open(io.BytesIO(data)))")
+                         f"{type(image).__name__} (encoded file bytes? decode them with "
+                         f"PIL.Image.open(io.BytesIO(data)))")
     return _array_rgb(plain_array(image, "image"))
 
 

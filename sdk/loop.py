@@ -267,13 +267,18 @@ class RefinementLoop:
             self.runners["generator"].run(arena.generator[0])
             return self.backend.download(arena.y[0])
 
-    def map_samples(self, samples: np.ndarray) -> np.ndarray:
-        """The mapping network: [B, D] standard-normal z → [B, D] W codes (not a hot path:
-        buffers are made per call)."""
+    def mapping_spec(self) -> GraphSpec:
+        """The mapping graph's spec, or :class:`InputError` where the bundle has none."""
         spec = self.manifest.graphs.get("mapping")
         if spec is None:
             raise InputError("this bundle has no mapping graph (built before style mixing existed); rebuild it "
                              "with export/build_engines.py, or pass inject_latents")
+        return spec
+
+    def map_samples(self, samples: np.ndarray) -> np.ndarray:
+        """The mapping network: [B, D] standard-normal z → [B, D] W codes (not a hot path:
+        buffers are made per call)."""
+        spec = self.mapping_spec()
         if samples.ndim != 2 or samples.shape[1] != self.manifest.latent_dim:
             raise InputError(f"samples must be [B, {self.manifest.latent_dim}]; got {list(samples.shape)}")
         self.check_batch(samples.shape[0])

@@ -182,7 +182,9 @@ class Translator:
         loop.check_arguments(iterations)
         b = self._check_input(x)[1]
         inject = None
-        if inject_latents is not None:
+        if inject_latents is None:
+            loop.mapping_spec()  # a bundle without a mapping graph cannot draw the code: say so before the loop
+        else:
             inject = _float_array(inject_latents, "inject_latents",
                                   lambda shape: match_shape(shape, [(b, m, d), (b, d)], "inject_latents"))
             _check_magnitude(inject, "inject_latents")

@@ -147,6 +147,7 @@ def test_mix_checks_every_argument_before_running_the_loop(t, monkeypatch):
     assert "iterations must be an int" in _refused(t.mix, _x(), iterations=-1, **good)
     assert "seed must be a non-negative int" in _refused(t.mix, _x(), seed=1.5, **good)
     assert "alpha must be a number in [0, 1]" in _refused(t.mix, _x(), alpha=10**400, **good)
+    assert "no mapping graph" in _refused(t.mix, _x(), latent_mask=[1])
     assert "latent_mask must list layer indices" in _refused(t.mix, _x(), latent_mask=itertools.count(),
                                                              inject_latents=good["inject_latents"])
 

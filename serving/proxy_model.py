@@ -42,5 +42,7 @@ class TritonPythonModel(_PyTritonModel):
             return super().execute(requests)
         except pb_utils.TritonModelException as e:
             message, client = brief(str(e))
-            code = pb_utils.TritonError.INVALID_ARG if client else pb_utils.TritonError.INTERNAL
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)) for _ in requests]
+            code = getattr(pb_utils.TritonError, "INVALID_ARG" if client else "INTERNAL", None)
+            # a Python backend without error codes takes the message alone (and answers 500)
+            error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]

@@ -18,7 +18,7 @@ and exit 0. When tritonserver, a model instance's Python stub or PyTriton's hand
 launcher logs one line naming what died and exits 1, so a supervisor that restarts on failure
 restarts it (:mod:`serving.watchdog`). A request the model refuses (an ``sdk.InputError``) is
 answered with the SDK's one-line message as HTTP 400 / gRPC INVALID_ARGUMENT
-(:mod:`serving.proxy_model`). Deployment (proxy, probes, supervisor): ``docs/serving.md``.
+(:mod:`serving.proxy_model`). Deployment (proxy, probes, supervisor): ``docs/serving_deployment.md``.
 """
 from __future__ import annotations
 

@@ -320,3 +320,39 @@ def test_gpu_extras_pin_matching_tensorrt_and_cuda_python_pairs():
         assert set(reqs) == {package, "cuda-python"}, extra
         assert f">={trt_major}" in reqs[package] and f"<{trt_major + 1}" in reqs[package]
         assert f"<{cuda_major + 1}" in reqs["cuda-python"] and f">={cuda_major}" in reqs["cuda-python"]
+
+
+def test_another_gpu_model_of_the_same_capability_is_refused_unless_allowed(fake_gpu, make_tiny_bundle, caplog,
+                                                                           monkeypatch):
+    from sdk import StaleEngineError, Translator
+
+    trt, cudart = fake_gpu
+    bundle = make_tiny_bundle("iterative")
+    add_engines(bundle)
+    cudart.gpu_name = "NVIDIA A10"  # compute capability 8.6 too
+    with pytest.raises(StaleEngineError, match=r"GPU Fake GPU \(host memory\) \(this GPU: NVIDIA A10, same compute "
+                                               r"capability 8\.6.*GAN_ENCODER_RT_ALLOW_OTHER_GPU=1"):
+        Translator(bundle, backend="tensorrt")
+    assert not [e for e in trt.log if e[0] == "deserialize_cuda_engine"]
+    monkeypatch.setenv("GAN_ENCODER_RT_ALLOW_OTHER_GPU", "1")
+    with caplog.at_level(logging.WARNING, logger="sdk.backends"):
+        with Translator(bundle, backend="tensorrt") as t:
+            t.infer(x_input(), iterations=1)
+    assert "built on Fake GPU (host memory) and runs on NVIDIA A10" in caplog.text
+    # TensorRT's own warning on deserialisation reaches Python logging (a plain trt.Logger prints it)
+    assert "TensorRT: Using an engine plan file across different models of devices" in caplog.text
+
+
+def test_tensorrt_errors_on_deserialisation_are_in_the_exception(fake_gpu, make_tiny_bundle):
+    import hashlib
+
+    from sdk import StaleEngineError, Translator
+
+    bundle = make_tiny_bundle("iterative")
+    manifest = add_engines(bundle)
+    plan = bundle / manifest["engines"]["generator"]["file"]
+    plan.write_bytes(b"NOTAPLAN" + plan.read_bytes()[8:])  # hashed as it is: only TensorRT can tell
+    sha = hashlib.sha256(plan.read_bytes()).hexdigest()
+    tiny_bundle.edit_manifest(bundle, lambda m: m["engines"]["generator"].__setitem__("sha256", sha))
+    with pytest.raises(StaleEngineError, match=r"could not deserialize .*magicTagRead == kMAGIC_TAG"):
+        Translator(bundle, backend="tensorrt", verify=False)

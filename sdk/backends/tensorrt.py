@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 TRT_INSTALL_HINT = ("pip install 'gan-encoder-rt[gpu-cu12]' (TensorRT 10 + cuda-python 12; '[gpu-cu13]' for "
                     "TensorRT 11 + CUDA 13, driver >= 580; see the README's GPU section), or use backend='onnxruntime'")
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16"}
+UNKNOWN_GPU = "unknown GPU"
 
 
 def import_tensorrt():
@@ -54,6 +56,28 @@ def unavailable_reason() -> str | None:
         return str(e)
     count, why = cuda_status()
     return why if count == 0 else None
+
+
+def python_logger(trt):
+    """A ``trt.ILogger`` that forwards TensorRT's messages to this module's logger (a plain
+    ``trt.Logger`` prints to stderr, where the SDK never sees them) and keeps the errors of the
+    current call in ``errors`` for the exception message."""
+    severity = trt.ILogger.Severity
+    levels = {severity.INTERNAL_ERROR: logging.ERROR, severity.ERROR: logging.ERROR,
+              severity.WARNING: logging.WARNING, severity.INFO: logging.INFO, severity.VERBOSE: logging.DEBUG}
+
+    class PythonLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, level, msg):
+            py_level = levels.get(level, logging.WARNING)
+            if py_level >= logging.ERROR:
+                self.errors.append(str(msg))
+            log.log(py_level, "TensorRT: %s", msg)
+
+    return PythonLogger()
 
 
 # --------------------------------------------------------------------------- manifest entries
@@ -79,7 +103,7 @@ class EngineSpec:
         if missing:
             raise BundleError(f"{where} lacks the string field(s) {missing}; rebuild the engines")
         return cls(key, raw["file"], raw["sha256"], raw["tensorrt"], raw["compute_capability"],
-                   str(raw.get("gpu", "unknown GPU")), str(raw.get("precision", "fp32")))
+                   str(raw.get("gpu", UNKNOWN_GPU)), str(raw.get("precision", "fp32")))
 
 
 def parse_engines(manifest_raw: Mapping) -> dict[str, EngineSpec]:
@@ -94,14 +118,33 @@ def _version_key(version: str) -> tuple:
     return tuple(version.split(".")[:3])
 
 
-def engine_mismatch(spec: EngineSpec, trt_version: str, compute_capability: str, gpu: str = "") -> str | None:
-    """A sentence saying why ``spec`` cannot run with this TensorRT on this GPU, else None."""
+ALLOW_OTHER_GPU_ENV = "GAN_ENCODER_RT_ALLOW_OTHER_GPU"  # "1": run engines built on another GPU model
+
+
+def allow_other_gpu_default() -> bool:
+    return os.environ.get(ALLOW_OTHER_GPU_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def engine_mismatch(spec: EngineSpec, trt_version: str, compute_capability: str, gpu: str = "",
+                    allow_other_gpu: bool = False) -> str | None:
+    """A sentence saying why ``spec`` cannot run with this TensorRT on this GPU, else None.
+    Another GPU model of the same compute capability is refused too (TensorRT calls engines
+    across device models unsupported) unless ``allow_other_gpu``, which only warns."""
     problems = []
     if _version_key(spec.tensorrt) != _version_key(trt_version):
         problems.append(f"TensorRT {spec.tensorrt} (this machine has {trt_version})")
     if spec.compute_capability != compute_capability:
         problems.append(f"compute capability {spec.compute_capability}, {spec.gpu} (this GPU: "
                         f"{compute_capability}{', ' + gpu if gpu else ''})")
+    elif gpu and spec.gpu not in ("", UNKNOWN_GPU) and spec.gpu != gpu:
+        if allow_other_gpu:
+            log.warning("engine %s was built on %s and runs on %s (same compute capability %s; %s is set): "
+                        "TensorRT does not support engines across GPU models, rebuild if results or speed are off",
+                        spec.file, spec.gpu, gpu, compute_capability, ALLOW_OTHER_GPU_ENV)
+        else:
+            problems.append(f"the GPU {spec.gpu} (this GPU: {gpu}, same compute capability {compute_capability}, "
+                            f"which TensorRT does not support across GPU models; to run it anyway set "
+                            f"{ALLOW_OTHER_GPU_ENV}=1 or pass allow_other_gpu=True)")
     if not problems:
         return None
     return f"engine {spec.file} was built for " + " and ".join(problems)
@@ -201,8 +244,9 @@ class TensorRTBackend:
     name = "tensorrt"
     device_io = True  # takes and returns GPU-resident arrays (sdk.device_arrays)
 
-    def __init__(self, bundle, device: int = 0):
+    def __init__(self, bundle, device: int = 0, allow_other_gpu: bool | None = None):
         self.trt = trt = import_tensorrt()
+        self.allow_other_gpu = allow_other_gpu_default() if allow_other_gpu is None else bool(allow_other_gpu)
         self.bundle = bundle
         self.engines = parse_engines(bundle.manifest.raw)
         if not self.engines:
@@ -211,13 +255,13 @@ class TensorRTBackend:
         self.device = device_info(device)
         self.check_engines()  # before any plan reaches TensorRT
         self.cuda = CudaRuntime(device)
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._logger = python_logger(trt)  # TensorRT's messages (e.g. on deserialisation) go to logging
         self._runtime = trt.Runtime(self._logger)
 
     def check_engines(self) -> None:
         stale = [msg for spec in self.engines.values()
                  if (msg := engine_mismatch(spec, self.trt.__version__, self.device.compute_capability,
-                                            self.device.name))]
+                                            self.device.name, self.allow_other_gpu))]
         if stale:
             raise StaleEngineError("; ".join(stale) + f". Engines only run with the TensorRT release and GPU "
                                    f"architecture they were built for: {REBUILD_HINT.format(path=self.bundle.path)} "
@@ -243,10 +287,12 @@ class TensorRTBackend:
             raise BundleError(f"engine file {plan} cannot be read ({e}); {hint}") from None
         if hashlib.sha256(data).hexdigest() != es.sha256:
             raise BundleError(f"engine file {plan} does not match its SHA-256 in the manifest; {hint}")
+        self._logger.errors.clear()
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
+            said = f": {'; '.join(self._logger.errors[-3:])}" if self._logger.errors else ""
             raise StaleEngineError(f"TensorRT {self.trt.__version__} could not deserialize {plan} (built with "
-                                   f"TensorRT {es.tensorrt} for {es.gpu}); {hint}")
+                                   f"TensorRT {es.tensorrt} for {es.gpu}){said}; {hint}")
         log.info("loaded engine %s (%s, TensorRT %s, sm %s)", plan.name, es.precision, es.tensorrt,
                  es.compute_capability)
         return TrtRunner(self, spec, engine)

@@ -47,12 +47,35 @@ class MemoryPoolType(enum.Enum):
     WORKSPACE = 0
 
 
-class Logger:
-    WARNING = 2
-    INFO = 3
+class ILogger:
+    """TensorRT's logger interface: subclasses call ``ILogger.__init__`` and implement ``log``."""
 
-    def __init__(self, severity=WARNING):
-        self.severity = severity
+    class Severity(enum.IntEnum):
+        INTERNAL_ERROR = 0
+        ERROR = 1
+        WARNING = 2
+        INFO = 3
+        VERBOSE = 4
+
+    def __init__(self):
+        pass
+
+    def log(self, severity, msg):
+        raise NotImplementedError
+
+
+class Logger(ILogger):
+    """``trt.Logger``: prints to stderr (here: keeps ``messages``), where Python logging never sees it."""
+
+    WARNING = ILogger.Severity.WARNING
+    INFO = ILogger.Severity.INFO
+
+    def __init__(self, severity=ILogger.Severity.WARNING):
+        self.severity, self.messages = severity, []
+
+    def log(self, severity, msg):
+        if severity <= self.severity:
+            self.messages.append((severity, msg))
 
 
 def make_plan(header: dict, onnx_bytes: bytes) -> bytes:
@@ -183,7 +206,7 @@ class Builder:
         if network.onnx is None or len(config.profiles) != 1:
             return None
         header = {"flags": network.flags, "builder_flags": sorted(f.name for f in config.flags),
-                  "profile": config.profiles[0].shapes}
+                  "profile": config.profiles[0].shapes, "gpu": config._m.cudart.gpu_name}
         return make_plan(header, network.onnx)
 
 
@@ -313,7 +336,15 @@ class Runtime:
         m = sys.modules["tensorrt"]
         m.log.append(("deserialize_cuda_engine", len(plan)))
         parsed = read_plan(bytes(plan))
-        return None if parsed is None else _Engine(m, *parsed)
+        if parsed is None:
+            self.logger.log(ILogger.Severity.ERROR, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization "
+                                                   "(Serialization assertion magicTagRead == kMAGIC_TAG failed.)")
+            return None
+        if parsed[0].get("gpu", m.cudart.gpu_name) != m.cudart.gpu_name:  # what TensorRT 10 warns
+            self.logger.log(ILogger.Severity.WARNING, "Using an engine plan file across different models of devices "
+                                                      "is not supported and is likely to affect performance or "
+                                                      "even cause errors.")
+        return _Engine(m, *parsed)
 
 
 def make_module(cudart, version: str = "10.8.0.34", strongly_typed: bool = True, fp16_flag: bool = True):
@@ -323,7 +354,7 @@ def make_module(cudart, version: str = "10.8.0.34", strongly_typed: bool = True,
     m.__version__ = version
     m.cudart, m.log, m.uncapturable = cudart, [], False
     m.TensorIOMode, m.DataType, m.MemoryPoolType = TensorIOMode, DataType, MemoryPoolType
-    m.ExecutionContextAllocationStrategy, m.Logger = ExecutionContextAllocationStrategy, Logger
+    m.ExecutionContextAllocationStrategy, m.Logger, m.ILogger = ExecutionContextAllocationStrategy, Logger, ILogger
     m.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag",
                                                 {"STRONGLY_TYPED": 5} if strongly_typed else {"NONE": 0})
     m.BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "TF32": 1} if fp16_flag else {"TF32": 1})

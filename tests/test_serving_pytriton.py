@@ -169,6 +169,9 @@ def test_a_json_request_with_a_bad_image_gets_400_and_one_line(server):
     assert status == 400
     assert answer == {"error": "request 0 of this batch: expected an image HxWx3 (RGB), HxWx4 (RGBA) or HxW (gray); "
                                "got shape (4, 4, 7)"}
+    body = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 0, 4, 3], "data": []}]}
+    assert post_json(server, json.dumps(body).encode()) == (400, {
+        "error": "input 'image' is empty (shape [1, 0, 4, 3]); send at least one element per dimension"})
 
 
 def test_options_are_checked_before_launch(sr_bundle):

@@ -198,12 +198,18 @@ def proxy_model(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
+def requests(n: int, shape=(1, 4, 4, 3)) -> list:
+    import numpy as np
+
+    return [fake.Request(image=np.zeros(shape, np.uint8)) for _ in range(n)]
+
+
 def test_client_errors_become_one_line_invalid_arg(proxy_model):
     model, pb = proxy_model
-    assert model.execute([1, 2]) == ["ok", "ok"]
+    assert model.execute(requests(2)) == ["ok", "ok"]
     message = "request 0 of this batch: super-resolution factor must be one of (1, 2, 4); got 3"
     model.raises = pytriton_error_text(ps.ClientInputError(message))
-    answers = model.execute([1, 2])
+    answers = model.execute(requests(2))
     assert len(answers) == 2
     for answer in answers:
         assert answer.error().message() == message
@@ -213,9 +219,18 @@ def test_client_errors_become_one_line_invalid_arg(proxy_model):
 def test_server_faults_stay_internal_with_their_last_line(proxy_model):
     model, pb = proxy_model
     model.raises = pytriton_error_text(RuntimeError("CUDA out of memory"))
-    (answer,) = model.execute([1])
+    (answer,) = model.execute(requests(1))
     assert answer.error().code() == pb.TritonError.INTERNAL
     assert answer.error().message() == "internal error in the model: RuntimeError: CUDA out of memory"
+
+
+def test_a_request_with_an_empty_input_is_refused_alone(proxy_model):
+    model, pb = proxy_model
+    first, empty, last = model.execute(requests(1) + requests(1, shape=(1, 0, 5, 3)) + requests(1))
+    assert first == last == "ok"
+    assert empty.error().code() == pb.TritonError.INVALID_ARG
+    assert empty.error().message() == ("input 'image' is empty (shape [1, 0, 5, 3]); send at least one element per "
+                                       "dimension")
 
 
 def test_the_proxy_matches_the_launchers_class_name():

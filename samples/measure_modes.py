@@ -254,7 +254,7 @@ def main(argv=None) -> int:
                 log.info("%s: %d frames measured", clip.name, len(clip.truth))
     except (SampleError, SdkError) as e:
         log.error("%s", e)
-        return 2 if isinstance(e, SampleError) else 1
+        return 2  # bad input or a bundle that cannot run it, as every CLI of the SDK
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=1))
     table = write_table(report, args.out / "results.md")

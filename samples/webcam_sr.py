@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         summary = run(args)
     except (SampleError, SdkError) as e:
         log.error("%s", e)
-        return 2 if isinstance(e, SampleError) else 1
+        return 2  # bad input or a bundle that cannot run it, as every CLI of the SDK
     for line in summary.lines():
         print(line)
     return 0

@@ -119,8 +119,8 @@ def read_file(path: str | Path, what: str = "checkpoint") -> Any:
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({text.splitlines()[0]})") from None
         raise CheckpointError(f"refused to load {path}: it holds objects outside the safe allow-list "
                               f"(weights_only=True), so nothing in it was run. {refused}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - damaged bytes fail anywhere in the unpickler (struct.error, AssertionError...)
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_reason(e)})") from None
 
 
 def detect_format(ckpt: Any) -> str:

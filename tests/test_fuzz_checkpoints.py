@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -95,7 +96,11 @@ def _load_or_refuse(ckpt, fmt=None, generator=None) -> None:
         event("refused")
         return
     event("loaded")
-    # what loads is usable: finite float32 weights and an [M, D] latent_avg
+    _assert_usable(loaded)
+
+
+def _assert_usable(loaded) -> None:
+    """What loads is usable: finite float32 weights and an [M, D] latent_avg."""
     m, d = loaded.latent_avg.shape
     assert loaded.latent_avg.dtype == torch.float32 and bool(torch.isfinite(loaded.latent_avg).all())
     assert m == loaded.stages[0].config["n_styles"]
@@ -141,19 +146,22 @@ def test_mutated_real_checkpoints_load_or_raise_checkpoint_error(ckpt):
 _SAVED = {}
 
 
-def _saved_tiny() -> bytes:
-    if not _SAVED:
+def _saved_tiny(zip_format: bool) -> bytes:
+    if zip_format not in _SAVED:
         buffer = io.BytesIO()
-        torch.save(tiny_checkpoint(), buffer)
-        _SAVED["bytes"] = buffer.getvalue()
-    return _SAVED["bytes"]
+        torch.save(tiny_checkpoint(), buffer, _use_new_zipfile_serialization=zip_format)
+        _SAVED[zip_format] = buffer.getvalue()
+    return _SAVED[zip_format]
 
 
-@settings(max_examples=30, **SETTINGS)
-@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=3),
-       truncate=st.none() | st.floats(0, 1))
-def test_damaged_checkpoint_files_load_or_raise_checkpoint_error(tmp_path_factory, flips, truncate):
-    data = bytearray(_saved_tiny())
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@settings(max_examples=40, **SETTINGS)
+@given(zip_format=st.booleans(), truncate=st.none() | st.floats(0, 1),
+       flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=3))
+def test_damaged_checkpoint_files_load_or_raise_checkpoint_error(tmp_path_factory, zip_format, flips, truncate):
+    """Zip checkpoints (torch.save's default; their CRCs are checked) and legacy ones (no checksum:
+    the unpickler fails anywhere, or damaged weights reach the value checks)."""
+    data = bytearray(_saved_tiny(zip_format))
     for where, mask in flips:
         data[int(where * len(data))] ^= mask
     if truncate is not None:
@@ -161,9 +169,10 @@ def test_damaged_checkpoint_files_load_or_raise_checkpoint_error(tmp_path_factor
     path = tmp_path_factory.mktemp("flipped") / "ckpt.pt"
     path.write_bytes(bytes(data))
     try:
-        load_checkpoint(path)
+        loaded = load_checkpoint(path)
     except CheckpointError as e:
         assert str(path) in str(e) or "checkpoint" in str(e)
         event("refused: damaged" if "damaged" in str(e) else "refused: other")
         return
     event("loaded")
+    _assert_usable(loaded)

@@ -24,6 +24,10 @@ Tasks (default: read from the checkpoint's opts):
 The bundle is written to a temporary folder and renamed into place: an interrupted build
 leaves the previous bundle intact. A parity break (ONNX vs PyTorch beyond --tolerance) fails
 the build with the numbers.
+
+Exit codes: 0 built; 2 a checkpoint, bundle or --out problem, or a disk that filled (one line
+naming it, nothing half-written); 1 a parity, FP16 accuracy or TensorRT engine failure; 130
+interrupted.
 """
 from __future__ import annotations
 

@@ -216,7 +216,7 @@ def build_bundle_engines(folder: Path, manifest: dict, options: EngineOptions,
                          add_file: Callable[[str], str] | None = None) -> dict:
     """Build ``<graph>.plan`` for every graph of the uncommitted bundle in ``folder`` and fill
     ``manifest['engines']``. Raises :class:`EngineBuildError` on a failed build or comparison."""
-    from sdk.backends.cuda import device_info
+    from sdk.backends.cuda import device_info, select_device
 
     from sdk.bundle import sha256_file
 
@@ -227,6 +227,7 @@ def build_bundle_engines(folder: Path, manifest: dict, options: EngineOptions,
         precision = graph.get("precision", "fp32")
         log.info("TensorRT: building %s (%s, batch %d..%d..%d) on %s", key, precision, options.min_batch,
                  options.opt_batch, options.max_batch, gpu.name)
+        select_device(options.device)  # TensorRT builds on the calling thread's current device
         plan, facts = build_engine(onnx_path, graph, options, precision)
         file = f"{key}.plan"
         (Path(folder) / file).write_bytes(plan)

@@ -356,3 +356,28 @@ def test_tensorrt_errors_on_deserialisation_are_in_the_exception(fake_gpu, make_
     tiny_bundle.edit_manifest(bundle, lambda m: m["engines"]["generator"].__setitem__("sha256", sha))
     with pytest.raises(StaleEngineError, match=r"could not deserialize .*magicTagRead == kMAGIC_TAG"):
         Translator(bundle, backend="tensorrt", verify=False)
+
+
+def test_device_1_is_used_from_every_thread_and_for_the_build(monkeypatch, make_tiny_bundle):
+    """CUDA's current device is per host thread: a Translator on cuda:1 called from another
+    thread, and an engine build for device 1, must not land on GPU 0."""
+    import threading
+
+    from sdk import Translator
+
+    cudart = fake_cuda.install(monkeypatch, fake_cuda.FakeCudart(devices=2))
+    fake_tensorrt.install(monkeypatch, cudart)
+    bundle = make_tiny_bundle("iterative")
+    manifest = add_engines(bundle, device=1)
+    assert {fake_tensorrt.read_plan((bundle / e["file"]).read_bytes())[0]["device"]
+            for e in manifest["engines"].values()} == {1}
+    cudart.current_device = 0
+    x, results = x_input(), {}
+    with Translator(bundle, backend="tensorrt", device=1) as t:
+        held = set(cudart.device_mem)
+        worker = threading.Thread(target=lambda: results.setdefault("other", t.infer(x, iterations=2)))
+        worker.start()
+        worker.join()
+        assert "other" in results  # the worker raised otherwise (its engine calls ran on GPU 0)
+        assert {cudart.ptr_device[p] for p in set(cudart.device_mem) - held} == {1}
+        np.testing.assert_array_equal(results["other"].images, t.infer(x, iterations=2).images)

@@ -135,13 +135,23 @@ def stream_handle(stream) -> int:
         return int(stream.getPtr())
 
 
+def select_device(device: int) -> None:
+    """Make ``device`` the calling thread's current CUDA device (the current device is per host
+    thread: allocations, TensorRT builds and launches use the caller's)."""
+    cudart = import_cudart()
+    check(cudart, cudart.cudaSetDevice(device), f"cudaSetDevice({device})")
+
+
 class CudaRuntime:
-    """One device, one non-blocking stream, and every buffer allocated through it."""
+    """One device, one non-blocking stream, and every buffer allocated through it. Every entry
+    point makes ``device`` current in the calling thread first: CUDA's current device is per host
+    thread, so a runtime built in one thread and used from another would otherwise allocate and
+    launch on that thread's device (0)."""
 
     def __init__(self, device: int = 0):
         self.cudart = cudart = import_cudart()
         self.device = device
-        check(cudart, cudart.cudaSetDevice(device), f"cudaSetDevice({device})")
+        self.use()
         flags = getattr(cudart, "cudaStreamNonBlocking", None)
         if flags is not None:
             self.stream = check(cudart, cudart.cudaStreamCreateWithFlags(flags), "cudaStreamCreateWithFlags")
@@ -153,12 +163,17 @@ class CudaRuntime:
         self._graphs: list[CudaGraph] = []
         self._event = None  # orders our stream after a producer's (device inputs), made on first use
 
+    def use(self) -> None:
+        """``cudaSetDevice(self.device)`` in the calling thread (cheap when already current)."""
+        check(self.cudart, self.cudart.cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
+
     # ------------------------------------------------------------------ memory
     def empty(self, shape: Sequence[int], dtype: str) -> DeviceBuffer:
         if dtype not in _NP_DTYPES:
             raise BackendError(f"unsupported buffer dtype {dtype!r}; expected float32 or float16")
         shape = tuple(int(d) for d in shape)
         nbytes = int(np.prod(shape)) * np.dtype(_NP_DTYPES[dtype]).itemsize
+        self.use()
         ptr = check(self.cudart, self.cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes})")
         buf = DeviceBuffer(int(ptr), shape, dtype, nbytes)
         self._buffers.append(buf)
@@ -166,6 +181,7 @@ class CudaRuntime:
 
     def scratch(self, nbytes: int) -> int:
         """Raw device memory (TensorRT activation memory shared by the contexts of one engine)."""
+        self.use()
         ptr = int(check(self.cudart, self.cudart.cudaMalloc(max(int(nbytes), 1)), f"cudaMalloc({nbytes})"))
         self._scratch.append(ptr)
         return ptr
@@ -183,6 +199,7 @@ class CudaRuntime:
         """Host array → device buffer, asynchronously on the stream (through the pinned mirror)."""
         if tuple(array.shape) != dst.shape:
             raise BackendError(f"upload of shape {list(array.shape)} into a buffer of shape {list(dst.shape)}")
+        self.use()
         host = self._mirror(dst)
         self.synchronize()  # the mirror may still feed an earlier copy
         np.copyto(host, array, casting="same_kind")
@@ -192,6 +209,7 @@ class CudaRuntime:
 
     def download(self, src: DeviceBuffer) -> np.ndarray:
         """Device buffer → new host array; waits for the stream (the loop's only sync point)."""
+        self.use()
         host = self._mirror(src)
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         check(self.cudart, self.cudart.cudaMemcpyAsync(src.host_ptr, src.ptr, src.nbytes, kind, self.stream),
@@ -200,6 +218,7 @@ class CudaRuntime:
         return np.array(host, copy=True)
 
     def synchronize(self) -> None:
+        self.use()
         check(self.cudart, self.cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
     # ------------------------------------------------------------------ other libraries' device memory
@@ -220,6 +239,7 @@ class CudaRuntime:
         if src.nbytes != nbytes:
             raise BackendError(f"{src.what} has {src.nbytes} bytes but the loop's buffer {nbytes} (the bundle's "
                                f"input is not float32?)")
+        self.use()
         device = src.device if src.device is not None else self.pointer_device(src.ptr)
         if device != self.device:
             where = "host memory" if device is None else f"cuda:{device}"
@@ -243,6 +263,7 @@ class CudaRuntime:
         is queued on our stream: synchronize before handing the array out."""
         shape = tuple(int(d) for d in shape)
         nbytes = int(np.prod(shape)) * np.dtype(_NP_DTYPES[dtype]).itemsize
+        self.use()
         ptr = int(check(self.cudart, self.cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
         out = DeviceArray(self.cudart, ptr, shape, _NP_DTYPES[dtype], self.device)
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
@@ -262,6 +283,7 @@ class CudaRuntime:
         warning, when the work cannot be captured (TensorRT refuses to enqueue some engines under
         capture); the caller then runs it eagerly."""
         cudart = self.cudart
+        self.use()
         work()
         self.synchronize()
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
@@ -297,6 +319,7 @@ class CudaRuntime:
     def close(self) -> None:
         if self.cudart is None:
             return
+        self.cudart.cudaSetDevice(self.device)  # unchecked: closing frees what it can
         cudart, self.cudart = self.cudart, None
         try:
             check(cudart, cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")

@@ -288,6 +288,7 @@ class TensorRTBackend:
         if hashlib.sha256(data).hexdigest() != es.sha256:
             raise BundleError(f"engine file {plan} does not match its SHA-256 in the manifest; {hint}")
         self._logger.errors.clear()
+        self.cuda.use()  # the engine lives on the calling thread's current device (mapping loads lazily)
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
             said = f": {'; '.join(self._logger.errors[-3:])}" if self._logger.errors else ""

@@ -2,7 +2,9 @@
 
 Only the calls ``sdk/backends/cuda.py`` and ``sdk/device_arrays.py`` make. Each returns a tuple
 whose first element is the error code, like cuda-python. ``calls`` records (name, args) in order;
-``fail`` maps a call name to an error code to return once (fault injection).
+``fail`` maps a call name to an error code to return once (fault injection). The current device
+is per host thread (``cudaSetDevice`` in one thread leaves the others on device 0), and memory
+is allocated on the calling thread's current device.
 
 Streams are queues, as on a GPU: work enqueued on a stream (copies, fake engine kernels, graph
 launches) runs only when something waits for it — ``cudaStreamSynchronize`` of that stream, a
@@ -24,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import sys
+import threading
 import types
 from dataclasses import dataclass
 
@@ -124,7 +127,7 @@ class FakeCudart:
         self.calls: list[tuple] = []
         self.fail: dict[str, cudaError_t] = {}
         self._next_stream = 0x5000
-        self.current_device = 0
+        self._thread = threading.local()  # the current device is per host thread, as in CUDA
         self.ptr_device: dict[int, int] = {}  # device allocation -> the device it lives on
         self.capturing: dict[int, dict] = {}  # stream -> {"mode", "nodes", "invalidated"}
         self.graphs: set[int] = set()  # ids of live Graph / GraphExec objects (leak checks)
@@ -134,6 +137,19 @@ class FakeCudart:
         self.completed: dict[int, int] = {}  # stream -> work items run
         self.launches = 0
         self._adopted: list = []
+
+    @property
+    def current_device(self) -> int:
+        """This host thread's current device (0 until it calls ``cudaSetDevice``)."""
+        return getattr(self._thread, "device", 0)
+
+    @current_device.setter
+    def current_device(self, device: int) -> None:
+        self._thread.device = device
+
+    def cudaGetDevice(self):
+        self._call("cudaGetDevice")
+        return (cudaError_t.cudaSuccess, self.current_device)
 
     def _call(self, name: str, *args):
         self.calls.append((name, args))
@@ -148,7 +164,7 @@ class FakeCudart:
         return (cudaError_t.cudaSuccess, self.devices)
 
     def cudaSetDevice(self, device):
-        err = self._call("cudaSetDevice", device)
+        err = self._call("cudaSetDevice", device, threading.get_ident())
         ok = err is None and 0 <= device < self.devices
         if ok:
             self.current_device = device

@@ -206,7 +206,8 @@ class Builder:
         if network.onnx is None or len(config.profiles) != 1:
             return None
         header = {"flags": network.flags, "builder_flags": sorted(f.name for f in config.flags),
-                  "profile": config.profiles[0].shapes, "gpu": config._m.cudart.gpu_name}
+                  "profile": config.profiles[0].shapes, "gpu": config._m.cudart.gpu_name,
+                  "device": config._m.cudart.current_device}  # TensorRT builds on the thread's current device
         return make_plan(header, network.onnx)
 
 
@@ -258,8 +259,8 @@ class _Context:
 
     def execute_async_v3(self, stream_handle):
         m = self.engine.module
-        if int(stream_handle) not in m.cudart.streams:
-            return False
+        if int(stream_handle) not in m.cudart.streams or m.cudart.current_device != self.engine.device:
+            return False  # (an engine runs on the device it was deserialised on, current in this thread)
         if set(self.addresses) != set(self.engine.static) or set(self.shapes) != set(self.engine.inputs):
             return False
         if self.strategy == ExecutionContextAllocationStrategy.USER_MANAGED and self.device_memory is None:
@@ -293,6 +294,7 @@ class _Engine:
         import onnxruntime as ort
 
         self.module, self.header = module, header
+        self.device = module.cudart.current_device
         self.onnx = engine_graph(header, onnx_bytes)
         self.session = ort.InferenceSession(self.onnx, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]

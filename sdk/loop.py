@@ -104,6 +104,7 @@ class RefinementLoop:
             bundle.check_unchanged()
         self._latent_avg, self._average_image = consts["latent_avg"], consts["average_image"]
         self._arenas: Dict[int, _Arena] = {}
+        self._mapping: Dict[int, tuple] = {}  # batch -> (input, output, binding) of the mapping graph
         self._lock = threading.Lock()
         self._closed = False
 
@@ -276,8 +277,8 @@ class RefinementLoop:
         return spec
 
     def map_samples(self, samples: np.ndarray) -> np.ndarray:
-        """The mapping network: [B, D] standard-normal z → [B, D] W codes (not a hot path:
-        buffers are made per call)."""
+        """The mapping network: [B, D] standard-normal z → [B, D] W codes (buffers and binding
+        made once per batch size, like the loop's arenas)."""
         spec = self.mapping_spec()
         if samples.ndim != 2 or samples.shape[1] != self.manifest.latent_dim:
             raise InputError(f"samples must be [B, {self.manifest.latent_dim}]; got {list(samples.shape)}")
@@ -291,12 +292,14 @@ class RefinementLoop:
                 if self._verify:
                     self._bundle.check_unchanged()
                 self.runners["mapping"] = runner
-            be, batch = self.backend, samples.shape[0]
-            inp = be.empty(spec.inputs[0].concrete_shape(batch), spec.inputs[0].dtype)
-            out = be.empty(spec.output.concrete_shape(batch), spec.output.dtype)
+            be, batch, runner = self.backend, samples.shape[0], self.runners["mapping"]
+            if batch not in self._mapping:  # per batch, once (backends free buffers only at close)
+                inp = be.empty(spec.inputs[0].concrete_shape(batch), spec.inputs[0].dtype)
+                out = be.empty(spec.output.concrete_shape(batch), spec.output.dtype)
+                self._mapping[batch] = (inp, out, runner.bind({spec.inputs[0].name: inp}, {spec.output.name: out}))
+            inp, out, binding = self._mapping[batch]
             be.upload(inp, samples)
-            runner = self.runners["mapping"]
-            runner.run(runner.bind({spec.inputs[0].name: inp}, {spec.output.name: out}))
+            runner.run(binding)
             return be.download(out)
 
     def check_batch(self, batch: int) -> None:
@@ -311,6 +314,7 @@ class RefinementLoop:
         with self._lock:
             self._closed = True
             self._arenas.clear()
+            self._mapping.clear()
             self.runners.clear()
 
     def _check_open(self) -> None:

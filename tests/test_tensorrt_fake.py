@@ -381,3 +381,46 @@ def test_device_1_is_used_from_every_thread_and_for_the_build(monkeypatch, make_
         assert "other" in results  # the worker raised otherwise (its engine calls ran on GPU 0)
         assert {cudart.ptr_device[p] for p in set(cudart.device_mem) - held} == {1}
         np.testing.assert_array_equal(results["other"].images, t.infer(x, iterations=2).images)
+
+
+def add_mapping_graph(bundle):
+    """A mapping graph (role sample -> style, ``w = z @ W``) added to a tiny bundle's manifest."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    d = tiny_bundle.D
+    w = np.random.default_rng(1).standard_normal((d, d)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["z", "W"], ["w"])], "mapping",
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", d])],
+                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, ["batch", d])],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch")
+    model.ir_version = 8
+    onnx.save(model, bundle / "mapping.onnx")
+    sha = hashlib.sha256((bundle / "mapping.onnx").read_bytes()).hexdigest()
+    tiny_bundle.edit_manifest(bundle, lambda m: m["graphs"].__setitem__("mapping", {
+        "file": "mapping.onnx", "sha256": sha, "precision": "fp32",
+        "inputs": [{"name": "z", "role": "sample", "shape": ["batch", d], "dtype": "float32"}],
+        "outputs": [{"name": "w", "role": "style", "shape": ["batch", d], "dtype": "float32"}]}))
+    return w
+
+
+def test_map_samples_reuses_its_buffers_per_batch(fake_gpu, make_tiny_bundle):
+    """``mix(seed=...)`` maps a new sample per call: its device buffers must not pile up until close()."""
+    from sdk import Translator
+
+    _, cudart = fake_gpu
+    bundle = make_tiny_bundle("iterative")
+    w = add_mapping_graph(bundle)
+    add_engines(bundle)
+    with Translator(bundle, backend="tensorrt", verify=False) as t:
+        z = np.random.default_rng(0).standard_normal((2, tiny_bundle.D)).astype(np.float32)
+        np.testing.assert_allclose(t._loop.map_samples(z), z @ w, rtol=1e-5, atol=1e-5)
+        held = len(cudart.device_mem)
+        for seed in range(3):
+            t._loop.map_samples(np.random.default_rng(seed).standard_normal((2, tiny_bundle.D)).astype(np.float32))
+        assert len(cudart.device_mem) == held
+        t._loop.map_samples(z[:1])  # a new batch size: one more pair of buffers
+        assert len(cudart.device_mem) == held + 2

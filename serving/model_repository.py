@@ -81,6 +81,9 @@ def write_repository(options: RepositoryOptions) -> Path:
         if missing:
             raise BundleError(f"{o.bundle} has no TensorRT engine for {missing}; build them on a GPU machine "
                               f"(python export/build_engines.py ...) or write --format onnx")
+    if fmt == "tensorrt" and o.kind == "cpu":  # Triton refuses to load a tensorrt_plan model with KIND_CPU
+        raise InputError(f"TensorRT engines run only on GPU instances; use --kind gpu, or --format onnx with "
+                         f"--kind cpu to serve {o.bundle} on the CPU")
     max_batch = _max_batch(m, engines if fmt == "tensorrt" else {}, o.max_batch)
     if o.out.exists():
         if not o.force:

@@ -122,6 +122,10 @@ def test_refusals(make_tiny_bundle, tiny_bundles, tmp_path):
         write_repository(RepositoryOptions(bundle=tiny_bundles["single"], out=tmp_path / "r", format="tensorrt"))
     bundle = make_tiny_bundle("iterative")
     _add_fake_engines(bundle, profile_max=4)
+    for fmt in ("auto", "tensorrt"):  # Triton would refuse the plans on KIND_CPU instances
+        with pytest.raises(InputError, match="TensorRT engines run only on GPU instances; use --kind gpu"):
+            write_repository(RepositoryOptions(bundle=bundle, out=tmp_path / "r", format=fmt, kind="cpu"))
+    assert not (tmp_path / "r").exists()
     (bundle / "encoder.plan").write_bytes(b"tampered")
     with pytest.raises(BundleError, match="SHA-256"):
         write_repository(RepositoryOptions(bundle=bundle, out=tmp_path / "r"))

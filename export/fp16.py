@@ -127,6 +127,7 @@ def convert_to_fp16(src: Path, dst: Path, graph: str = "") -> ConversionReport:
             model, keep_io_types=True, min_positive_val=1e-30, max_finite_val=65504.0,
             op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS), node_block_list=keep)
     _restore_float32_outputs(converted, {o.name for o in model.graph.output})
+    _restore_float32_resize_scales(converted, model)
     onnx.save(converted, str(dst))
     nodes = [n for n in converted.graph.node]
     report = ConversionReport(graph or Path(src).stem, sum(n.op_type != "Cast" for n in nodes),
@@ -164,6 +165,33 @@ def _restore_float32_outputs(model, outputs: set[str]) -> None:
         if out.name in outputs and out.type.tensor_type.elem_type != TensorProto.FLOAT:
             raise Fp16Error(f"FP16 conversion left graph output {out.name!r} as type "
                             f"{out.type.tensor_type.elem_type}, not float32")
+
+
+def _restore_float32_resize_scales(model, original) -> None:
+    """onnxconverter-common stores a Resize's ``scales`` initializer as FP16 and casts it back to
+    FP32 in the graph; TensorRT then sees computed scales and takes its dynamic-resize path. Feed
+    each Resize the original FP32 initializer again, and drop the Cast and FP16 copy if unused."""
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    fp32 = {t.name: t for t in original.graph.initializer if t.data_type == TensorProto.FLOAT}
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    for node in [n for n in graph.node if n.op_type == "Resize" and len(n.input) > 2 and n.input[2]]:
+        cast = producer.get(node.input[2])
+        if cast is None or cast.op_type != "Cast" or cast.input[0] not in fp32 or cast.input[0] not in inits:
+            continue
+        name = cast.input[0]
+        restored = f"{name}_fp32"
+        if restored not in inits:
+            inits[restored] = numpy_helper.from_array(numpy_helper.to_array(fp32[name]), restored)
+            graph.initializer.append(inits[restored])
+        node.input[2] = restored
+        readers = [i for n in graph.node for i in n.input]
+        if cast.output[0] not in readers:
+            graph.node.remove(cast)
+            if name not in [i for n in graph.node for i in n.input]:
+                graph.initializer.remove(inits.pop(name))
 
 
 # --------------------------------------------------------------------------- accuracy

@@ -195,8 +195,8 @@ class TranslationServer:
                     self._close_translators()
                     log.debug("Triton's start failed", exc_info=True)
                     raise ServerDied(f"model {self.options.model_name!r} did not start: {_last_line(e)}") from e
-                log.warning("Triton's model start timed out (busy host?): %s; retrying (%d of %d)",
-                            _last_line(e), attempt + 1, START_ATTEMPTS)
+                log.warning("Triton's model start timed out or its handshake failed (busy host?): %s; "
+                            "retrying (%d of %d)", _last_line(e), attempt + 1, START_ATTEMPTS)
         log.info("serving model %r: HTTP %s, gRPC %s, metrics %s", self.options.model_name, self.http_url,
                  self.grpc_url, self.metrics_url)
         return self
@@ -262,8 +262,11 @@ def _last_line(error: Exception) -> str:
 
 
 def _transient(error: Exception) -> bool:
-    """A start-up failure worth retrying: one of PyTriton's or Triton's timeouts."""
-    return isinstance(error, TimeoutError) or "timeout" in str(error).lower()
+    """A start-up failure worth retrying: one of PyTriton's or Triton's timeouts, or a model
+    instance whose handshake with this process was refused (seen on a busy host when a server
+    starts right after another one stopped)."""
+    text = str(error).lower()
+    return isinstance(error, TimeoutError) or "timeout" in text or "connection refused" in text
 
 
 PYTRITON_HANDLER_LOG = "pytriton.proxy.inference"

@@ -8,6 +8,7 @@ latents are compared with ``atol=1e-5`` and uint8 images to within one level (ro
 """
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -247,3 +248,56 @@ def test_the_launcher_exits_non_zero_when_tritonserver_dies(sr_bundle, tmp_path)
     assert errors == [f"ERROR serving.pytriton_server: model 'translator' can no longer answer: tritonserver "
                       f"(pid {server_pid}) ended with signal 9 (SIGKILL); its log says why; exiting with 1 so a "
                       f"supervisor restarts the server"]
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (apt-get install nginx)")
+def test_the_documented_nginx_proxy_passes_good_requests_and_refuses_the_dangerous(server, tmp_path):
+    """docs/serving_deployment.md's nginx configuration, as written, in front of the server."""
+    import gzip
+    import http.client
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from serving.client import ServerError, TranslationClient
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "serving_deployment.md").read_text()
+    (port,) = free_ports(1)
+    snippet = re.search(r"```nginx\n(.*?)```", doc, re.S).group(1)
+    snippet = snippet.replace("127.0.0.1:8000", server.http_url).replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; events {{}}\n"
+                    f"http {{ access_log off; client_body_temp_path {tmp_path}/body;\n"
+                    f"proxy_temp_path {tmp_path}/proxy;\n{snippet}}}\n")
+    nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"])
+
+    def status(method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    try:
+        with TranslationClient(f"127.0.0.1:{port}") as c:
+            deadline = time.monotonic() + 20
+            while not c.ready():
+                assert nginx.poll() is None and time.monotonic() < deadline, (tmp_path / "error.log").read_text()
+                time.sleep(0.1)
+            assert c.translate(face(4)).output.shape == (1, tb.R, tb.R, 3)
+            with pytest.raises(ServerError, match="factor must be one of") as e:
+                c.translate(face(4), factor=3)
+            assert e.value.status == "400"
+        nested = b"[" * 200_000 + b"]" * 200_000
+        infer = f"/v2/models/{server.options.model_name}/infer"
+        assert status("POST", infer, nested) == 413  # no Inference-Header-Content-Length
+        assert status("POST", infer, nested, {"Inference-Header-Content-Length": "400000"}) == 413
+        assert status("POST", infer, gzip.compress(nested), {"Content-Encoding": "gzip",
+                                                             "Inference-Header-Content-Length": "99"}) == 415
+        assert status("POST", f"/v2/repository/models/{server.options.model_name}/unload") == 404
+        with client(server, "http") as direct:
+            assert direct.ready()
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)

@@ -247,3 +247,10 @@ def test_pytritons_traceback_for_a_refused_request_is_dropped_from_the_log():
     assert not quiet.filter(record(refused))
     assert quiet.filter(record("Exception while performing inference on requests=02: " +
                                pytriton_error_text(RuntimeError("CUDA out of memory"))))
+
+
+def test_start_up_failures_worth_a_retry():
+    assert ps._transient(TimeoutError("Triton Inference Server is not ready after timeout."))
+    assert ps._transient(RuntimeError("[400] load failed for model 'translator': ... Model initialize error: ...\n"
+                                      "ConnectionRefusedError: [Errno 111] Connection refused"))
+    assert not ps._transient(RuntimeError("[400] load failed for model 'translator': ... ModuleNotFoundError"))

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import re
 import shutil
 import warnings
@@ -53,6 +54,16 @@ def _free_bytes(folder: Path) -> int | None:
     return None
 
 
+def _newest_file(folder: Path) -> Path:
+    """The file last written in ``folder`` (the one a write without a file name was filling),
+    else ``folder``."""
+    try:
+        files = [(entry.stat().st_mtime_ns, Path(entry.path)) for entry in os.scandir(folder) if entry.is_file()]
+    except OSError:
+        return folder
+    return max(files)[1] if files else folder
+
+
 def disk_full_error(e: BaseException, folder: Path, need_bytes: int | None = None) -> DiskFullError | None:
     """A :class:`DiskFullError` for ``e`` when it comes from a full disk, else None: an OSError
     with ENOSPC/EDQUOT anywhere in its chain, or a failure of a library outside this project
@@ -70,7 +81,7 @@ def disk_full_error(e: BaseException, folder: Path, need_bytes: int | None = Non
             return None
         named = re.search(r"""file:? ["']([^"']+)["']""", str(e))
         path = named.group(1) if named else None
-    where = Path(path) if path else folder
+    where = Path(path) if path else _newest_file(folder)
     if not where.is_absolute():
         where = folder / where
     space = f"{max(0.1, math.ceil(need_bytes / 1e8) / 10):.1f} GB" if need_bytes else "space"

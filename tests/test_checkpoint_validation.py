@@ -327,11 +327,12 @@ def _nothing_half_written(out: Path) -> None:
     assert not out.exists() and not list(out.parent.glob(f".{out.name}.tmp-*"))
 
 
+@pytest.mark.parametrize("named", [True, False])  # file.write's OSError names no file: the newest one is named
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
-def test_a_full_disk_during_the_onnx_export(tiny_file, tmp_path, monkeypatch, caplog, code):
+def test_a_full_disk_during_the_onnx_export(tiny_file, tmp_path, monkeypatch, caplog, code, named):
     def full(module, inputs, output_name, path, max_batch):
         path.write_bytes(b"half a graph")
-        raise OSError(code, os.strerror(code), str(path))
+        raise OSError(code, os.strerror(code), *([str(path)] if named else []))
 
     monkeypatch.setattr(build_engines, "export_onnx", full)
     out = tmp_path / "bundle"

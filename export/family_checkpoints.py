@@ -108,11 +108,12 @@ def build_fusion(state: Mapping[str, torch.Tensor], channels: int, where: str) -
 
 def _ome_stage(ckpt: Any, fmt: str, where: str) -> tuple[dict, StageModel, CheckedState]:
     """The opts, the OME encoder stage (feedback + residual) and the checked state dict of an
-    ``ome_*`` checkpoint."""
+    ``ome_*`` checkpoint; the encoder input side is ``opts.input_size`` for ``ome_stylegan2``,
+    256 for ``ome_progan``."""
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise CheckpointError(f"{where} has no 'state_dict'; it is not an {fmt} checkpoint")
     opts = _opts(ckpt, where)
-    input_size = opts.get("input_size") or 256
+    input_size = (opts.get("input_size") if fmt == "ome_stylegan2" else None) or 256
     state = tensor_dict(ckpt["state_dict"], f"{where} (state_dict)")
     enc_sd = _strip(state, "encoder.")
     encoder, config = build_loaded(enc_sd, f"{where} (encoder.*)", lambda sd: infer_ome_config(sd, input_size),

@@ -281,7 +281,7 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str
     state = {k: v for k, v in state.items()}
     not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
-        raise CheckpointError(f"{where}: {', '.join(not_tensors[:6])} are not tensors")
+        raise CheckpointError(f"{where}: entries that are not tensors: {', '.join(not_tensors[:6])}")
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     common = sorted(set(own) & set(state))

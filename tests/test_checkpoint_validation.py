@@ -187,7 +187,7 @@ def test_load_strict_checks_dtype_device_and_type_on_one_line():
                          "dtype of weight: checkpoint torch.float64, model torch.float32"),
                         ({"weight": torch.empty(2, 2, device="meta"), "bias": torch.zeros(2)},
                          "device of weight: checkpoint meta, model cpu"),
-                        ({"weight": 3, "bias": torch.zeros(2)}, "weight are not tensors")]:
+                        ({"weight": 3, "bias": torch.zeros(2)}, "entries that are not tensors: weight")]:
         with pytest.raises(CheckpointError) as err:
             load_strict(module, state, "f.pt")
         assert text in str(err.value) and "\n" not in str(err.value)
@@ -232,6 +232,20 @@ def test_each_kind_of_path_gets_its_own_message(tmp_path):
         (short / "s").unlink()
         short.rmdir()
     assert _read_in_thread(tmp_path / "good.pt") is None
+
+
+def test_the_generator_file_is_checked_the_same_way(tmp_path):
+    torch.save(tiny_checkpoint(), tmp_path / "good.pt")
+    with pytest.raises(CheckpointError, match="--generator file .* is a directory"):
+        load_checkpoint(tmp_path / "good.pt", generator_path=tmp_path)
+    torch.save({"g_ema": [1, 2]}, tmp_path / "g.pt")
+    with pytest.raises(CheckpointError, match="--generator file is not a rosinality file with 'g_ema'"):
+        load_checkpoint(tmp_path / "good.pt", generator_path=tmp_path / "g.pt")
+    g_ema = {k[len("decoder."):]: v for k, v in tiny_checkpoint()["state_dict"].items() if k.startswith("decoder.")}
+    g_ema["style.1.weight"] = g_ema["style.1.weight"].int()
+    torch.save({"g_ema": g_ema}, tmp_path / "g.pt")
+    with pytest.raises(CheckpointError, match="--generator \\(g_ema\\): 'style.1.weight' is a torch.int32 tensor"):
+        load_checkpoint(tmp_path / "good.pt", generator_path=tmp_path / "g.pt")
 
 
 def test_an_unreadable_file(tmp_path, monkeypatch):

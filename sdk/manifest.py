@@ -24,6 +24,10 @@ Layout of ``manifest.json`` (schema version 1)::
     chunks           {"bytes": K, "sha256": {file: [hex, ...]}}: the SHA-256 of every K-byte piece
                      of the files larger than K, checked in parallel when a bundle opens (optional)
     parity, build    what the export measured and with which tools (informational)
+
+Every field the runtime reads is checked here, when a bundle opens, with a message naming it:
+types, integer bounds (``MAX_*`` below: a JSON integer may have thousands of digits), finite
+ranges, and the task's defaults (:func:`sdk.tasks.check_task_options`).
 """
 from __future__ import annotations
 

@@ -117,9 +117,12 @@ def drop_others_write(*paths: Path) -> None:
     """Clear the group and other write bits of ``paths`` (a build's files and folder), so a bundle
     written under a permissive umask (002, common with per-user groups) passes :func:`check_private`."""
     for path in paths:
-        mode = stat.S_IMODE(os.lstat(path).st_mode)
-        if mode & _OTHERS_WRITE and not os.path.islink(path):
-            os.chmod(path, mode & ~_OTHERS_WRITE)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:  # recorded, then removed by a later build step (fp16 replaces graphs)
+            continue
+        if st.st_mode & _OTHERS_WRITE and not stat.S_ISLNK(st.st_mode):
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~_OTHERS_WRITE)
 
 
 def check_private(folder: Path, files: Iterable[Path]) -> None:

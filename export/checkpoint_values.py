@@ -75,8 +75,8 @@ def check_file(path: Path, what: str = "checkpoint") -> None:
         raise CheckpointError(f"{what} {path} does not exist") from None
     except PermissionError:
         raise CheckpointError(f"{what} {path} cannot be reached: permission denied on a folder above it") from None
-    except OSError as e:
-        raise CheckpointError(f"{what} {path} cannot be opened ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise CheckpointError(f"{what} {path!s:.300} cannot be opened ({getattr(e, 'strerror', None) or e})") from None
     if stat.S_ISDIR(st.st_mode):
         raise CheckpointError(f"{what} {path} is a directory; pass the checkpoint file (.pt / .pth) inside it")
     for test, name in _SPECIAL:

@@ -9,7 +9,8 @@ them says anything about GPU speed or TensorRT numerics — except one emulated 
 builds that leave ``BuilderFlag.TF32`` set (TensorRT's default) get engines whose
 Conv/MatMul/Gemm operands are rounded to TF32 (``tf32``), as on Ampere and newer GPUs.
 
-``fake_cuda`` also records work on a capturing stream as graph nodes and replays them on
-launch; ``fake_arrays`` stands in for other libraries' CUDA arrays (CUDA Array Interface,
+``fake_cuda``'s streams are queues (``fake_streams``) that run their work only when waited for
+(synchronised, or ordered by events); it records work on a capturing stream as graph nodes and
+replays them on launch; ``fake_arrays`` stands in for other libraries' CUDA arrays (CUDA Array Interface,
 DLPack); ``fake_ort_cuda`` is the real CPU onnxruntime with its CUDA surface recorded.
 """

@@ -134,7 +134,7 @@ def detect_format(ckpt: Any) -> str:
     if family is not None:
         return family
     if "state_dict" not in ckpt:
-        raise CheckpointError(f"unknown checkpoint layout (top-level keys {sorted(ckpt)[:8]}); expected "
+        raise CheckpointError(f"unknown checkpoint layout (top-level keys {sorted(map(str, ckpt))[:8]}); expected "
                               f"'state_dict' + 'opts' (pSp/ReStyle) or 'g_ema' (rosinality). Use --format")
     state = ckpt["state_dict"]
     if not isinstance(state, Mapping):

@@ -79,7 +79,7 @@ def state_dicts(draw):
 def checkpoints(draw):
     ckpt = draw(st.sampled_from(["ome_stylegan2", "ome_stylegan2", "psp", None]))
     ckpt = {} if ckpt is None else tiny_checkpoint(ckpt)
-    for key in draw(st.lists(st.sampled_from(TOP_KEYS), max_size=2, unique=True)):
+    for key in draw(st.lists(st.sampled_from(TOP_KEYS) | st.integers(0, 2), max_size=2, unique=True)):
         ckpt[key] = draw(state_dicts() if key in ("state_dict", "g_ema") else VALUES)
     if draw(st.booleans()):
         opts = ckpt.get("opts") if isinstance(ckpt.get("opts"), dict) else {}
@@ -109,7 +109,7 @@ def _assert_usable(loaded) -> None:
 
 
 @settings(max_examples=50, **SETTINGS)
-@given(ckpt=checkpoints(), fmt=st.sampled_from([None] * len(FORMATS) + list(FORMATS)),
+@given(ckpt=checkpoints() | VALUES, fmt=st.sampled_from([None] * len(FORMATS) + list(FORMATS)),
        generator=st.sampled_from([None] * 3) | st.dictionaries(st.sampled_from(["g_ema", "latent_avg"]),
                                                                  state_dicts(), max_size=2))
 def test_random_checkpoint_dicts_load_or_raise_checkpoint_error(ckpt, fmt, generator):

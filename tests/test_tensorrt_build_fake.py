@@ -78,3 +78,27 @@ def test_tf32_is_an_explicit_option_with_its_own_tolerance(fake_build, tmp_path)
     assert loose["passed"] and loose["tolerance"] == "tf32" and loose["rtol"] == 1e-2
     entry = tb.build_bundle_engines(folder, manifest, options)["mm"]
     assert entry["tf32"] is True and entry["comparison"]["tolerance"] == "tf32"
+
+
+def test_the_parser_refuses_ops_tensorrt_has_no_importer_for(fake_build, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    tb, _ = fake_build
+    graph = helper.make_graph([helper.make_node("Unique", ["x"], ["y"], name="dedupe")], "u",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "u.onnx")
+    entry = {"inputs": [{"name": "x", "shape": ["batch"], "dtype": "float32"}]}
+    with pytest.raises(tb.EngineBuildError, match=r"rejected u\.onnx: In node dedupe .*No importer registered for op: "
+                                                  r"Unique"):
+        tb.build_engine(tmp_path / "u.onnx", entry, tb.EngineOptions(compare=False))
+
+
+def test_the_tiny_graphs_use_only_ops_tensorrt_imports(tiny_graphs):
+    import onnx
+
+    ops = {n.op_type for f in sorted(tiny_graphs.folder.glob("*.onnx")) for n in onnx.load(f).graph.node}
+    assert ops and not ops & fake_tensorrt.UNSUPPORTED_OPS

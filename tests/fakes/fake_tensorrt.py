@@ -24,6 +24,14 @@ import types
 import numpy as np
 
 MAGIC = b"FAKEPLAN"
+# ONNX ops onnx-tensorrt's operator matrix lists as unsupported (8.4 to 8.5, and none of them added
+# since as far as this stand-in knows): the fake parser refuses them as TensorRT's does
+UNSUPPORTED_OPS = frozenset({
+    "BitShift", "Compress", "ConcatFromSequence", "ConvInteger", "Det", "DynamicQuantizeLinear", "MatMulInteger",
+    "MaxRoiPool", "MaxUnpool", "Multinomial", "NegativeLogLikelihoodLoss", "Optional", "OptionalGetElement",
+    "OptionalHasElement", "QLinearConv", "QLinearMatMul", "SequenceAt", "SequenceConstruct", "SequenceEmpty",
+    "SequenceErase", "SequenceInsert", "SequenceLength", "SequenceMap", "SoftmaxCrossEntropyLoss",
+    "SplitToSequence", "StringNormalizer", "TfIdfVectorizer", "Unique"})
 
 
 class TensorIOMode(enum.Enum):
@@ -123,9 +131,19 @@ class _Parser:
         self.network, self.errors = network, []
 
     def parse_from_file(self, path):
+        import onnx
+
         data = open(path, "rb").read()
-        if b"onnx" not in data[:4096] and b"pytorch" not in data[:4096]:
-            self.errors.append(f"{path}: not an ONNX model")
+        try:
+            nodes = onnx.load_from_string(data).graph.node
+        except Exception:  # what TensorRT's parser says of bytes that are no ModelProto
+            self.errors.append(f"{path}: Failed to parse ONNX model from file (not an ONNX model)")
+            return False
+        for node in nodes:
+            if node.op_type in UNSUPPORTED_OPS:
+                self.errors.append(f"In node {node.name or '?'} (importModel): UNSUPPORTED_NODE: No importer "
+                                   f"registered for op: {node.op_type}")
+        if self.errors:
             return False
         self.network.onnx = data
         return True

@@ -89,7 +89,6 @@ class Bundle:
         self._expected: dict[str, tuple[Path, str]] = {}
         self._verified: set[str] = set()
         self._identity: dict[str, tuple] = {}  # each verified file as hashed (sdk.digests.identity)
-        self._private = False  # the folder chain and manifest passed sdk.permissions.check_private
         for name, digest in files:
             path = resolve_inside(self.path, name)
             try:

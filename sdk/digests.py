@@ -9,6 +9,10 @@ therefore also records the digest of every ``CHUNK_BYTES`` piece of each file la
 (manifest ``chunks``), and opening checks the pieces in parallel, largest work first. The
 whole-file digests stay in the manifest for ``sha256sum`` and for bundles built before pieces
 existed.
+
+Each file's :func:`identity` (inode, size, times) is taken before it is hashed and compared after,
+and again once the backend has loaded it (``Bundle.check_unchanged``): a file replaced or written
+while a bundle opens is refused. Who may write the files at all is :mod:`sdk.permissions`.
 """
 from __future__ import annotations
 

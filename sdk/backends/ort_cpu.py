@@ -6,7 +6,11 @@ or three copies of the weights in memory. ``export/build_engines.py`` therefore 
 graph as ONNX Runtime optimised it on the build machine (``<graph>.cpu.onnx``) with its
 weights in a separate file (``<graph>.cpu.onnx.data``) at page-aligned offsets, which ONNX
 Runtime maps into memory instead of reading and copying it: a session opens in milliseconds,
-and the weights are resident once, as shared, clean file pages.
+and the weights are resident once, as shared, clean file pages. They stay mapped while the
+session lives, so a bundle must be replaced by renaming a new folder into place, never by
+writing over its files (a truncated mapped file kills the process with SIGBUS); the SHA-256
+checked at open holds because only the user and root may write the bundle (``sdk/permissions.py``,
+``engines/README.md``).
 
 **Portability.** The optimised graph holds the NCHWc layout of the build machine's CPU (8
 floats per block with AVX2, 16 with AVX-512) and ONNX Runtime's internal operators of that

@@ -256,6 +256,8 @@ def _subprocess(cmd: list, allowed: float) -> dict:
 def check_gpu_tests(env: dict, allowed: float) -> dict:
     """tests/gpu (TensorRT vs ONNX Runtime incl. TF32 off, CUDA graphs, ORT CUDA); pytest skips
     what lacks TensorRT / onnxruntime-gpu and says why (-rs)."""
+    if not {"tensorrt", "ort-gpu"} & set(env["have"]):
+        raise Skip("neither TensorRT nor onnxruntime-gpu is installed: every test in tests/gpu would skip")
     return _subprocess([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/gpu"], allowed)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdk.backends.cuda import check, device_count, device_info, import_cudart  # noqa: E402
+from sdk.backends.cuda import check, cuda_status, device_info, import_cudart  # noqa: E402
 
 log = logging.getLogger("gpu_latency")
 MODES = ("tensorrt", "tensorrt+graphs", "onnxruntime-cuda")
@@ -149,8 +149,9 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if device_count() <= args.device:
-        print(f"gpu_latency: no CUDA GPU {args.device} is visible (or cuda-python / the NVIDIA driver is missing); "
+    count, why = cuda_status()
+    if count <= args.device:
+        print(f"gpu_latency: no CUDA GPU {args.device} is visible ({why or f'{count} device(s)'}); "
               f"this benchmark measures GPU latency and has nothing to run here", file=sys.stderr)
         return 2
     from sdk import SdkError

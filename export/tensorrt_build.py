@@ -139,7 +139,9 @@ def build_engine(onnx_path: Path, graph: Mapping, options: EngineOptions, precis
     Returns the plan bytes and the build facts for the manifest."""
     trt = import_tensorrt()
     options.check()
-    logger = trt.Logger(trt.Logger.WARNING)
+    from sdk.backends.tensorrt import python_logger
+
+    logger = python_logger(trt)  # TensorRT's messages into logging (export.tensorrt_build's caller sees them)
     builder = trt.Builder(logger)
     strong = use_strong_typing(trt, options.strongly_typed)
     strong_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -162,7 +164,8 @@ def build_engine(onnx_path: Path, graph: Mapping, options: EngineOptions, precis
     _load_timing_cache(config, options.timing_cache)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineBuildError(f"TensorRT failed to build {onnx_path.name} (see the TensorRT log above)")
+        said = "; ".join(logger.errors[-3:]) or "see the TensorRT log above"
+        raise EngineBuildError(f"TensorRT failed to build {onnx_path.name} ({said})")
     _save_timing_cache(config, options.timing_cache)
     facts = {"tensorrt": trt.__version__, "precision": precision,
              "typing": "strong" if strong else ("weak+FP16 flag" if precision == "fp16" else "weak"),

@@ -409,9 +409,8 @@ def test_commit_of_invalid_manifest_leaves_previous_bundle(make_tiny_bundle, tin
 
 
 def test_commit_replaces_existing_bundle(make_tiny_bundle, tiny_graphs):
-    path = make_tiny_bundle("iterative")
-    (path / "stale.txt").write_text("from the old build")
-    tb.write_bundle(path, tiny_graphs, "single")
+    path = make_tiny_bundle("iterative")  # its encoder.onnx is the old build's: gone with it
+    tb.write_bundle(path, tiny_graphs, "single")  # a user's file in it is refused instead: test_build_target.py
     assert Bundle(path).manifest.family == "psp"
     assert sorted(p.name for p in path.iterdir()) == sorted([MANIFEST, "constants.npz", "encoder_first.onnx",
                                                               "generator.onnx"])

@@ -46,8 +46,10 @@ class CheckpointError(ValueError):
 def _short(value: Any, limit: int = 60) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 30:
         return f"an integer of {len(str(abs(value))) if abs(value) < 10 ** 4000 else 'over 4000'} digits"
+    if isinstance(value, torch.Tensor):
+        return _kind(value)
     try:
-        text = repr(value)
+        text = " ".join(repr(value).split())  # one line: a list of tensors prints over several
     except (ValueError, RecursionError, TypeError):  # e.g. a list holding an int too long to print
         return f"a {type(value).__name__}"
     return text if len(text) <= limit else text[:limit] + "..."

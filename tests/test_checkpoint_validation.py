@@ -165,7 +165,9 @@ def test_latent_avg_of_the_wrong_shape_or_type(value, text):
 @pytest.mark.parametrize("key, value", [("input_size", "big"), ("input_size", 96), pytest.param("input_size", 10 ** 5000, id="input_size-5001-digits"),
                                         ("n_iters_per_batch", "5"), ("n_iters_per_batch", 0),
                                         ("n_iters_per_batch", True), ("label_nc", 2.5), ("input_nc", -1),
-                                        ("encoder_type", 3), ("dataset_type", ["sr"]), ("split", "8")])
+                                        ("encoder_type", 3), ("dataset_type", ["sr"]), ("split", "8"),
+                                        ("start_from_latent_avg", torch.zeros(9, 9)),  # printed on one line
+                                        ("dataset_type", [torch.zeros(9, 9)] * 2)])
 def test_option_fields_are_checked(key, value):
     ckpt = tiny_checkpoint()
     ckpt["opts"][key] = value

@@ -126,8 +126,10 @@ def mutated_tiny(draw):
         target = draw(st.sampled_from(["weight", "weight", "weight", "opts", "latent_avg", "drop"]))
         if target == "weight":
             key = draw(st.sampled_from(sorted(state)))
-            state[key] = draw(tensors() | st.sampled_from(["shape", "dtype"]).map(
-                lambda how, t=state[key]: t.double().reshape(-1) if how == "shape" else t.half()) | VALUES)
+            options, current = tensors() | VALUES, state[key]
+            if isinstance(current, torch.Tensor):  # the real weight, flattened, or in float16
+                options = options | st.sampled_from([current.double().reshape(-1), current.half()])
+            state[key] = draw(options)
         elif target == "opts":
             opts[draw(st.sampled_from(OPT_KEYS))] = draw(LEAVES)
         elif target == "latent_avg":

@@ -21,7 +21,7 @@ import tiny_bundle as tb
 from sdk import BundleError, Translator
 from sdk import digests
 from sdk.backends.onnxruntime import OrtBackend
-from sdk.bundle import Bundle, BundleWriter, sha256_file
+from sdk.bundle import Bundle
 
 ROOT = os.geteuid() == 0
 
@@ -30,15 +30,6 @@ def _open_error(path, **kw) -> str:
     with pytest.raises(BundleError) as err:
         Translator(path, backend="onnxruntime", threads=1, **kw)
     return str(err.value)
-
-
-def _rehash(path: Path, file: str, keys=("constants",)) -> None:
-    def edit(m):
-        d = m
-        for k in keys:
-            d = d[k]
-        d["sha256"] = sha256_file(path / file)
-    tb.edit_manifest(path, edit)
 
 
 # --------------------------------------------------------------------------- who may write the bundle
@@ -111,7 +102,7 @@ def test_file_of_another_user_is_refused(make_tiny_bundle, monkeypatch):
     else:
         monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)
         msg = _open_error(path)
-        assert f"is owned by" in msg and f"not by you (uid {os.getuid() + 1}) or root" in msg
+        assert "is owned by" in msg and f"not by you (uid {os.getuid() + 1}) or root" in msg
     assert "chown it to you" in msg and "cp -r" in msg
 
 
@@ -229,7 +220,7 @@ def test_tensorrt_plan_is_read_once(make_tiny_bundle, monkeypatch):
 def _write_constants(path: Path, **arrays) -> None:
     base = {"latent_avg": np.zeros((tb.M, tb.D), np.float32), "average_image": np.zeros((3, tb.R, tb.R), np.float32)}
     np.savez_compressed(path / "constants.npz", **{**base, **arrays})
-    _rehash(path, "constants.npz")
+    tb.rehash(path, "constants.npz")
 
 
 def test_members_the_manifest_does_not_name_are_never_decompressed(make_tiny_bundle):
@@ -266,7 +257,7 @@ def test_oversized_constants_file_refused_before_reading(make_tiny_bundle):
     path = make_tiny_bundle()
     np.savez(path / "constants.npz", latent_avg=np.zeros((tb.M, tb.D), np.float32),
              average_image=np.zeros((3, tb.R, tb.R), np.float32), junk=np.zeros(1 << 19, np.float32))
-    _rehash(path, "constants.npz")
+    tb.rehash(path, "constants.npz")
     msg = _open_error(path)
     assert "constants.npz is" in msg and "bytes, more than the" in msg and "its arrays can take" in msg
 
@@ -291,7 +282,7 @@ def test_non_finite_constants_refused(make_tiny_bundle, name, value, dtype):
 def test_constants_of_other_dtypes_refused_from_the_header(make_tiny_bundle, array, needle):
     path = make_tiny_bundle()
     np.savez(path / "constants.npz", latent_avg=array, average_image=np.zeros((3, tb.R, tb.R), np.float32))
-    _rehash(path, "constants.npz")
+    tb.rehash(path, "constants.npz")
     msg = _open_error(path)
     assert "constants.npz is not a readable .npz" in msg and needle in msg
 

@@ -33,6 +33,19 @@ JSON = st.recursive(
 )
 
 
+def outcome(fn, *args, one_line: bool = False, **kwargs):
+    """``fn(*args, **kwargs)``, or None where it raised an :class:`SdkError` with a message (on one
+    line where ``one_line``); either way recorded as a hypothesis event. Any other exception fails."""
+    try:
+        result = fn(*args, **kwargs)
+    except SdkError as e:
+        assert str(e) and not (one_line and "\n" in str(e))
+        event(type(e).__name__)
+        return None
+    event("ran")
+    return result
+
+
 def _paths(node, prefix=()):
     """Every path (tuple of keys and indices) into a JSON tree."""
     yield prefix
@@ -145,13 +158,9 @@ def test_infer_with_arbitrary_arrays(translator, x, iterations, layout):
         x = np.ascontiguousarray(x[..., ::-1])[..., ::-1]
     elif layout == "readonly":
         x.flags.writeable = False
-    try:
-        res = translator.infer(x, iterations=iterations)
-    except SdkError as e:
-        assert str(e)
-        event(type(e).__name__)
+    res = outcome(translator.infer, x, iterations=iterations)
+    if res is None:
         return
-    event("ran")
     assert res.images.dtype == np.float32 and res.images.shape == (x.reshape(-1, tb.C_X, tb.S, tb.S).shape[0], 3,
                                                                       tb.R, tb.R)
     assert np.isfinite(res.images).all() and np.isfinite(res.latents).all()
@@ -166,13 +175,9 @@ IMAGE_DTYPES = hnp.scalar_dtypes() | FLOATS | st.just(np.dtype(np.uint8)) | st.j
 @settings(max_examples=200, **SETTINGS)
 @given(image=arrays(IMAGE_SHAPES, IMAGE_DTYPES))
 def test_call_with_arbitrary_images(translator, image):
-    try:
-        out = translator(image)
-    except SdkError as e:
-        assert str(e)
-        event(type(e).__name__)
+    out = outcome(translator, image)
+    if out is None:
         return
-    event("ran")
     assert out.shape == (tb.R, tb.R, 3) and out.dtype == np.uint8
 
 
@@ -222,11 +227,8 @@ CONSTRUCTOR = some_odd(
 def test_translator_constructor_with_arbitrary_arguments(tiny_bundles, kwargs):
     """Every keyword of the constructor at random: a working Translator or an SdkError, never
     another exception (nor a hang: threads are bounded)."""
-    try:
-        t = Translator(tiny_bundles["single"], **kwargs)
-    except SdkError as e:
-        assert str(e) and "\n" not in str(e)
-        event(type(e).__name__)
+    t = outcome(Translator, tiny_bundles["single"], **kwargs, one_line=True)
+    if t is None:
         return
     with t:
         event("opened")
@@ -244,13 +246,9 @@ def test_infer_with_arbitrary_scalar_arguments(translator, kwargs):
     x = np.zeros((1, tb.C_X, tb.S, tb.S), np.float32)
     if isinstance(kwargs["init"], str) and kwargs["init"] == "previous":
         kwargs["init"] = translator.infer(x, iterations=1)
-    try:
-        res = translator.infer(x, **kwargs)
-    except SdkError as e:
-        assert str(e) and "\n" not in str(e)
-        event(type(e).__name__)
+    res = outcome(translator.infer, x, **kwargs, one_line=True)
+    if res is None:
         return
-    event("ran")
     assert res.images.shape == (1, 3, tb.R, tb.R) and (res.steps is not None) == bool(kwargs["return_steps"])
 
 
@@ -259,13 +257,9 @@ def test_infer_with_arbitrary_scalar_arguments(translator, kwargs):
     st.integers(0, 255), lambda c: st.lists(c, min_size=1, max_size=3), max_leaves=12))
 def test_call_with_arbitrary_objects(translator, image):
     """Not arrays: scalars, strings (paths), nested and ragged lists."""
-    try:
-        out = translator(image)
-    except SdkError as e:
-        assert str(e)
-        event(type(e).__name__)
+    out = outcome(translator, image)
+    if out is None:
         return
-    event("ran")
     assert out.shape == (tb.R, tb.R, 3)
 
 
@@ -281,11 +275,7 @@ def test_call_with_pil_images_of_random_modes_and_bytes(translator, mode, w, h, 
 
     size = Image.new(mode, (1, 1)).tobytes().__len__() * w * h
     image = Image.frombytes(mode, (w, h), data.draw(st.binary(min_size=size, max_size=size)))
-    try:
-        out = translator(image)
-    except SdkError as e:
-        assert str(e)
-        event(type(e).__name__)
+    out = outcome(translator, image)
+    if out is None:
         return
-    event("ran")
     assert out.shape == (tb.R, tb.R, 3) and out.dtype == np.uint8

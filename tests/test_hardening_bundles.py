@@ -11,20 +11,10 @@ import numpy as np
 import pytest
 
 from sdk import BackendError, BundleError, StaleEngineError, Translator
-from sdk.bundle import MANIFEST, Bundle, sha256_file
+from sdk.bundle import MANIFEST, Bundle
 
 import tiny_bundle as tb
 from fakes import fake_cuda, fake_tensorrt
-
-
-def _rehash(bundle, keys: tuple, file: str) -> None:
-    """Record ``file``'s current SHA-256 at ``keys`` of the manifest (the corruption is not a hash problem)."""
-    def edit(m):
-        d = m
-        for k in keys:
-            d = d[k]
-        d["sha256"] = sha256_file(bundle / file)
-    tb.edit_manifest(bundle, edit)
 
 
 def _open_translator_error(path, exc=BundleError, backend="onnxruntime") -> str:
@@ -40,7 +30,7 @@ def test_truncated_onnx_with_matching_hash(make_tiny_bundle, name, keep):
     path = make_tiny_bundle()
     data = (path / name).read_bytes()
     (path / name).write_bytes(data[:int(len(data) * keep)])
-    _rehash(path, ("graphs", name[:-5]), name)
+    tb.rehash(path, name, ("graphs", name[:-5]))
     msg = _open_translator_error(path)
     assert name in msg and "could not load" in msg and "build_engines" in msg
 
@@ -58,7 +48,7 @@ def test_truncated_constants_with_matching_hash(make_tiny_bundle, keep):
     path = make_tiny_bundle()
     data = (path / "constants.npz").read_bytes()
     (path / "constants.npz").write_bytes(data[:int(len(data) * keep)])
-    _rehash(path, ("constants",), "constants.npz")
+    tb.rehash(path, "constants.npz", ("constants",))
     msg = _open_translator_error(path)
     assert "constants.npz is not a readable .npz" in msg and "build_engines" in msg
 
@@ -67,7 +57,7 @@ def test_constants_of_wrong_dtype(make_tiny_bundle):
     path = make_tiny_bundle()
     np.savez(path / "constants.npz", latent_avg=np.array([["a"] * tb.D] * tb.M),
              average_image=np.zeros((3, tb.R, tb.R), np.float32))
-    _rehash(path, ("constants",), "constants.npz")
+    tb.rehash(path, "constants.npz", ("constants",))
     assert "constants.npz is not a readable .npz" in _open_translator_error(path)
 
 
@@ -200,7 +190,7 @@ def test_undeserialisable_engine(fake_gpu, make_tiny_bundle, caplog):
     manifest = _add_engines(path)
     plan = manifest["engines"]["generator"]["file"]
     (path / plan).write_bytes(b"a plan serialised by another TensorRT build" * 10)
-    _rehash(path, ("engines", "generator"), plan)
+    tb.rehash(path, plan, ("engines", "generator"))
     msg = _open_translator_error(path, StaleEngineError, backend="tensorrt")
     assert plan in msg and "could not deserialize" in msg and "build_engines" in msg
     _, cudart = fake_gpu

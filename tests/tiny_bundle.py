@@ -260,3 +260,16 @@ def fix_batch(manifest: dict, batch: int) -> None:
 def random_input(batch: int = 1, seed: int = 0) -> np.ndarray:
     """A seeded condition batch [batch, C_X, S, S] in [-1, 1], float32."""
     return (np.random.default_rng(seed).random((batch, C_X, S, S)) * 2 - 1).astype(np.float32)
+
+
+def rehash(bundle: Path, file: str, keys: tuple = ("constants",)) -> dict:
+    """Record ``file``'s current SHA-256 at ``keys`` of the manifest, so a corruption under test is
+    not caught as a hash mismatch first."""
+    from sdk.bundle import sha256_file
+
+    def edit(m):
+        d = m
+        for k in keys:
+            d = d[k]
+        d["sha256"] = sha256_file(bundle / file)
+    return edit_manifest(bundle, edit)

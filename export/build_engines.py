@@ -227,6 +227,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, reused across builds "
                    "(default: engines/.timing_cache)")
     p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace (default 4 GiB)")
+    p.add_argument("--tf32", action="store_true", help="TensorRT: keep TF32 for the FP32 engines (faster convs on "
+                   "Ampere and newer, 10-bit mantissa operands); they are then compared at the looser tf32 tolerance "
+                   "and the manifest records it. Default: TF32 off, FP32 engines compared at 1e-3")
     p.add_argument("--no-optimize", action="store_true",
                    help="export the checkpoint modules as they are, without the equivalent fast forms of "
                         "export/optimize.py (merged style heads, one style matmul), and without the CPU-optimised "
@@ -309,9 +312,14 @@ def _load_and_build(args: argparse.Namespace, out: Path) -> None:
     build_bundle(ckpt, out, task=task, factor=args.factor, max_batch=args.max_batch, tolerance=args.tolerance,
                  iterations=args.iterations, progress=not args.quiet, precision=args.precision,
                  fp16_min_psnr=args.fp16_min_psnr, optimize=not args.no_optimize,
-                 engines=EngineOptions(min_batch=1, opt_batch=args.opt_batch, max_batch=args.max_batch,
-                                       workspace_gb=args.workspace_gb, rebuild_command=_rebuild_command(args, out),
-                                       timing_cache=args.timing_cache or REPO / "engines" / ".timing_cache"))
+                 engines=engine_options(args, out))
+
+
+def engine_options(args: argparse.Namespace, out: Path) -> EngineOptions:
+    """The TensorRT build options the command line asks for."""
+    return EngineOptions(min_batch=1, opt_batch=args.opt_batch, max_batch=args.max_batch,
+                         workspace_gb=args.workspace_gb, tf32=args.tf32, rebuild_command=_rebuild_command(args, out),
+                         timing_cache=args.timing_cache or REPO / "engines" / ".timing_cache")
 
 
 def _rebuild_command(args: argparse.Namespace, out: Path) -> str:
@@ -319,7 +327,8 @@ def _rebuild_command(args: argparse.Namespace, out: Path) -> str:
 
     ckpt = "" if args.checkpoint is None or args.checkpoint == DEMO_CHECKPOINT else f" --checkpoint {args.checkpoint}"
     gen = f" --generator {args.generator}" if args.generator else ""
-    return f"python export/build_engines.py{ckpt}{gen} --out {out} --precision {args.precision}"
+    tf32 = " --tf32" if args.tf32 else ""
+    return f"python export/build_engines.py{ckpt}{gen} --out {out} --precision {args.precision}{tf32}"
 
 
 if __name__ == "__main__":

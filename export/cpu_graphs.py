@@ -116,6 +116,9 @@ def add_cpu_graphs(folder: Path, manifest: dict, graphs: list, add_file: Callabl
         finally:
             if source is not None:
                 source.unlink()  # a build intermediate, not part of the bundle
+        data_file = dst.with_name(dst.name + ".data")
+        if not data_file.exists():  # no weight reached MIN_EXTERNAL_BYTES: ORT wrote none, the manifest names one
+            data_file.touch()
         rewrites = rewrites + list(apply_batch1_rewrites(dst))
         feeds = {k: v.numpy() for k, v in inputs.items()}
         portable_session, optimised = _session(portable), _preoptimised_session(dst)

@@ -260,6 +260,19 @@ def test_cpu_graph_choice_follows_the_recorded_tag(make_tiny_bundle, monkeypatch
         assert ort_cpu.graph_files(spec, onnxruntime) == (optimised if built_on == here else [spec.file])
 
 
+def test_cpu_graphs_whose_weights_all_stay_inline(make_tiny_bundle, monkeypatch):
+    """A graph with no initializer large enough for the data file still gets the (empty) file its
+    manifest entry names, and opens optimised."""
+    import export.cpu_graphs
+
+    monkeypatch.setattr(export.cpu_graphs, "MIN_EXTERNAL_BYTES", 1 << 40)
+    path = make_tiny_bundle("iterative")
+    entry = _with_cpu_graphs(path)["graphs"]["generator"]["onnxruntime_cpu"]
+    assert (path / entry["data"]).stat().st_size == 0
+    with Translator(path, backend="onnxruntime", threads=1) as t:
+        assert t.infer(tb.random_input(1)).images.shape == (1, 3, tb.R, tb.R)
+
+
 def test_cpu_graph_weights_are_verified(make_tiny_bundle):
     path = make_tiny_bundle("iterative")
     manifest = _with_cpu_graphs(path)

@@ -102,3 +102,11 @@ def test_the_tiny_graphs_use_only_ops_tensorrt_imports(tiny_graphs):
 
     ops = {n.op_type for f in sorted(tiny_graphs.folder.glob("*.onnx")) for n in onnx.load(f).graph.node}
     assert ops and not ops & fake_tensorrt.UNSUPPORTED_OPS
+
+
+@pytest.mark.parametrize("argv, tf32", [([], False), (["--tf32"], True)])
+def test_the_command_line_asks_for_tf32_explicitly(tmp_path, argv, tf32):
+    from export.build_engines import engine_options, parse_args
+
+    options = engine_options(parse_args(["--out", str(tmp_path / "b"), *argv]), tmp_path / "b")
+    assert options.tf32 is tf32 and ("--tf32" in options.rebuild_command) is tf32

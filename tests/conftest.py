@@ -11,6 +11,26 @@ import pytest
 
 from shared_data import shared_path
 
+
+# --------------------------------------------------------------------------- scheduling
+# The suite runs on two pytest-xdist workers (pyproject's addopts: -n 2 --dist loadfile), each
+# test module on one worker, so a module's fixtures are built once. The modules marked ``slow``
+# (real-scale and trained bundles) start first, the longest first (their ``minutes``), so that
+# the two workers finish together.
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow(minutes=N): builds real-scale or trained bundles; "
+                                       "-m 'not slow' is the fast lane")
+
+
+def pytest_collection_modifyitems(config, items):
+    def minutes(item) -> float:
+        mark = item.get_closest_marker("slow")
+        return mark.kwargs.get("minutes", 1.0) if mark else 0.0
+
+    items.sort(key=lambda item: -minutes(item))  # stable: file order otherwise
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     return shared_path("reference_vectors")

@@ -16,6 +16,8 @@ from benchmarks.harness import ceilings, measure
 from benchmarks.harness.flops import GraphCost, graph_cost, loop_cost
 from benchmarks.harness.roofline import GPUS, estimate_graph, estimate_loop
 
+pytestmark = pytest.mark.slow(minutes=1.5)  # on 2 shared cores; conftest starts the longest first
+
 
 def _graph(path: Path) -> Path:
     """x [B, 4, 8, 8] -> Conv 3x3 (4 -> 6, pad 1) -> Relu -> Flatten -> MatMul [384, 5] -> Add."""

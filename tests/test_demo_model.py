@@ -19,6 +19,8 @@ from export.demo import DEMO_CHECKPOINT
 from export.models.ome_encoder import OMEEncoder, infer_ome_config
 from export.models.stylegan2 import Generator
 
+pytestmark = pytest.mark.slow(minutes=1)  # on 2 shared cores; conftest starts the longest first
+
 MAX_COMMITTED_MB = 25
 
 

@@ -29,6 +29,8 @@ from sdk.bundle import MANIFEST, Bundle, BundleWriter
 
 import tiny_bundle as tb
 
+pytestmark = pytest.mark.slow(minutes=1.5)  # on 2 shared cores; conftest starts the longest first
+
 REPO = Path(__file__).resolve().parents[1]
 
 

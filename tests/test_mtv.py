@@ -25,6 +25,8 @@ from export.onnx_export import check_parity, export_onnx
 from sdk import Translator
 from test_reference_vectors import relative, write_checkpoint
 
+pytestmark = pytest.mark.slow(minutes=3)  # on 2 shared cores; conftest starts the longest first
+
 BAR = 1e-3
 
 

@@ -19,6 +19,8 @@ import pytest
 from export import build_engines
 from sdk import Translator
 
+pytestmark = pytest.mark.slow(minutes=12)  # on 2 shared cores; conftest starts the longest first
+
 BAR = 1e-3
 CASES = {"psp": 1, "restyle_psp": 5, "restyle_fpn": 5, "e2style": 2}  # iterations stored per vector
 # Families whose bundles also carry the CPU-optimised graphs (merged style heads, Winograd convs),

@@ -20,6 +20,8 @@ from export.models.encoders import build_encoder
 from export.models.stylegan2 import Generator
 from sdk import InputError, Translator
 
+pytestmark = pytest.mark.slow(minutes=5)  # on 2 shared cores; conftest starts the longest first
+
 # task -> (encoder type, input_nc, extra opts, expected manifest task options)
 TASKS = {
     "inversion": ("BackboneEncoderUsingLastLayerIntoW", 3, {"learn_in_w": True}, {}),

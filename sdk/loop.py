@@ -171,8 +171,7 @@ class RefinementLoop:
         if early_exit is not None and not (finite_float(early_exit) or 0.0) > 0.0:
             raise InputError(f"early_exit must be a positive number (a mean latent change) or None; "
                              f"got {shown(early_exit)}")
-        if not isinstance(output, str) or output not in ("host", "device"):
-            raise InputError(f"output must be 'host' (numpy arrays) or 'device' (GPU arrays); got {shown(output)}")
+        _check_output(output)
         return int(n)
 
     def state_shapes(self, batch: int) -> tuple[tuple, tuple]:
@@ -233,8 +232,7 @@ class RefinementLoop:
     def check_device_use(self, output: str, device_inputs: bool) -> None:
         """:class:`InputError` unless this backend can take the call's device inputs (if any) and
         give ``output``."""
-        if not isinstance(output, str) or output not in ("host", "device"):
-            raise InputError(f"output must be 'host' (numpy arrays) or 'device' (GPU arrays); got {output!r}")
+        _check_output(output)
         if (output == "device" or device_inputs) and not getattr(self.backend, "device_io", False):
             raise InputError(f"GPU-resident inputs and output='device' need a GPU backend (tensorrt, onnxruntime-cuda); "
                              f"this Translator runs on {self.backend.name} (CPU): pass numpy arrays (e.g. "
@@ -359,3 +357,8 @@ class RefinementLoop:
     def _stage_inputs(graph: GraphSpec, x, y, z) -> dict:
         by_role = {"condition": x, "image": y, "latents": z}
         return {t.name: by_role[t.role] for t in graph.inputs}
+
+
+def _check_output(output) -> None:
+    if not isinstance(output, str) or output not in ("host", "device"):
+        raise InputError(f"output must be 'host' (numpy arrays) or 'device' (GPU arrays); got {shown(output)}")

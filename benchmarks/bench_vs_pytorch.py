@@ -13,6 +13,7 @@ Same --threads for both. Final images must agree (relative max error <= 1e-3), t
 interleaved A B A B ...; per-frame median/p95/min, the speed-up A/B and a per-stage split go to
 stdout and RESULTS/vs_pytorch_<checkpoint stem>.{json,md}. See benchmarks/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,59 +50,97 @@ NAMES = {"pytorch": "PyTorch eager (public loop, fused G)", "onnxruntime": "sdk.
 
 def summary(samples: list[float], batch: int) -> dict:
     per_frame = np.asarray(samples) / batch
-    return {"samples_s": samples, "median_s": float(np.median(per_frame)), "p95_s": float(np.percentile(per_frame, 95)),
-            "min_s": float(per_frame.min())}
+    return {
+        "samples_s": samples,
+        "median_s": float(np.median(per_frame)),
+        "p95_s": float(np.percentile(per_frame, 95)),
+        "min_s": float(per_frame.min()),
+    }
 
 
 def machine() -> dict:
     info = Path("/proc/cpuinfo")
-    models = [l.split(":", 1)[1].strip() for l in info.read_text().splitlines() if l.startswith("model name")] \
-        if info.exists() else []
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu": models[0] if models else platform.processor(), "cores": os.cpu_count(),
-            "load_avg_at_start": list(os.getloadavg()), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    models = (
+        [l.split(":", 1)[1].strip() for l in info.read_text().splitlines() if l.startswith("model name")]
+        if info.exists()
+        else []
+    )
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": models[0] if models else platform.processor(),
+        "cores": os.cpu_count(),
+        "load_avg_at_start": list(os.getloadavg()),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def markdown(r: dict) -> str:
     ms = lambda s: f"{1e3 * s:.1f}"  # noqa: E731
     m, sp = r["machine"], r["speedup"]
-    lines = [f"### {r['checkpoint']['file']} ({r['checkpoint']['format']}): N = {r['iterations']}, batch {r['batch']}, "
-             f"{r['threads']} threads, {r['repeats']} interleaved pairs",
-             f"{m['cpu']}, {m['cores']} cores; torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
-             f"final-image parity {r['parity']['relative']:.2e}", "",
-             "| back end | median ms/frame | p95 ms/frame | min ms/frame | encoder ms* | generator ms* | other ms* |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"### {r['checkpoint']['file']} ({r['checkpoint']['format']}): N = {r['iterations']}, batch {r['batch']}, "
+        f"{r['threads']} threads, {r['repeats']} interleaved pairs",
+        f"{m['cpu']}, {m['cores']} cores; torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
+        f"final-image parity {r['parity']['relative']:.2e}",
+        "",
+        "| back end | median ms/frame | p95 ms/frame | min ms/frame | encoder ms* | generator ms* | other ms* |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for key, name in NAMES.items():
         s, st = r["per_frame"][key], r["stages_per_frame_s"].get(key, {})
         cells = [ms(st[k]) if k in st else "-" for k in ("encoder", "generator", "other")]
         cells = [ms(s["median_s"]), ms(s["p95_s"]), ms(s["min_s"])] + cells
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"**Speed-up A/B** (PyTorch / ONNX Runtime, > 1 = the SDK is faster): ratio of medians "
-              f"**{sp['ratio_of_medians']:.2f}x**, median of per-pair ratios {sp['median_of_pair_ratios']:.2f}x "
-              f"(pairs {min(sp['pair_ratios']):.2f}..{max(sp['pair_ratios']):.2f}), ratio of minimums "
-              f"{sp['ratio_of_minimums']:.2f}x"]
+    lines += [
+        "",
+        f"**Speed-up A/B** (PyTorch / ONNX Runtime, > 1 = the SDK is faster): ratio of medians "
+        f"**{sp['ratio_of_medians']:.2f}x**, median of per-pair ratios {sp['median_of_pair_ratios']:.2f}x "
+        f"(pairs {min(sp['pair_ratios']):.2f}..{max(sp['pair_ratios']):.2f}), ratio of minimums "
+        f"{sp['ratio_of_minimums']:.2f}x",
+    ]
     if r["stages_per_frame_s"]:
-        lines += ["", f"\\* per frame, summed over the N iterations, from {r['split_runs']} extra run(s) per back end "
-                  "(other: pooling, concat, copies, Python)"]
+        lines += [
+            "",
+            f"\\* per frame, summed over the N iterations, from {r['split_runs']} extra run(s) per back end "
+            "(other: pooling, concat, copies, Python)",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path,
-                   help="checkpoint in any format export.checkpoints accepts (default: the demo model, temp folder)")
-    p.add_argument("--bundle", type=Path, help="bundle built from that same checkpoint (checked by sha256; "
-                   "default: build one into a temp folder, a few minutes)")
-    p.add_argument("--iterations", "-n", type=int,
-                   help="refinement iterations N (default 5; pSp: 1, E2Style: its stage count)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint in any format export.checkpoints accepts (default: the demo model, temp folder)",
+    )
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        help="bundle built from that same checkpoint (checked by sha256; "
+        "default: build one into a temp folder, a few minutes)",
+    )
+    p.add_argument(
+        "--iterations", "-n", type=int, help="refinement iterations N (default 5; pSp: 1, E2Style: its stage count)"
+    )
     p.add_argument("--batch", type=int, default=1, help="frames per call (default 1); times are divided by it")
-    p.add_argument("--threads", type=int, default=os.cpu_count(),
-                   help=f"torch.set_num_threads and ORT intra-op threads (default os.cpu_count() = {os.cpu_count()})")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help=f"torch.set_num_threads and ORT intra-op threads (default os.cpu_count() = {os.cpu_count()})",
+    )
     p.add_argument("--warmup", type=int, default=2, help="warm-up runs per back end, not measured (default 2)")
     p.add_argument("--repeats", type=int, default=10, help="measured runs per back end, interleaved (default 10)")
-    p.add_argument("--split-runs", type=int, default=2,
-                   help="extra runs per back end for the per-stage split, after the measurement (default 2; 0: none)")
+    p.add_argument(
+        "--split-runs",
+        type=int,
+        default=2,
+        help="extra runs per back end for the per-stage split, after the measurement (default 2; 0: none)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random input in [-1, 1] (default 0)")
     p.add_argument("--results", type=Path, default=HERE / "results", help="output folder (default benchmarks/results)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -134,14 +173,25 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
     ckpt = load_checkpoint(args.checkpoint)  # ckpt.sha256 is sdk.bundle.sha256_file(checkpoint)
     n = args.iterations or (5 if ckpt.repeat_last else ckpt.default_iterations)
     if not ckpt.repeat_last and n > len(ckpt.stages):
-        log.error("%s (%s) has %d stage(s) and no repeat: --iterations must be <= %d", args.checkpoint, ckpt.format,
-                  len(ckpt.stages), len(ckpt.stages))
+        log.error(
+            "%s (%s) has %d stage(s) and no repeat: --iterations must be <= %d",
+            args.checkpoint,
+            ckpt.format,
+            len(ckpt.stages),
+            len(ckpt.stages),
+        )
         return 1
     if args.bundle is not None:
         source = Bundle(args.bundle, verify=False).manifest.raw.get("build", {}).get("source", {}).get("sha256")
         if source != ckpt.sha256:
-            log.error("--bundle %s was built from sha256 %s, but --checkpoint %s has sha256 %s: not the same model; "
-                      "drop --bundle to build a matching one", args.bundle, source, args.checkpoint, ckpt.sha256)
+            log.error(
+                "--bundle %s was built from sha256 %s, but --checkpoint %s has sha256 %s: not the same model; "
+                "drop --bundle to build a matching one",
+                args.bundle,
+                source,
+                args.checkpoint,
+                ckpt.sha256,
+            )
             return 1
         bundle = args.bundle
     else:  # before EagerLoop switches the generator to the fused (not batch-symbolic) form
@@ -178,18 +228,33 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": {"file": Path(args.checkpoint).name, "sha256": ckpt.sha256, "format": ckpt.format},
         "bundle": str(args.bundle) if args.bundle else "built into a temporary folder",
-        "iterations": n, "batch": args.batch, "threads": args.threads, "warmup": args.warmup,
-        "repeats": args.repeats, "split_runs": args.split_runs, "seed": args.seed, "parity": parity,
+        "iterations": n,
+        "batch": args.batch,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "split_runs": args.split_runs,
+        "seed": args.seed,
+        "parity": parity,
         "per_frame": per_frame,
-        "speedup": {"ratio_of_medians": per_frame["pytorch"]["median_s"] / per_frame["onnxruntime"]["median_s"],
-                    "median_of_pair_ratios": float(np.median(pairs)), "pair_ratios": pairs,
-                    "ratio_of_minimums": per_frame["pytorch"]["min_s"] / per_frame["onnxruntime"]["min_s"]},
-        "stages_per_frame_s": stages, "machine": {**host, "load_avg_at_end": list(os.getloadavg())},
+        "speedup": {
+            "ratio_of_medians": per_frame["pytorch"]["median_s"] / per_frame["onnxruntime"]["median_s"],
+            "median_of_pair_ratios": float(np.median(pairs)),
+            "pair_ratios": pairs,
+            "ratio_of_minimums": per_frame["pytorch"]["min_s"] / per_frame["onnxruntime"]["min_s"],
+        },
+        "stages_per_frame_s": stages,
+        "machine": {**host, "load_avg_at_end": list(os.getloadavg())},
     }
     noisy = [k for k, v in per_frame.items() if v["p95_s"] > 1.25 * v["min_s"]]
     if noisy:  # a diagnostic only: the numbers above are reported unchanged
-        log.warning("%s: p95 > 1.25 x the fastest run; the host was busy (load %.1f at the start, %d cores), so the "
-                    "medians include interference", ", ".join(noisy), host["load_avg_at_start"][0], host["cores"])
+        log.warning(
+            "%s: p95 > 1.25 x the fastest run; the host was busy (load %.1f at the start, %d cores), so the "
+            "medians include interference",
+            ", ".join(noisy),
+            host["load_avg_at_start"][0],
+            host["cores"],
+        )
     table = markdown(result)
     print(table)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ resized back); the baselines start from the same 8-bit low-resolution image:
 PSNR on 8-bit RGB at the output size (peak 255), averaged per image and over all crops.
 Writes JSON + markdown to ``benchmarks/results/`` and an example strip to ``--examples``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,13 +54,13 @@ def held_out_crops(size: int) -> list[tuple[str, np.ndarray]]:
             top0, left0 = (h % size) // 2, (w % size) // 2  # centred grid
             for top in range(top0, h - size + 1, size):
                 for left in range(left0, w - size + 1, size):
-                    crops.append((name, level[top:top + size, left:left + size]))
+                    crops.append((name, level[top : top + size, left : left + size]))
     return crops
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
 
 def bicubic_baseline(hr: np.ndarray, factor: int) -> np.ndarray:
@@ -69,8 +70,14 @@ def bicubic_baseline(hr: np.ndarray, factor: int) -> np.ndarray:
     return np.asarray(low.resize((hr.shape[1], hr.shape[0]), Image.BICUBIC))
 
 
-def evaluate(bundle: Path, factor: int, iterations: int, threads: int | None = None, examples: Path | None = None,
-             progress: bool = True) -> dict:
+def evaluate(
+    bundle: Path,
+    factor: int,
+    iterations: int,
+    threads: int | None = None,
+    examples: Path | None = None,
+    progress: bool = True,
+) -> dict:
     with Translator(bundle, backend="onnxruntime", threads=threads) as t:
         size = t.manifest.input_size
         if t.manifest.task != "super_resolution" or t.output_size != size:
@@ -82,14 +89,25 @@ def evaluate(bundle: Path, factor: int, iterations: int, threads: int | None = N
             outs = [to_uint8_image(s.image[0]) for s in res.steps]
             seen = to_uint8_image(x)
             bicubic = bicubic_baseline(hr, factor)
-            rows.append({"image": name, "bicubic": psnr(bicubic, hr), "encoder_input": psnr(seen, hr),
-                         "iterations": [psnr(o, hr) for o in outs]})
+            rows.append(
+                {
+                    "image": name,
+                    "bicubic": psnr(bicubic, hr),
+                    "encoder_input": psnr(seen, hr),
+                    "iterations": [psnr(o, hr) for o in outs],
+                }
+            )
             if examples is not None and i % 9 == 4 and len(strips) < 6:
                 low = Image.fromarray(seen).resize((size // factor,) * 2, Image.BOX).resize((size,) * 2, Image.NEAREST)
                 strips.append(np.concatenate([np.asarray(low), bicubic, outs[0], outs[-1], hr], axis=1))
-    summary = {"bundle": str(bundle), "factor": factor, "crops": len(rows), "rows": rows,
-               "mean": _means(rows), "per_image": {n: _means([r for r in rows if r["image"] == n])
-                                                   for n in dict.fromkeys(r["image"] for r in rows)}}
+    summary = {
+        "bundle": str(bundle),
+        "factor": factor,
+        "crops": len(rows),
+        "rows": rows,
+        "mean": _means(rows),
+        "per_image": {n: _means([r for r in rows if r["image"] == n]) for n in dict.fromkeys(r["image"] for r in rows)},
+    }
     if examples is not None and strips:
         examples.parent.mkdir(parents=True, exist_ok=True)
         grid = np.concatenate(strips, axis=0)
@@ -99,19 +117,30 @@ def evaluate(bundle: Path, factor: int, iterations: int, threads: int | None = N
 
 
 def _means(rows: list[dict]) -> dict:
-    return {"bicubic": float(np.mean([r["bicubic"] for r in rows])),
-            "encoder_input": float(np.mean([r["encoder_input"] for r in rows])),
-            "iterations": np.mean([r["iterations"] for r in rows], axis=0).round(4).tolist(), "crops": len(rows)}
+    return {
+        "bicubic": float(np.mean([r["bicubic"] for r in rows])),
+        "encoder_input": float(np.mean([r["encoder_input"] for r in rows])),
+        "iterations": np.mean([r["iterations"] for r in rows], axis=0).round(4).tolist(),
+        "crops": len(rows),
+    }
 
 
 def markdown(summary: dict) -> str:
     n = len(summary["mean"]["iterations"])
     head = "| photograph | crops | bicubic | encoder input | " + " | ".join(f"N = {k}" for k in range(1, n + 1)) + " |"
-    lines = [f"Held-out photographs, x{summary['factor']}, PSNR (dB) on 8-bit RGB at the output size "
-             f"(`python benchmarks/demo_quality.py`):", "", head, "|" + " --- |" * (n + 4)]
+    lines = [
+        f"Held-out photographs, x{summary['factor']}, PSNR (dB) on 8-bit RGB at the output size "
+        f"(`python benchmarks/demo_quality.py`):",
+        "",
+        head,
+        "|" + " --- |" * (n + 4),
+    ]
     for name, m in [*summary["per_image"].items(), ("**all**", summary["mean"])]:
-        lines.append(f"| {name} | {m['crops']} | {m['bicubic']:.2f} | {m['encoder_input']:.2f} | "
-                     + " | ".join(f"{v:.2f}" for v in m["iterations"]) + " |")
+        lines.append(
+            f"| {name} | {m['crops']} | {m['bicubic']:.2f} | {m['encoder_input']:.2f} | "
+            + " | ".join(f"{v:.2f}" for v in m["iterations"])
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -122,8 +151,12 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=5, help="refinement iterations (default 5)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="results folder")
-    p.add_argument("--examples", type=Path, default=REPO / "docs" / "img" / "demo_sr_examples.png",
-                   help="example strip PNG: low-res (nearest) | bicubic | N = 1 | N = last | original")
+    p.add_argument(
+        "--examples",
+        type=Path,
+        default=REPO / "docs" / "img" / "demo_sr_examples.png",
+        help="example strip PNG: low-res (nearest) | bicubic | N = 1 | N = last | original",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     summary = evaluate(args.bundle, args.factor, args.iterations, args.threads, args.examples)

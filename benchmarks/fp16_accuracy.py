@@ -10,6 +10,7 @@ folder, and writes the measured accuracy (image PSNR per step, peak = the FP32 o
 range; max |z_fp16 - z_fp32| per step; NaN/Inf) to RESULTS/fp16_accuracy_<name>.{json,md}.
 The numbers are ONNX Runtime CPU FP16 kernels, a proxy for TensorRT's (tests/gpu checks those).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,28 +47,53 @@ def main(argv=None) -> int:
         ckpt_path = args.checkpoint
         if ckpt_path is None:
             from export.demo import make_demo_checkpoint
+
             ckpt_path = make_demo_checkpoint(Path(scratch) / "demo.pt")
         ckpt = load_checkpoint(ckpt_path)
-        out = build_bundle(ckpt, Path(scratch) / "bundle", task=ckpt.suggested_task, max_batch=args.max_batch,
-                           progress=False, precision="fp16", fp16_min_psnr=args.min_psnr)
+        out = build_bundle(
+            ckpt,
+            Path(scratch) / "bundle",
+            task=ckpt.suggested_task,
+            max_batch=args.max_batch,
+            progress=False,
+            precision="fp16",
+            fp16_min_psnr=args.min_psnr,
+        )
         manifest = Bundle(out, verify=False).manifest
     acc = manifest.raw["accuracy"]
     name = f"{'demo' if args.checkpoint is None else ckpt_path.stem}_{ckpt.format}"
-    result = {"checkpoint": name, "format": ckpt.format, "generator_size": manifest.output_size,
-              "stages": len(manifest.schedule.stages), **acc,
-              "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-              "machine": platform.machine(), "command": "python benchmarks/fp16_accuracy.py" + "".join(
-                  f" {a}" for a in (argv if argv is not None else sys.argv[1:]))}
+    result = {
+        "checkpoint": name,
+        "format": ckpt.format,
+        "generator_size": manifest.output_size,
+        "stages": len(manifest.schedule.stages),
+        **acc,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "command": "python benchmarks/fp16_accuracy.py"
+        + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"fp16_accuracy_{name}.json").write_text(json.dumps(result, indent=2))
     f = acc["fp16_vs_fp32"]
-    md = [f"# FP16 vs FP32 loop accuracy: {name}", "",
-          f"{ckpt.format}, {manifest.output_size} px, {f['iterations']} steps, batch {f['batch']}, "
-          f"ONNX Runtime {onnxruntime.__version__} CPU. Command: `{result['command']}`", "",
-          "| step | image PSNR (dB) | max abs latent error |", "| --- | --- | --- |"]
-    md += [f"| {i + 1} | {p:.1f} | {e:.3g} |" for i, (p, e) in enumerate(zip(f["image_psnr"], f["latent_max_abs_error"]))]
-    md += ["", f"NaN/Inf in any step's latents or images: {'no' if f['finite'] else 'YES'}; required PSNR >= "
-               f"{f['min_psnr_required']:g} dB: {'met' if f['ok'] else 'NOT met'}."]
+    md = [
+        f"# FP16 vs FP32 loop accuracy: {name}",
+        "",
+        f"{ckpt.format}, {manifest.output_size} px, {f['iterations']} steps, batch {f['batch']}, "
+        f"ONNX Runtime {onnxruntime.__version__} CPU. Command: `{result['command']}`",
+        "",
+        "| step | image PSNR (dB) | max abs latent error |",
+        "| --- | --- | --- |",
+    ]
+    md += [
+        f"| {i + 1} | {p:.1f} | {e:.3g} |" for i, (p, e) in enumerate(zip(f["image_psnr"], f["latent_max_abs_error"]))
+    ]
+    md += [
+        "",
+        f"NaN/Inf in any step's latents or images: {'no' if f['finite'] else 'YES'}; required PSNR >= "
+        f"{f['min_psnr_required']:g} dB: {'met' if f['ok'] else 'NOT met'}.",
+    ]
     (RESULTS / f"fp16_accuracy_{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0 if f["ok"] else 1

@@ -11,6 +11,7 @@ raises is recorded as failed and the next one runs; a step that would overrun th
 is skipped. Without a GPU it says what it would run and exits 0. Exit status: 0 when nothing
 failed, 1 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,9 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,6 +47,7 @@ class Step:
 
 
 # --------------------------------------------------------------------------- environment
+
 
 def probe(device: int = 0) -> dict:
     """What this machine has: CUDA devices (or why none), PyTorch with CUDA, CuPy, TensorRT,
@@ -80,12 +82,19 @@ def probe(device: int = 0) -> dict:
 
 # --------------------------------------------------------------------------- the steps (GPU only)
 
+
 class _View:
     """Device memory seen through a CUDA Array Interface (v3, ready now), owned by someone else."""
 
     def __init__(self, ptr: int, shape: tuple):
-        self.__cuda_array_interface__ = {"shape": shape, "typestr": "<f4", "data": (ptr, False), "version": 3,
-                                         "strides": None, "stream": None}
+        self.__cuda_array_interface__ = {
+            "shape": shape,
+            "typestr": "<f4",
+            "data": (ptr, False),
+            "version": 3,
+            "strides": None,
+            "stream": None,
+        }
 
 
 def _torch_cai_only(tensor):
@@ -113,8 +122,10 @@ def check_device_arrays(env: dict, allowed: float) -> dict:
             assert ok, f"{label}: the copied values differ"
         result = rt.device_copy(buf.ptr, buf.shape, "float32")
         rt.synchronize()
-        for label, make in (("torch.from_dlpack", torch.from_dlpack),
-                            ("torch.as_tensor", lambda a: torch.as_tensor(a, device=x.device))):
+        for label, make in (
+            ("torch.from_dlpack", torch.from_dlpack),
+            ("torch.as_tensor", lambda a: torch.as_tensor(a, device=x.device)),
+        ):
             ok = bool(torch.equal(make(result), x))
             out[label] = ok
             assert ok, f"{label} of a DeviceArray differs"
@@ -158,8 +169,11 @@ def check_stream_race(env: dict, allowed: float) -> dict:
     rt, n, out = CudaRuntime(env["device"]), 1 << 22, {}
     try:
         buf = rt.empty((n,), "float32")
-        cases = {"dlpack, default stream": (lambda t: t, None), "cai v2, default stream": (_torch_cai_only, None),
-                 "dlpack, side stream": (lambda t: t, torch.cuda.Stream())}
+        cases = {
+            "dlpack, default stream": (lambda t: t, None),
+            "cai v2, default stream": (_torch_cai_only, None),
+            "dlpack, side stream": (lambda t: t, torch.cuda.Stream()),
+        }
         for label, (wrap, stream) in cases.items():
             t = _producer(torch, n, 7.0, stream)
             # handed over where it was written: PyTorch's __dlpack__ orders its *current* stream
@@ -229,6 +243,7 @@ def check_second_thread(env: dict, allowed: float) -> dict:
     device = env["cuda_devices"] - 1  # the last GPU: another thread starts on GPU 0
     rt, out = CudaRuntime(device), {"device": device}
     try:
+
         def other():
             buf = rt.empty((256,), "float32")
             out["allocated_on"] = rt.pointer_device(buf.ptr)
@@ -264,12 +279,37 @@ def check_gpu_tests(env: dict, allowed: float) -> dict:
 def check_gpu_latency(env: dict, allowed: float) -> dict:
     manifest = json.loads((Path(env["bundle"]) / "manifest.json").read_text())
     have = set(env["have"]) | ({"engines"} if manifest.get("engines") else set())
-    modes = [m for m, needs in (("tensorrt", {"tensorrt", "engines"}), ("tensorrt+graphs", {"tensorrt", "engines"}),
-                                ("onnxruntime-cuda", {"ort-gpu"})) if needs <= have]
+    modes = [
+        m
+        for m, needs in (
+            ("tensorrt", {"tensorrt", "engines"}),
+            ("tensorrt+graphs", {"tensorrt", "engines"}),
+            ("onnxruntime-cuda", {"ort-gpu"}),
+        )
+        if needs <= have
+    ]
     if not modes:
         raise Skip(f"neither TensorRT with engines in {env['bundle']} nor onnxruntime-gpu is present")
-    return _subprocess([sys.executable, "benchmarks/gpu_latency.py", "--bundle", env["bundle"], "--modes", *modes,
-                        "--iterations", "1", "5", "--frames", "50", "--warmup", "10", "--out", env["out"]], allowed)
+    return _subprocess(
+        [
+            sys.executable,
+            "benchmarks/gpu_latency.py",
+            "--bundle",
+            env["bundle"],
+            "--modes",
+            *modes,
+            "--iterations",
+            "1",
+            "5",
+            "--frames",
+            "50",
+            "--warmup",
+            "10",
+            "--out",
+            env["out"],
+        ],
+        allowed,
+    )
 
 
 def check_anchor(env: dict, allowed: float) -> dict:
@@ -286,8 +326,19 @@ def check_anchor(env: dict, allowed: float) -> dict:
         torch.manual_seed(0)
         g = Generator(size, style_dim=512, n_mlp=8, channel_multiplier=2).to(dev).eval()
         g.set_fused(True)
-        enc = build_encoder({"encoder_type": "GradualStyleEncoder", "num_layers": 50, "mode": "ir_se",
-                             "input_nc": 6, "n_styles": g.n_latent}).to(dev).eval()
+        enc = (
+            build_encoder(
+                {
+                    "encoder_type": "GradualStyleEncoder",
+                    "num_layers": 50,
+                    "mode": "ir_se",
+                    "input_nc": 6,
+                    "n_styles": g.n_latent,
+                }
+            )
+            .to(dev)
+            .eval()
+        )
         pool, x = torch.nn.AdaptiveAvgPool2d((256, 256)), torch.rand(1, 3, 256, 256, device=dev) * 2 - 1
         z0 = torch.zeros(1, g.n_latent, 512, device=dev)
 
@@ -320,25 +371,65 @@ def check_anchor(env: dict, allowed: float) -> dict:
 
 
 STEPS = (
-    Step("device_arrays", 45, ("cuda", "torch"), "sdk/device_arrays.py with PyTorch (and CuPy) CUDA arrays: CAI v2 "
-         "and DLPack in, DeviceArray out through torch.from_dlpack / torch.as_tensor / cupy", check_device_arrays),
-    Step("stream_race", 30, ("cuda", "torch"), "defect 2 on purpose: PyTorch tensors still written behind a ~100 ms "
-         "kernel (default and side stream) read through the SDK, and one unordered read", check_stream_race),
-    Step("cuda_runtime", 30, ("cuda", "torch"), "CudaRuntime buffers, events, streams; a CUDA graph captured from a "
-         "copy and a kernel on our stream, replayed and timed", check_cuda_runtime),
-    Step("second_thread", 10, ("cuda",), "device selection from a second host thread (memory lands on the runtime's "
-         "device)", check_second_thread),
-    Step("tests_gpu", 190, ("cuda",), "pytest tests/gpu: TensorRT engines vs ONNX Runtime (TF32 off and on), FP16, "
-         "CUDA graphs, ORT CUDA provider (each skipped with its reason where TensorRT / onnxruntime-gpu is missing)",
-         check_gpu_tests),
-    Step("gpu_latency", 80, ("cuda", "bundle"), "benchmarks/gpu_latency.py on engines/demo, N = 1 and 5, 50 frames, "
-         "for the backends present", check_gpu_latency),
-    Step("anchor", 90, ("cuda", "torch"), "GPU anchor: the public PyTorch eager loop, FP32 and FP16 autocast, 256 and "
-         "1024 px, N = 5, batch 1, CUDA events", check_anchor),
+    Step(
+        "device_arrays",
+        45,
+        ("cuda", "torch"),
+        "sdk/device_arrays.py with PyTorch (and CuPy) CUDA arrays: CAI v2 "
+        "and DLPack in, DeviceArray out through torch.from_dlpack / torch.as_tensor / cupy",
+        check_device_arrays,
+    ),
+    Step(
+        "stream_race",
+        30,
+        ("cuda", "torch"),
+        "defect 2 on purpose: PyTorch tensors still written behind a ~100 ms "
+        "kernel (default and side stream) read through the SDK, and one unordered read",
+        check_stream_race,
+    ),
+    Step(
+        "cuda_runtime",
+        30,
+        ("cuda", "torch"),
+        "CudaRuntime buffers, events, streams; a CUDA graph captured from a "
+        "copy and a kernel on our stream, replayed and timed",
+        check_cuda_runtime,
+    ),
+    Step(
+        "second_thread",
+        10,
+        ("cuda",),
+        "device selection from a second host thread (memory lands on the runtime's device)",
+        check_second_thread,
+    ),
+    Step(
+        "tests_gpu",
+        190,
+        ("cuda",),
+        "pytest tests/gpu: TensorRT engines vs ONNX Runtime (TF32 off and on), FP16, "
+        "CUDA graphs, ORT CUDA provider (each skipped with its reason where TensorRT / onnxruntime-gpu is missing)",
+        check_gpu_tests,
+    ),
+    Step(
+        "gpu_latency",
+        80,
+        ("cuda", "bundle"),
+        "benchmarks/gpu_latency.py on engines/demo, N = 1 and 5, 50 frames, for the backends present",
+        check_gpu_latency,
+    ),
+    Step(
+        "anchor",
+        90,
+        ("cuda", "torch"),
+        "GPU anchor: the public PyTorch eager loop, FP32 and FP16 autocast, 256 and "
+        "1024 px, N = 5, batch 1, CUDA events",
+        check_anchor,
+    ),
 )
 
 
 # --------------------------------------------------------------------------- driver
+
 
 def plan_text(steps=STEPS, total: float = TOTAL_BUDGET_S) -> str:
     lines = [f"{'step':<14} {'budget':>7}  needs / what it runs"]
@@ -366,8 +457,9 @@ def run_steps(steps, env: dict, total: float = TOTAL_BUDGET_S, clock=time.monoto
             except Skip as e:
                 row.update(status="skipped", reason=str(e))
             except Exception as e:  # a failed check is a result; the next step still runs
-                row.update(status="failed", reason=f"{type(e).__name__}: {e}"[:2000],
-                           traceback=traceback.format_exc()[-3000:])
+                row.update(
+                    status="failed", reason=f"{type(e).__name__}: {e}"[:2000], traceback=traceback.format_exc()[-3000:]
+                )
             row["seconds"] = round(clock() - t0, 2)
         log.info("%-14s %s %s", s.name, row["status"], row.get("reason", ""))
         results.append(row)
@@ -376,9 +468,14 @@ def run_steps(steps, env: dict, total: float = TOTAL_BUDGET_S, clock=time.monoto
 
 def markdown(report: dict) -> str:
     gpu = report["environment"].get("gpu", {})
-    lines = [f"# GPU check on {gpu.get('name', '?')} (compute capability {gpu.get('compute_capability', '?')})", "",
-             f"present: {', '.join(report['environment']['have'])}; {report['seconds']:.0f} s in all", "",
-             "| step | status | seconds | result |", "|---|---|---|---|"]
+    lines = [
+        f"# GPU check on {gpu.get('name', '?')} (compute capability {gpu.get('compute_capability', '?')})",
+        "",
+        f"present: {', '.join(report['environment']['have'])}; {report['seconds']:.0f} s in all",
+        "",
+        "| step | status | seconds | result |",
+        "|---|---|---|---|",
+    ]
     for r in report["results"]:
         result = r.get("reason") or json.dumps(r.get("details"), default=str)[:300]
         lines.append(f"| {r['step']} | {r['status']} | {r.get('seconds', '-')} | {result.replace('|', '/')} |")
@@ -398,19 +495,26 @@ def main(argv=None, steps=STEPS, probe_fn=probe) -> int:
         return 0
     env = probe_fn(args.device)
     if "cuda" not in env["have"]:
-        print(f"gpu_check: no CUDA GPU {args.device} here ({env['cuda_reason']}); nothing was run. "
-              f"On a GPU machine it runs:\n{plan_text(steps, args.budget)}")
+        print(
+            f"gpu_check: no CUDA GPU {args.device} here ({env['cuda_reason']}); nothing was run. "
+            f"On a GPU machine it runs:\n{plan_text(steps, args.budget)}"
+        )
         return 0
     env["out"] = str(args.out)
     t0 = time.monotonic()
     results = run_steps(steps, env, args.budget)
-    report = {"environment": {**env, "have": sorted(env["have"])}, "results": results,
-              "seconds": round(time.monotonic() - t0, 1)}
+    report = {
+        "environment": {**env, "have": sorted(env["have"])},
+        "results": results,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
     (args.out / "gpu_check.md").write_text(markdown(report))
-    print(f"gpu_check: {sum(r['status'] == 'failed' for r in results)} failed, "
-          f"{sum(r['status'] == 'passed' for r in results)} passed; wrote {args.out / 'gpu_check'}.{{json,md}}")
+    print(
+        f"gpu_check: {sum(r['status'] == 'failed' for r in results)} failed, "
+        f"{sum(r['status'] == 'passed' for r in results)} passed; wrote {args.out / 'gpu_check'}.{{json,md}}"
+    )
     return 1 if any(r["status"] == "failed" for r in results) else 0
 
 

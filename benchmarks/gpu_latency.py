@@ -16,6 +16,7 @@ What is measured:
 
 Without a GPU (or without cuda-python) it prints one line saying so and exits with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,12 @@ MODES = ("tensorrt", "tensorrt+graphs", "onnxruntime-cuda")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, default=ROOT / "engines" / "demo", help="bundle folder (default: engines/demo)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--bundle", type=Path, default=ROOT / "engines" / "demo", help="bundle folder (default: engines/demo)"
+    )
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to measure")
     p.add_argument("--iterations", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="loop lengths N")
     p.add_argument("--batch", type=int, default=1)
@@ -81,6 +86,7 @@ def wall(fn):
         t0 = time.perf_counter()
         fn()
         return (time.perf_counter() - t0) * 1e3
+
     return timed
 
 
@@ -110,15 +116,21 @@ def measure(mode: str, args) -> list[dict]:
             binding = arena.generator[0] if key == "generator" else arena.encoder.get((key, INIT))
             if binding is None:
                 continue
-            run = (lambda r=runner, b=binding: r.run(b))
+            run = lambda r=runner, b=binding: r.run(b)
             if backend == "tensorrt":
                 events = Events(t.backend.cuda.stream)
                 engines[key] = stats(repeat(lambda: events.time(run), args))
             else:
                 engines[key] = stats(repeat(wall(run), args))
         for n in args.iterations:
-            row = {"mode": mode, "iterations": n, "batch": args.batch, "device_io": args.device_io, "engine_ms": engines,
-                   "frame_ms": stats(repeat(wall(lambda: t.infer(x, iterations=n, output=output)), args))}
+            row = {
+                "mode": mode,
+                "iterations": n,
+                "batch": args.batch,
+                "device_io": args.device_io,
+                "engine_ms": engines,
+                "frame_ms": stats(repeat(wall(lambda: t.infer(x, iterations=n, output=output)), args)),
+            }
             if backend == "tensorrt":
                 events = Events(t.backend.cuda.stream)
                 row["loop_gpu_ms"] = stats(repeat(lambda: events.time(lambda: loop._run_all(arena, n, INIT)), args))
@@ -128,14 +140,21 @@ def measure(mode: str, args) -> list[dict]:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# GPU latency: {report['bundle']} on {report['gpu']['name']}", "",
-             f"batch {report['batch']}, {report['frames']} timed calls after {report['warmup']} warm-up calls; "
-             f"median / p95 in ms. frame = Translator.infer wall time; loop GPU = the N steps between CUDA events.", "",
-             "| mode | N | frame median | frame p95 | loop GPU median | loop GPU p95 |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# GPU latency: {report['bundle']} on {report['gpu']['name']}",
+        "",
+        f"batch {report['batch']}, {report['frames']} timed calls after {report['warmup']} warm-up calls; "
+        f"median / p95 in ms. frame = Translator.infer wall time; loop GPU = the N steps between CUDA events.",
+        "",
+        "| mode | N | frame median | frame p95 | loop GPU median | loop GPU p95 |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in report["rows"]:
         g = r.get("loop_gpu_ms")
-        lines.append(f"| {r['mode']} | {r['iterations']} | {r['frame_ms']['median']:.3f} | {r['frame_ms']['p95']:.3f} | "
-                     + (f"{g['median']:.3f} | {g['p95']:.3f} |" if g else "- | - |"))
+        lines.append(
+            f"| {r['mode']} | {r['iterations']} | {r['frame_ms']['median']:.3f} | {r['frame_ms']['p95']:.3f} | "
+            + (f"{g['median']:.3f} | {g['p95']:.3f} |" if g else "- | - |")
+        )
     lines += ["", "| mode | engine | median | p95 |", "|---|---|---|---|"]
     seen = set()
     for r in report["rows"]:
@@ -151,8 +170,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     count, why = cuda_status()
     if count <= args.device:
-        print(f"gpu_latency: no CUDA GPU {args.device} is visible ({why or f'{count} device(s)'}); "
-              f"this benchmark measures GPU latency and has nothing to run here", file=sys.stderr)
+        print(
+            f"gpu_latency: no CUDA GPU {args.device} is visible ({why or f'{count} device(s)'}); "
+            f"this benchmark measures GPU latency and has nothing to run here",
+            file=sys.stderr,
+        )
         return 2
     from sdk import SdkError
 
@@ -164,8 +186,15 @@ def main(argv=None) -> int:
             skipped[mode] = str(e)
             log.warning("%s skipped: %s", mode, e)
     gpu = device_info(args.device)
-    report = {"bundle": str(args.bundle), "gpu": {"index": args.device, **gpu.as_dict()}, "batch": args.batch,
-              "frames": args.frames, "warmup": args.warmup, "rows": rows, "skipped": skipped}
+    report = {
+        "bundle": str(args.bundle),
+        "gpu": {"index": args.device, **gpu.as_dict()},
+        "batch": args.batch,
+        "frames": args.frames,
+        "warmup": args.warmup,
+        "rows": rows,
+        "skipped": skipped,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"gpu_latency_{args.bundle.name}_b{args.batch}{'_deviceio' if args.device_io else ''}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))

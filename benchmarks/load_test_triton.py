@@ -19,6 +19,7 @@ Bounds: ``--requests`` per point and a global ``--timeout`` (seconds; points not
 marked skipped, a point cut short says so). Results: ``benchmarks/results/load_test_triton_<bundle>.json``
 and ``.md``. Exit status 1 if any request was lost, failed or answered wrongly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,14 @@ from sdk import Translator  # noqa: E402
 from serving.client import ServerError, TranslationClient, model_metrics  # noqa: E402
 from serving.pytriton_server import ServeOptions, TranslationServer  # noqa: E402
 
-COUNTERS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
-            "nv_inference_exec_count", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us")
+COUNTERS = (
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_infer_duration_us",
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -115,8 +122,10 @@ def run_point(args, server, frames, expected, concurrency: int, deadline: float,
                     bar.update()
                     continue
                 latency = time.perf_counter() - t0
-                error = max(float(np.abs(res.raw[0] - expected[frame].images[0]).max()),
-                            float(np.abs(res.latents[0] - expected[frame].latents[0]).max()))
+                error = max(
+                    float(np.abs(res.raw[0] - expected[frame].images[0]).max()),
+                    float(np.abs(res.latents[0] - expected[frame].latents[0]).max()),
+                )
                 with point.lock:
                     point.latencies.append(latency)
                     point.max_error = max(point.max_error, error)
@@ -138,20 +147,36 @@ def run_point(args, server, frames, expected, concurrency: int, deadline: float,
     executions = delta["nv_inference_exec_count"]
     successes = delta["nv_inference_request_success"]
     return {
-        "concurrency": concurrency, "requests": args.requests, "sent": point.sent, "answered": answered,
-        "cut_short": point.sent < args.requests, "failed": point.failed, "wrong": point.wrong,
-        "lost": point.sent - answered - point.failed, "max_abs_error": point.max_error,
-        "seconds": round(seconds, 2), "throughput_rps": round(answered / seconds, 3) if seconds else None,
-        "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p95": round(float(np.percentile(lat, 95)), 1),
-                       "max": round(float(lat.max()), 1)} if answered else None,
+        "concurrency": concurrency,
+        "requests": args.requests,
+        "sent": point.sent,
+        "answered": answered,
+        "cut_short": point.sent < args.requests,
+        "failed": point.failed,
+        "wrong": point.wrong,
+        "lost": point.sent - answered - point.failed,
+        "max_abs_error": point.max_error,
+        "seconds": round(seconds, 2),
+        "throughput_rps": round(answered / seconds, 3) if seconds else None,
+        "latency_ms": {
+            "p50": round(float(np.percentile(lat, 50)), 1),
+            "p95": round(float(np.percentile(lat, 95)), 1),
+            "max": round(float(lat.max()), 1),
+        }
+        if answered
+        else None,
         "server": {
-            "requests": int(successes), "failures": int(delta["nv_inference_request_failure"]),
-            "executions": int(executions), "rows": int(delta["nv_inference_count"]),
+            "requests": int(successes),
+            "failures": int(delta["nv_inference_request_failure"]),
+            "executions": int(executions),
+            "rows": int(delta["nv_inference_count"]),
             "avg_batch": round(delta["nv_inference_count"] / executions, 2) if executions else None,
             "queue_ms_per_request": round(delta["nv_inference_queue_duration_us"] / successes / 1000, 1)
-            if successes else None,
+            if successes
+            else None,
             "compute_ms_per_request": round(delta["nv_inference_compute_infer_duration_us"] / successes / 1000, 1)
-            if successes else None,
+            if successes
+            else None,
         },
         "errors": point.errors[:3],
     }
@@ -160,10 +185,21 @@ def run_point(args, server, frames, expected, concurrency: int, deadline: float,
 def run_mode(args, bundle: Path, dynamic: bool, frames, expected, deadline: float, bar) -> dict:
     http, grpc, metrics = free_ports(3)
     log_file = Path(tempfile.gettempdir()) / f"load_test_triton_{os.getpid()}.log"
-    options = ServeOptions(bundle=bundle, instances=args.instances, max_batch=args.max_batch, dynamic_batching=dynamic,
-                           max_queue_delay_us=args.queue_delay_us, backend="onnxruntime", threads=args.threads,
-                           http_port=http, grpc_port=grpc, metrics_port=metrics, exit_timeout_s=5, verify=False,
-                           log_file=log_file)
+    options = ServeOptions(
+        bundle=bundle,
+        instances=args.instances,
+        max_batch=args.max_batch,
+        dynamic_batching=dynamic,
+        max_queue_delay_us=args.queue_delay_us,
+        backend="onnxruntime",
+        threads=args.threads,
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        exit_timeout_s=5,
+        verify=False,
+        log_file=log_file,
+    )
     points = []
     started = time.perf_counter()
     with TranslationServer(options) as server:
@@ -204,14 +240,25 @@ def main(argv=None) -> int:
                 modes.append(run_mode(args, bundle, dynamic, frames, expected, deadline, bar))
     measured = [p for m in modes for p in m.get("points", []) if "skipped" not in p]
     result = {
-        "bundle": str(bundle), "name": name, "family": family, "protocol": args.protocol,
-        "iterations": iterations, "instances": args.instances, "queue_delay_us": args.queue_delay_us,
-        "frame_size": args.frame_size, "atol": args.atol, "timeout_s": args.timeout,
+        "bundle": str(bundle),
+        "name": name,
+        "family": family,
+        "protocol": args.protocol,
+        "iterations": iterations,
+        "instances": args.instances,
+        "queue_delay_us": args.queue_delay_us,
+        "frame_size": args.frame_size,
+        "atol": args.atol,
+        "timeout_s": args.timeout,
         "command": " ".join(["python benchmarks/load_test_triton.py", *(argv if argv is not None else sys.argv[1:])]),
         "modes": modes,
         "all_answered_right": all(p["lost"] == 0 and p["failed"] == 0 and p["wrong"] == 0 for p in measured),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"load_test_triton_{name}"
@@ -222,15 +269,20 @@ def main(argv=None) -> int:
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# Triton load test: {r['name']} ({r['family']})", "",
-             f"`{r['command']}`", "",
-             f"{r['protocol'].upper()} on loopback, {r['iterations']} iteration(s) per request, {r['instances']} model "
-             f"instance(s), {r['frame_size']} px uint8 frames pre-processed by the server; dynamic batcher delay "
-             f"{r['queue_delay_us']} us. Every response checked against the local Translator (atol {r['atol']}): "
-             f"**{'all answered right' if r['all_answered_right'] else 'FAILURES, see the table'}**.", "",
-             "| batching | clients | answered/sent | lost | failed | wrong | req/s | p50 ms | p95 ms | server execs "
-             "| rows/exec | queue ms/req | compute ms/req |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Triton load test: {r['name']} ({r['family']})",
+        "",
+        f"`{r['command']}`",
+        "",
+        f"{r['protocol'].upper()} on loopback, {r['iterations']} iteration(s) per request, {r['instances']} model "
+        f"instance(s), {r['frame_size']} px uint8 frames pre-processed by the server; dynamic batcher delay "
+        f"{r['queue_delay_us']} us. Every response checked against the local Translator (atol {r['atol']}): "
+        f"**{'all answered right' if r['all_answered_right'] else 'FAILURES, see the table'}**.",
+        "",
+        "| batching | clients | answered/sent | lost | failed | wrong | req/s | p50 ms | p95 ms | server execs "
+        "| rows/exec | queue ms/req | compute ms/req |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for m in r["modes"]:
         mode = "on" if m["dynamic_batching"] else "off"
         if "skipped" in m:
@@ -242,16 +294,21 @@ def markdown(r: dict) -> str:
                 continue
             lat, s = p["latency_ms"] or {"p50": "-", "p95": "-"}, p["server"]
             cut = " (cut short)" if p["cut_short"] else ""
-            lines.append(f"| {mode} (max batch {m['max_batch']}) | {p['concurrency']} "
-                         f"| {p['answered']}/{p['sent']}{cut} "
-                         f"| {p['lost']} | {p['failed']} | {p['wrong']} | {p['throughput_rps']} | {lat['p50']} "
-                         f"| {lat['p95']} | {s['executions']} | {s['avg_batch']} | {s['queue_ms_per_request']} "
-                         f"| {s['compute_ms_per_request']} |")
+            lines.append(
+                f"| {mode} (max batch {m['max_batch']}) | {p['concurrency']} "
+                f"| {p['answered']}/{p['sent']}{cut} "
+                f"| {p['lost']} | {p['failed']} | {p['wrong']} | {p['throughput_rps']} | {lat['p50']} "
+                f"| {lat['p95']} | {s['executions']} | {s['avg_batch']} | {s['queue_ms_per_request']} "
+                f"| {s['compute_ms_per_request']} |"
+            )
     m = r["machine"]
-    lines += ["", f"Machine: {m['cpu_count']} CPUs, {m['platform']}, Python {m['python']}; load average at the end "
-              f"{m['load_average_at_end']}. Server start-up (s): "
-              + ", ".join(f"{'on' if x['dynamic_batching'] else 'off'} {x.get('startup_s', '-')}" for x in r["modes"]),
-              ""]
+    lines += [
+        "",
+        f"Machine: {m['cpu_count']} CPUs, {m['platform']}, Python {m['python']}; load average at the end "
+        f"{m['load_average_at_end']}. Server start-up (s): "
+        + ", ".join(f"{'on' if x['dynamic_batching'] else 'off'} {x.get('startup_s', '-')}" for x in r["modes"]),
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ Writes RESULTS/results.json, RESULTS/performance.md and PNG plots (default RESUL
 benchmarks/results/performance); --write-docs also writes docs/performance.md (and .json), its plots
 under docs/img/ and the README's performance section (between its performance markers). See benchmarks/README.md for how to read the numbers on a shared host.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,29 +61,61 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     every = CPU_BACKENDS + GPU_BACKENDS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", type=_names, default=MODELS, help=f"comma-separated, of {', '.join(MODELS)} "
-                   "(default: all three)")
+    p.add_argument(
+        "--models", type=_names, default=MODELS, help=f"comma-separated, of {', '.join(MODELS)} (default: all three)"
+    )
     p.add_argument("--checkpoint", type=Path, help="benchmark this checkpoint instead of --models")
-    p.add_argument("--backends", type=_names, default=every, help=f"comma-separated (default: {','.join(every)}; "
-                   "GPU ones are skipped with the reason where they cannot run)")
-    p.add_argument("--sweep-backends", type=_names, default=("pytorch_public", "onnxruntime") + GPU_BACKENDS,
-                   help="back ends of the N and batch sweeps (default: pytorch_public, onnxruntime and the GPU ones)")
+    p.add_argument(
+        "--backends",
+        type=_names,
+        default=every,
+        help=f"comma-separated (default: {','.join(every)}; "
+        "GPU ones are skipped with the reason where they cannot run)",
+    )
+    p.add_argument(
+        "--sweep-backends",
+        type=_names,
+        default=("pytorch_public", "onnxruntime") + GPU_BACKENDS,
+        help="back ends of the N and batch sweeps (default: pytorch_public, onnxruntime and the GPU ones)",
+    )
     p.add_argument("--iterations", "-n", type=int, default=5, help="N of the headline latency (default 5)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the headline latency (default 5)")
     p.add_argument("--sweep-rounds", type=int, default=3, help="rounds of the N and batch sweeps (default 3)")
     p.add_argument("--batches", type=_ints, default=(1, 2, 4, 8), help="batch sizes (default 1,2,4,8)")
     p.add_argument("--batch-iterations", type=int, default=1, help="N of the batch sweep (default 1)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help=f"torch and ONNX Runtime intra-op threads "
-                   f"(default os.cpu_count() = {os.cpu_count()})")
-    p.add_argument("--quality", action=argparse.BooleanOptionalAction, default=None,
-                   help="PSNR against compute for early exit and warm start (default: on when the demo runs)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help=f"torch and ONNX Runtime intra-op threads (default os.cpu_count() = {os.cpu_count()})",
+    )
+    p.add_argument(
+        "--quality",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="PSNR against compute for early exit and warm start (default: on when the demo runs)",
+    )
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round, N = 1,2, batches 1,2, no quality")
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "performance",
-                   help="output folder (default benchmarks/results/performance)")
-    p.add_argument("--cache", type=Path, default=REPO / "benchmarks" / "results" / "cache",
-                   help="reference checkpoints, bundles, graph costs (default benchmarks/results/cache)")
-    p.add_argument("--from-json", type=Path, help="no measuring: render the report (and plots, docs) of this results.json")
-    p.add_argument("--write-docs", action="store_true", help=f"also write {DOCS.relative_to(REPO)}, its plots and the README's performance section")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "performance",
+        help="output folder (default benchmarks/results/performance)",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "cache",
+        help="reference checkpoints, bundles, graph costs (default benchmarks/results/cache)",
+    )
+    p.add_argument(
+        "--from-json", type=Path, help="no measuring: render the report (and plots, docs) of this results.json"
+    )
+    p.add_argument(
+        "--write-docs",
+        action="store_true",
+        help=f"also write {DOCS.relative_to(REPO)}, its plots and the README's performance section",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
@@ -99,9 +132,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 def settings_from(args):
     from benchmarks.harness.suite import Settings
 
-    s = Settings(threads=args.threads, iterations=args.iterations, rounds=args.rounds, sweep_rounds=args.sweep_rounds,
-                 sweep_backends=args.sweep_backends, batches=args.batches, batch_iterations=args.batch_iterations,
-                 backends=args.backends, progress=not args.quiet, cache=args.cache)
+    s = Settings(
+        threads=args.threads,
+        iterations=args.iterations,
+        rounds=args.rounds,
+        sweep_rounds=args.sweep_rounds,
+        sweep_backends=args.sweep_backends,
+        batches=args.batches,
+        batch_iterations=args.batch_iterations,
+        backends=args.backends,
+        progress=not args.quiet,
+        cache=args.cache,
+    )
     if args.quick:
         s.rounds, s.sweep_rounds, s.sweep_iterations, s.batches = 1, 1, (1, 2), (1, 2)
         s.warmup, s.probe_frames, s.ceiling_repeats, s.iterations = 0, 1, 2, min(args.iterations, 2)
@@ -116,12 +158,22 @@ def machine(load_start: list) -> dict:
     from benchmarks.harness.measure import load_average
 
     info = Path("/proc/cpuinfo")
-    names = [l.split(":", 1)[1].strip() for l in info.read_text().splitlines() if l.startswith("model name")] \
-        if info.exists() else []
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
-            "load_avg_start": load_start, "load_avg_end": load_average()}
+    names = (
+        [l.split(":", 1)[1].strip() for l in info.read_text().splitlines() if l.startswith("model name")]
+        if info.exists()
+        else []
+    )
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": names[0] if names else platform.processor(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+        "load_avg_start": load_start,
+        "load_avg_end": load_average(),
+    }
 
 
 def measure(args, argv) -> dict:
@@ -134,14 +186,25 @@ def measure(args, argv) -> dict:
     settings = settings_from(args)
     torch.set_num_threads(settings.threads)
     if args.checkpoint is not None:
-        models = [Model(args.checkpoint.stem, args.checkpoint, settings.cache / f"bundle_{args.checkpoint.stem}",
-                        f"{args.checkpoint.name}")]
+        models = [
+            Model(
+                args.checkpoint.stem,
+                args.checkpoint,
+                settings.cache / f"bundle_{args.checkpoint.stem}",
+                f"{args.checkpoint.name}",
+            )
+        ]
     else:
-        models = [demo_model(settings.cache) if m == "demo" else reference_model(int(m.split("-")[1]), settings.cache)
-                  for m in args.models]
-    run = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "command": "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-           "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()}, "models": {}}
+        models = [
+            demo_model(settings.cache) if m == "demo" else reference_model(int(m.split("-")[1]), settings.cache)
+            for m in args.models
+        ]
+    run = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()},
+        "models": {},
+    }
     t0 = datetime.datetime.now()
     run["machine"] = machine(load_start)
     for model in models:
@@ -165,8 +228,13 @@ def _quality(run: dict, settings) -> dict | None:
         return None
     per_iteration = demo["flops"]["loop"][1]["dense_flops"]
     try:
-        return measure_modes(Path(demo["bundle"]), settings.cache.parent / "video_modes", per_iteration, demo["label"],
-                             threads=settings.threads)
+        return measure_modes(
+            Path(demo["bundle"]),
+            settings.cache.parent / "video_modes",
+            per_iteration,
+            demo["label"],
+            threads=settings.threads,
+        )
     except QualityError as e:
         log.error("%s", e)
         return None
@@ -196,8 +264,9 @@ def publish(run: dict, args) -> None:
         run_docs = dict(run, plots={k: f"img/perf_{v.name}" for k, v in plots.items()})
         DOCS.write_text(render(run_docs), encoding="utf-8")
         _save(run, DOCS.parent, DOCS.with_suffix(".json").name)  # the numbers behind the committed text
-        README.write_text(replace_readme_section(README.read_text(encoding="utf-8"), readme_section(run)),
-                          encoding="utf-8")
+        README.write_text(
+            replace_readme_section(README.read_text(encoding="utf-8"), readme_section(run)), encoding="utf-8"
+        )
         log.info("wrote %s, %d plot(s) in %s and the performance section of %s", DOCS, len(plots), img, README)
     log.info("wrote %s", args.results)
 

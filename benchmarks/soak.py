@@ -14,6 +14,7 @@ settled) and at the end; the run passes when the end is within ``--tolerance`` (
 of the baseline. Results go to ``benchmarks/results/soak_<bundle>.json`` and ``.md``.
 Not a CI test: it takes minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,11 +48,17 @@ def rss_mib() -> float:
 def tiny_bundle(folder: Path) -> Path:
     """The toy bundle of tests/tiny_bundle.py, exported in a subprocess (it needs torch, which
     must not inflate this process's memory)."""
-    code = ("import sys; from pathlib import Path; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']; "
-            "import tiny_bundle as tb; f = Path(sys.argv[2]); "
-            "tb.write_bundle(f / 'tiny', tb.export_graphs(f / 'graphs'), 'iterative')")
-    subprocess.run([sys.executable, "-c", code, str(REPO), str(folder)], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    code = (
+        "import sys; from pathlib import Path; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']; "
+        "import tiny_bundle as tb; f = Path(sys.argv[2]); "
+        "tb.write_bundle(f / 'tiny', tb.export_graphs(f / 'graphs'), 'iterative')"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(REPO), str(folder)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return folder / "tiny"
 
 
@@ -117,15 +124,25 @@ def soak(args: argparse.Namespace, bundle: Path) -> int:
     growth = (rss["end"] - rss["baseline"]) / rss["baseline"] if "baseline" in rss else None
     after = [m for f, m in trace if f >= args.baseline_frame]
     result = {
-        "bundle": str(bundle), "name": name, "family": t.manifest.family, "backend": t.backend.name,
-        "iterations": iterations, "frames": done, "frames_requested": args.frames, "frame_size": args.frame_size,
-        "seconds": round(elapsed, 2), "fps": round(done / elapsed, 2),
+        "bundle": str(bundle),
+        "name": name,
+        "family": t.manifest.family,
+        "backend": t.backend.name,
+        "iterations": iterations,
+        "frames": done,
+        "frames_requested": args.frames,
+        "frame_size": args.frame_size,
+        "seconds": round(elapsed, 2),
+        "fps": round(done / elapsed, 2),
         "fps_after_baseline": round((done - args.baseline_frame) / (time.perf_counter() - baseline_time), 2)
-        if baseline_time and done > args.baseline_frame else None,
-        "baseline_frame": args.baseline_frame, "rss_mib": {k: round(v, 1) for k, v in rss.items()},
+        if baseline_time and done > args.baseline_frame
+        else None,
+        "baseline_frame": args.baseline_frame,
+        "rss_mib": {k: round(v, 1) for k, v in rss.items()},
         "rss_growth_after_baseline": None if growth is None else round(growth, 4),
         "rss_range_after_baseline_mib": [round(min(after), 1), round(max(after), 1)] if after else None,
-        "tolerance": args.tolerance, "passed": growth is not None and growth <= args.tolerance,
+        "tolerance": args.tolerance,
+        "passed": growth is not None and growth <= args.tolerance,
         "trace": [(f, round(m, 1)) for f, m in trace],
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
@@ -139,8 +156,11 @@ def soak(args: argparse.Namespace, bundle: Path) -> int:
 
 def markdown(r: dict) -> str:
     rss = r["rss_mib"]
-    growth = "n/a (too few frames)" if r["rss_growth_after_baseline"] is None else \
-        f"{100 * r['rss_growth_after_baseline']:+.2f}%"
+    growth = (
+        "n/a (too few frames)"
+        if r["rss_growth_after_baseline"] is None
+        else f"{100 * r['rss_growth_after_baseline']:+.2f}%"
+    )
     verdict = "PASS" if r["passed"] else "FAIL"
     lines = [
         f"### soak: {r['name']} ({r['family']}), {r['backend']}, N = {r['iterations']}, {r['frame_size']} px frames",
@@ -153,8 +173,12 @@ def markdown(r: dict) -> str:
         f"| | {rss['start']} | {rss['opened']} | {rss.get('baseline', 'n/a')} | {rss['end']} | {rss['closed']} |",
         "",
         f"Growth from frame {r['baseline_frame']} to the end: **{growth}** (tolerance {100 * r['tolerance']:.0f}%): "
-        f"**{verdict}**" + (f"; range after the baseline {r['rss_range_after_baseline_mib']} MiB"
-                           if r["rss_range_after_baseline_mib"] else ""),
+        f"**{verdict}**"
+        + (
+            f"; range after the baseline {r['rss_range_after_baseline_mib']} MiB"
+            if r["rss_range_after_baseline_mib"]
+            else ""
+        ),
         "",
     ]
     return "\n".join(lines)

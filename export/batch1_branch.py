@@ -9,6 +9,7 @@ for one frame (the real-time case), the original nodes for more. Every other val
 reads is shared from the outer graph, weights included, so the file's weights stay where they
 are. The build checks both branches against the portable graph.
 """
+
 from __future__ import annotations
 
 import copy
@@ -62,16 +63,27 @@ def rewrite_batch1(model: onnx.ModelProto, block: int | None) -> dict[str, int]:
     then_values = values | {o for n in then_nodes for o in n.output}
 
     def branch(nodes, produced, suffix):
-        return helper.make_graph(renamed(nodes, produced, suffix), "batch_1" if suffix == B1 else "batch_n", [],
-                                 [helper.make_tensor_value_info(o.name + suffix, onnx.TensorProto.FLOAT, None)
-                                  for o in outputs])
+        return helper.make_graph(
+            renamed(nodes, produced, suffix),
+            "batch_1" if suffix == B1 else "batch_n",
+            [],
+            [helper.make_tensor_value_info(o.name + suffix, onnx.TensorProto.FLOAT, None) for o in outputs],
+        )
 
     batched = model.graph.input[0].name  # every input is [B, ...]
-    cond = [helper.make_node("Shape", [batched], ["batch1_size"], name="batch1_size", start=0, end=1),
-            helper.make_node("Equal", ["batch1_size", "batch1_one"], ["batch1_is_1"], name="batch1_is_1")]
+    cond = [
+        helper.make_node("Shape", [batched], ["batch1_size"], name="batch1_size", start=0, end=1),
+        helper.make_node("Equal", ["batch1_size", "batch1_one"], ["batch1_is_1"], name="batch1_is_1"),
+    ]
     inits.append(numpy_helper.from_array(np.array([1], np.int64), "batch1_one"))
-    switch = helper.make_node("If", ["batch1_is_1"], [o.name for o in outputs], name="batch1_if",
-                              then_branch=branch(then_nodes, then_values, B1), else_branch=branch(else_nodes, values, BN))
+    switch = helper.make_node(
+        "If",
+        ["batch1_is_1"],
+        [o.name for o in outputs],
+        name="batch1_if",
+        then_branch=branch(then_nodes, then_values, B1),
+        else_branch=branch(else_nodes, values, BN),
+    )
     outer = [n for k, n in enumerate(model.graph.node) if k not in top_set]
     del model.graph.node[:]
     model.graph.node.extend(outer + cond + [switch])

@@ -31,6 +31,7 @@ on ``[1, 256, 32, 32]``, 0.34 -> 0.07 ms on ``[1, 512, 16, 16]``, 12.7 -> 2.7 ms
 as its shortcut, the identity, which ONNX Runtime runs as a blocked max pool between two
 reorders; it is dropped.
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,8 +54,9 @@ class SplitPReLU(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         assert y.ndim == 4 and y.shape[1] == self.channels, f"expected [B, {self.channels}, H, W], got {tuple(y.shape)}"
-        return F.conv2d(y, self.linear, groups=self.channels) + \
-            F.relu(F.conv2d(y, self.rectified, groups=self.channels))
+        return F.conv2d(y, self.linear, groups=self.channels) + F.relu(
+            F.conv2d(y, self.rectified, groups=self.channels)
+        )
 
 
 class MaxPReLU(nn.Module):
@@ -68,8 +70,9 @@ class MaxPReLU(nn.Module):
         self.register_buffer("slope", prelu.weight.detach().float().reshape(1, -1, 1, 1).clone())
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        assert y.ndim == 4 and y.shape[1] == self.slope.shape[1], \
+        assert y.ndim == 4 and y.shape[1] == self.slope.shape[1], (
             f"expected [B, {self.slope.shape[1]}, H, W], got {tuple(y.shape)}"
+        )
         return torch.maximum(y, y * self.slope)
 
 
@@ -108,9 +111,16 @@ def rewrite_prelus(module: nn.Module) -> tuple[int, int]:
 def drop_identity_pools(module: nn.Module) -> int:
     """Replace every ``nn.MaxPool2d`` inside ``module`` with a 1x1 window and stride 1 (the identity)
     by ``nn.Identity``, in place; returns how many were replaced."""
+
     def identity(m: nn.Module) -> bool:
-        return isinstance(m, nn.MaxPool2d) and _pair(m.kernel_size) == (1, 1) and _pair(m.stride) == (1, 1) \
-            and _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1) and not m.return_indices
+        return (
+            isinstance(m, nn.MaxPool2d)
+            and _pair(m.kernel_size) == (1, 1)
+            and _pair(m.stride) == (1, 1)
+            and _pair(m.padding) == (0, 0)
+            and _pair(m.dilation) == (1, 1)
+            and not m.return_indices
+        )
 
     replaced = 0
     for parent in list(module.modules()):

@@ -35,6 +35,7 @@ graph's top part becomes an ``If`` on the batch size, the rewritten form for one
 original for more (export/batch1_branch.py builds that branch, which also carries the Winograd
 products' transposes folded into their matmuls, export/winograd_matmuls.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,7 +53,7 @@ NCHWC = "com.microsoft.nchwc"
 WEIGHTS_PER_MAP = 1  # rewrite a layer where its weights hold at most as many values as its output map
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nchwc_block_size() -> int | None:
     """The channel block of ONNX Runtime's NCHWc layout on this CPU (8 with AVX2, 16 with AVX-512),
     read from how its optimiser lays out the weights of a small convolution; None where it keeps
@@ -61,10 +62,13 @@ def nchwc_block_size() -> int | None:
 
     c = 16
     weight = np.arange(c * c, dtype=np.float32).reshape(c, c, 1, 1)
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "probe",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, c, 8, 8])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, c, 8, 8])],
-                              [numpy_helper.from_array(weight, "w")])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, c, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, c, 8, 8])],
+        [numpy_helper.from_array(weight, "w")],
+    )
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,8 +112,13 @@ class _Site:
 
 def _plain_conv(g: GraphIndex, node) -> bool:
     """A blocked conv with constant weights, no bias, no fused activation or sum."""
-    return node.op_type == "Conv" and node.domain == NCHWC and len(node.input) == 2 and \
-        g.is_init(node.input[1], 4) and attr(node, "activation") is None
+    return (
+        node.op_type == "Conv"
+        and node.domain == NCHWC
+        and len(node.input) == 2
+        and g.is_init(node.input[1], 4)
+        and attr(node, "activation") is None
+    )
 
 
 def _per_channel(g: GraphIndex, name: str) -> bool:
@@ -123,8 +132,13 @@ def find_sites(g: GraphIndex, block: int) -> list[_Site]:
     """The modulated convs the rewrite takes, found on the original graph (each starts at its ``scale``)."""
     sites = []
     for scale in g.nodes:
-        if scale.op_type != "Mul" or len(scale.input) != 2 or any(g.is_init(i) for i in scale.input) or \
-                not _per_channel(g, scale.input[1]) or _per_channel(g, scale.input[0]):
+        if (
+            scale.op_type != "Mul"
+            or len(scale.input) != 2
+            or any(g.is_init(i) for i in scale.input)
+            or not _per_channel(g, scale.input[1])
+            or _per_channel(g, scale.input[0])
+        ):
             continue
         reorder = g.only_consumer(scale.output[0], "ReorderInput", NCHWC)
         if reorder is None or attr(reorder, "channels_last", 0) != 0:
@@ -169,8 +183,13 @@ def _tail(g: GraphIndex, conv) -> list | None:
     an = md and g.only_consumer(md.output[0], "Add")
     ab = an and g.only_consumer(an.output[0], "Add")
     lr = ab and g.only_consumer(ab.output[0], "LeakyRelu")
-    if lr is None or md.input[0] != ro.output[0] or an.input[0] != md.output[0] or ab.input[0] != an.output[0] or \
-            not _per_channel(g, md.input[1]):
+    if (
+        lr is None
+        or md.input[0] != ro.output[0]
+        or an.input[0] != md.output[0]
+        or ab.input[0] != an.output[0]
+        or not _per_channel(g, md.input[1])
+    ):
         return None
     c = g.inits[conv.input[1]].dims[0]
     noise, bias = g.inits.get(an.input[1]), g.inits.get(ab.input[1])
@@ -210,8 +229,9 @@ class _Rewriter:
         o, i, kh, kw = self.g.inits[conv.input[1]].dims
         b = self.b
         sd = self.node("Mul", [self.reshape(s, [1, i // b, 1, 1, b, 1]), self.reshape(d, [o // b, 1, 1, 1, 1, b])])
-        return self.reshape(self.node("Mul", [self.reshape(conv.input[1], [o // b, i // b, kh, kw, b, b]), sd]),
-                            [o, i, kh, kw])
+        return self.reshape(
+            self.node("Mul", [self.reshape(conv.input[1], [o // b, i // b, kh, kw, b, b]), sd]), [o, i, kh, kw]
+        )
 
     def add_noise_and_activate(self, y: str, noise: str, bias: str, channels: int, alpha: float) -> str:
         """``leaky_relu(y + noise + bias)`` for a blocked [1, C, H, W] ``y``: the [1, 1, H, W] noise map
@@ -221,9 +241,15 @@ class _Rewriter:
         weights blocked by output channel only, which for one input channel is the plain
         ``[C, 1, 1, 1]`` layout (a padded, reordered noise map read 8x the bytes, and was made
         again on every call: at 1024 px 12 ms of a generator call)."""
-        return self.node("Conv", [noise, self.const("broadcast", np.ones((channels, 1, 1, 1), np.float32)),
-                                  self.reshape(bias, [-1]), y],
-                         NCHWC, group=1, pads=[0, 0, 0, 0], activation="LeakyRelu", activation_params=[alpha])
+        return self.node(
+            "Conv",
+            [noise, self.const("broadcast", np.ones((channels, 1, 1, 1), np.float32)), self.reshape(bias, [-1]), y],
+            NCHWC,
+            group=1,
+            pads=[0, 0, 0, 0],
+            activation="LeakyRelu",
+            activation_params=[alpha],
+        )
 
 
 def _rewrite(nodes: list, sites: list[_Site], rw: _Rewriter) -> list:
@@ -251,16 +277,26 @@ def _rewrite(nodes: list, sites: list[_Site], rw: _Rewriter) -> list:
         # noise, bias and activation after the conv, in a 1x1 conv that sums the conv's output into
         # its own in place (the other way round, the conv summing a broadcast noise map, ONNX
         # Runtime allocated a separate output: 134 MB more at the peak of a 1024 px generator).
-        activated = rw.add_noise_and_activate(site.tail_conv.output[0], noise, bias, channels,
-                                              float(attr(lr, "alpha", 0.01)))
+        activated = rw.add_noise_and_activate(
+            site.tail_conv.output[0], noise, bias, channels, float(attr(lr, "alpha", 0.01))
+        )
         *prepare, last = rw.nodes
         extra.setdefault(index[id(site.modulated[0])], []).extend(prepare)
         extra.setdefault(index[id(lr)], []).append(last)
         for node in (ro, md, an, ab):
             drop.add(index[id(node)])
         # the leaky ReLU's NCHW output, for whatever reads it besides the next rewritten layer
-        lr.CopyFrom(helper.make_node("ReorderOutput", [activated], [lr.output[0]], name=lr.name, domain=NCHWC,
-                                     channels_last=0, channels=channels))
+        lr.CopyFrom(
+            helper.make_node(
+                "ReorderOutput",
+                [activated],
+                [lr.output[0]],
+                name=lr.name,
+                domain=NCHWC,
+                channels_last=0,
+                channels=channels,
+            )
+        )
         blocked[lr.output[0]] = activated
     out = []
     for k, n in enumerate(nodes):
@@ -282,23 +318,32 @@ def _interleave_in_blocks(nodes: list, rw: _Rewriter) -> list:
         rs = prod.get(c2i.input[0])
         cat = rs is not None and rs.op_type == "Reshape" and prod.get(rs.input[0])
         ri = users(c2i.output[0])
-        if not cat or cat.op_type != "Concat" or attr(cat, "axis") != 2 or len(cat.input) != 4 or \
-                len(ri) != 1 or ri[0].op_type != "ReorderInput" or attr(ri[0], "channels_last", 0) != 0 or \
-                attr(c2i, "strides") != [2, 2] or any(attr(c2i, "pads", [0] * 4)) or \
-                const_values(rw.g, c2i.input[2]) != [2, 2]:
+        if (
+            not cat
+            or cat.op_type != "Concat"
+            or attr(cat, "axis") != 2
+            or len(cat.input) != 4
+            or len(ri) != 1
+            or ri[0].op_type != "ReorderInput"
+            or attr(ri[0], "channels_last", 0) != 0
+            or attr(c2i, "strides") != [2, 2]
+            or any(attr(c2i, "pads", [0] * 4))
+            or const_values(rw.g, c2i.input[2]) != [2, 2]
+        ):
             continue
         image = const_values(rw.g, c2i.input[1])
         uns = [prod.get(i) for i in cat.input]
         ros = [u is not None and u.op_type == "Unsqueeze" and prod.get(u.input[0]) for u in uns]
-        if image is None or not all(r and r.op_type == "ReorderOutput" and attr(r, "channels_last", 0) == 0
-                                    for r in ros):
+        if image is None or not all(
+            r and r.op_type == "ReorderOutput" and attr(r, "channels_last", 0) == 0 for r in ros
+        ):
             continue
         c, (h, w) = attr(ros[0], "channels"), (image[0] // 2, image[1] // 2)
         if c % b or any(attr(r, "channels") != c or len(users(r.output[0])) != 1 for r in ros):
             continue
         rw.nodes = []
         phases = [rw.reshape(r.input[0], [1, c // b, h, 1, w, 1, b]) for r in ros]  # stack order = (row, col)
-        rows = [rw.node("Concat", phases[2 * p:2 * p + 2], axis=5) for p in (0, 1)]
+        rows = [rw.node("Concat", phases[2 * p : 2 * p + 2], axis=5) for p in (0, 1)]
         full = rw.reshape(rw.node("Concat", rows, axis=3), [1, c, 2 * h, 2 * w])
         for user in users(ri[0].output[0]):
             user.input[list(user.input).index(ri[0].output[0])] = full
@@ -315,8 +360,13 @@ def _blocked_to_rgb(nodes: list, blocked: dict, rw: _Rewriter) -> list:
         for rs1 in [n for n in nodes if n.op_type == "Reshape" and n.input[0] == nchw]:
             mm = [n for n in nodes if rs1.output[0] in n.input]
             rs2 = mm and [n for n in nodes if mm[0].output[0] in n.input]
-            if len(mm) != 1 or mm[0].op_type != "MatMul" or mm[0].input[1] != rs1.output[0] or \
-                    len(rs2) != 1 or rs2[0].op_type != "Reshape":
+            if (
+                len(mm) != 1
+                or mm[0].op_type != "MatMul"
+                or mm[0].input[1] != rs1.output[0]
+                or len(rs2) != 1
+                or rs2[0].op_type != "Reshape"
+            ):
                 continue
             flat, shape = const_values(rw.g, rs1.input[1]), const_values(rw.g, rs2[0].input[1])
             if flat is None or shape is None or len(flat) != 3 or len(shape) != 4 or flat[1] % b or shape[1] > b:
@@ -324,25 +374,38 @@ def _blocked_to_rgb(nodes: list, blocked: dict, rw: _Rewriter) -> list:
             c, o = flat[1], shape[1]
             rw.nodes = []
             padded = rw.node("Pad", [mm[0].input[0], rw.const("pads", np.array([0, 0, 0, 0, b - o, 0], np.int64))])
-            weight = rw.reshape(rw.node("Transpose", [rw.reshape(padded, [b, c // b, b])], perm=[1, 2, 0]),
-                                [b, c, 1, 1])  # [O/b = 1, I/b, 1, 1, b_in, b_out]
+            weight = rw.reshape(
+                rw.node("Transpose", [rw.reshape(padded, [b, c // b, b])], perm=[1, 2, 0]), [b, c, 1, 1]
+            )  # [O/b = 1, I/b, 1, 1, b_in, b_out]
             conv = rw.node("Conv", [blocked_map, weight], NCHWC, group=1, pads=[0, 0, 0, 0])
-            rw.nodes.append(helper.make_node("ReorderOutput", [conv], [rs2[0].output[0]], name=rs2[0].name,
-                                             domain=NCHWC, channels_last=0, channels=o))
+            rw.nodes.append(
+                helper.make_node(
+                    "ReorderOutput",
+                    [conv],
+                    [rs2[0].output[0]],
+                    name=rs2[0].name,
+                    domain=NCHWC,
+                    channels_last=0,
+                    channels=o,
+                )
+            )
             nodes = splice(nodes, [rs1, mm[0], rs2[0]], rw.nodes, rs2[0])
     return nodes
 
 
-def rewrite_copies(g: GraphIndex, sites: list[_Site], copy_of: dict, copies: list, outputs: set[str],
-                  block: int) -> tuple[list, list]:
+def rewrite_copies(
+    g: GraphIndex, sites: list[_Site], copy_of: dict, copies: list, outputs: set[str], block: int
+) -> tuple[list, list]:
     """The batch-1 form of ``copies`` (the graph's top part, copied: ``copy_of`` maps each original
     node's ``id`` to its copy) with ``sites`` (found on the original nodes) rewritten as the module
     docstring describes; returns the nodes (those no value in ``outputs`` needs pruned) and the
     new constants."""
+
     def in_copies(s: _Site) -> _Site:
         one = lambda n: copy_of[id(n)]  # noqa: E731
-        return _Site(one(s.scale), one(s.reorder), [one(c) for c in s.modulated], one(s.tail_conv),
-                     [one(t) for t in s.tail])
+        return _Site(
+            one(s.scale), one(s.reorder), [one(c) for c in s.modulated], one(s.tail_conv), [one(t) for t in s.tail]
+        )
 
     rw = _Rewriter(g, block)
     return prune(_rewrite(copies, [in_copies(s) for s in sites], rw), outputs), rw.inits

@@ -19,6 +19,7 @@ the key and what was expected, never a traceback from deep inside the model code
 Meta tensors are accepted only while the default device is ``meta`` (``with
 torch.device("meta")``), the caller's way of checking a layout without weights.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ import os
 import stat
 import zipfile
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -44,8 +46,8 @@ class CheckpointError(ValueError):
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 30:
-        return f"an integer of {len(str(abs(value))) if abs(value) < 10 ** 4000 else 'over 4000'} digits"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"an integer of {len(str(abs(value))) if abs(value) < 10**4000 else 'over 4000'} digits"
     if isinstance(value, torch.Tensor):
         return _kind(value)
     try:
@@ -63,8 +65,12 @@ def _kind(value: Any) -> str:
 
 # --------------------------------------------------------------------------- the file
 
-_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def check_file(path: Path, what: str = "checkpoint") -> None:
@@ -87,8 +93,7 @@ def check_file(path: Path, what: str = "checkpoint") -> None:
     if not stat.S_ISREG(st.st_mode):
         raise CheckpointError(f"{what} {path} is not a regular file; pass a .pt file")
     if not os.access(path, os.R_OK):
-        raise CheckpointError(f"{what} {path} is not readable (permission denied); "
-                              f"chmod u+r it or run as its owner")
+        raise CheckpointError(f"{what} {path} is not readable (permission denied); chmod u+r it or run as its owner")
     check_zip_crc(path, what)
 
 
@@ -107,8 +112,9 @@ def check_zip_crc(path: Path, what: str = "checkpoint") -> None:
                         pass
     except zipfile.BadZipFile as e:
         where = f" (member {current})" if current is not None else ""
-        raise CheckpointError(f"{what} {path} is damaged{where}: {e}; the file was corrupted after it was "
-                              f"saved (copy it again)") from None
+        raise CheckpointError(
+            f"{what} {path} is damaged{where}: {e}; the file was corrupted after it was saved (copy it again)"
+        ) from None
     except PermissionError:
         raise CheckpointError(f"{what} {path} is not readable (permission denied)") from None
     except (OSError, EOFError, ValueError, NotImplementedError) as e:
@@ -116,6 +122,7 @@ def check_zip_crc(path: Path, what: str = "checkpoint") -> None:
 
 
 # --------------------------------------------------------------------------- tensors
+
 
 def building_on_meta() -> bool:
     return torch.get_default_device().type == "meta"
@@ -150,23 +157,29 @@ def _weight(value: Any, name: str, integer_ok: bool, meta_ok: bool, converted: C
         raise CheckpointError(f"{name} is a {value.layout} tensor; expected a dense tensor")
     if value.device.type == "meta":
         if not meta_ok:
-            raise CheckpointError(f"{name} is on the meta device (a shape without values): the file was saved "
-                                  f"without its weights; save it again from the trained model")
+            raise CheckpointError(
+                f"{name} is on the meta device (a shape without values): the file was saved "
+                f"without its weights; save it again from the trained model"
+            )
     elif value.device.type != "cpu":
         raise CheckpointError(f"{name} is on {value.device}; expected a CPU tensor (torch.load(map_location='cpu'))")
     dtype = value.dtype
     if integer_ok and not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool:
         return value.to(torch.int64)
     if dtype not in FLOAT_DTYPES:
-        raise CheckpointError(f"{name} is a {dtype} tensor; expected floating-point weights (float32; float64, "
-                              f"float16 and bfloat16 are converted)")
+        raise CheckpointError(
+            f"{name} is a {dtype} tensor; expected floating-point weights (float32; float64, "
+            f"float16 and bfloat16 are converted)"
+        )
     tensor = value.detach()
     if dtype != torch.float32:
         tensor = tensor.float()
         converted[str(dtype).replace("torch.", "")] += 1
     if tensor.device.type != "meta" and not all_finite(tensor):
-        raise CheckpointError(f"{name} {_non_finite(value, tensor)}; the weights are damaged or diverged in "
-                              f"training, so nothing was exported")
+        raise CheckpointError(
+            f"{name} {_non_finite(value, tensor)}; the weights are damaged or diverged in "
+            f"training, so nothing was exported"
+        )
     return tensor
 
 
@@ -193,8 +206,9 @@ def latent_avg_tensor(value: Any, m: int, d: int, where: str) -> torch.Tensor:
         raise CheckpointError(f"{name} is a {type(value).__name__}; expected a float tensor of [{d}] or [{m}, {d}]")
     shape = tuple(value.shape)
     if shape not in ((d,), (1, d), (m, d)):
-        raise CheckpointError(f"{name} has shape {shape}; expected [{d}] or [{m}, {d}] (the generator's "
-                              f"{m} codes of {d})")
+        raise CheckpointError(
+            f"{name} has shape {shape}; expected [{d}] or [{m}, {d}] (the generator's {m} codes of {d})"
+        )
     avg = _weight(value, name, False, building_on_meta(), Counter()).reshape(-1, d)
     if avg.shape[0] == 1:
         avg = avg.repeat(m, 1)
@@ -204,8 +218,15 @@ def latent_avg_tensor(value: Any, m: int, d: int, where: str) -> torch.Tensor:
 # --------------------------------------------------------------------------- options
 
 # field -> (type, lowest, highest): the option fields the loaders and the build read
-_INT_FIELDS = {"input_nc": (1, 64), "label_nc": (0, 4096), "n_iters_per_batch": (1, 1000),
-               "training_stage": (0, 1000), "input_size": (64, 4096), "output_size": (4, 4096), "split": (1, 64)}
+_INT_FIELDS = {
+    "input_nc": (1, 64),
+    "label_nc": (0, 4096),
+    "n_iters_per_batch": (1, 1000),
+    "training_stage": (0, 1000),
+    "input_size": (64, 4096),
+    "output_size": (4, 4096),
+    "split": (1, 64),
+}
 _STR_FIELDS = ("encoder_type", "dataset_type")
 _BOOL_FIELDS = ("start_from_latent_avg", "learn_in_w")
 

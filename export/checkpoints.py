@@ -24,20 +24,28 @@ file's type and zip CRCs, each tensor's type, dtype, device and finiteness, the 
 ``latent_avg``). State dicts must match the modules exactly; a mismatch names the missing and
 unexpected keys and the likely cause.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from export.checkpoint_values import CheckedState, CheckpointError, check_file, check_opts, latent_avg_tensor, \
-    tensor_dict
+from export.checkpoint_values import (
+    CheckedState,
+    CheckpointError,
+    check_file,
+    check_opts,
+    latent_avg_tensor,
+    tensor_dict,
+)
 from export.models.encoders import build_encoder, infer_encoder_config
 from export.models.stylegan2 import Generator
 from sdk.bundle import sha256_file
@@ -117,8 +125,10 @@ def read_file(path: str | Path, what: str = "checkpoint") -> Any:
         refused = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), None)
         if refused is None:
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({text.splitlines()[0]})") from None
-        raise CheckpointError(f"refused to load {path}: it holds objects outside the safe allow-list "
-                              f"(weights_only=True), so nothing in it was run. {refused}") from None
+        raise CheckpointError(
+            f"refused to load {path}: it holds objects outside the safe allow-list "
+            f"(weights_only=True), so nothing in it was run. {refused}"
+        ) from None
     except Exception as e:  # noqa: BLE001 - damaged bytes fail anywhere in the unpickler (struct.error, AssertionError...)
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_reason(e)})") from None
 
@@ -134,12 +144,15 @@ def detect_format(ckpt: Any) -> str:
     if family is not None:
         return family
     if "state_dict" not in ckpt:
-        raise CheckpointError(f"unknown checkpoint layout (top-level keys {sorted(map(str, ckpt))[:8]}); expected "
-                              f"'state_dict' + 'opts' (pSp/ReStyle) or 'g_ema' (rosinality). Use --format")
+        raise CheckpointError(
+            f"unknown checkpoint layout (top-level keys {sorted(map(str, ckpt))[:8]}); expected "
+            f"'state_dict' + 'opts' (pSp/ReStyle) or 'g_ema' (rosinality). Use --format"
+        )
     state = ckpt["state_dict"]
     if not isinstance(state, Mapping):
-        raise CheckpointError(f"the checkpoint's 'state_dict' is a {type(state).__name__}; expected a dict of "
-                              f"weight names to tensors")
+        raise CheckpointError(
+            f"the checkpoint's 'state_dict' is a {type(state).__name__}; expected a dict of weight names to tensors"
+        )
     if any(isinstance(k, str) and k.startswith("encoder_firststage.") for k in state):
         return "e2style"
     opts = _opts(ckpt)
@@ -150,8 +163,9 @@ def detect_format(ckpt: Any) -> str:
     return "restyle_psp" if encoder_type == "BackboneEncoder" else "restyle_fpn"
 
 
-def load_checkpoint(path: str | Path, format: str | None = None, generator_path: str | Path | None = None
-                    ) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | Path, format: str | None = None, generator_path: str | Path | None = None
+) -> LoadedCheckpoint:
     """Load an encoder checkpoint (with its decoder, or the generator from ``generator_path``)."""
     path = Path(path)
     ckpt = read_file(path)
@@ -161,8 +175,9 @@ def load_checkpoint(path: str | Path, format: str | None = None, generator_path:
     return loaded
 
 
-def from_dict(ckpt: Any, format: str | None = None, where: str = "checkpoint",
-              generator_file: Mapping | None = None) -> LoadedCheckpoint:
+def from_dict(
+    ckpt: Any, format: str | None = None, where: str = "checkpoint", generator_file: Mapping | None = None
+) -> LoadedCheckpoint:
     """Build and load the modules from an in-memory checkpoint dict (``load_checkpoint`` minus
     the file). Under ``torch.device("meta")`` with meta tensors it checks a layout for free."""
     fmt = format or detect_format(ckpt)
@@ -173,8 +188,10 @@ def from_dict(ckpt: Any, format: str | None = None, where: str = "checkpoint",
 
         return load_family(fmt, ckpt, where, generator_file)
     if fmt == "rosinality":
-        raise CheckpointError(f"{where} is a rosinality generator file (g_ema) without an encoder; pass an encoder "
-                              f"checkpoint with --checkpoint and this file with --generator")
+        raise CheckpointError(
+            f"{where} is a rosinality generator file (g_ema) without an encoder; pass an encoder "
+            f"checkpoint with --checkpoint and this file with --generator"
+        )
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise CheckpointError(f"{where} has no 'state_dict'; it is not a {fmt} checkpoint")
     state = tensor_dict(ckpt["state_dict"], f"{where} (state_dict)")
@@ -190,15 +207,25 @@ def from_dict(ckpt: Any, format: str | None = None, where: str = "checkpoint",
     for st in stages:
         n_styles = st.config["n_styles"]
         if n_styles != generator.n_latent and st.config["encoder_type"] != "BackboneEncoderUsingLastLayerIntoW":
-            raise CheckpointError(f"the encoder predicts {n_styles} styles but the {generator.size}px "
-                                  f"generator takes {generator.n_latent}; they belong to different models")
+            raise CheckpointError(
+                f"the encoder predicts {n_styles} styles but the {generator.size}px "
+                f"generator takes {generator.n_latent}; they belong to different models"
+            )
     if fmt in ITERATIVE:
         iterations = opts.get("n_iters_per_batch") or 5
     else:
         iterations = min(opts.get("training_stage") or len(stages), len(stages))
-    return LoadedCheckpoint(format=fmt, path=Path(where), sha256="", opts=opts, generator=generator,
-                            latent_avg=_latent_avg(_avg_source(ckpt, generator_file), generator, where), stages=stages,
-                            repeat_last=fmt in ITERATIVE, default_iterations=iterations)
+    return LoadedCheckpoint(
+        format=fmt,
+        path=Path(where),
+        sha256="",
+        opts=opts,
+        generator=generator,
+        latent_avg=_latent_avg(_avg_source(ckpt, generator_file), generator, where),
+        stages=stages,
+        repeat_last=fmt in ITERATIVE,
+        default_iterations=iterations,
+    )
 
 
 def _load_stages(state: Mapping[str, torch.Tensor], opts: dict, fmt: str, where: str) -> list[StageModel]:
@@ -213,9 +240,11 @@ def _load_stages(state: Mapping[str, torch.Tensor], opts: dict, fmt: str, where:
         prefixes += [(f"encoder_refinestage_list.{i}.", True, True) for i in range(n_refine)]
     else:
         prefixes = [("encoder.", fmt in ITERATIVE, fmt in ITERATIVE or sfla)]
-    expected_type = {"restyle_psp": ("BackboneEncoder",), "restyle_fpn": ("GradualStyleEncoder",),
-                     "e2style": ("E2StyleEncoder",)}.get(fmt, ("GradualStyleEncoder", "BackboneEncoderUsingLastLayerIntoW",
-                                                              "BackboneEncoderUsingLastLayerIntoWPlus"))
+    expected_type = {
+        "restyle_psp": ("BackboneEncoder",),
+        "restyle_fpn": ("GradualStyleEncoder",),
+        "e2style": ("E2StyleEncoder",),
+    }.get(fmt, ("GradualStyleEncoder", "BackboneEncoderUsingLastLayerIntoW", "BackboneEncoderUsingLastLayerIntoWPlus"))
     stages = []
     for prefix, feedback, residual in prefixes:
         sd = _strip(state, prefix)
@@ -226,23 +255,34 @@ def _load_stages(state: Mapping[str, torch.Tensor], opts: dict, fmt: str, where:
         except CONFIG_ERRORS as e:
             raise CheckpointError(f"{where}: the {prefix}* weights are not a known encoder ({_reason(e)})") from None
         if config["encoder_type"] not in expected_type:
-            raise CheckpointError(f"{where}: the {prefix}* weights are a {config['encoder_type']} but format "
-                                  f"{fmt!r} uses {' or '.join(expected_type)}; drop --format or pick the matching one")
+            raise CheckpointError(
+                f"{where}: the {prefix}* weights are a {config['encoder_type']} but format "
+                f"{fmt!r} uses {' or '.join(expected_type)}; drop --format or pick the matching one"
+            )
         input_nc = config["input_nc"] - (3 if feedback else 0)
         if not stages and "input_nc" in opts and opts["input_nc"] not in (config["input_nc"], input_nc):
-            raise CheckpointError(f"{where}: opts.input_nc = {opts['input_nc']} but the input layer takes "
-                                  f"{config['input_nc']} channels; the file is inconsistent")
+            raise CheckpointError(
+                f"{where}: opts.input_nc = {opts['input_nc']} but the input layer takes "
+                f"{config['input_nc']} channels; the file is inconsistent"
+            )
         if feedback and config["input_nc"] < 4:
-            raise CheckpointError(f"{where}: the {prefix}* encoder takes {config['input_nc']} channels, too few "
-                                  f"for the input plus the fed-back image")
+            raise CheckpointError(
+                f"{where}: the {prefix}* encoder takes {config['input_nc']} channels, too few "
+                f"for the input plus the fed-back image"
+            )
         encoder = _construct(build_encoder, config, f"{where} ({prefix}*)")
         load_strict(encoder, sd, f"{where} ({prefix}*)")
         stages.append(StageModel(encoder.eval(), config, feedback, residual))
     return stages
 
 
-def build_loaded(state: Mapping[str, torch.Tensor], where: str, infer: Callable[[Mapping], dict],
-                 build: Callable[[dict], nn.Module], kind: str) -> tuple[nn.Module, dict]:
+def build_loaded(
+    state: Mapping[str, torch.Tensor],
+    where: str,
+    infer: Callable[[Mapping], dict],
+    build: Callable[[dict], nn.Module],
+    kind: str,
+) -> tuple[nn.Module, dict]:
     """Read a module's config off ``state`` (``infer``), ``build`` it and load ``state``
     strictly; returns the module in eval mode and its config. Errors name ``where`` and ``kind``."""
     state = tensor_dict(state, where)  # returned as it is when checked already
@@ -268,8 +308,9 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"[:300]
 
 
-def build_generator(state: Mapping[str, torch.Tensor], where: str, cls: type = Generator,
-                    kind: str = "StyleGAN2 generator") -> nn.Module:
+def build_generator(
+    state: Mapping[str, torch.Tensor], where: str, cls: type = Generator, kind: str = "StyleGAN2 generator"
+) -> nn.Module:
     """A generator of ``cls`` (anything with ``config_from_state_dict``) loaded strictly."""
     return build_loaded(state, where, cls.config_from_state_dict, lambda config: cls(**config), kind)[0]
 
@@ -296,8 +337,11 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str
     for label, keys in (("missing", missing), ("unexpected", unexpected)):
         if keys:
             parts.append(f"{len(keys)} {label} keys: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
-    for label, keys, attr in (("shape", wrong, lambda t: tuple(t.shape)), ("dtype", dtypes, lambda t: t.dtype),
-                              ("device", devices, lambda t: t.device.type)):
+    for label, keys, attr in (
+        ("shape", wrong, lambda t: tuple(t.shape)),
+        ("dtype", dtypes, lambda t: t.dtype),
+        ("device", devices, lambda t: t.device.type),
+    ):
         parts += [f"{label} of {k}: checkpoint {attr(state[k])}, model {attr(own[k])}" for k in keys[:6]]
     parts.append(f"likely cause: {_likely_cause(missing, unexpected, wrong)}")
     raise CheckpointError(f"{where} does not match {type(module).__name__}: " + "; ".join(parts))
@@ -337,7 +381,7 @@ def _avg_source(ckpt: Mapping, generator_file: Mapping | None) -> tuple[Mapping,
 
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict:
     kind = CheckedState if isinstance(state, CheckedState) else dict  # a checked dict's parts stay checked
-    return kind((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+    return kind((k[len(prefix) :], v) for k, v in state.items() if k.startswith(prefix))
 
 
 def _latent_avg(source: tuple[Mapping, str], generator: Generator, where: str = "checkpoint") -> torch.Tensor:
@@ -350,4 +394,3 @@ def _latent_avg(source: tuple[Mapping, str], generator: Generator, where: str = 
         with torch.no_grad():
             avg = generator.mean_latent(10000, seed=0)
     return latent_avg_tensor(avg, m, d, where if name == "checkpoint" else name)
-

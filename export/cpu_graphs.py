@@ -17,11 +17,12 @@ in the blocked convolutions' weights; export/winograd_matmuls.py, the Winograd p
 transposes folded into their matmuls. The result is checked against the portable graph in ONNX
 Runtime on the parity inputs, at their batch and at batch 1.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from export.batch1_branch import apply_batch1_rewrites
 from export.onnx_export import ParityError, check_parity, export_onnx, relative_error
@@ -42,10 +43,12 @@ def _session(path: Path, optimise_into: Path | None = None):
     opts.log_severity_level = 3  # the "hardware specific" warning is the point here, and documented
     if optimise_into is not None:
         opts.optimized_model_filepath = str(optimise_into)
-        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                      optimise_into.name + ".data")
-        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                      str(MIN_EXTERNAL_BYTES))
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", optimise_into.name + ".data"
+        )
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", str(MIN_EXTERNAL_BYTES)
+        )
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -78,8 +81,9 @@ def dense_flops(module, inputs: Mapping[str, object]) -> int:
     return int(counter.get_total_flops())
 
 
-def _cpu_source(folder: Path, key: str, module, inputs: Mapping[str, object], entry: dict,
-                max_batch: int, tolerance: float) -> tuple[Path | None, list[str], dict]:
+def _cpu_source(
+    folder: Path, key: str, module, inputs: Mapping[str, object], entry: dict, max_batch: int, tolerance: float
+) -> tuple[Path | None, list[str], dict]:
     """Export the CPU form of ``module`` (export/optimize.py, ``cpu=True``) where it differs from
     the portable graph's rewrites, checked against the original module like every graph; returns
     (its file, or None to optimise the portable graph), the rewrites applied, and the dense FLOPs
@@ -98,8 +102,9 @@ def _cpu_source(folder: Path, key: str, module, inputs: Mapping[str, object], en
     return path, rewrites, flops
 
 
-def add_cpu_graphs(folder: Path, manifest: dict, graphs: list, add_file: Callable[[str], str], tolerance: float,
-                   max_batch: int) -> None:
+def add_cpu_graphs(
+    folder: Path, manifest: dict, graphs: list, add_file: Callable[[str], str], tolerance: float, max_batch: int
+) -> None:
     """For every ``(key, module, inputs)`` of ``graphs`` (the original PyTorch module and its parity
     inputs), write the graph as ONNX Runtime's CPU provider optimises it into ``folder`` and record
     it under ``graphs.<key>.onnxruntime_cpu``; ``add_file`` registers a bundle file, returns its SHA-256."""
@@ -127,13 +132,27 @@ def add_cpu_graphs(folder: Path, manifest: dict, graphs: list, add_file: Callabl
         for batch in (feeds, {k: v[:1] for k, v in feeds.items()}):
             err, ref, r = relative_error(optimised.run(None, batch)[0], portable_session.run(None, batch)[0])
             if not r <= tolerance:
-                raise ParityError(f"{key}: the CPU-optimised graph differs from the portable one by {r:.3g} relative "
-                                  f"at batch {len(next(iter(batch.values())))} (max abs {err:.3g} of {ref:.3g}; "
-                                  f"tolerance {tolerance:g})")
+                raise ParityError(
+                    f"{key}: the CPU-optimised graph differs from the portable one by {r:.3g} relative "
+                    f"at batch {len(next(iter(batch.values())))} (max abs {err:.3g} of {ref:.3g}; "
+                    f"tolerance {tolerance:g})"
+                )
             rel = max(rel, r)
         data = dst.name + ".data"
-        entry[ORT_CPU_KEY] = {"file": dst.name, "sha256": add_file(dst.name), "data": data,
-                              "data_sha256": add_file(data), "onnxruntime": ort.__version__, "cpu": tag,
-                              "rewrites": rewrites, "dense_flops": flops}
-        log.info("%s: CPU-optimised graph for onnxruntime %s on %s (relative difference to the portable graph %.2g)",
-                 key, ort.__version__, tag, rel)
+        entry[ORT_CPU_KEY] = {
+            "file": dst.name,
+            "sha256": add_file(dst.name),
+            "data": data,
+            "data_sha256": add_file(data),
+            "onnxruntime": ort.__version__,
+            "cpu": tag,
+            "rewrites": rewrites,
+            "dense_flops": flops,
+        }
+        log.info(
+            "%s: CPU-optimised graph for onnxruntime %s on %s (relative difference to the portable graph %.2g)",
+            key,
+            ort.__version__,
+            tag,
+            rel,
+        )

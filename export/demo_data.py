@@ -6,6 +6,7 @@ images of scikit-image and matplotlib (``pip install scikit-image matplotlib``, 
 extra). Two faces (astronaut, camera) and textures/objects for detail; three photographs,
 a face among them, are held out and never trained on.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,8 +44,9 @@ class MissingPhotographs(RuntimeError):
 
 def photograph_path(package: str, name: str) -> Path:
     if importlib.util.find_spec(package) is None:
-        raise MissingPhotographs(f"the demo's photographs come with {package}; pip install -e '.[demo]' "
-                                 f"(scikit-image, matplotlib)")
+        raise MissingPhotographs(
+            f"the demo's photographs come with {package}; pip install -e '.[demo]' (scikit-image, matplotlib)"
+        )
     if package == "matplotlib":
         import matplotlib
 
@@ -70,8 +72,9 @@ class CropSampler:
     ``low_resolution`` makes the model input from them with the SDK's own pre-processing.
     """
 
-    def __init__(self, photographs: list[tuple[np.ndarray, float]], size: int, rng: np.random.Generator,
-                 jitter: bool = True):
+    def __init__(
+        self, photographs: list[tuple[np.ndarray, float]], size: int, rng: np.random.Generator, jitter: bool = True
+    ):
         self.size, self.rng, self.jitter = size, rng, jitter
         self.levels: list[np.ndarray] = []  # [3, H, W] float32 in [0, 1]
         weights = []
@@ -80,7 +83,9 @@ class CropSampler:
             scale, levels = 1.0, []
             while min(image.size) * scale >= max(80, size):
                 w, h = (round(image.size[0] * scale), round(image.size[1] * scale))
-                levels.append(np.asarray(image.resize((w, h), Image.LANCZOS), dtype=np.float32).transpose(2, 0, 1) / 255)
+                levels.append(
+                    np.asarray(image.resize((w, h), Image.LANCZOS), dtype=np.float32).transpose(2, 0, 1) / 255
+                )
                 scale *= PYRAMID_RATIO
             self.levels += levels
             weights += [weight / len(levels)] * len(levels)
@@ -94,7 +99,9 @@ class CropSampler:
         s, pad = self.size, min(shift, (min(h, w) - self.size) // 2)
         top, left = self.rng.integers(pad, h - s - pad + 1), self.rng.integers(pad, w - s - pad + 1)
         dy, dx = self.rng.integers(-pad, pad + 1, size=2) if pad else (0, 0)
-        c = np.stack([level[:, top:top + s, left:left + s], level[:, top + dy:top + dy + s, left + dx:left + dx + s]])
+        c = np.stack(
+            [level[:, top : top + s, left : left + s], level[:, top + dy : top + dy + s, left + dx : left + dx + s]]
+        )
         if self.rng.random() < 0.5:
             c = c[..., ::-1]
         if self.jitter:  # one camera: the same colour change for both frames

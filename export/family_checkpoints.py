@@ -32,17 +32,30 @@ model of export/train_demo.py)::
 generator given with ``--generator`` (rosinality ``g_ema``) whose W+ count matches the encoder's
 codes (14 / 16 / 18 for 256 / 512 / 1024 px). Schedule: one pass, ``w = E(x)`` (absolute codes).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from export.checkpoint_values import CheckedState, latent_avg_tensor, tensor_dict
-from export.checkpoints import CheckpointError, LoadedCheckpoint, StageModel, _avg_source, _latent_avg, _opts, \
-    _strip, build_generator, build_loaded, g_ema, load_strict
+from export.checkpoints import (
+    CheckpointError,
+    LoadedCheckpoint,
+    StageModel,
+    _avg_source,
+    _latent_avg,
+    _opts,
+    _strip,
+    build_generator,
+    build_loaded,
+    g_ema,
+    load_strict,
+)
 from export.models.mtv import NOISE_SEED, MTVEncoder, infer_mtv_config
 from export.models.ome_encoder import OMEEncoder, infer_ome_config
 from export.models.progan import OME_SPLIT, DynamicFusion, MultiCodeProGAN, ProGANGenerator, StaticFusion
@@ -59,7 +72,7 @@ def detect_family_format(ckpt: Any) -> str | None:
     marker = ckpt.get("format")
     if isinstance(marker, str) and marker in ("ome_progan", "ome_stylegan2"):
         return marker
-    keys = [k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k for k in ckpt]
+    keys = [k[len("module.") :] if isinstance(k, str) and k.startswith("module.") else k for k in ckpt]
     if "FromRGB.from_rgb.weight" in keys and any(str(k).startswith("decode_block.") for k in keys):
         return "mtv_tsa"
     return None
@@ -76,6 +89,7 @@ def load_family(fmt: str, ckpt: Any, where: str, generator_file: Mapping | None)
 
 
 # --------------------------------------------------------------------------- ProGAN
+
 
 def build_progan(state: Mapping[str, torch.Tensor], where: str) -> ProGANGenerator:
     """A genforce PGGAN generator from its bare state dict (``lod`` must be 0 or absent)."""
@@ -95,12 +109,15 @@ def build_fusion(state: Mapping[str, torch.Tensor], channels: int, where: str) -
     if "fc0.weight" not in state:
         raise CheckpointError(f"{where}: fusion.* has no fc0.weight (keys {sorted(state)[:4]})")
     if state["fc0.weight"].ndim != 2:
-        raise CheckpointError(f"{where}: fusion.fc0.weight has shape {tuple(state['fc0.weight'].shape)}; "
-                              f"expected [C/r, C]")
+        raise CheckpointError(
+            f"{where}: fusion.fc0.weight has shape {tuple(state['fc0.weight'].shape)}; expected [C/r, C]"
+        )
     hidden = int(state["fc0.weight"].shape[0])
     if hidden <= 0 or channels % hidden:
-        raise CheckpointError(f"{where}: fusion.fc0.weight is {tuple(state['fc0.weight'].shape)}, which does not "
-                              f"reduce the {channels} channels at the split by a whole ratio")
+        raise CheckpointError(
+            f"{where}: fusion.fc0.weight is {tuple(state['fc0.weight'].shape)}, which does not "
+            f"reduce the {channels} channels at the split by a whole ratio"
+        )
     fusion = DynamicFusion(channels, reduction=channels // hidden, bias="fc0.bias" in state)
     load_strict(fusion, state, f"{where} (fusion.*)")
     return fusion.eval()
@@ -116,14 +133,27 @@ def _ome_stage(ckpt: Any, fmt: str, where: str) -> tuple[dict, StageModel, Check
     input_size = (opts.get("input_size") if fmt == "ome_stylegan2" else None) or 256
     state = tensor_dict(ckpt["state_dict"], f"{where} (state_dict)")
     enc_sd = _strip(state, "encoder.")
-    encoder, config = build_loaded(enc_sd, f"{where} (encoder.*)", lambda sd: infer_ome_config(sd, input_size),
-                                   lambda c: OMEEncoder(**c), "OME encoder")
+    encoder, config = build_loaded(
+        enc_sd,
+        f"{where} (encoder.*)",
+        lambda sd: infer_ome_config(sd, input_size),
+        lambda c: OMEEncoder(**c),
+        "OME encoder",
+    )
     if config["input_nc"] < 4:
-        raise CheckpointError(f"{where}: the encoder takes {config['input_nc']} channels, too few for the input "
-                              f"plus the fed-back image")
-    stage_config = {"encoder_type": "OMEEncoder", "mode": f"resnet{config['depth']}", "num_layers": config["depth"],
-                    "input_nc": config["input_nc"], "n_styles": encoder.n_styles, "code_dim": config["code_dim"],
-                    **{k: config[k] for k in ("width", "fpn_dim")}, "codes_per_level": list(config["codes_per_level"])}
+        raise CheckpointError(
+            f"{where}: the encoder takes {config['input_nc']} channels, too few for the input plus the fed-back image"
+        )
+    stage_config = {
+        "encoder_type": "OMEEncoder",
+        "mode": f"resnet{config['depth']}",
+        "num_layers": config["depth"],
+        "input_nc": config["input_nc"],
+        "n_styles": encoder.n_styles,
+        "code_dim": config["code_dim"],
+        **{k: config[k] for k in ("width", "fpn_dim")},
+        "codes_per_level": list(config["codes_per_level"]),
+    }
     return opts, StageModel(encoder.eval(), stage_config, True, True), state
 
 
@@ -138,12 +168,22 @@ def load_ome_stylegan2(ckpt: Any, where: str, generator_file: Mapping | None) ->
         generator = build_generator(dec_sd, f"{where} (decoder.*)")
     m, d = stage.config["n_styles"], stage.config["code_dim"]
     if (m, d) != (generator.n_latent, generator.style_dim):
-        raise CheckpointError(f"the encoder predicts {m} x {d} codes but the {generator.size} px generator takes "
-                              f"{generator.n_latent} x {generator.style_dim}; they belong to different models")
-    return LoadedCheckpoint(format="ome_stylegan2", path=Path(where), sha256="", opts=opts, generator=generator,
-                            latent_avg=_latent_avg(_avg_source(ckpt, generator_file), generator, where),
-                            stages=[stage], repeat_last=True, default_iterations=opts.get("n_iters_per_batch") or 5,
-                            input_size=opts.get("input_size") or 256)
+        raise CheckpointError(
+            f"the encoder predicts {m} x {d} codes but the {generator.size} px generator takes "
+            f"{generator.n_latent} x {generator.style_dim}; they belong to different models"
+        )
+    return LoadedCheckpoint(
+        format="ome_stylegan2",
+        path=Path(where),
+        sha256="",
+        opts=opts,
+        generator=generator,
+        latent_avg=_latent_avg(_avg_source(ckpt, generator_file), generator, where),
+        stages=[stage],
+        repeat_last=True,
+        default_iterations=opts.get("n_iters_per_batch") or 5,
+        input_size=opts.get("input_size") or 256,
+    )
 
 
 def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
@@ -161,17 +201,28 @@ def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> Lo
     fusion = build_fusion(_strip(state, "fusion."), generator.split_channels(split), where)
     m, d = stage.config["n_styles"], generator.z_dim
     if stage.config["code_dim"] != d:
-        raise CheckpointError(f"{where}: the encoder predicts {stage.config['code_dim']}-d codes but the generator "
-                              f"takes z of {d}; they belong to different models")
+        raise CheckpointError(
+            f"{where}: the encoder predicts {stage.config['code_dim']}-d codes but the generator "
+            f"takes z of {d}; they belong to different models"
+        )
     multi = MultiCodeProGAN(generator, m, fusion, split).eval()
     avg = ckpt.get("latent_avg")  # OME: the average code, repeated M times; absent: the mean of N(0, I)
     avg = torch.zeros(m, d) if avg is None else latent_avg_tensor(avg, m, d, where)
-    return LoadedCheckpoint(format="ome_progan", path=Path(where), sha256="", opts=opts, generator=multi,
-                            latent_avg=avg, stages=[stage],
-                            repeat_last=True, default_iterations=opts.get("n_iters_per_batch") or 5)
+    return LoadedCheckpoint(
+        format="ome_progan",
+        path=Path(where),
+        sha256="",
+        opts=opts,
+        generator=multi,
+        latent_avg=avg,
+        stages=[stage],
+        repeat_last=True,
+        default_iterations=opts.get("n_iters_per_batch") or 5,
+    )
 
 
 # --------------------------------------------------------------------------- MTV-TSA
+
 
 def load_mtv_tsa(ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
     if not isinstance(ckpt, Mapping):
@@ -182,25 +233,49 @@ def load_mtv_tsa(ckpt: Any, where: str, generator_file: Mapping | None) -> Loade
         state = _strip(state, "module.")
     encoder, config = build_loaded(state, where, infer_mtv_config, lambda c: MTVEncoder(**c), "MTV-TSA encoder")
     if not isinstance(generator_file, Mapping) or "g_ema" not in generator_file:
-        raise CheckpointError(f"{where} holds only the MTV-TSA encoder; pass its StyleGAN2 generator with --generator "
-                              f"(a rosinality file with 'g_ema', {encoder.size} px, {encoder.n_styles} W+ codes)")
+        raise CheckpointError(
+            f"{where} holds only the MTV-TSA encoder; pass its StyleGAN2 generator with --generator "
+            f"(a rosinality file with 'g_ema', {encoder.size} px, {encoder.n_styles} W+ codes)"
+        )
     generator = build_generator(g_ema(generator_file), "--generator (g_ema)")
     if generator.n_latent != encoder.n_styles or generator.style_dim != config["latent_size"]:
-        raise CheckpointError(f"the encoder predicts {encoder.n_styles} x {config['latent_size']} codes but the "
-                              f"{generator.size} px generator takes {generator.n_latent} x {generator.style_dim}; "
-                              f"they belong to different models")
-    stage_config = {"encoder_type": "MTVEncoder", "mode": "mtv", "num_layers": config["layer_count"],
-                    "input_nc": config["channels"], "n_styles": encoder.n_styles,
-                    "startf": config["startf"], "maxf": config["maxf"], "noise_seed": NOISE_SEED}
-    return LoadedCheckpoint(format="mtv_tsa", path=Path(where), sha256="", opts={}, generator=generator,
-                            latent_avg=_latent_avg((generator_file, "--generator"), generator),
-                            stages=[StageModel(encoder.eval(), stage_config, False, False)],
-                            repeat_last=False, default_iterations=1, input_size=encoder.size)
+        raise CheckpointError(
+            f"the encoder predicts {encoder.n_styles} x {config['latent_size']} codes but the "
+            f"{generator.size} px generator takes {generator.n_latent} x {generator.style_dim}; "
+            f"they belong to different models"
+        )
+    stage_config = {
+        "encoder_type": "MTVEncoder",
+        "mode": "mtv",
+        "num_layers": config["layer_count"],
+        "input_nc": config["channels"],
+        "n_styles": encoder.n_styles,
+        "startf": config["startf"],
+        "maxf": config["maxf"],
+        "noise_seed": NOISE_SEED,
+    }
+    return LoadedCheckpoint(
+        format="mtv_tsa",
+        path=Path(where),
+        sha256="",
+        opts={},
+        generator=generator,
+        latent_avg=_latent_avg((generator_file, "--generator"), generator),
+        stages=[StageModel(encoder.eval(), stage_config, False, False)],
+        repeat_last=False,
+        default_iterations=1,
+        input_size=encoder.size,
+    )
 
 
-
-def save_ome_progan(path, encoder: OMEEncoder, generator: ProGANGenerator, fusion: torch.nn.Module | None = None,
-                    latent_avg: torch.Tensor | None = None, opts: Mapping | None = None) -> None:
+def save_ome_progan(
+    path,
+    encoder: OMEEncoder,
+    generator: ProGANGenerator,
+    fusion: torch.nn.Module | None = None,
+    latent_avg: torch.Tensor | None = None,
+    opts: Mapping | None = None,
+) -> None:
     """Write an ``ome_progan`` checkpoint (the layout in this module's docstring) from trained
     modules: ``fusion`` a :class:`DynamicFusion` (None or :class:`StaticFusion`: static average),
     ``latent_avg`` the z_0 code ``[D]`` or ``[M, D]``, ``opts`` e.g. ``{"split": 8}``."""
@@ -208,8 +283,12 @@ def save_ome_progan(path, encoder: OMEEncoder, generator: ProGANGenerator, fusio
     state.update({f"decoder.{k}": v for k, v in generator.state_dict().items()})
     if isinstance(fusion, DynamicFusion):
         state.update({f"fusion.{k}": v for k, v in fusion.state_dict().items()})
-    payload = {"format": "ome_progan", "format_version": 1, "state_dict": state,
-               "opts": {"split": OME_SPLIT, "n_iters_per_batch": 5, **dict(opts or {})}}
+    payload = {
+        "format": "ome_progan",
+        "format_version": 1,
+        "state_dict": state,
+        "opts": {"split": OME_SPLIT, "n_iters_per_batch": 5, **dict(opts or {})},
+    }
     if latent_avg is not None:
         payload["latent_avg"] = latent_avg.detach().float()
     torch.save(payload, path)

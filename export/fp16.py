@@ -25,13 +25,14 @@ but that is not guaranteed to match TensorRT op for op: this is the proxy measur
 design asks for on a machine without a GPU; TensorRT is compared where present
 (``export/tensorrt_build.py``, ``tests/gpu/``).
 """
+
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -53,8 +54,10 @@ def _float16_module():
     try:
         from onnxconverter_common import float16
     except ImportError as e:
-        raise Fp16Error("FP16 conversion needs onnxconverter-common: pip install -e '.[export]' "
-                        "(or pip install onnxconverter-common)") from e
+        raise Fp16Error(
+            "FP16 conversion needs onnxconverter-common: pip install -e '.[export]' "
+            "(or pip install onnxconverter-common)"
+        ) from e
     return float16
 
 
@@ -124,16 +127,30 @@ def convert_to_fp16(src: Path, dst: Path, graph: str = "") -> ConversionReport:
         # min_positive_val tiny: values below FP16's range round to zero as IEEE does, instead of
         # being clamped up to 1e-7 (the library's default); max_finite_val: saturate, never inf
         converted = float16.convert_float_to_float16(
-            model, keep_io_types=True, min_positive_val=1e-30, max_finite_val=65504.0,
-            op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS), node_block_list=keep)
+            model,
+            keep_io_types=True,
+            min_positive_val=1e-30,
+            max_finite_val=65504.0,
+            op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
+            node_block_list=keep,
+        )
     _restore_float32_outputs(converted, {o.name for o in model.graph.output})
     _restore_float32_resize_scales(converted, model)
     onnx.save(converted, str(dst))
     nodes = [n for n in converted.graph.node]
-    report = ConversionReport(graph or Path(src).stem, sum(n.op_type != "Cast" for n in nodes),
-                              len(keep), sum(n.op_type == "Cast" for n in nodes))
-    log.info("fp16 %s: %d nodes, %d kept in fp32 (demodulation statistics, outputs), %d casts", report.graph,
-             report.nodes, report.fp32_nodes, report.casts)
+    report = ConversionReport(
+        graph or Path(src).stem,
+        sum(n.op_type != "Cast" for n in nodes),
+        len(keep),
+        sum(n.op_type == "Cast" for n in nodes),
+    )
+    log.info(
+        "fp16 %s: %d nodes, %d kept in fp32 (demodulation statistics, outputs), %d casts",
+        report.graph,
+        report.nodes,
+        report.fp32_nodes,
+        report.casts,
+    )
     return report
 
 
@@ -163,8 +180,9 @@ def _restore_float32_outputs(model, outputs: set[str]) -> None:
         out.type.tensor_type.elem_type = TensorProto.FLOAT
     for out in graph.output:
         if out.name in outputs and out.type.tensor_type.elem_type != TensorProto.FLOAT:
-            raise Fp16Error(f"FP16 conversion left graph output {out.name!r} as type "
-                            f"{out.type.tensor_type.elem_type}, not float32")
+            raise Fp16Error(
+                f"FP16 conversion left graph output {out.name!r} as type {out.type.tensor_type.elem_type}, not float32"
+            )
 
 
 def _restore_float32_resize_scales(model, original) -> None:
@@ -195,6 +213,7 @@ def _restore_float32_resize_scales(model, original) -> None:
 
 
 # --------------------------------------------------------------------------- accuracy
+
 
 def psnr(reference: np.ndarray, test: np.ndarray) -> float:
     """PSNR in dB of ``test`` against ``reference``, peak = the reference's dynamic range."""
@@ -235,9 +254,11 @@ class LoopAccuracy:
 
     def __str__(self) -> str:
         steps = ", ".join(f"{p:.1f}" for p in self.image_psnr)
-        return (f"fp16 vs fp32 over {self.iterations} steps (batch {self.batch}, {self.backend}): image PSNR "
-                f"per step [{steps}] dB (required >= {self.min_psnr_required:g}), max |dz| "
-                f"{max(self.latent_max_abs_error):.3g}, finite: {self.finite}")
+        return (
+            f"fp16 vs fp32 over {self.iterations} steps (batch {self.batch}, {self.backend}): image PSNR "
+            f"per step [{steps}] dB (required >= {self.min_psnr_required:g}), max |dz| "
+            f"{max(self.latent_max_abs_error):.3g}, finite: {self.finite}"
+        )
 
 
 class StagedBundle:
@@ -258,8 +279,9 @@ class StagedBundle:
             return {k: np.ascontiguousarray(npz[k], dtype=np.float32) for k in npz.files}
 
 
-def compare_loops(reference, candidate, x: np.ndarray, iterations: int, min_psnr: float = DEFAULT_MIN_PSNR,
-                  threads: int | None = None) -> LoopAccuracy:
+def compare_loops(
+    reference, candidate, x: np.ndarray, iterations: int, min_psnr: float = DEFAULT_MIN_PSNR, threads: int | None = None
+) -> LoopAccuracy:
     """Run the loop of ``reference`` and ``candidate`` (bundle-like: see :class:`StagedBundle`) on
     ``x`` for ``iterations`` steps with ONNX Runtime on CPU; compare every step."""
     from sdk.backends.onnxruntime import OrtBackend
@@ -292,8 +314,16 @@ def accuracy_input(manifest: Mapping, batch: int = 2, seed: int = 0) -> np.ndarr
     return np.clip(lo + (hi - lo) * x, lo, hi).astype(np.float32)
 
 
-def apply_fp16(folder: Path, manifest: dict, *, min_psnr: float = DEFAULT_MIN_PSNR, batch: int = 2,
-               add_file=None, threads: int | None = None, keep_fp32: bool = False) -> LoopAccuracy:
+def apply_fp16(
+    folder: Path,
+    manifest: dict,
+    *,
+    min_psnr: float = DEFAULT_MIN_PSNR,
+    batch: int = 2,
+    add_file=None,
+    threads: int | None = None,
+    keep_fp32: bool = False,
+) -> LoopAccuracy:
     """Convert every graph of the (uncommitted) bundle in ``folder`` to FP16, measure the loop
     against the FP32 graphs, and point ``manifest['graphs']`` at the FP16 files (``precision:
     "fp16"``, accuracy under ``manifest['accuracy']``). Raises :class:`Fp16Error` when the FP16
@@ -316,18 +346,29 @@ def apply_fp16(folder: Path, manifest: dict, *, min_psnr: float = DEFAULT_MIN_PS
         graph["sha256"] = add_file(name) if add_file else sha256_file(folder / name)
     iterations = manifest["schedule"]["default_iterations"]
     x = accuracy_input(manifest, batch=batch)
-    acc = compare_loops(StagedBundle(folder, fp32_manifest), StagedBundle(folder, fp16_manifest), x, iterations,
-                        min_psnr=min_psnr, threads=threads)
+    acc = compare_loops(
+        StagedBundle(folder, fp32_manifest),
+        StagedBundle(folder, fp16_manifest),
+        x,
+        iterations,
+        min_psnr=min_psnr,
+        threads=threads,
+    )
     log.info("%s", acc)
     if not acc.ok:
-        raise Fp16Error(f"FP16 graphs are not accurate enough: {acc}. Build with --precision fp32, or "
-                        f"lower --fp16-min-psnr if this model tolerates it")
+        raise Fp16Error(
+            f"FP16 graphs are not accurate enough: {acc}. Build with --precision fp32, or "
+            f"lower --fp16-min-psnr if this model tolerates it"
+        )
     if not keep_fp32:
         for graph in fp32_manifest["graphs"].values():
             (folder / graph["file"]).unlink(missing_ok=True)
     manifest["graphs"] = fp16_manifest["graphs"]
-    manifest["accuracy"] = {"fp16_vs_fp32": acc.as_dict(), "conversion": reports,
-                            "method": "onnxconverter-common float16, keep_io_types, FP32 demodulation statistics"}
+    manifest["accuracy"] = {
+        "fp16_vs_fp32": acc.as_dict(),
+        "conversion": reports,
+        "method": "onnxconverter-common float16, keep_io_types, FP32 demodulation statistics",
+    }
     return acc
 
 
@@ -348,5 +389,8 @@ def check_finite_activations(path: Path, feeds: Mapping[str, np.ndarray], sample
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     values = session.run(None, dict(feeds))
-    return [n for n, v in zip(names, values)
-            if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v))]
+    return [
+        n
+        for n, v in zip(names, values)
+        if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v))
+    ]

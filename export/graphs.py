@@ -7,6 +7,7 @@
 * :class:`GeneratorGraph`: ``z -> y`` (W+ codes to the raw generator image).
 * :class:`MappingGraph`: ``sample -> w`` (random z to W, for style mixing).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,9 @@ class EncoderStep(nn.Module):
     pooled to S exactly as the public code's ``face_pool`` does. Latents are [B, M, D].
     """
 
-    def __init__(self, encoder: nn.Module, feedback: bool, residual: bool, input_size: int, output_size: int,
-                 n_latent: int):
+    def __init__(
+        self, encoder: nn.Module, feedback: bool, residual: bool, input_size: int, output_size: int, n_latent: int
+    ):
         super().__init__()
         self.encoder = encoder
         self.n_latent = n_latent

@@ -20,6 +20,7 @@ VGG16 weights are not downloaded: pass a torchvision-style state dict (``feature
 ``.bias``, e.g. torchvision's ``vgg16-397923af.pth``; other keys are ignored). Not real time:
 minutes per image on a GPU (the paper: 2 min 18 s for 1000 steps at 1024 px).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,7 @@ class VGG16Features(nn.Module):
             else:
                 layers += [nn.Conv2d(c_in, v // width_divisor, 3, padding=1), nn.ReLU()]
                 c_in = v // width_divisor
-        self.features = nn.Sequential(*layers[:FEATURE_LAYERS[-1] + 1])
+        self.features = nn.Sequential(*layers[: FEATURE_LAYERS[-1] + 1])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         taps = []
@@ -82,20 +83,24 @@ def load_vgg16(path: str | Path) -> VGG16Features:
     """VGG16 features from a torchvision-style state dict file (``features.N.*``; others ignored)."""
     path = Path(path)
     if not path.is_file():
-        raise HRInversionError(f"VGG16 weights {path} do not exist (they are not downloaded: pass "
-                               f"torchvision's vgg16-397923af.pth or any state dict with features.N.weight keys)")
+        raise HRInversionError(
+            f"VGG16 weights {path} do not exist (they are not downloaded: pass "
+            f"torchvision's vgg16-397923af.pth or any state dict with features.N.weight keys)"
+        )
     sd = torch.load(path, map_location="cpu", weights_only=True)
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     vgg = VGG16Features()
     own = vgg.state_dict()
     missing = [k for k in own if k not in sd]
     if missing:
-        raise HRInversionError(f"{path} is not a VGG16 state dict: missing {', '.join(missing[:4])}"
-                               f"{' ...' if len(missing) > 4 else ''}")
+        raise HRInversionError(
+            f"{path} is not a VGG16 state dict: missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
+        )
     wrong = [k for k in own if tuple(sd[k].shape) != tuple(own[k].shape)]
     if wrong:
-        raise HRInversionError(f"{path}: {wrong[0]} has shape {tuple(sd[wrong[0]].shape)}, VGG16 needs "
-                               f"{tuple(own[wrong[0]].shape)}")
+        raise HRInversionError(
+            f"{path}: {wrong[0]} has shape {tuple(sd[wrong[0]].shape)}, VGG16 needs {tuple(own[wrong[0]].shape)}"
+        )
     vgg.load_state_dict({k: sd[k].float() for k in own})
     return vgg.eval().requires_grad_(False)
 
@@ -159,23 +164,39 @@ def _noise_regularisation(bufs) -> torch.Tensor:
     return reg
 
 
-def invert(generator: nn.Module, target: torch.Tensor, loss_fn: VGGConvLoss, start: torch.Tensor,
-           steps: int = 1000, mse_weight: float = 0.0, optimize_noise: bool = False, initial_lr: float = 0.1,
-           noise_factor: float = 0.05, noise_ramp: float = 0.75, rampdown: float = 0.25, rampup: float = 0.05,
-           noise_reg: float = 1e5, seed: int = 0, progress: bool = True) -> InversionResult:
+def invert(
+    generator: nn.Module,
+    target: torch.Tensor,
+    loss_fn: VGGConvLoss,
+    start: torch.Tensor,
+    steps: int = 1000,
+    mse_weight: float = 0.0,
+    optimize_noise: bool = False,
+    initial_lr: float = 0.1,
+    noise_factor: float = 0.05,
+    noise_ramp: float = 0.75,
+    rampdown: float = 0.25,
+    rampup: float = 0.05,
+    noise_reg: float = 1e5,
+    seed: int = 0,
+    progress: bool = True,
+) -> InversionResult:
     """Optimise W+ ``start`` [B, M, D] so ``generator(w)`` [B, 3, R, R] reconstructs ``target``
     [B, 3, R, R] in [-1, 1] (same resolution: HRInversion never downsamples)."""
     if steps < 1:
         raise HRInversionError(f"steps must be >= 1; got {steps}")
     if start.ndim != 3 or start.shape[1:] != (generator.n_latent, generator.style_dim):
-        raise HRInversionError(f"start latents must be [B, {generator.n_latent}, {generator.style_dim}]; "
-                               f"got {list(start.shape)}")
+        raise HRInversionError(
+            f"start latents must be [B, {generator.n_latent}, {generator.style_dim}]; got {list(start.shape)}"
+        )
     generator.eval().requires_grad_(False)
     with torch.no_grad():
         probe = generator(start[:1])
     if target.shape[1:] != probe.shape[1:] or target.shape[0] != start.shape[0]:
-        raise HRInversionError(f"target must be [{start.shape[0]}, {', '.join(map(str, probe.shape[1:]))}] "
-                               f"(the generator's resolution); got {list(target.shape)}")
+        raise HRInversionError(
+            f"target must be [{start.shape[0]}, {', '.join(map(str, probe.shape[1:]))}] "
+            f"(the generator's resolution); got {list(target.shape)}"
+        )
     rng = torch.Generator().manual_seed(seed)
     w_std = latent_std(generator)
     w = start.detach().clone().float().requires_grad_(True)
@@ -208,13 +229,27 @@ def invert(generator: nn.Module, target: torch.Tensor, loss_fn: VGGConvLoss, sta
                 for buf in noise_bufs.values():  # the ADA projector's noise normalisation
                     buf -= buf.mean()
                     buf *= buf.square().mean().rsqrt()
-            history.append({"step": step, "loss": loss.item(), "perceptual": perceptual.item(), "mse": mse.item(),
-                            "psnr": psnr(image.detach(), target)})
+            history.append(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "perceptual": perceptual.item(),
+                    "mse": mse.item(),
+                    "psnr": psnr(image.detach(), target),
+                }
+            )
         with torch.no_grad():
             final = generator(w)
             final_perceptual = loss_fn(final, target_features).item()
-        history.append({"step": steps, "loss": float("nan"), "perceptual": final_perceptual,
-                        "mse": F.mse_loss(final, target).item(), "psnr": psnr(final, target)})
+        history.append(
+            {
+                "step": steps,
+                "loss": float("nan"),
+                "perceptual": final_perceptual,
+                "mse": F.mse_loss(final, target).item(),
+                "psnr": psnr(final, target),
+            }
+        )
         noises = {k: v.detach().numpy().copy() for k, v in noise_bufs.items()}
     finally:
         for k, buf in noise_bufs.items():  # leave the generator as it was
@@ -224,6 +259,7 @@ def invert(generator: nn.Module, target: torch.Tensor, loss_fn: VGGConvLoss, sta
 
 
 # --------------------------------------------------------------------------- command line
+
 
 def read_image(path: Path, size: int) -> torch.Tensor:
     """An RGB image file (or a [3, H, W] / [H, W, 3] .npy in [-1, 1]) → [1, 3, size, size] in [-1, 1]."""
@@ -254,8 +290,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000, as the paper)")
     p.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
     p.add_argument("--mse", type=float, default=0.0, help="weight of the MSE term (default 0)")
-    p.add_argument("--optimize-noise", action="store_true", help="also optimise the noise maps (saved beside "
-                   "--out; Translator renders with the bundle's fixed noise)")
+    p.add_argument(
+        "--optimize-noise",
+        action="store_true",
+        help="also optimise the noise maps (saved beside --out; Translator renders with the bundle's fixed noise)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="refined latents, .npy [1, M, D]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -273,7 +312,8 @@ def main(argv=None) -> int:
         target = read_image(args.image, generator.size)
         if args.start is not None:
             start = torch.from_numpy(np.load(args.start, allow_pickle=False).astype(np.float32)).reshape(
-                1, generator.n_latent, generator.style_dim)
+                1, generator.n_latent, generator.style_dim
+            )
         elif args.bundle is not None:
             from sdk import Translator
 
@@ -282,9 +322,18 @@ def main(argv=None) -> int:
                 start = torch.from_numpy(t.infer(x[None], iterations=args.iterations).latents)
         else:
             start = ckpt.latent_avg[None].clone()
-        result = invert(generator, target, VGGConvLoss(load_vgg16(args.vgg16)), start, steps=args.steps,
-                        mse_weight=args.mse, optimize_noise=args.optimize_noise, initial_lr=args.lr,
-                        seed=args.seed, progress=not args.quiet)
+        result = invert(
+            generator,
+            target,
+            VGGConvLoss(load_vgg16(args.vgg16)),
+            start,
+            steps=args.steps,
+            mse_weight=args.mse,
+            optimize_noise=args.optimize_noise,
+            initial_lr=args.lr,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
     except (CheckpointError, HRInversionError, ValueError) as e:
         log.error("%s", e)
         return 1
@@ -293,8 +342,14 @@ def main(argv=None) -> int:
     if result.noises:
         np.savez(args.out.with_suffix(".noise.npz"), **result.noises)
     first, last = result.history[0], result.history[-1]
-    log.info("PSNR %.2f dB -> %.2f dB, perceptual %.4g -> %.4g; latents written to %s", first["psnr"], last["psnr"],
-             first["perceptual"], last["perceptual"], args.out)
+    log.info(
+        "PSNR %.2f dB -> %.2f dB, perceptual %.4g -> %.4g; latents written to %s",
+        first["psnr"],
+        last["psnr"],
+        first["perceptual"],
+        last["perceptual"],
+        args.out,
+    )
     return 0
 
 

@@ -2,6 +2,7 @@
 splicing node lists, dead-node pruning, renaming. Used by the build's rewrites of graphs that
 ONNX Runtime optimised (export/batch1_branch.py, blocked_styles.py, winograd_matmuls.py), which are
 edited as node lists."""
+
 from __future__ import annotations
 
 import onnx
@@ -26,8 +27,7 @@ class GraphIndex:
     def only_consumer(self, name: str, op: str, domain: str = ""):
         """The one node reading ``name`` if it is an ``op`` (and ``name`` is no graph output), else None."""
         users = self.consumers.get(name, [])
-        if len(users) == 1 and users[0].op_type == op and users[0].domain == domain and \
-                name not in self.outputs:
+        if len(users) == 1 and users[0].op_type == op and users[0].domain == domain and name not in self.outputs:
             return users[0]
         return None
 

@@ -1,5 +1,6 @@
 """Tracing modules to ONNX, checking the graphs against PyTorch in ONNX Runtime, and telling a
 full disk from the other ways a write can fail."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,9 +11,9 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -85,8 +86,7 @@ def disk_full_error(e: BaseException, folder: Path, need_bytes: int | None = Non
     if not where.is_absolute():
         where = folder / where
     space = f"{max(0.1, math.ceil(need_bytes / 1e8) / 10):.1f} GB" if need_bytes else "space"
-    return DiskFullError(f"no space left on device while writing {where}: free {space} or choose --out on "
-                         f"another disk")
+    return DiskFullError(f"no space left on device while writing {where}: free {space} or choose --out on another disk")
 
 
 @contextlib.contextmanager
@@ -123,9 +123,11 @@ class Parity:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"{self.graph} (batch {self.batch}): max |onnx - torch| = {self.max_abs_error:.3g}, "
-                f"max |torch| = {self.max_abs_reference:.3g}, relative {self.relative_error:.3g} "
-                f"(tolerance {self.tolerance:g})")
+        return (
+            f"{self.graph} (batch {self.batch}): max |onnx - torch| = {self.max_abs_error:.3g}, "
+            f"max |torch| = {self.max_abs_reference:.3g}, relative {self.relative_error:.3g} "
+            f"(tolerance {self.tolerance:g})"
+        )
 
 
 def relative_error(actual: np.ndarray, reference: np.ndarray) -> tuple[float, float, float]:
@@ -134,8 +136,9 @@ def relative_error(actual: np.ndarray, reference: np.ndarray) -> tuple[float, fl
     return err, ref, err / max(ref, 1e-12)
 
 
-def export_onnx(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor], output_name: str, path: Path,
-                max_batch: int) -> None:
+def export_onnx(
+    module: torch.nn.Module, inputs: Mapping[str, torch.Tensor], output_name: str, path: Path, max_batch: int
+) -> None:
     """Export ``module(**inputs)`` to ``path`` with a dynamic batch dim 1..max_batch.
 
     Uses the torch.export-based exporter; weights are embedded (graphs stay under 2 GB for
@@ -146,26 +149,39 @@ def export_onnx(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor], out
     dynamic = {name: {0: batch} for name in inputs}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (), kwargs=dict(inputs), dynamo=True, input_names=list(inputs),
-                                    output_names=[output_name], dynamic_shapes=dynamic, opset_version=OPSET,
-                                    verbose=False)
+        program = torch.onnx.export(
+            module,
+            (),
+            kwargs=dict(inputs),
+            dynamo=True,
+            input_names=list(inputs),
+            output_names=[output_name],
+            dynamic_shapes=dynamic,
+            opset_version=OPSET,
+            verbose=False,
+        )
     program.save(str(path), external_data=False)
 
 
-def check_parity(module: torch.nn.Module, path: Path, inputs: Mapping[str, torch.Tensor], graph: str,
-                 tolerance: float) -> Parity:
+def check_parity(
+    module: torch.nn.Module, path: Path, inputs: Mapping[str, torch.Tensor], graph: str, tolerance: float
+) -> Parity:
     """Run ``path`` in ONNX Runtime (CPU, float32) and ``module`` in PyTorch on ``inputs``."""
     import onnxruntime as ort
 
     for name, value in inputs.items():
         if not bool(torch.isfinite(value).all()):
-            raise CheckpointError(f"{graph}: its example input {name!r} holds NaN/Inf, computed from the checkpoint "
-                                  f"(latent_avg and the generator's image of it): the weights overflow float32")
+            raise CheckpointError(
+                f"{graph}: its example input {name!r} holds NaN/Inf, computed from the checkpoint "
+                f"(latent_avg and the generator's image of it): the weights overflow float32"
+            )
     with torch.no_grad():
         reference = module(**inputs).float().numpy()
     if not np.isfinite(reference).all():
-        raise CheckpointError(f"{graph}: PyTorch's own output holds NaN/Inf on finite inputs: the checkpoint's "
-                              f"weights overflow float32 in this graph (every weight is finite); not an export fault")
+        raise CheckpointError(
+            f"{graph}: PyTorch's own output holds NaN/Inf on finite inputs: the checkpoint's "
+            f"weights overflow float32 in this graph (every weight is finite); not an export fault"
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {k: v.numpy() for k, v in inputs.items()}
     actual = session.run(None, feeds)[0]

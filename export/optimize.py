@@ -65,12 +65,12 @@ export/winograd_matmuls.py folds the Winograd products' transposes into their ma
 
 Families without a rewrite (E2Style's pooled heads, ProGAN, MTV-TSA) export unchanged.
 """
+
 from __future__ import annotations
 
 import copy
-
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +89,7 @@ REWRITES_VERSION = 11  # recorded in the manifest; bump when a rewrite changes (
 
 # --------------------------------------------------------------------------- encoder
 
+
 class MergedStyleHeads(nn.Module):
     """k :class:`GradualStyleBlock` heads that read the same ``[B, C, s, s]`` map, as one conv,
     ``log2(s) - 1`` grouped convs and one batched linear; returns ``[B, k, out_c]``."""
@@ -106,14 +107,20 @@ class MergedStyleHeads(nn.Module):
                 self.register_buffer(f"weight_{j}", torch.cat([c[j].weight for c in convs]).contiguous())
                 self.register_buffer(f"bias_{j}", torch.cat([c[j].bias for c in convs]).contiguous())
             # EqualLinear: x @ (weight * scale)^T + bias * lr_mul, per head: [k, in, out] and [k, 1, out]
-            self.register_buffer("linear_weight", torch.stack(
-                [(h.linear.weight * h.linear.scale).t() for h in heads]).contiguous())
-            self.register_buffer("linear_bias", torch.stack(
-                [h.linear.bias * h.linear.lr_mul for h in heads])[:, None, :].contiguous())
+            self.register_buffer(
+                "linear_weight", torch.stack([(h.linear.weight * h.linear.scale).t() for h in heads]).contiguous()
+            )
+            self.register_buffer(
+                "linear_bias", torch.stack([h.linear.bias * h.linear.lr_mul for h in heads])[:, None, :].contiguous()
+            )
         self.n_convs = len(convs[0])
         if cpu and worth_it_strided(self.weight_0.shape[1], self.weight_0.shape[0], heads[0].spatial):
-            self.first = WinogradConv2d(self.weight_0, self.bias_0, stride=2,
-                                        even=strided_even_phase(self.weight_0.shape[1], self.weight_0.shape[0]))
+            self.first = WinogradConv2d(
+                self.weight_0,
+                self.bias_0,
+                stride=2,
+                even=strided_even_phase(self.weight_0.shape[1], self.weight_0.shape[0]),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for j in range(self.n_convs):
@@ -122,8 +129,12 @@ class MergedStyleHeads(nn.Module):
                 continue
             # the first conv reads the shared map (one group); the later ones each head's own channels
             groups = 1 if j == 0 else self.k
-            x = F.leaky_relu(F.conv2d(x, getattr(self, f"weight_{j}"), getattr(self, f"bias_{j}"), stride=2,
-                                      padding=1, groups=groups), HEAD_SLOPE)
+            x = F.leaky_relu(
+                F.conv2d(
+                    x, getattr(self, f"weight_{j}"), getattr(self, f"bias_{j}"), stride=2, padding=1, groups=groups
+                ),
+                HEAD_SLOPE,
+            )
         x = x.reshape(x.shape[0], self.k, 1, self.out_c)  # [B, k*out_c, 1, 1] -> one row per head
         return (torch.matmul(x, self.linear_weight) + self.linear_bias).squeeze(2)
 
@@ -152,6 +163,7 @@ class FastStyleEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------- generator
+
 
 @dataclass(frozen=True)
 class _StyleSlot:
@@ -182,15 +194,22 @@ class _PreparedConv(nn.Module):
         self.blur = conv.blur if conv.upsample else None
         # the CPU graphs' forms: the up-conv as phases (export/phase_upsample.py), wide 3x3 convs as
         # Winograd F(4x4, 3x3) (export/winograd_conv.py)
-        self.phase_conv = PhaseUpsampleConv(weight, conv.blur) if conv.upsample and cpu and \
-            conv.kernel_size == 3 else None
-        self.winograd = WinogradConv2d(weight) if cpu and not conv.upsample and conv.kernel_size == 3 and \
-            conv.padding == 1 and worth_it(conv.in_channel, conv.out_channel, side) else None
+        self.phase_conv = (
+            PhaseUpsampleConv(weight, conv.blur) if conv.upsample and cpu and conv.kernel_size == 3 else None
+        )
+        self.winograd = (
+            WinogradConv2d(weight)
+            if cpu
+            and not conv.upsample
+            and conv.kernel_size == 3
+            and conv.padding == 1
+            and worth_it(conv.in_channel, conv.out_channel, side)
+            else None
+        )
         # where the [B, C] style vectors are cheaper to fold into the weights than to apply to the
         # maps (module docstring): the 1x1 ToRGB convs, and Winograd convs on large maps
         self.pointwise = cpu and conv.kernel_size == 1 and not conv.upsample
-        self.fold_styles = self.winograd is not None and side is not None and \
-            self.winograd.folds_styles_cheaply(side)
+        self.fold_styles = self.winograd is not None and side is not None and self.winograd.folds_styles_cheaply(side)
 
     def forward(self, x: torch.Tensor, s: torch.Tensor, input_gain: float = 1.0) -> torch.Tensor:
         """``x`` is the previous layer's activation still missing its constant gain ``input_gain``
@@ -246,8 +265,9 @@ class FastGenerator(nn.Module):
         self.register_buffer("style_weight", weight)
         self.register_buffer("style_bias", bias)
         sides = [4, 4] + [8 << b for b in range(len(g.to_rgbs)) for _ in range(3)]  # each conv's output side
-        self.convs = nn.ModuleList(_PreparedConv(conv, slot, cpu, side)
-                                   for (conv, _), slot, side in zip(plan, slots, sides))
+        self.convs = nn.ModuleList(
+            _PreparedConv(conv, slot, cpu, side) for (conv, _), slot, side in zip(plan, slots, sides)
+        )
         self.register_buffer("input", g.input.input.detach().clone())
         styled = [g.conv1] + list(g.convs)
         noises = [getattr(g.noises, f"noise_{i}") for i in range(g.num_layers)]
@@ -266,10 +286,11 @@ class FastGenerator(nn.Module):
         """Every modulated conv's style vector ``[B, in]``, from one batched matmul."""
         rows = torch.matmul(latents.unsqueeze(2), self.style_weight) + self.style_bias  # [B, M, 1, P]
         rows = rows.squeeze(2)
-        return [rows[:, c.slot.row, c.slot.offset:c.slot.offset + c.slot.width] for c in self.convs]
+        return [rows[:, c.slot.row, c.slot.offset : c.slot.offset + c.slot.width] for c in self.convs]
 
-    def _styled(self, i: int, x: torch.Tensor, conv: _PreparedConv, s: torch.Tensor,
-                input_gain: float) -> tuple[torch.Tensor, float]:
+    def _styled(
+        self, i: int, x: torch.Tensor, conv: _PreparedConv, s: torch.Tensor, input_gain: float
+    ) -> tuple[torch.Tensor, float]:
         """StyledConv ``i``: modulated conv, noise, bias, leaky ReLU. The leaky ReLU's gain (sqrt 2) is
         returned, not applied: leaky ReLU is positively homogeneous and every consumer of the
         output (the next conv, the ToRGB) first scales it per channel by its styles, so the gain
@@ -294,6 +315,7 @@ class FastGenerator(nn.Module):
 
 
 # --------------------------------------------------------------------------- entry points
+
 
 def optimize_encoder(encoder: nn.Module, cpu: bool = False) -> tuple[nn.Module, list[str]]:
     """The fastest equivalent of ``encoder`` for export, and the names of the rewrites applied.
@@ -336,8 +358,14 @@ def optimize_graph(module: nn.Module, cpu: bool = False) -> tuple[nn.Module, lis
             rewrites = rewrites + (["identity_pools_dropped"] if drop_identity_pools(encoder) else [])
         if not rewrites:
             return module, []
-        return EncoderStep(encoder, feedback=module.feedback, residual=module.residual, input_size=module.input_size,
-                           output_size=module.output_size, n_latent=module.n_latent).eval(), rewrites
+        return EncoderStep(
+            encoder,
+            feedback=module.feedback,
+            residual=module.residual,
+            input_size=module.input_size,
+            output_size=module.output_size,
+            n_latent=module.n_latent,
+        ).eval(), rewrites
     if isinstance(module, GeneratorGraph):
         generator, rewrites = optimize_generator(module.generator, cpu)
         return (GeneratorGraph(generator).eval(), rewrites) if rewrites else (module, [])

@@ -19,6 +19,7 @@ Only the CPU-optimised graphs use this form (export/cpu_graphs.py); GPU runtimes
 
 The skip path's plain FIR upsampling (:class:`PhaseFirUpsample`) is decomposed the same way.
 """
+
 from __future__ import annotations
 
 import torch
@@ -81,8 +82,10 @@ class PhaseFirUpsample(nn.Module):
         kernel, (p0, p1) = upsample.kernel.detach().double(), upsample.pad
         kh, kw = kernel.shape
         if upsample.factor != 2 or kh != kw or p0 + p1 != kh - 1:
-            raise ValueError(f"phase form written for 2x upsampling to exactly 2H x 2W, got factor "
-                             f"{upsample.factor}, kernel {tuple(kernel.shape)}, pad {(p0, p1)}")
+            raise ValueError(
+                f"phase form written for 2x upsampling to exactly 2H x 2W, got factor "
+                f"{upsample.factor}, kernel {tuple(kernel.shape)}, pad {(p0, p1)}"
+            )
         flipped = torch.flip(kernel, [0, 1])  # upfirdn2d applies the kernel as a true convolution
         # output 2m + r reads zero-inserted sample 2m + r + t - p0 for tap t: input m + (r + t - p0) / 2
         taps = {r: [(t, (r + t - p0) // 2) for t in range(kh) if (r + t - p0) % 2 == 0] for r in (0, 1)}

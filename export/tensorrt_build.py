@@ -22,13 +22,14 @@
   same random inputs and the tolerances and result go into ``comparison``; a failure fails the
   build.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -36,8 +37,11 @@ log = logging.getLogger(__name__)
 
 # output tolerances of the engine vs ONNX Runtime on the same graph, per graph precision
 # ("tf32": FP32 graphs built with BuilderFlag.TF32, i.e. 10-bit mantissa operands, FP32 accumulation)
-TOLERANCES = {"fp32": {"rtol": 1e-3, "atol": 1e-3}, "tf32": {"rtol": 1e-2, "atol": 1e-2},
-              "fp16": {"rtol": 2e-2, "atol": 2e-2}}
+TOLERANCES = {
+    "fp32": {"rtol": 1e-3, "atol": 1e-3},
+    "tf32": {"rtol": 1e-2, "atol": 1e-2},
+    "fp16": {"rtol": 2e-2, "atol": 2e-2},
+}
 
 
 class EngineBuildError(RuntimeError):
@@ -60,8 +64,10 @@ class EngineOptions:
 
     def check(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise EngineBuildError(f"batch profile {self.min_batch}..{self.opt_batch}..{self.max_batch} must satisfy "
-                                   f"1 <= min <= opt <= max; fix --opt-batch / --max-batch")
+            raise EngineBuildError(
+                f"batch profile {self.min_batch}..{self.opt_batch}..{self.max_batch} must satisfy "
+                f"1 <= min <= opt <= max; fix --opt-batch / --max-batch"
+            )
 
 
 def import_tensorrt():
@@ -76,8 +82,10 @@ def profile_shapes(graph: Mapping, options: EngineOptions) -> dict[str, tuple]:
     """``{input name: (min, opt, max)}`` for a manifest graph entry (symbolic dims = batch)."""
     shapes = {}
     for t in graph["inputs"]:
+
         def at(b):
             return tuple(b if isinstance(d, str) else int(d) for d in t["shape"])
+
         shapes[t["name"]] = (at(options.min_batch), at(options.opt_batch), at(options.max_batch))
     return shapes
 
@@ -86,8 +94,10 @@ def use_strong_typing(trt, requested: bool | None) -> bool:
     has_flag = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
     has_fp16_flag = hasattr(trt.BuilderFlag, "FP16")
     if requested is False and not has_fp16_flag:
-        raise EngineBuildError(f"TensorRT {trt.__version__} has no weak typing (BuilderFlag.FP16 was removed in 11.x); "
-                               f"build strongly typed from the FP16 ONNX graph")
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} has no weak typing (BuilderFlag.FP16 was removed in 11.x); "
+            f"build strongly typed from the FP16 ONNX graph"
+        )
     if requested is True and not has_flag and has_fp16_flag:
         raise EngineBuildError(f"TensorRT {trt.__version__} cannot build strongly typed networks; use TensorRT >= 10")
     if requested is None:  # a TensorRT with neither flag (11.x without the legacy enum) is always strongly typed
@@ -134,7 +144,9 @@ def _save_timing_cache(config, path: Path | None) -> None:
     os.replace(tmp, path)
 
 
-def build_engine(onnx_path: Path, graph: Mapping, options: EngineOptions, precision: str = "fp32") -> tuple[bytes, dict]:
+def build_engine(
+    onnx_path: Path, graph: Mapping, options: EngineOptions, precision: str = "fp32"
+) -> tuple[bytes, dict]:
     """Build a serialized engine for the ONNX graph ``onnx_path`` (manifest entry ``graph``).
     Returns the plan bytes and the build facts for the manifest."""
     trt = import_tensorrt()
@@ -167,11 +179,14 @@ def build_engine(onnx_path: Path, graph: Mapping, options: EngineOptions, precis
         said = "; ".join(logger.errors[-3:]) or "see the TensorRT log above"
         raise EngineBuildError(f"TensorRT failed to build {onnx_path.name} ({said})")
     _save_timing_cache(config, options.timing_cache)
-    facts = {"tensorrt": trt.__version__, "precision": precision,
-             "typing": "strong" if strong else ("weak+FP16 flag" if precision == "fp16" else "weak"),
-             "tf32": tf32,
-             "profile": {"min": options.min_batch, "opt": options.opt_batch, "max": options.max_batch},
-             "workspace_gb": options.workspace_gb}
+    facts = {
+        "tensorrt": trt.__version__,
+        "precision": precision,
+        "typing": "strong" if strong else ("weak+FP16 flag" if precision == "fp16" else "weak"),
+        "tf32": tf32,
+        "profile": {"min": options.min_batch, "opt": options.opt_batch, "max": options.max_batch},
+        "workspace_gb": options.workspace_gb,
+    }
     return bytes(plan), facts
 
 
@@ -182,8 +197,9 @@ def engine_runner(plan: bytes):
     return TrtRunner(EngineFromBytes(plan))
 
 
-def compare_with_onnxruntime(plan: bytes, onnx_path: Path, graph: Mapping, options: EngineOptions,
-                             precision: str, tf32: bool = False) -> dict:
+def compare_with_onnxruntime(
+    plan: bytes, onnx_path: Path, graph: Mapping, options: EngineOptions, precision: str, tf32: bool = False
+) -> dict:
     """Polygraphy: the engine vs ONNX Runtime (CPU) on the bundle's graph, random inputs in [-1, 1]
     at the optimum and maximum batch. Returns the tolerances, pass/fail and error figures."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
@@ -192,35 +208,39 @@ def compare_with_onnxruntime(plan: bytes, onnx_path: Path, graph: Mapping, optio
 
     key = tolerance_key(precision, tf32)
     tol = options.tolerances[key]
-    report = {"reference": "onnxruntime-cpu (same ONNX graph)", "tolerance": key, **tol, "batches": {},
-              "passed": True}
+    report = {"reference": "onnxruntime-cpu (same ONNX graph)", "tolerance": key, **tol, "batches": {}, "passed": True}
     onnx_bytes = onnx_path.read_bytes()
     for batch in sorted({options.opt_batch, options.max_batch}):
         meta = TensorMetadata()
         for t in graph["inputs"]:
-            meta.add(t["name"], np.dtype(t.get("dtype", "float32")),
-                     tuple(batch if isinstance(d, str) else d for d in t["shape"]))
-        runners = [engine_runner(plan),
-                   OnnxrtRunner(SessionFromOnnx(onnx_bytes, providers=["CPUExecutionProvider"]))]
+            meta.add(
+                t["name"],
+                np.dtype(t.get("dtype", "float32")),
+                tuple(batch if isinstance(d, str) else d for d in t["shape"]),
+            )
+        runners = [engine_runner(plan), OnnxrtRunner(SessionFromOnnx(onnx_bytes, providers=["CPUExecutionProvider"]))]
         results = Comparator.run(runners, data_loader=DataLoader(input_metadata=meta, val_range=(-1.0, 1.0), seed=0))
         ok = bool(Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(**tol)))
         (_, trt_iters), (_, ort_iters) = results
         errs = {}
         for name in trt_iters[0].keys():
             a, b = np.asarray(trt_iters[0][name], np.float64), np.asarray(ort_iters[0][name], np.float64)
-            errs[name] = {"max_abs_error": float(np.max(np.abs(a - b))), "max_abs_reference": float(np.max(np.abs(b))),
-                          "finite": bool(np.all(np.isfinite(a)))}
+            errs[name] = {
+                "max_abs_error": float(np.max(np.abs(a - b))),
+                "max_abs_reference": float(np.max(np.abs(b))),
+                "finite": bool(np.all(np.isfinite(a))),
+            }
         report["batches"][str(batch)] = {"passed": ok, "outputs": errs}
         report["passed"] &= ok
     return report
 
 
-def build_bundle_engines(folder: Path, manifest: dict, options: EngineOptions,
-                         add_file: Callable[[str], str] | None = None) -> dict:
+def build_bundle_engines(
+    folder: Path, manifest: dict, options: EngineOptions, add_file: Callable[[str], str] | None = None
+) -> dict:
     """Build ``<graph>.plan`` for every graph of the uncommitted bundle in ``folder`` and fill
     ``manifest['engines']``. Raises :class:`EngineBuildError` on a failed build or comparison."""
     from sdk.backends.cuda import device_info, select_device
-
     from sdk.bundle import sha256_file
 
     gpu = device_info(options.device)
@@ -228,24 +248,43 @@ def build_bundle_engines(folder: Path, manifest: dict, options: EngineOptions,
     for key, graph in manifest["graphs"].items():
         onnx_path = Path(folder) / graph["file"]
         precision = graph.get("precision", "fp32")
-        log.info("TensorRT: building %s (%s, batch %d..%d..%d) on %s", key, precision, options.min_batch,
-                 options.opt_batch, options.max_batch, gpu.name)
+        log.info(
+            "TensorRT: building %s (%s, batch %d..%d..%d) on %s",
+            key,
+            precision,
+            options.min_batch,
+            options.opt_batch,
+            options.max_batch,
+            gpu.name,
+        )
         select_device(options.device)  # TensorRT builds on the calling thread's current device
         plan, facts = build_engine(onnx_path, graph, options, precision)
         file = f"{key}.plan"
         (Path(folder) / file).write_bytes(plan)
-        entry = {"file": file, "sha256": add_file(file) if add_file else sha256_file(Path(folder) / file),
-                 "graph": key, **facts, "gpu": gpu.name, "compute_capability": gpu.compute_capability,
-                 "rebuild": options.rebuild_command}
+        entry = {
+            "file": file,
+            "sha256": add_file(file) if add_file else sha256_file(Path(folder) / file),
+            "graph": key,
+            **facts,
+            "gpu": gpu.name,
+            "compute_capability": gpu.compute_capability,
+            "rebuild": options.rebuild_command,
+        }
         if options.compare:
             entry["comparison"] = compare_with_onnxruntime(plan, onnx_path, graph, options, precision, facts["tf32"])
-            log.info("TensorRT vs ONNX Runtime %s: %s (rtol %g, atol %g)", key,
-                     "passed" if entry["comparison"]["passed"] else "FAILED", entry["comparison"]["rtol"],
-                     entry["comparison"]["atol"])
+            log.info(
+                "TensorRT vs ONNX Runtime %s: %s (rtol %g, atol %g)",
+                key,
+                "passed" if entry["comparison"]["passed"] else "FAILED",
+                entry["comparison"]["rtol"],
+                entry["comparison"]["atol"],
+            )
             if not entry["comparison"]["passed"]:
-                raise EngineBuildError(f"TensorRT engine {key} disagrees with ONNX Runtime beyond rtol/atol "
-                                       f"{entry['comparison']['rtol']}/{entry['comparison']['atol']}: "
-                                       f"{entry['comparison']['batches']}")
+                raise EngineBuildError(
+                    f"TensorRT engine {key} disagrees with ONNX Runtime beyond rtol/atol "
+                    f"{entry['comparison']['rtol']}/{entry['comparison']['atol']}: "
+                    f"{entry['comparison']['batches']}"
+                )
         engines[key] = entry
     manifest["engines"] = engines
     return engines

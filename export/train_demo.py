@@ -33,6 +33,7 @@ a random factor (mostly 4), so training and run time see the same inputs.
 Writes an ``ome_stylegan2`` checkpoint (export/family_checkpoints.py) that
 ``python export/build_engines.py`` (no arguments) builds into ``engines/demo``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,8 +89,15 @@ class DemoModel(torch.nn.Module):
     def __init__(self, cfg: DemoConfig):
         super().__init__()
         self.generator = Generator(cfg.size, style_dim=cfg.style_dim, n_mlp=cfg.n_mlp, channels=cfg.channels)
-        self.encoder = OMEEncoder(depth=18, input_nc=6, width=cfg.encoder_width, fpn_dim=cfg.fpn_dim,
-                                  code_dim=cfg.style_dim, codes_per_level=cfg.codes_per_level, input_size=cfg.size)
+        self.encoder = OMEEncoder(
+            depth=18,
+            input_nc=6,
+            width=cfg.encoder_width,
+            fpn_dim=cfg.fpn_dim,
+            code_dim=cfg.style_dim,
+            codes_per_level=cfg.codes_per_level,
+            input_size=cfg.size,
+        )
         assert self.encoder.n_styles == self.generator.n_latent, "one head per W+ code"
         self.latent_avg = torch.nn.Parameter(torch.zeros(self.generator.n_latent, cfg.style_dim))
         with torch.no_grad():  # small first offsets: the loop starts near z_0
@@ -133,8 +141,14 @@ def train(cfg: DemoConfig, out: Path, threads: int = 2, progress: bool = True) -
     model = DemoModel(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     warm = max(1, cfg.steps // 20)  # linear warm-up, then cosine decay to 2 %
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else max(
-        0.02, 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, cfg.steps - warm)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            (s + 1) / warm
+            if s < warm
+            else max(0.02, 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, cfg.steps - warm))))
+        ),
+    )
     factors, weights = list(cfg.factors), np.array(list(cfg.factors.values()), dtype=np.float64)
     history, start = [], time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="train demo", unit="step", disable=not progress)
@@ -167,10 +181,15 @@ def train(cfg: DemoConfig, out: Path, threads: int = 2, progress: bool = True) -
             with torch.no_grad():
                 val = [psnr(y, val_hr) for y in model.run(val_x, cfg.iterations)]
             model.train()
-            history.append({"step": step, "loss": loss.item(), "val_psnr_x4": val,
-                            "minutes": (time.perf_counter() - start) / 60})
-            log.info("step %d: loss %.4f, held-out x4 PSNR per iteration %s", step, loss.item(),
-                     " ".join(f"{v:.2f}" for v in val))
+            history.append(
+                {"step": step, "loss": loss.item(), "val_psnr_x4": val, "minutes": (time.perf_counter() - start) / 60}
+            )
+            log.info(
+                "step %d: loss %.4f, held-out x4 PSNR per iteration %s",
+                step,
+                loss.item(),
+                " ".join(f"{v:.2f}" for v in val),
+            )
     save_checkpoint(model, cfg, out, history)
     return {"history": history, "minutes": (time.perf_counter() - start) / 60}
 
@@ -179,12 +198,22 @@ def save_checkpoint(model: DemoModel, cfg: DemoConfig, out: Path, history: list)
     """An ``ome_stylegan2`` file; atomic (written beside ``out`` and renamed)."""
     state = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
     state.update({f"decoder.{k}": v for k, v in model.generator.state_dict().items()})
-    opts = {"input_size": cfg.size, "n_iters_per_batch": cfg.iterations, "output_size": cfg.size,
-            "dataset_type": "demo_super_resolution", "resize_factors": ",".join(map(str, cfg.factors)),
-            "train_config": {k: (str(v) if isinstance(v, dict) else v) for k, v in asdict(cfg).items()},
-            "train_history": history}
-    payload = {"format": "ome_stylegan2", "format_version": 1, "state_dict": state, "opts": opts,
-               "latent_avg": model.latent_avg.detach().clone()}
+    opts = {
+        "input_size": cfg.size,
+        "n_iters_per_batch": cfg.iterations,
+        "output_size": cfg.size,
+        "dataset_type": "demo_super_resolution",
+        "resize_factors": ",".join(map(str, cfg.factors)),
+        "train_config": {k: (str(v) if isinstance(v, dict) else v) for k, v in asdict(cfg).items()},
+        "train_history": history,
+    }
+    payload = {
+        "format": "ome_stylegan2",
+        "format_version": 1,
+        "state_dict": state,
+        "opts": opts,
+        "latent_avg": model.latent_avg.detach().clone(),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.save(payload, tmp)
@@ -206,8 +235,12 @@ def main(argv=None) -> int:
     cfg = DemoConfig(steps=args.steps, batch=args.batch, seed=args.seed)
     result = train(cfg, args.out, threads=args.threads)
     last = result["history"][-1]["val_psnr_x4"]
-    log.info("done in %.1f min; held-out x4 PSNR N=1..%d: %s", result["minutes"], cfg.iterations,
-             " ".join(f"{v:.2f}" for v in last))
+    log.info(
+        "done in %.1f min; held-out x4 PSNR N=1..%d: %s",
+        result["minutes"],
+        cfg.iterations,
+        " ".join(f"{v:.2f}" for v in last),
+    )
     return 0
 
 

@@ -43,6 +43,7 @@ instead of a MatMul: ONNX Runtime packs a Conv's weights once, not on every call
 The stride-2 form is used only where it measured a win (:func:`worth_it_strided`: the merged
 fine style heads).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -104,11 +105,31 @@ def toom_cook(m: int, r: int, points: tuple[float, ...]) -> tuple[np.ndarray, np
 # stride 1: Lavin & Gray's F(4, 3) (interpolation points 0, +-1, +-2, infinity)
 F43 = Transform1d(
     at=np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64),
-    g=np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
-    bt=np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-                 [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
-    step=M, taps=(0, 1, 2))
+    g=np.array(
+        [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ],
+        np.float64,
+    ),
+    bt=np.array(
+        [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ],
+        np.float64,
+    ),
+    step=M,
+    taps=(0, 1, 2),
+)
 
 
 def even_phase(m: int = M) -> Transform1d:
@@ -121,13 +142,13 @@ def even_phase(m: int = M) -> Transform1d:
 
 EVEN = even_phase(2)  # stride 2: the m = 2 form, for its memory (module docstring)
 ODD = Transform1d(np.ones((1, 1)), np.ones((1, 1)), np.array([[0.0, 1.0]]), step=2, taps=(1,))  # g1 x odd samples
-STRIDED_M4_MAX_EXTRA = 160 * 2 ** 20  # bytes of transformed weights the m = 4 form may add
+STRIDED_M4_MAX_EXTRA = 160 * 2**20  # bytes of transformed weights the m = 4 form may add
 
 
 def strided_matrices(even: Transform1d) -> int:
     """The ``[out, in]`` matrices a stride-2 Winograd conv stores with this even-tap transform: one
     per position of its even x even, even x odd and odd x even paths, and the centre tap's."""
-    return even.positions ** 2 + 2 * even.positions * ODD.positions + ODD.positions ** 2
+    return even.positions**2 + 2 * even.positions * ODD.positions + ODD.positions**2
 
 
 def strided_even_phase(in_channels: int, out_channels: int) -> Transform1d:
@@ -136,6 +157,7 @@ def strided_even_phase(in_channels: int, out_channels: int) -> Transform1d:
     wide = even_phase(4)
     extra = (strided_matrices(wide) - strided_matrices(EVEN)) * in_channels * out_channels * 4
     return wide if extra <= STRIDED_M4_MAX_EXTRA else EVEN
+
 
 # the products as grouped 1x1 convs where out_channels >= WEIGHT_BOUND * tiles, else one batched
 # MatMul: measured (ORT 1.32, 2 threads), the conv form wins where the weights are at least 4x
@@ -188,8 +210,10 @@ class WinogradPath(nn.Module):
         self.register_buffer("u", transformed_weight(weight, rows, cols))  # [P, out, in]
         kernels = np.einsum("ip,jq->ijpq", rows.bt, cols.bt).reshape(-1, 1, rows.span, cols.span)
         self.register_buffer("input_transform", torch.from_numpy(np.tile(kernels, (self.in_channels, 1, 1, 1))).float())
-        self.register_buffer("output_transform",
-                             torch.from_numpy(np.einsum("ui,vj->uvij", rows.at, cols.at).reshape(rows.m * cols.m, -1)).float())
+        self.register_buffer(
+            "output_transform",
+            torch.from_numpy(np.einsum("ui,vj->uvij", rows.at, cols.at).reshape(rows.m * cols.m, -1)).float(),
+        )
 
     def products_as_matmul(self, tiles: int) -> bool:
         """Whether the products run as one batched MatMul (else grouped 1x1 convs), for ``tiles`` tiles."""
@@ -201,8 +225,12 @@ class WinogradPath(nn.Module):
         b, c, h, w = x.shape[0], x.shape[1], int(x.shape[2]), int(x.shape[3])
         need_h, need_w = self.rows.step * (th - 1) + self.rows.span, self.cols.step * (tw - 1) + self.cols.span
         if h + 2 < need_h or w + 2 < need_w:  # tiles past the edge read zeros; their outputs are cropped
-            v = F.conv2d(F.pad(x, [1, need_w - 1 - w, 1, need_h - 1 - h]), self.input_transform,
-                         stride=(self.rows.step, self.cols.step), groups=c)
+            v = F.conv2d(
+                F.pad(x, [1, need_w - 1 - w, 1, need_h - 1 - h]),
+                self.input_transform,
+                stride=(self.rows.step, self.cols.step),
+                groups=c,
+            )
         else:
             v = F.conv2d(x, self.input_transform, stride=(self.rows.step, self.cols.step), padding=1, groups=c)
             if v.shape[2] != th or v.shape[3] != tw:  # the odd phases' last tile may be past the output
@@ -229,8 +257,9 @@ class WinogradConv2d(nn.Module):
     ``[B, in, H, W] -> [B, out, ceil(H / stride), ceil(W / stride)]``, any H and W (padded up to
     whole tiles and cropped back); H and W are fixed when the graph is traced."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1,
-                 even: Transform1d = EVEN):
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1, even: Transform1d = EVEN
+    ):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"Winograd convolutions here have stride 1 or 2, not {stride}")
@@ -250,20 +279,27 @@ class WinogradConv2d(nn.Module):
         products a matmul, and maps with more pixels than twice ``36 * in * out / (in + out)``."""
         path = self.paths[0]
         weights = path.u.shape[0] * self.in_channels * self.out_channels
-        return self.stride == 1 and path.products_as_matmul((-(-side // M)) ** 2) and \
-            2 * weights <= (self.in_channels + self.out_channels) * side * side
+        return (
+            self.stride == 1
+            and path.products_as_matmul((-(-side // M)) ** 2)
+            and 2 * weights <= (self.in_channels + self.out_channels) * side * side
+        )
 
-    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None,
-                out_scale: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, in_scale: torch.Tensor | None = None, out_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``in_scale`` ``[B, in]``, ``out_scale`` ``[B, out]`` (stride 1 only): the result is
         ``conv(x * in_scale) * out_scale (+ bias)`` per channel, the scales applied to the weights."""
-        assert x.ndim == 4 and x.shape[1] == self.in_channels, f"expected [B, {self.in_channels}, H, W], got {tuple(x.shape)}"
+        assert x.ndim == 4 and x.shape[1] == self.in_channels, (
+            f"expected [B, {self.in_channels}, H, W], got {tuple(x.shape)}"
+        )
         scale = None
         if in_scale is not None or out_scale is not None:
             assert self.stride == 1, "weight scales are for stride-1 Winograd convolutions"
             ones = x.new_ones(x.shape[0], 1)
-            scale = ((ones if out_scale is None else out_scale)[:, None, :, None] *
-                     (ones if in_scale is None else in_scale)[:, None, None, :])  # [B, 1, out, in]
+            scale = (ones if out_scale is None else out_scale)[:, None, :, None] * (
+                ones if in_scale is None else in_scale
+            )[:, None, None, :]  # [B, 1, out, in]
         ho, wo = -(-int(x.shape[2]) // self.stride), -(-int(x.shape[3]) // self.stride)  # static when traced
         y = F.conv2d(x, self.centre, self.bias, stride=2) if self.centre is not None else None
         for path in self.paths:
@@ -277,9 +313,16 @@ class WinogradConv2d(nn.Module):
 def eligible(conv: nn.Module, side: int | None = None) -> bool:
     """A plain 3x3 stride-1 'same' convolution, wide enough to win (:func:`worth_it`) on maps of
     ``side`` pixels (where known)."""
-    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros" and worth_it(conv.in_channels, conv.out_channels, side))
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and worth_it(conv.in_channels, conv.out_channels, side)
+    )
 
 
 def conv_sides(module: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:

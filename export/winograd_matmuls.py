@@ -27,6 +27,7 @@ old and new interleaved, bit-identical outputs: generator 1.045x (10 rounds), en
 its products are grouped 1x1 convs, so only the output sides fold). Peak memory as the SDK opens
 the graphs (no memory pattern): generator 616 -> 639 MiB, encoder 1434 -> 1421 MiB.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -49,8 +50,11 @@ def _transpose_12(g: GraphIndex, name: str):
 def _shape(g: GraphIndex, reshape, rank: int) -> list | None:
     """A Reshape's constant target shape, if it has ``rank`` dims and a batch of -1 or 1."""
     shape = const_values(g, reshape.input[1]) if reshape.op_type == "Reshape" else None
-    return shape if shape is not None and len(shape) == rank and shape[0] in (-1, 1) and \
-        all(d > 0 for d in shape[1:]) else None
+    return (
+        shape
+        if shape is not None and len(shape) == rank and shape[0] in (-1, 1) and all(d > 0 for d in shape[1:])
+        else None
+    )
 
 
 def _input_sites(g: GraphIndex) -> list:
@@ -110,11 +114,12 @@ def fold_transposes(g: GraphIndex, new_inits: list, prefix: str = "winograd_matm
     for rs, t, mm in _input_sites(g):
         _, cin, p, tiles = const_values(g, rs.input[1])
         stem = mm.name or mm.output[0]
-        new = [node("Reshape", [rs.input[0], const(np.array([cin, p, tiles], np.int64))], rs.output[0], rs.name),
-               node("Reshape", [mm.input[0], const(np.array([p, -1, cin], np.int64))], stem + "_u", stem + "_u"),
-               node("FusedMatMul", [stem + "_u", rs.output[0]], stem + "_pot", stem, MS, transBatchB=1),
-               node("Reshape", [stem + "_pot", const(np.array([1, p, -1, tiles], np.int64))], mm.output[0],
-                    stem + "_4d")]
+        new = [
+            node("Reshape", [rs.input[0], const(np.array([cin, p, tiles], np.int64))], rs.output[0], rs.name),
+            node("Reshape", [mm.input[0], const(np.array([p, -1, cin], np.int64))], stem + "_u", stem + "_u"),
+            node("FusedMatMul", [stem + "_u", rs.output[0]], stem + "_pot", stem, MS, transBatchB=1),
+            node("Reshape", [stem + "_pot", const(np.array([1, p, -1, tiles], np.int64))], mm.output[0], stem + "_4d"),
+        ]
         nodes = splice(nodes, [rs, t, mm], new, mm)
         done += 1
     for rs1, mm, rs2, t, rs3 in _output_sites(g):
@@ -122,9 +127,11 @@ def fold_transposes(g: GraphIndex, new_inits: list, prefix: str = "winograd_matm
         _, m2, out, tiles = const_values(g, rs2.input[1])
         a = numpy_helper.to_array(g.inits[mm.input[0]]).reshape(1, m2, p)
         stem = mm.name or mm.output[0]
-        new = [node("Reshape", [rs1.input[0], const(np.array([p, out, tiles], np.int64))], rs1.output[0], rs1.name),
-               node("FusedMatMul", [const(a), rs1.output[0]], stem + "_omt", stem, MS, transBatchB=1),
-               node("Reshape", [stem + "_omt", rs3.input[1]], rs3.output[0], rs3.name)]
+        new = [
+            node("Reshape", [rs1.input[0], const(np.array([p, out, tiles], np.int64))], rs1.output[0], rs1.name),
+            node("FusedMatMul", [const(a), rs1.output[0]], stem + "_omt", stem, MS, transBatchB=1),
+            node("Reshape", [stem + "_omt", rs3.input[1]], rs3.output[0], rs3.name),
+        ]
         nodes = splice(nodes, [rs1, mm, rs2, t, rs3], new, rs3)
         done += 1
     return nodes, done

@@ -12,6 +12,7 @@ and zoom (up to 20 %), at sub-pixel positions, centred on the face OpenCV's Haar
 (matplotlib's sample data), or an image file path; ``pip install -e '.[demo]'`` installs both
 packages.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 
 from samples.face_crop import Box, FaceTracker, centre_box
+from samples.video_io import SampleError, import_cv2, write_video
 from sdk.errors import InputError
 from sdk.imaging import as_rgb_uint8
-from samples.video_io import SampleError, import_cv2, write_video
 
 DEFAULT_PHOTOS = ("grace_hopper", "astronaut", "chelsea")
 PAN = 0.2  # pan amplitude, fraction of the window
@@ -51,12 +52,15 @@ def shipped_photo(name: str) -> np.ndarray:
                 return np.asarray(im.convert("RGB"))
         import skimage.data
     except ImportError as e:
-        raise SampleError(f"photograph {name!r} comes with scikit-image or matplotlib ({e}); "
-                          f"python -m pip install -e '.[demo]'") from None
+        raise SampleError(
+            f"photograph {name!r} comes with scikit-image or matplotlib ({e}); python -m pip install -e '.[demo]'"
+        ) from None
     loader = getattr(skimage.data, name, None)
     if loader is None or name.startswith("_"):
-        raise SampleError(f"no photograph {name!r}: give a skimage.data image name (astronaut, coffee, chelsea, "
-                          f"camera, ...), grace_hopper, or an image file")
+        raise SampleError(
+            f"no photograph {name!r}: give a skimage.data image name (astronaut, coffee, chelsea, "
+            f"camera, ...), grace_hopper, or an image file"
+        )
     image = np.asarray(loader())
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
@@ -101,8 +105,9 @@ def render(cv2, photo: np.ndarray, window: Box, size: tuple[int, int]) -> np.nda
     if scale < 1.0:
         sigma = 0.5 / scale
         src = cv2.GaussianBlur(photo, (0, 0), sigmaX=sigma, sigmaY=sigma)
-    matrix = np.array([[scale, 0.0, width / 2.0 - scale * window.cx],
-                       [0.0, scale, height / 2.0 - scale * window.cy]], np.float64)
+    matrix = np.array(
+        [[scale, 0.0, width / 2.0 - scale * window.cx], [0.0, scale, height / 2.0 - scale * window.cy]], np.float64
+    )
     return cv2.warpAffine(src, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101)
 
 
@@ -123,8 +128,7 @@ def photo_clip(cv2, photos, frames_per_photo: int, size: tuple[int, int], extent
         image = shipped_photo(name) if isinstance(name, str) else np.asarray(name)
         shot = Shot(image, subject(cv2, image))
         starts.append(len(frames))
-        frames += [render(cv2, image, shot.window(i / frames_per_photo, extent), size)
-                   for i in range(frames_per_photo)]
+        frames += [render(cv2, image, shot.window(i / frames_per_photo, extent), size) for i in range(frames_per_photo)]
     return frames, starts
 
 
@@ -141,13 +145,20 @@ def parse_size(text: str) -> tuple[int, int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, required=True, help="the clip to write (.mp4, mp4v)")
-    p.add_argument("--photos", default=",".join(DEFAULT_PHOTOS),
-                   help=f"comma-separated photographs (default {','.join(DEFAULT_PHOTOS)})")
+    p.add_argument(
+        "--photos",
+        default=",".join(DEFAULT_PHOTOS),
+        help=f"comma-separated photographs (default {','.join(DEFAULT_PHOTOS)})",
+    )
     p.add_argument("--frames-per-photo", type=int, default=60, help="frames per photograph (default 60)")
     p.add_argument("--size", type=parse_size, default=(640, 480), help="frame size WIDTHxHEIGHT (default 640x480)")
-    p.add_argument("--extent", type=float, default=2.0,
-                   help="window height over the face crop's side (default 2: the face crop is half the frame "
-                        "height; the window is kept inside the photograph)")
+    p.add_argument(
+        "--extent",
+        type=float,
+        default=2.0,
+        help="window height over the face crop's side (default 2: the face crop is half the frame "
+        "height; the window is kept inside the photograph)",
+    )
     p.add_argument("--fps", type=float, default=30.0, help="frame rate written into the file (default 30)")
     args = p.parse_args(argv)
     if args.frames_per_photo < 1 or not 0 < args.extent < math.inf:  # NaN fails too

@@ -5,6 +5,7 @@ flicker and undoes a warm start (the previous frame's codes describe a shifted i
 box is smoothed with an exponential moving average, and snapped only when the face really
 moved (a cut, or a new face).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,12 +29,13 @@ class Box:
     cy: float
     side: float
 
-    def blend(self, other: "Box", weight: float) -> "Box":
+    def blend(self, other: Box, weight: float) -> Box:
         """``weight`` of ``other`` plus ``1 - weight`` of this box."""
-        return Box(*(a + weight * (b - a) for a, b in zip((self.cx, self.cy, self.side),
-                                                             (other.cx, other.cy, other.side))))
+        return Box(
+            *(a + weight * (b - a) for a, b in zip((self.cx, self.cy, self.side), (other.cx, other.cy, other.side)))
+        )
 
-    def moved_from(self, other: "Box") -> bool:
+    def moved_from(self, other: Box) -> bool:
         shift = np.hypot(self.cx - other.cx, self.cy - other.cy)
         ratio = max(self.side, other.side) / max(min(self.side, other.side), 1e-6)
         return shift > JUMP * other.side or ratio > 1.0 + JUMP
@@ -58,8 +60,9 @@ class FaceTracker:
 
     def __init__(self, cv2, margin: float = 0.5, smoothing: float = 0.3, detect_width: int = 160):
         if not (margin >= 0 and math.isfinite(margin) and 0 < smoothing <= 1 and detect_width >= 64):  # NaN fails
-            raise SampleError(f"need margin >= 0, 0 < smoothing <= 1, detect width >= 64; got {margin}, {smoothing}, "
-                              f"{detect_width}")
+            raise SampleError(
+                f"need margin >= 0, 0 < smoothing <= 1, detect width >= 64; got {margin}, {smoothing}, {detect_width}"
+            )
         path = cv2.data.haarcascades + CASCADE
         self._detector = cv2.CascadeClassifier(path)
         if self._detector.empty():
@@ -79,8 +82,9 @@ class FaceTracker:
         if scale < 1.0:
             gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         gray = cv2.equalizeHist(gray)  # webcam exposure varies; the cascade was trained on normalised faces
-        faces, _, weights = self._detector.detectMultiScale3(gray, scaleFactor=1.1, minNeighbors=5,
-                                                             minSize=(MIN_FACE, MIN_FACE), outputRejectLevels=True)
+        faces, _, weights = self._detector.detectMultiScale3(
+            gray, scaleFactor=1.1, minNeighbors=5, minSize=(MIN_FACE, MIN_FACE), outputRejectLevels=True
+        )
         if len(faces) == 0:
             return None
         # the most confident detection (the cascade's final-stage score): the largest is often a

@@ -4,6 +4,7 @@ Each frame's stages are timed with :meth:`FrameStats.stage`; the window shows th
 last :data:`FPS_WINDOW` frames, the summary the mean over the run after the warm-up frames
 (the first calls allocate buffers and fill caches, which says nothing about the steady state).
 """
+
 from __future__ import annotations
 
 import time
@@ -14,8 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 
 # (key, short label for the overlay): the order of a frame's work
-STAGES = (("capture", "cap"), ("detect", "det"), ("preprocess", "pre"), ("sdk", "sdk"), ("compose", "post"),
-          ("overlay", "txt"), ("output", "out"))
+STAGES = (
+    ("capture", "cap"),
+    ("detect", "det"),
+    ("preprocess", "pre"),
+    ("sdk", "sdk"),
+    ("compose", "post"),
+    ("overlay", "txt"),
+    ("output", "out"),
+)
 FPS_WINDOW = 30
 
 
@@ -29,11 +37,14 @@ class Summary:
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stage_ms.items())
-        return [f"frames: {self.frames} ({self.dropped} camera frames dropped while busy)" if self.dropped
-                else f"frames: {self.frames}",
-                f"FPS (mean after warm-up): {self.fps:.1f}",
-                f"per-stage ms (median): {stages}",
-                f"iterations per frame (mean): {self.iterations:.2f}"]
+        return [
+            f"frames: {self.frames} ({self.dropped} camera frames dropped while busy)"
+            if self.dropped
+            else f"frames: {self.frames}",
+            f"FPS (mean after warm-up): {self.fps:.1f}",
+            f"per-stage ms (median): {stages}",
+            f"iterations per frame (mean): {self.iterations:.2f}",
+        ]
 
 
 class FrameStats:
@@ -86,7 +97,7 @@ class FrameStats:
         return (len(self._ends) - 1) / max(self._ends[-1] - self._ends[0], 1e-9)
 
     def summary(self, dropped: int = 0) -> Summary:
-        steady = self._frames[self.warmup:]
+        steady = self._frames[self.warmup :]
         fps = 0.0
         if steady and self._steady_start is not None and self._last_end > self._steady_start:
             fps = len(steady) / (self._last_end - self._steady_start)

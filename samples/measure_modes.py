@@ -31,6 +31,7 @@ Writes results.json, results.md (the table) and modes.png (PSNR against iteratio
 and PSNR per frame) into --out (default benchmarks/results/video_modes, git-ignored).
 Needs OpenCV, scikit-image and matplotlib: pip install -e '.[samples,demo]'.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,16 +78,20 @@ class ModeResult:
     ms: list = field(default_factory=list)  # per frame, the loop's time
 
     def summary(self) -> dict:
-        return {"mode": self.mode, "kind": self.kind, "psnr_mean": float(np.mean(self.psnr)),
-                "psnr_min": float(np.min(self.psnr)),
-                "iterations_mean": float(np.mean(self.iterations)) if self.iterations else 0.0,
-                "ms_mean": float(np.mean(self.ms)) if self.ms else 0.0}
+        return {
+            "mode": self.mode,
+            "kind": self.kind,
+            "psnr_mean": float(np.mean(self.psnr)),
+            "psnr_min": float(np.min(self.psnr)),
+            "iterations_mean": float(np.mean(self.iterations)) if self.iterations else 0.0,
+            "ms_mean": float(np.mean(self.ms)) if self.ms else 0.0,
+        }
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR of two uint8 images, peak 255 (100 dB for identical images)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 100.0 if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
+    return 100.0 if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
 def _resize(cv2, rgb: np.ndarray, size: int) -> np.ndarray:
@@ -100,8 +105,12 @@ def make_photo_clip(cv2, t: Translator, photos, frames_per_photo: int) -> Clip:
     """Rendered once at the larger of the input and output sizes, then resized to each."""
     size = max(t.input_shape[1], t.output_size)
     frames, starts = photo_clip(cv2, photos, frames_per_photo, (size, size))
-    return Clip("photos", [_resize(cv2, f, t.output_size) for f in frames],
-                [_resize(cv2, f, t.input_shape[1]) for f in frames], starts)
+    return Clip(
+        "photos",
+        [_resize(cv2, f, t.output_size) for f in frames],
+        [_resize(cv2, f, t.input_shape[1]) for f in frames],
+        starts,
+    )
 
 
 def make_smooth_clip(cv2, t: Translator, low_res: LowResolution, keyframes: list, frames: int) -> Clip:
@@ -119,17 +128,30 @@ def make_smooth_clip(cv2, t: Translator, low_res: LowResolution, keyframes: list
     batch = t.manifest.batch_max
     truth = []
     for i in range(0, frames, batch):
-        images = t.synthesise(np.stack(path[i:i + batch]).astype(np.float32))
-        truth += [result_image(t, images[j:j + 1]) for j in range(images.shape[0])]
+        images = t.synthesise(np.stack(path[i : i + batch]).astype(np.float32))
+        truth += [result_image(t, images[j : j + 1]) for j in range(images.shape[0])]
     return Clip("smooth", truth, [_resize(cv2, f, t.input_shape[1]) for f in truth], [0])
 
 
-def run_modes(t: Translator, low_res: LowResolution, clip: Clip, cv2, thresholds, first_iterations: int,
-              refresh: int = 4, progress: bool = True) -> list[ModeResult]:
+def run_modes(
+    t: Translator,
+    low_res: LowResolution,
+    clip: Clip,
+    cv2,
+    thresholds,
+    first_iterations: int,
+    refresh: int = 4,
+    progress: bool = True,
+) -> list[ModeResult]:
     inputs = [low_res(c) for c in clip.crops]
     xs = [i.x[None] for i in inputs]
-    results = [ModeResult("bicubic", "bicubic", [psnr(bicubic(cv2, i.low_res, t.output_size), gt)
-                                                  for i, gt in zip(inputs, clip.truth)])]
+    results = [
+        ModeResult(
+            "bicubic",
+            "bicubic",
+            [psnr(bicubic(cv2, i.low_res, t.output_size), gt) for i, gt in zip(inputs, clip.truth)],
+        )
+    ]
     cold = [ModeResult(f"cold N={n}", "cold") for n in range(1, COLD_MAX + 1)]
     changes = []
     for x, gt in tqdm(list(zip(xs, clip.truth)), desc=f"{clip.name}: cold", disable=not progress, leave=False):
@@ -173,8 +195,9 @@ def mode_specs(thresholds, refresh: int) -> list[ModeSpec]:
     return specs
 
 
-def run_video_mode(t: Translator, spec: ModeSpec, xs: list, clip: Clip, first_iterations: int,
-                   progress: bool) -> ModeResult:
+def run_video_mode(
+    t: Translator, spec: ModeSpec, xs: list, clip: Clip, first_iterations: int, progress: bool
+) -> ModeResult:
     """One mode over the clip, frame by frame; a shot's first frame starts from the average
     (``first_iterations`` steps in warm modes, counted in the mean)."""
     cold_n = first_iterations if spec.warm else spec.iterations
@@ -196,19 +219,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clips", default="smooth,photos", help="smooth, photos or both (default smooth,photos)")
     p.add_argument("--frames", type=int, default=60, help="frames of the smooth clip (default 60)")
     p.add_argument("--frames-per-photo", type=int, default=30, help="frames per photograph (default 30)")
-    p.add_argument("--photos", default=",".join(DEFAULT_PHOTOS), help="photographs of the real clip, comma-separated "
-                                                                      f"(default {','.join(DEFAULT_PHOTOS)})")
+    p.add_argument(
+        "--photos",
+        default=",".join(DEFAULT_PHOTOS),
+        help=f"photographs of the real clip, comma-separated (default {','.join(DEFAULT_PHOTOS)})",
+    )
     p.add_argument("--factor", type=int, help="super-resolution factor (default: the bundle's)")
-    p.add_argument("--thresholds", help="early-exit thresholds, comma-separated (default: per clip, the median "
-                                        "latent change of the cold run's steps 2 and 3)")
-    p.add_argument("--first-iterations", type=int, default=COLD_MAX,
-                   help=f"iterations of a warm mode's first frame of a shot (default {COLD_MAX})")
-    p.add_argument("--refresh", type=int, default=4, metavar="K",
-                   help="warm modes with refresh start every K-th frame from the average (default 4; 0: leave "
-                        "those modes out)")
+    p.add_argument(
+        "--thresholds",
+        help="early-exit thresholds, comma-separated (default: per clip, the median "
+        "latent change of the cold run's steps 2 and 3)",
+    )
+    p.add_argument(
+        "--first-iterations",
+        type=int,
+        default=COLD_MAX,
+        help=f"iterations of a warm mode's first frame of a shot (default {COLD_MAX})",
+    )
+    p.add_argument(
+        "--refresh",
+        type=int,
+        default=4,
+        metavar="K",
+        help="warm modes with refresh start every K-th frame from the average (default 4; 0: leave those modes out)",
+    )
     p.add_argument("--threads", type=int, default=1, help="CPU inference threads (default 1, as the webcam sample)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "video_modes",
-                   help="results folder (default benchmarks/results/video_modes)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "video_modes",
+        help="results folder (default benchmarks/results/video_modes)",
+    )
     args = p.parse_args(argv)
     args.clips = [c.strip() for c in args.clips.split(",") if c.strip()]
     if not args.clips or set(args.clips) - {"smooth", "photos"}:
@@ -235,8 +276,10 @@ def main(argv=None) -> int:
         with Translator(args.bundle, backend="onnxruntime", threads=args.threads) as t:
             low_res = LowResolution(t, args.factor)
             if not low_res.simulated:
-                raise SampleError("measuring needs a super-resolution bundle and a factor > 1 (the ground truth is "
-                                  "the frame before downsampling)")
+                raise SampleError(
+                    "measuring needs a super-resolution bundle and a factor > 1 (the ground truth is "
+                    "the frame before downsampling)"
+                )
             photos = args.photos.split(",")
             clips = []
             if "smooth" in args.clips:
@@ -244,13 +287,22 @@ def main(argv=None) -> int:
                 clips.append(make_smooth_clip(cv2, t, low_res, keyframes, args.frames))
             if "photos" in args.clips:
                 clips.append(make_photo_clip(cv2, t, photos, args.frames_per_photo))
-            report = {"bundle": str(args.bundle), "factor": low_res.factor, "input_size": t.input_shape[1],
-                      "output_size": t.output_size, "threads": args.threads, "clips": {}}
+            report = {
+                "bundle": str(args.bundle),
+                "factor": low_res.factor,
+                "input_size": t.input_shape[1],
+                "output_size": t.output_size,
+                "threads": args.threads,
+                "clips": {},
+            }
             for clip in clips:
                 results = run_modes(t, low_res, clip, cv2, args.thresholds, args.first_iterations, args.refresh)
-                report["clips"][clip.name] = {"frames": len(clip.truth), "shots": len(clip.starts),
-                                              "summary": [r.summary() for r in results],
-                                              "per_frame": [asdict(r) for r in results]}
+                report["clips"][clip.name] = {
+                    "frames": len(clip.truth),
+                    "shots": len(clip.starts),
+                    "summary": [r.summary() for r in results],
+                    "per_frame": [asdict(r) for r in results],
+                }
                 log.info("%s: %d frames measured", clip.name, len(clip.truth))
     except (SampleError, SdkError) as e:
         log.error("%s", e)

@@ -1,4 +1,5 @@
 """The table and the plot of samples/measure_modes.py's report (its ``results.json`` layout)."""
+
 from __future__ import annotations
 
 import logging
@@ -7,19 +8,31 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # plot styles per mode kind: (marker, colour)
-STYLES = {"cold": ("o", "tab:blue"), "warm": ("s", "tab:orange"), "warm+refresh": ("P", "tab:purple"),
-          "exit": ("^", "tab:green"), "warm+exit": ("D", "tab:red"), "bicubic": ("", "gray")}
+STYLES = {
+    "cold": ("o", "tab:blue"),
+    "warm": ("s", "tab:orange"),
+    "warm+refresh": ("P", "tab:purple"),
+    "exit": ("^", "tab:green"),
+    "warm+exit": ("D", "tab:red"),
+    "bicubic": ("", "gray"),
+}
 PER_FRAME = {"bicubic": "gray", "cold N=5": "tab:blue", "warm N=1": "tab:orange", "warm N=2": "tab:brown"}
 
 
 def write_table(report: dict, path: Path) -> str:
     """A markdown table per clip: mode, iterations per frame, PSNR (mean, worst), loop time."""
-    lines = [f"Bundle `{report['bundle']}`, x{report['factor']} ({report['input_size']} px in, "
-             f"{report['output_size']} px out); PSNR on uint8 at the output size, peak 255.", ""]
+    lines = [
+        f"Bundle `{report['bundle']}`, x{report['factor']} ({report['input_size']} px in, "
+        f"{report['output_size']} px out); PSNR on uint8 at the output size, peak 255.",
+        "",
+    ]
     for name, clip in report["clips"].items():
-        lines += [f"**{name}** ({clip['frames']} frames, {clip['shots']} shot{'s' * (clip['shots'] > 1)})", "",
-                  "| mode | iterations / frame | PSNR mean (dB) | PSNR worst frame (dB) | loop ms / frame |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"**{name}** ({clip['frames']} frames, {clip['shots']} shot{'s' * (clip['shots'] > 1)})",
+            "",
+            "| mode | iterations / frame | PSNR mean (dB) | PSNR worst frame (dB) | loop ms / frame |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for s in clip["summary"]:
             iters = "–" if s["kind"] == "bicubic" else f"{s['iterations_mean']:.2f}"
             ms = "–" if s["kind"] == "bicubic" else f"{s['ms_mean']:.1f}"
@@ -65,8 +78,13 @@ def _tradeoff(ax, name: str, summary: list) -> None:
         xs, ys = [s["iterations_mean"] for s in rows], [s["psnr_mean"] for s in rows]
         ax.plot(xs, ys, marker=marker, color=colour, linestyle="-" if kind == "cold" else "none", label=kind)
         for s in rows:
-            ax.annotate(s["mode"].split(" ", 1)[-1], (s["iterations_mean"], s["psnr_mean"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                s["mode"].split(" ", 1)[-1],
+                (s["iterations_mean"], s["psnr_mean"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     ax.set_xlabel("iterations per frame (mean)")
     ax.set_ylabel("PSNR (dB, mean over frames)")
     ax.set_title(f"{name}: quality against work")

@@ -11,6 +11,7 @@ Low resolution, two ways (``factor``):
   camera delivers it (a small or distant face), resized to the input size by the task's
   pre-processing with factor 1.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,8 +46,10 @@ class LowResolution:
     def __init__(self, translator: Translator, factor: int | None = None):
         m = translator.manifest
         if m.task not in SUPPORTED_TASKS:
-            raise SampleError(f"this sample translates camera images; bundle task {m.task!r} needs other input "
-                              f"(supported: {', '.join(SUPPORTED_TASKS)})")
+            raise SampleError(
+                f"this sample translates camera images; bundle task {m.task!r} needs other input "
+                f"(supported: {', '.join(SUPPORTED_TASKS)})"
+            )
         if m.task == "super_resolution":
             factor = int(m.task_options.get("factor", 4)) if factor is None else factor
         elif factor not in (None, 1):
@@ -88,8 +91,15 @@ class VideoLoop:
     runs frames x steps, degrades. A cold frame every few frames bounds the chain.
     ``early_exit`` applies to every frame, the frame's step count being the cap."""
 
-    def __init__(self, translator: Translator, iterations: int | None = None, warm: bool = False,
-                 warm_iterations: int | None = None, refresh: int = 0, early_exit: float | None = None):
+    def __init__(
+        self,
+        translator: Translator,
+        iterations: int | None = None,
+        warm: bool = False,
+        warm_iterations: int | None = None,
+        refresh: int = 0,
+        early_exit: float | None = None,
+    ):
         self.translator, self.iterations, self.warm = translator, iterations, warm
         self.warm_iterations = iterations if warm_iterations is None else warm_iterations
         self.refresh, self.early_exit = refresh, early_exit
@@ -99,10 +109,18 @@ class VideoLoop:
 
     def __call__(self, x: np.ndarray, restart: bool = False):
         """Run one frame (``x``: [1, C, S, S]); returns the :class:`sdk.TranslationResult`."""
-        warm = (self.warm and self._previous is not None and not restart
-                and not (self.refresh and self._since_cold >= self.refresh))
-        result = self.translator.infer(x, iterations=self.warm_iterations if warm else self.iterations,
-                                       init=self._previous if warm else None, early_exit=self.early_exit)
+        warm = (
+            self.warm
+            and self._previous is not None
+            and not restart
+            and not (self.refresh and self._since_cold >= self.refresh)
+        )
+        result = self.translator.infer(
+            x,
+            iterations=self.warm_iterations if warm else self.iterations,
+            init=self._previous if warm else None,
+            early_exit=self.early_exit,
+        )
         self._since_cold = self._since_cold + 1 if warm else 1
         self._previous = result if self.warm else None
         self.last_was_warm = warm
@@ -140,7 +158,7 @@ class Compositor:
         canvas = np.zeros((height, width, 3), np.uint8)
         panels = (low_res, bicubic(self.cv2, low_res, self.output_size), result)
         for i, image in enumerate(panels):
-            canvas[:self.panel, i * self.panel:(i + 1) * self.panel] = self._enlarge(image)
+            canvas[: self.panel, i * self.panel : (i + 1) * self.panel] = self._enlarge(image)
         return canvas
 
     def overlay(self, canvas: np.ndarray, labels: tuple[str, str, str], status: list[str]) -> None:

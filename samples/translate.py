@@ -7,6 +7,7 @@ Without --input a synthetic test card is used. Needs Pillow for PNG files (the S
 needs only numpy and onnxruntime). Exits 2 with one line on stderr when the bundle, the image or
 the output path cannot be used.
 """
+
 from __future__ import annotations
 
 import argparse

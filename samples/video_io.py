@@ -5,6 +5,7 @@ OpenCV comes in two wheels: ``opencv-python`` (with highgui windows; needs libGL
 fails on many servers) and ``opencv-python-headless`` (no windows; what CI and ``--headless``
 use). Both provide ``cv2``; :func:`require_window_support` tells them apart at run time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,28 +30,35 @@ def import_cv2():
     try:
         import cv2
     except ImportError as e:
-        raise SampleError(f"OpenCV is not importable ({e}). Install it: python -m pip install -e '.[samples]' "
-                          f"(opencv-python-headless); for a window, opencv-python instead") from None
+        raise SampleError(
+            f"OpenCV is not importable ({e}). Install it: python -m pip install -e '.[samples]' "
+            f"(opencv-python-headless); for a window, opencv-python instead"
+        ) from None
     if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved the Haar detector out of the main wheel
-        raise SampleError(f"this OpenCV ({cv2.__version__}) has no CascadeClassifier; install OpenCV 4: "
-                          f"python -m pip install 'opencv-python-headless>=4.8,<5'")
+        raise SampleError(
+            f"this OpenCV ({cv2.__version__}) has no CascadeClassifier; install OpenCV 4: "
+            f"python -m pip install 'opencv-python-headless>=4.8,<5'"
+        )
     return cv2
 
 
 def require_window_support(cv2) -> None:
     """Fail clearly when no window can be shown: a headless OpenCV build, or no display."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        raise SampleError("no display (DISPLAY is not set): run with --headless (add --output out.mp4 to keep the "
-                          "video)")
+        raise SampleError(
+            "no display (DISPLAY is not set): run with --headless (add --output out.mp4 to keep the video)"
+        )
     try:
         cv2.namedWindow("probe", cv2.WINDOW_AUTOSIZE)
         cv2.destroyWindow("probe")
     except cv2.error as e:
         if "not implemented" not in str(e).lower():
             raise
-        raise SampleError("this OpenCV build has no window support (the opencv-python-headless wheel). For a window: "
-                          "python -m pip uninstall opencv-python-headless && python -m pip install 'opencv-python>=4.8,"
-                          "<5'; or run with --headless --output out.mp4") from None
+        raise SampleError(
+            "this OpenCV build has no window support (the opencv-python-headless wheel). For a window: "
+            "python -m pip uninstall opencv-python-headless && python -m pip install 'opencv-python>=4.8,"
+            "<5'; or run with --headless --output out.mp4"
+        ) from None
 
 
 @dataclass
@@ -82,8 +90,10 @@ def open_source(cv2, source: str) -> Source:
     if not cap.isOpened():
         cap.release()
         if is_camera:
-            raise SampleError(f"camera {source} cannot be opened: no such device, busy, or no permission "
-                              f"(try another index, or a video file)")
+            raise SampleError(
+                f"camera {source} cannot be opened: no such device, busy, or no permission "
+                f"(try another index, or a video file)"
+            )
         raise SampleError(f"OpenCV cannot decode {source} (unsupported container or codec)")
     size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -166,8 +176,9 @@ def open_writer(cv2, path: Path, fps: float, size: tuple[int, int]):
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     if not writer.isOpened():
-        raise SampleError(f"cannot write {path}: OpenCV has no mp4v encoder for it (use a .mp4 path, or check the "
-                          f"folder is writable)")
+        raise SampleError(
+            f"cannot write {path}: OpenCV has no mp4v encoder for it (use a .mp4 path, or check the folder is writable)"
+        )
     return writer
 
 

@@ -33,6 +33,7 @@ and --panel-size + 40 high (mp4v). Press q or Esc in the window to stop.
 Needs OpenCV 4 (pip install -e '.[samples]': opencv-python-headless, enough for --headless).
 For the window install opencv-python instead of the headless wheel.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,7 @@ import numpy as np
 
 from samples.face_crop import FaceTracker, centre_box, crop_square
 from samples.frame_stats import FrameStats, Summary
-from samples.sr_pipeline import (Compositor, LowResolution, VideoLoop, composite_size, result_image,
-                                 status_lines)
+from samples.sr_pipeline import Compositor, LowResolution, VideoLoop, composite_size, result_image, status_lines
 from samples.video_io import FrameGrabber, SampleError, import_cv2, open_source, open_writer, require_window_support
 from sdk import SdkError, Translator
 
@@ -66,32 +66,76 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--source", default="0", help="camera index (0, 1, ...) or a video file (default 0)")
     p.add_argument("--bundle", default="engines/demo", help="bundle folder (default engines/demo)")
     p.add_argument("--backend", default="auto", help="auto | onnxruntime | onnxruntime-cuda | tensorrt")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU inference threads (default 1: at 64 px the demo's graphs gain nothing from a second "
-                        "thread, and capture and face detection need the other core; raise it for larger models)")
-    p.add_argument("--iterations", type=int, help="refinement iterations per frame, the cap with --early-exit "
-                                                  "(default: the bundle's)")
-    p.add_argument("--warm-start", type=int, nargs="?", const=WARM_AS_COLD, metavar="N",
-                   help="start each frame from the previous frame's codes and run N iterations (default: "
-                        "--iterations); frames that start from the average run --iterations")
-    p.add_argument("--warm-refresh", type=int, default=4, metavar="K",
-                   help="with --warm-start, every K-th frame starts from the average again, which bounds the "
-                        "drift of the codes (default 4; 0: never)")
-    p.add_argument("--early-exit", type=float, metavar="T",
-                   help="stop a frame's loop once the mean absolute latent change of a step is below T (the "
-                        "frame's iterations are the cap)")
-    p.add_argument("--factor", type=int, help="F > 1: simulate F-times low resolution; 1: the input is really low "
-                                              "resolution (default: the bundle's factor)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU inference threads (default 1: at 64 px the demo's graphs gain nothing from a second "
+        "thread, and capture and face detection need the other core; raise it for larger models)",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        help="refinement iterations per frame, the cap with --early-exit (default: the bundle's)",
+    )
+    p.add_argument(
+        "--warm-start",
+        type=int,
+        nargs="?",
+        const=WARM_AS_COLD,
+        metavar="N",
+        help="start each frame from the previous frame's codes and run N iterations (default: "
+        "--iterations); frames that start from the average run --iterations",
+    )
+    p.add_argument(
+        "--warm-refresh",
+        type=int,
+        default=4,
+        metavar="K",
+        help="with --warm-start, every K-th frame starts from the average again, which bounds the "
+        "drift of the codes (default 4; 0: never)",
+    )
+    p.add_argument(
+        "--early-exit",
+        type=float,
+        metavar="T",
+        help="stop a frame's loop once the mean absolute latent change of a step is below T (the "
+        "frame's iterations are the cap)",
+    )
+    p.add_argument(
+        "--factor",
+        type=int,
+        help="F > 1: simulate F-times low resolution; 1: the input is really low "
+        "resolution (default: the bundle's factor)",
+    )
     p.add_argument("--no-face", action="store_true", help="use the centre square of the frame, no face detection")
-    p.add_argument("--margin", type=float, default=0.5, help="face box margin each side, as a fraction of the "
-                                                             "detected face size (default 0.5: the crop is 2x the box)")
-    p.add_argument("--smoothing", type=float, default=0.3, help="weight of a new detection in the box's moving "
-                                                                "average, 0..1 (1 = no smoothing; default 0.3)")
-    p.add_argument("--detect-width", type=int, default=160, metavar="PX",
-                   help="detect faces on a copy this wide (default 160: faces of at least 15%% of the frame width; "
-                        "raise it for small, distant faces, at a cost in time)")
-    p.add_argument("--detect-every", type=int, default=1, metavar="K",
-                   help="run the face detector on every K-th frame, keep the box in between (default 1)")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.5,
+        help="face box margin each side, as a fraction of the detected face size (default 0.5: the crop is 2x the box)",
+    )
+    p.add_argument(
+        "--smoothing",
+        type=float,
+        default=0.3,
+        help="weight of a new detection in the box's moving average, 0..1 (1 = no smoothing; default 0.3)",
+    )
+    p.add_argument(
+        "--detect-width",
+        type=int,
+        default=160,
+        metavar="PX",
+        help="detect faces on a copy this wide (default 160: faces of at least 15%% of the frame width; "
+        "raise it for small, distant faces, at a cost in time)",
+    )
+    p.add_argument(
+        "--detect-every",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run the face detector on every K-th frame, keep the box in between (default 1)",
+    )
     p.add_argument("--panel-size", type=int, default=256, help="side of each of the three panels, px (default 256)")
     p.add_argument("--headless", action="store_true", help="no window: write --output and/or print statistics")
     p.add_argument("--output", type=Path, help="write the side-by-side video here (.mp4, mp4v)")
@@ -140,8 +184,16 @@ class FramePipeline:
         warm_iterations = None if args.warm_start == WARM_AS_COLD else args.warm_start
         self.loop = VideoLoop(t, args.iterations, warm, warm_iterations, args.warm_refresh, args.early_exit)
         refresh = f"/{args.warm_refresh}" if warm and args.warm_refresh else ""
-        self.mode = " ".join(filter(None, [self.low_res.describe(), f"warm{refresh}" if warm else "cold",
-                                           f"exit<{args.early_exit:g}" if args.early_exit else ""]))
+        self.mode = " ".join(
+            filter(
+                None,
+                [
+                    self.low_res.describe(),
+                    f"warm{refresh}" if warm else "cold",
+                    f"exit<{args.early_exit:g}" if args.early_exit else "",
+                ],
+            )
+        )
         self._box = None
         # warm-up: the first call allocates the buffers; keep it out of the first frame's time
         blank = np.full((t.input_shape[1],) * 2 + (3,), 128, np.uint8)
@@ -185,8 +237,7 @@ def run(args: argparse.Namespace) -> Summary:
         with Translator(args.bundle, backend=args.backend, threads=args.threads) as t:
             pipeline = FramePipeline(cv2, t, args, stats)
             if args.output is not None:
-                writer = open_writer(cv2, args.output, source.fps or CAMERA_OUTPUT_FPS,
-                                     composite_size(args.panel_size))
+                writer = open_writer(cv2, args.output, source.fps or CAMERA_OUTPUT_FPS, composite_size(args.panel_size))
             progress = _progress(args, source)
             grabber.start()
             _frames(cv2, args, pipeline, grabber, writer, progress)
@@ -222,8 +273,9 @@ def _frames(cv2, args: argparse.Namespace, pipeline: FramePipeline, grabber: Fra
             progress.update(1)
         elif args.headless and time.perf_counter() - last_report > REPORT_EVERY_S:
             last_report = time.perf_counter()
-            log.info("%d frames, %.1f FPS, %s", stats.frames, stats.fps,
-                     status_lines(stats, iterations, pipeline.mode)[1])
+            log.info(
+                "%d frames, %.1f FPS, %s", stats.frames, stats.fps, status_lines(stats, iterations, pipeline.mode)[1]
+            )
 
 
 def _show(cv2, bgr) -> bool:

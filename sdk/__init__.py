@@ -6,14 +6,25 @@
 
 Never imports PyTorch.
 """
-from .errors import BackendError, BundleError, InputError, SdkError, StaleEngineError
+
 from .bundle import Bundle
-from .loop import RefinementLoop, LoopResult
-from .translator import Translator, TranslationResult
 from .device_arrays import DeviceArray
+from .errors import BackendError, BundleError, InputError, SdkError, StaleEngineError
+from .loop import LoopResult, RefinementLoop
+from .translator import TranslationResult, Translator
 
 __version__ = "0.1.0"
 __all__ = [
-    "Translator", "TranslationResult", "DeviceArray", "Bundle", "RefinementLoop", "LoopResult",
-    "SdkError", "BundleError", "BackendError", "InputError", "StaleEngineError", "__version__",
+    "Translator",
+    "TranslationResult",
+    "DeviceArray",
+    "Bundle",
+    "RefinementLoop",
+    "LoopResult",
+    "SdkError",
+    "BundleError",
+    "BackendError",
+    "InputError",
+    "StaleEngineError",
+    "__version__",
 ]

@@ -15,14 +15,16 @@ the target must be one of:
 The old bundle is removed the same way: only the files its manifest names, then the folder if it
 is empty. If something else appeared in it meanwhile, it is kept and the log says where.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import BundleError
 
@@ -44,16 +46,22 @@ def check_build_target(target: Path) -> None:
     except OSError as e:
         raise BundleError(f"--out {target} cannot be examined ({e.strerror}); choose another folder") from None
     if stat.S_ISLNK(st.st_mode):
-        raise BundleError(f"--out {target} is a symbolic link; a build replaces the folder it names, so give the "
-                          f"real folder ({os.path.realpath(target)}) or a new path")
+        raise BundleError(
+            f"--out {target} is a symbolic link; a build replaces the folder it names, so give the "
+            f"real folder ({os.path.realpath(target)}) or a new path"
+        )
     if not stat.S_ISDIR(st.st_mode):
-        raise BundleError(f"--out {target} is a file, not a folder; a build writes a bundle folder: choose a path "
-                          f"that does not exist yet, e.g. --out {_suggest(target)}")
+        raise BundleError(
+            f"--out {target} is a file, not a folder; a build writes a bundle folder: choose a path "
+            f"that does not exist yet, e.g. --out {_suggest(target)}"
+        )
     foreign = next(foreign_entries(target), None)
     if foreign is not None:
-        raise BundleError(f"--out {target} is a folder that is not a bundle ({foreign}); a build replaces only a "
-                          f"bundle it wrote and never deletes other files: choose a new folder, e.g. "
-                          f"--out {_suggest(target)}")
+        raise BundleError(
+            f"--out {target} is a folder that is not a bundle ({foreign}); a build replaces only a "
+            f"bundle it wrote and never deletes other files: choose a new folder, e.g. "
+            f"--out {_suggest(target)}"
+        )
 
 
 def foreign_entries(folder: Path) -> Iterator[str]:
@@ -110,8 +118,11 @@ def remove_bundle(folder: Path) -> None:
     except FileNotFoundError:
         pass
     except OSError:
-        log.warning("kept %s: besides the replaced bundle it holds files no build wrote (%s)", folder,
-                    ", ".join(sorted(os.listdir(folder))[:5]))
+        log.warning(
+            "kept %s: besides the replaced bundle it holds files no build wrote (%s)",
+            folder,
+            ", ".join(sorted(os.listdir(folder))[:5]),
+        )
 
 
 def _file_names(value: Any) -> Iterator[str]:
@@ -151,8 +162,12 @@ def not_a_bundle(path: Path) -> str:
         inside = []
     if inside:
         shown = ", ".join(str(path / n) for n in inside[:5])
-        return (f"{path} holds no {MANIFEST}, so it is not a bundle; it holds the bundle folder(s) {shown}: "
-                f"pass one of those")
-    return (f"{path} holds no {MANIFEST}, so it is not a bundle (a bundle is the folder export/build_engines.py "
-            f"writes, e.g. engines/demo); pass a bundle folder, or build one into a new folder: "
-            f"python export/build_engines.py --checkpoint CKPT --out {path / 'NAME'}")
+        return (
+            f"{path} holds no {MANIFEST}, so it is not a bundle; it holds the bundle folder(s) {shown}: "
+            f"pass one of those"
+        )
+    return (
+        f"{path} holds no {MANIFEST}, so it is not a bundle (a bundle is the folder export/build_engines.py "
+        f"writes, e.g. engines/demo); pass a bundle folder, or build one into a new folder: "
+        f"python export/build_engines.py --checkpoint CKPT --out {path / 'NAME'}"
+    )

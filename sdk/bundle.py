@@ -4,6 +4,7 @@ This module reads and writes the folder: SHA-256 of every file, paths that may n
 folder, atomic writes. The manifest's schema (roles, stage schedule) is :mod:`sdk.manifest`;
 its names are re-exported here. ``engines/README.md`` describes the format for users.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -13,18 +14,28 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
 from .build_target import check_build_target, not_a_bundle, remove_bundle
-from .digests import (CHUNK_BYTES, REPLACE_ATOMICALLY, Expected, changed_since, file_digests,  # noqa: F401
-                      sha256_file, verify_files)
+from .digests import CHUNK_BYTES, REPLACE_ATOMICALLY, Expected, changed_since, file_digests, sha256_file, verify_files  # noqa: F401
 from .errors import BundleError
+
 # the schema lives in sdk/manifest.py; re-exported here, where readers and writers look for it
-from .manifest import (MAX_ITERATIONS, ROLES, SCHEMA_VERSION, GraphSpec, Manifest, Schedule,  # noqa: F401
-                       Stage, TensorSpec, iter_stage_graphs)
+from .manifest import (  # noqa: F401
+    MAX_ITERATIONS,
+    ROLES,
+    SCHEMA_VERSION,
+    GraphSpec,
+    Manifest,
+    Schedule,
+    Stage,
+    TensorSpec,
+    iter_stage_graphs,
+)
 from .npz import read_arrays
 from .permissions import bundle_folder, check_private, drop_others_write
 
@@ -36,17 +47,20 @@ REBUILD_HINT = "rebuild it with: python export/build_engines.py --checkpoint CKP
 
 # --------------------------------------------------------------------------- files
 
+
 def resolve_inside(root: Path, name: str) -> Path:
     """``root / name``, refusing absolute paths, ``..`` and symlinks that leave ``root``."""
     if not name or os.path.isabs(name) or Path(name).drive:
-        raise BundleError(f"manifest path {name!r} is absolute or empty; bundle paths must be relative "
-                          f"file names inside {root}")
+        raise BundleError(
+            f"manifest path {name!r} is absolute or empty; bundle paths must be relative file names inside {root}"
+        )
     try:
         root_real = root.resolve()
         path = (root / name).resolve()
     except (ValueError, OSError, RuntimeError) as e:  # NUL bytes, names too long, symlink loops
-        raise BundleError(f"manifest path {name!r} cannot be resolved inside {root} ({e}); "
-                          f"{REBUILD_HINT.format(path=root)}") from None
+        raise BundleError(
+            f"manifest path {name!r} cannot be resolved inside {root} ({e}); {REBUILD_HINT.format(path=root)}"
+        ) from None
     if root_real != path and root_real not in path.parents:
         raise BundleError(f"manifest path {name!r} leaves the bundle folder {root}; refusing to read it")
     return path
@@ -63,11 +77,15 @@ class Bundle:
         manifest_path = self.path / MANIFEST
         hint = REBUILD_HINT.format(path=self.path)
         if self.path.exists() and not self.path.is_dir():
-            raise BundleError(f"bundle path {self.path} is a file, not a bundle folder; pass the folder "
-                              f"export/build_engines.py wrote (e.g. engines/demo)")
+            raise BundleError(
+                f"bundle path {self.path} is a file, not a bundle folder; pass the folder "
+                f"export/build_engines.py wrote (e.g. engines/demo)"
+            )
         if not self.path.is_dir():
-            raise BundleError(f"bundle folder {self.path} does not exist; build one with: "
-                              f"python export/build_engines.py (demo) or --checkpoint CKPT --out {self.path}")
+            raise BundleError(
+                f"bundle folder {self.path} does not exist; build one with: "
+                f"python export/build_engines.py (demo) or --checkpoint CKPT --out {self.path}"
+            )
         if not manifest_path.is_file():
             raise BundleError(not_a_bundle(self.path))
         unreadable = f"if this is a bundle, remove the folder and rebuild it: {hint}"
@@ -76,8 +94,9 @@ class Bundle:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise BundleError(f"{manifest_path} is not valid JSON ({type(e).__name__}: {e}); {unreadable}") from None
         except ValueError as e:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
-            raise BundleError(f"{manifest_path} holds a number too long to read ({str(e).split(';')[0]}); "
-                              f"{unreadable}") from None
+            raise BundleError(
+                f"{manifest_path} holds a number too long to read ({str(e).split(';')[0]}); {unreadable}"
+            ) from None
         except OSError as e:
             raise BundleError(f"{manifest_path} cannot be read ({e}); {unreadable}") from None
         try:
@@ -115,8 +134,11 @@ class Bundle:
             return
         m = self.manifest
         check_private(self.path, [resolve_inside(self.path, MANIFEST)] + [self._expected[n][0] for n in todo])
-        hashed = verify_files([Expected(*self._expected[n], tuple(m.chunk_sha256.get(n, ()))) for n in todo],
-                              m.chunk_bytes, REBUILD_HINT.format(path=self.path))
+        hashed = verify_files(
+            [Expected(*self._expected[n], tuple(m.chunk_sha256.get(n, ()))) for n in todo],
+            m.chunk_bytes,
+            REBUILD_HINT.format(path=self.path),
+        )
         self._identity.update((n, hashed[self._expected[n][0]]) for n in todo)
         self._verified.update(todo)
 
@@ -128,8 +150,10 @@ class Bundle:
             path = self._expected[name][0]
             why = changed_since(path, before)
             if why:
-                raise BundleError(f"bundle file {path} changed after its SHA-256 was checked, while the bundle was "
-                                  f"being opened ({why}); {REPLACE_ATOMICALLY}; then open it again")
+                raise BundleError(
+                    f"bundle file {path} changed after its SHA-256 was checked, while the bundle was "
+                    f"being opened ({why}); {REPLACE_ATOMICALLY}; then open it again"
+                )
 
     def add_piece_digests(self) -> bool:
         """For a bundle built before piece digests existed: check every file whole, record the
@@ -141,8 +165,10 @@ class Bundle:
         for name, (path, digest) in self._expected.items():
             whole, chunks = file_digests(path, CHUNK_BYTES)
             if whole != digest:
-                raise BundleError(f"bundle file {path} does not match its SHA-256 in the manifest (corrupt or "
-                                  f"modified); {REBUILD_HINT.format(path=self.path)}")
+                raise BundleError(
+                    f"bundle file {path} does not match its SHA-256 in the manifest (corrupt or "
+                    f"modified); {REBUILD_HINT.format(path=self.path)}"
+                )
             if len(chunks) > 1:
                 pieces[name] = chunks
         raw = _with_pieces(self.manifest.raw, pieces)
@@ -172,6 +198,7 @@ class Bundle:
 
 # --------------------------------------------------------------------------- writing
 
+
 class BundleWriter:
     """Writes a bundle into a temporary sibling folder and swaps it into place on commit.
 
@@ -195,15 +222,17 @@ class BundleWriter:
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise BundleError(f"cannot create the folder {self.target.parent} for the bundle ({e.strerror}); "
-                              f"choose --out in a folder you can write") from None
+            raise BundleError(
+                f"cannot create the folder {self.target.parent} for the bundle ({e.strerror}); "
+                f"choose --out in a folder you can write"
+            ) from None
         self._recover_interrupted_swap()
         self._remove_stale_temporaries()
         self._lock_fd, self.tmp = _locked_temporary(self.target)
         self.files: dict[str, str] = {}
         self.chunks: dict[str, list[str]] = {}  # the pieces' digests of files over CHUNK_BYTES
 
-    def __enter__(self) -> "BundleWriter":
+    def __enter__(self) -> BundleWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -288,7 +317,7 @@ class BundleWriter:
             if fd is not None:
                 os.close(fd)
         for lock in self.target.parent.glob(f"{prefix}*.lock"):  # locks whose folder is already gone
-            if not os.path.lexists(lock.with_name(lock.name[:-len(".lock")])):
+            if not os.path.lexists(lock.with_name(lock.name[: -len(".lock")])):
                 try:
                     fd = os.open(lock, os.O_RDWR)
                     try:
@@ -336,7 +365,7 @@ def _locked_temporary(target: Path) -> tuple[int, Path]:
             if not same:
                 os.close(fd)
                 continue
-        tmp = Path(lock[:-len(".lock")])
+        tmp = Path(lock[: -len(".lock")])
         try:
             os.mkdir(tmp, 0o755)
             return fd, tmp
@@ -387,4 +416,3 @@ def _fsync(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-

@@ -4,10 +4,11 @@ Every check runs on the argument as given (its type, its ``.shape``) before anyt
 converted or copied: an ``np.broadcast_to`` view of a million frames has a huge shape and no
 memory behind it, and must be refused as such, not by a ``MemoryError`` while copying it.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def shown(value, limit: int = 60) -> str:
         text = repr(value)
     except Exception:  # a broken __repr__ must not replace the error being reported
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def finite_float(value) -> float | None:
@@ -67,8 +68,10 @@ def check_int(value, what: str, lo: int, hi: int, hint: str = "") -> int:
 def refuse_masked(value, what: str) -> None:
     """Masked arrays are refused: every computation here would silently ignore the mask."""
     if isinstance(value, np.ma.MaskedArray):
-        raise InputError(f"{what} is a masked array, whose mask the SDK would ignore; pass "
-                         f"{what}.filled(v) (v: the value to use where masked) or a plain array")
+        raise InputError(
+            f"{what} is a masked array, whose mask the SDK would ignore; pass "
+            f"{what}.filled(v) (v: the value to use where masked) or a plain array"
+        )
 
 
 def plain_array(value, what: str, kind: str = "numeric") -> np.ndarray:
@@ -78,11 +81,15 @@ def plain_array(value, what: str, kind: str = "numeric") -> np.ndarray:
     try:
         arr = np.asarray(value)
     except Exception as e:  # ragged nested lists; an object whose __array__ or __len__ fails (its cause is chained)
-        raise InputError(f"{what} must be a {kind} array; got {type(value).__name__} that numpy cannot make a "
-                         f"regular array of (ragged nested lists?): {_first_line(e)}") from e
+        raise InputError(
+            f"{what} must be a {kind} array; got {type(value).__name__} that numpy cannot make a "
+            f"regular array of (ragged nested lists?): {_first_line(e)}"
+        ) from e
     if arr.dtype == object:
-        raise InputError(f"{what} must be a {kind} array; got a non-numeric array (Python objects) of shape "
-                         f"{list(arr.shape)} from {type(value).__name__}: ragged lists or mixed types?")
+        raise InputError(
+            f"{what} must be a {kind} array; got a non-numeric array (Python objects) of shape "
+            f"{list(arr.shape)} from {type(value).__name__}: ragged lists or mixed types?"
+        )
     return arr
 
 

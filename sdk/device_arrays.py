@@ -16,6 +16,7 @@ both protocols, so ``torch.as_tensor(a, device="cuda")``, ``torch.from_dlpack(a)
 The SDK never imports PyTorch or CuPy for this: only the two protocols, parsed here (DLPack's C
 structs through ctypes, as ``dlpack.h`` defines them).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -42,9 +43,15 @@ class DLDataType(ctypes.Structure):
 
 
 class DLTensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device", DLDevice), ("ndim", ctypes.c_int32),
-                ("dtype", DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("device", DLDevice),
+        ("ndim", ctypes.c_int32),
+        ("dtype", DLDataType),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.POINTER(ctypes.c_int64)),
+        ("byte_offset", ctypes.c_uint64),
+    ]
 
 
 class DLManagedTensor(ctypes.Structure):
@@ -121,7 +128,7 @@ class DeviceInput:
     def nbytes(self) -> int:
         return int(np.prod(self.shape)) * 4
 
-    def with_batch(self) -> "DeviceInput":
+    def with_batch(self) -> DeviceInput:
         """The same memory seen as a batch of one."""
         return replace(self, shape=(1,) + tuple(self.shape))
 
@@ -155,9 +162,11 @@ def device_view(value, consumer_stream: int, what: str = "x") -> DeviceInput:
     except InputError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as e:  # a malformed interface
-        raise InputError(f"{what} claims to be a CUDA array, but its __cuda_array_interface__ / __dlpack__ cannot "
-                         f"be read ({type(e).__name__}: {str(e)[:120]}); pass a numpy array or a PyTorch/CuPy "
-                         f"CUDA array") from None
+        raise InputError(
+            f"{what} claims to be a CUDA array, but its __cuda_array_interface__ / __dlpack__ cannot "
+            f"be read ({type(e).__name__}: {str(e)[:120]}); pass a numpy array or a PyTorch/CuPy "
+            f"CUDA array"
+        ) from None
 
 
 def _dlpack_on_cuda(value) -> bool:
@@ -184,8 +193,10 @@ def _from_cai(value, cai: dict, what: str) -> DeviceInput:
     # our non-blocking stream does not wait for by itself; "stream": None (v3) means ready now
     stream = cai.get("stream", LEGACY_STREAM)
     if stream == 0:  # CAI v3 forbids 0 (ambiguous between the legacy and per-thread default streams)
-        raise InputError(f"{what}'s __cuda_array_interface__ names stream 0, which the interface forbids; "
-                         f"its producer must give 1 (legacy default stream), 2 (per-thread) or a stream handle")
+        raise InputError(
+            f"{what}'s __cuda_array_interface__ names stream 0, which the interface forbids; "
+            f"its producer must give 1 (legacy default stream), 2 (per-thread) or a stream handle"
+        )
     return DeviceInput(ptr, shape, None, None if stream is None else int(stream), value, what)
 
 
@@ -199,8 +210,10 @@ def _from_dlpack(value, consumer_stream: int, what: str) -> DeviceInput:
         capsule, stream = value.__dlpack__(), LEGACY_STREAM
     t, data = parse_capsule(capsule)
     if (t.dtype.code, t.dtype.bits, t.dtype.lanes) != (KDL_FLOAT, 32, 1):
-        raise InputError(f"{what} must be float32; got DLPack dtype code {t.dtype.code}, {t.dtype.bits} bits "
-                         f"(convert it on the GPU first, e.g. tensor.float())")
+        raise InputError(
+            f"{what} must be float32; got DLPack dtype code {t.dtype.code}, {t.dtype.bits} bits "
+            f"(convert it on the GPU first, e.g. tensor.float())"
+        )
     shape = tuple(int(t.shape[i]) for i in range(t.ndim))
     _check_contiguous(shape, None if not t.strides else [int(t.strides[i]) for i in range(t.ndim)], what)
     return DeviceInput(data, shape, device, stream, capsule, what)  # the capsule keeps the memory alive
@@ -218,8 +231,9 @@ def parse_capsule(capsule) -> tuple[DLTensor, int]:
 
 def _check_dtype(dtype: np.dtype, what: str, detail: str) -> None:
     if dtype != np.float32:
-        raise InputError(f"{what} must be float32; got {dtype} ({detail}); convert it on the GPU first, "
-                         f"e.g. tensor.float()")
+        raise InputError(
+            f"{what} must be float32; got {dtype} ({detail}); convert it on the GPU first, e.g. tensor.float()"
+        )
 
 
 def _check_contiguous(shape: tuple, strides, what: str) -> None:
@@ -229,8 +243,10 @@ def _check_contiguous(shape: tuple, strides, what: str) -> None:
     expected = 1
     for dim, stride in zip(reversed(shape), reversed(strides)):
         if dim != 1 and stride != expected:
-            raise InputError(f"{what} must be C-contiguous (strides {list(strides)} for shape {list(shape)}); "
-                             f"make it so on the GPU first, e.g. tensor.contiguous()")
+            raise InputError(
+                f"{what} must be C-contiguous (strides {list(strides)} for shape {list(shape)}); "
+                f"make it so on the GPU first, e.g. tensor.contiguous()"
+            )
         expected *= dim
 
 
@@ -256,8 +272,14 @@ class DeviceArray:
 
     @property
     def __cuda_array_interface__(self) -> dict:
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3,
-                "strides": None, "stream": None}
+        return {
+            "shape": self.shape,
+            "typestr": self.dtype.str,
+            "data": (self.ptr, False),
+            "version": 3,
+            "strides": None,
+            "stream": None,
+        }
 
     def __dlpack_device__(self) -> tuple[int, int]:
         return (KDL_CUDA, self.device)

@@ -14,6 +14,7 @@ Each file's :func:`identity` (inode, size, times) is taken before it is hashed a
 and again once the backend has loaded it (``Bundle.check_unchanged``): a file replaced or written
 while a bundle opens is refused. Who may write the files at all is :mod:`sdk.permissions`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,7 +37,7 @@ def _blocks(f, length: int | None):
     view = memoryview(buf)
     left = math.inf if length is None else length
     while left > 0:
-        n = f.readinto(view[:int(min(_BLOCK, left))])
+        n = f.readinto(view[: int(min(_BLOCK, left))])
         if not n:
             return
         left -= n
@@ -105,8 +106,10 @@ def _cores() -> int:
 # (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns): the change time also moves when a copy keeps the
 # modification time (cp -p, rsync -a --inplace)
 Identity = tuple
-REPLACE_ATOMICALLY = ("replace a bundle only as the build does, by writing a new folder and renaming it into "
-                      "place, never by copying files over an open one (cp, rsync --inplace)")
+REPLACE_ATOMICALLY = (
+    "replace a bundle only as the build does, by writing a new folder and renaming it into "
+    "place, never by copying files over an open one (cp, rsync --inplace)"
+)
 
 
 def identity(path: Path) -> Identity:
@@ -144,9 +147,11 @@ def verify_files(files: list[Expected], chunk_bytes: int, hint: str) -> dict[Pat
             tasks.append(_Task(i, 0, None, size, e.sha256))
             continue
         if math.ceil(size / chunk_bytes) != len(e.chunks):
-            raise BundleError(f"bundle file {e.path} does not match its SHA-256 in the manifest (it has {size} "
-                              f"bytes, the manifest's {len(e.chunks)} pieces of {chunk_bytes} do not cover that; "
-                              f"truncated or modified); {hint}")
+            raise BundleError(
+                f"bundle file {e.path} does not match its SHA-256 in the manifest (it has {size} "
+                f"bytes, the manifest's {len(e.chunks)} pieces of {chunk_bytes} do not cover that; "
+                f"truncated or modified); {hint}"
+            )
         for k, digest in enumerate(e.chunks):
             piece = min(chunk_bytes, size - k * chunk_bytes)
             tasks.append(_Task(i, k * chunk_bytes, piece, piece, digest))
@@ -160,13 +165,16 @@ def verify_files(files: list[Expected], chunk_bytes: int, hint: str) -> dict[Pat
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(tasks), _cores()))) as pool:
         results = list(pool.map(check, tasks))
-    failed = sorted((t.index, t.offset, got) for t, got in zip(tasks, results)
-                    if isinstance(got, OSError) or got != t.digest)
+    failed = sorted(
+        (t.index, t.offset, got) for t, got in zip(tasks, results) if isinstance(got, OSError) or got != t.digest
+    )
     for e in files:  # a digest that matched bytes of a file that then changed vouches for nothing
         why = changed_since(e.path, before[e.path])
         if why:
-            raise BundleError(f"bundle file {e.path} changed while its SHA-256 was checked ({why}); "
-                              f"{REPLACE_ATOMICALLY}; then open it again")
+            raise BundleError(
+                f"bundle file {e.path} changed while its SHA-256 was checked ({why}); "
+                f"{REPLACE_ATOMICALLY}; then open it again"
+            )
     if not failed:
         return before
     index, offset, got = failed[0]
@@ -174,5 +182,6 @@ def verify_files(files: list[Expected], chunk_bytes: int, hint: str) -> dict[Pat
     if isinstance(got, OSError):
         raise BundleError(f"bundle file {path} cannot be read ({got}); {hint}")
     where = f" (the {chunk_bytes}-byte piece at offset {offset})" if files[index].chunks else ""
-    raise BundleError(f"bundle file {path} does not match its SHA-256 in the manifest{where} (corrupt or "
-                      f"modified); {hint}")
+    raise BundleError(
+        f"bundle file {path} does not match its SHA-256 in the manifest{where} (corrupt or modified); {hint}"
+    )

@@ -1,4 +1,5 @@
 """The exceptions the SDK raises. Every message says what was expected, what came, and the fix."""
+
 from __future__ import annotations
 
 

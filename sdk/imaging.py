@@ -9,6 +9,7 @@
 
 Images are float32 arrays laid out ``[..., H, W]`` (channels first) unless stated otherwise.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,10 @@ MAX_IMAGE_SIDE = 8192  # larger images are refused: resizing them to 256 px woul
 def check_image_side(shape, what: str = "image") -> None:
     """Refuse an image whose height or width (``shape[:2]``) exceeds :data:`MAX_IMAGE_SIDE`."""
     if len(shape) >= 2 and max(shape[:2]) > MAX_IMAGE_SIDE:
-        raise InputError(f"the {what} is {shape[0]}x{shape[1]} px; at most {MAX_IMAGE_SIDE} px a side is accepted "
-                         f"(the model reads it at its input size): downscale it first")
+        raise InputError(
+            f"the {what} is {shape[0]}x{shape[1]} px; at most {MAX_IMAGE_SIDE} px a side is accepted "
+            f"(the model reads it at its input size): downscale it first"
+        )
 
 
 def as_rgb_uint8(image) -> np.ndarray:
@@ -50,9 +53,11 @@ def as_rgb_uint8(image) -> np.ndarray:
     if _is_pil(image):
         return _pil_rgb(image, "PIL image" + (f" of {image.filename!r}" if getattr(image, "filename", "") else ""))
     if image is None or isinstance(image, (bytes, bytearray, memoryview)):
-        raise InputError(f"expected an image (an HxWx3 array, a PIL image or a file path); got a non-numeric "
-                         f"{type(image).__name__} (encoded file bytes? decode them with "
-                         f"PIL.Image.open(io.BytesIO(data)))")
+        raise InputError(
+            f"expected an image (an HxWx3 array, a PIL image or a file path); got a non-numeric "
+            f"{type(image).__name__} (encoded file bytes? decode them with "
+            f"PIL.Image.open(io.BytesIO(data)))"
+        )
     return _array_rgb(plain_array(image, "image"))
 
 
@@ -68,15 +73,17 @@ def as_label_array(labels) -> np.ndarray:
     return plain_array(labels, "label map")
 
 
-def open_image(path) -> "PIL.Image.Image":
+def open_image(path) -> PIL.Image.Image:
     """Open an image file with Pillow (lazy import), its size checked before it is decoded; use
     as a context manager. Unreadable files raise :class:`InputError` naming the file."""
     name = os.fspath(path)
     try:
         from PIL import Image
     except ImportError:
-        raise InputError(f"reading the image file {name!r} needs Pillow (pip install pillow); or pass the image "
-                         f"as an HxWx3 uint8 array") from None
+        raise InputError(
+            f"reading the image file {name!r} needs Pillow (pip install pillow); or pass the image "
+            f"as an HxWx3 uint8 array"
+        ) from None
     try:
         pil = Image.open(name)
     except Exception as e:  # missing, a folder, no permission, not an image, a NUL in the name, ...
@@ -110,8 +117,10 @@ def _pil_rgb(pil, source: str) -> np.ndarray:
             return _scaled_float(arr, 255.0, "a PIL mode F image")
         if mode == "I":  # 32-bit ints: what 16-bit gray files open as in some Pillow releases
             if arr.size and (arr.min() < 0 or arr.max() > 65535):
-                raise InputError(f"the {source} (mode I) has values in [{arr.min()}, {arr.max()}]; 16-bit values "
-                                 f"0..65535 are accepted: scale it to 8 bits (mode L) first")
+                raise InputError(
+                    f"the {source} (mode I) has values in [{arr.min()}, {arr.max()}]; 16-bit values "
+                    f"0..65535 are accepted: scale it to 8 bits (mode L) first"
+                )
             return arr.astype(np.uint16)
         return arr
 
@@ -126,8 +135,10 @@ def _decoded(pil, source: str, read):
     except InputError:
         raise
     except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError, zlib.error...
-        raise InputError(f"cannot decode the {source} (mode {getattr(pil, 'mode', '?')}): {_reason(e)} "
-                         f"(a truncated or corrupt file?)") from None
+        raise InputError(
+            f"cannot decode the {source} (mode {getattr(pil, 'mode', '?')}): {_reason(e)} "
+            f"(a truncated or corrupt file?)"
+        ) from None
 
 
 def _array_rgb(arr: np.ndarray) -> np.ndarray:
@@ -149,8 +160,9 @@ def _array_rgb(arr: np.ndarray) -> np.ndarray:
     elif np.issubdtype(arr.dtype, np.floating):
         arr = _scaled_float(arr, 1.0, "a float image")
     else:
-        raise InputError(f"unsupported image dtype {arr.dtype}; pass uint8 (0..255), uint16 (0..65535) or float "
-                         f"in [0, 1]")
+        raise InputError(
+            f"unsupported image dtype {arr.dtype}; pass uint8 (0..255), uint16 (0..65535) or float in [0, 1]"
+        )
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     return np.ascontiguousarray(arr)
@@ -205,7 +217,7 @@ def _bands(weights: np.ndarray):
     """``(outputs, lo, hi)`` blocks of :data:`BAND` rows of ``weights [out, in]``, with the range
     of inputs ``lo:hi`` the block reads (the rest of its rows is zeros)."""
     for start in range(0, weights.shape[0], BAND):
-        block = weights[start:start + BAND]
+        block = weights[start : start + BAND]
         cols = np.flatnonzero(block.any(axis=0))
         lo, hi = (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 0)
         yield slice(start, start + BAND), lo, hi

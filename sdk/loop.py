@@ -23,12 +23,12 @@ graph serves host and device inputs and outputs. Calls that read the host betwee
 (:class:`sdk.device_arrays.DeviceInput`) and out (``output="device"``) replace the upload and
 download by device-to-device copies.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -57,8 +57,8 @@ class LoopResult:
     images: np.ndarray  # [B, 3, R, R] float32, raw generator output (not clipped)
     latents: np.ndarray  # [B, M, D] float32
     iterations: int
-    steps: Optional[List[Step]] = None
-    latent_change: Optional[List[float]] = None  # per step, with early_exit: max over the batch of mean |dz|
+    steps: list[Step] | None = None
+    latent_change: list[float] | None = None  # per step, with early_exit: max over the batch of mean |dz|
 
 
 @dataclass
@@ -72,9 +72,9 @@ class _Arena:
     y0: object
     zw: object  # warm-start state, uploaded per call that asks for it
     yw: object
-    encoder: Dict[tuple, object] = field(default_factory=dict)  # (graph, source) -> binding
-    generator: Dict[int, object] = field(default_factory=dict)  # slot -> binding
-    graphs: Dict[tuple, object] = field(default_factory=dict)  # (N, INIT|WARM) -> Replay, or None: not capturable
+    encoder: dict[tuple, object] = field(default_factory=dict)  # (graph, source) -> binding
+    generator: dict[int, object] = field(default_factory=dict)  # slot -> binding
+    graphs: dict[tuple, object] = field(default_factory=dict)  # (N, INIT|WARM) -> Replay, or None: not capturable
 
 
 def _files_read(backend: Backend, spec) -> list[str]:
@@ -91,8 +91,10 @@ class RefinementLoop:
         self.backend = backend
         self.cuda_graphs = bool(cuda_graphs) and hasattr(backend, "capture")
         if cuda_graphs and not self.cuda_graphs:
-            log.warning("backend %s cannot record CUDA graphs (only the TensorRT backend can); the loop runs "
-                        "without them", backend.name)
+            log.warning(
+                "backend %s cannot record CUDA graphs (only the TensorRT backend can); the loop runs without them",
+                backend.name,
+            )
         self._bundle, self._verify = bundle, verify
         self.manifest = m = bundle.manifest
         specs = [*iter_stage_graphs(m), m.graphs["generator"]]
@@ -103,15 +105,21 @@ class RefinementLoop:
         if verify:  # the files the backend loaded are still the ones hashed (nobody replaced one meanwhile)
             bundle.check_unchanged()
         self._latent_avg, self._average_image = consts["latent_avg"], consts["average_image"]
-        self._arenas: Dict[int, _Arena] = {}
-        self._mapping: Dict[int, tuple] = {}  # batch -> (input, output, binding) of the mapping graph
+        self._arenas: dict[int, _Arena] = {}
+        self._mapping: dict[int, tuple] = {}  # batch -> (input, output, binding) of the mapping graph
         self._lock = threading.Lock()
         self._closed = False
 
     # ------------------------------------------------------------------ public
-    def run(self, x: np.ndarray, iterations: int | None = None, return_steps: bool = False,
-            init: tuple[np.ndarray, np.ndarray] | None = None, early_exit: float | None = None,
-            output: str = "host") -> LoopResult:
+    def run(
+        self,
+        x: np.ndarray,
+        iterations: int | None = None,
+        return_steps: bool = False,
+        init: tuple[np.ndarray, np.ndarray] | None = None,
+        early_exit: float | None = None,
+        output: str = "host",
+    ) -> LoopResult:
         """``x``: [B, C_x, S, S] float32 in the model's input range (a host array, or a
         :class:`DeviceInput` on backends with ``device_io``). Returns the last step.
 
@@ -125,7 +133,9 @@ class RefinementLoop:
         n = self.check_arguments(iterations, return_steps, early_exit, output)
         expected = (m.input_channels, m.input_size, m.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise InputError(f"input must be [B, {expected[0]}, {expected[1]}, {expected[2]}] (NCHW); got {list(x.shape)}")
+            raise InputError(
+                f"input must be [B, {expected[0]}, {expected[1]}, {expected[2]}] (NCHW); got {list(x.shape)}"
+            )
         batch = x.shape[0]
         self.check_batch(batch)
         if init is not None:
@@ -143,10 +153,12 @@ class RefinementLoop:
             if return_steps or early_exit:  # reads between steps: step by step, never from a graph
                 previous = None
                 if early_exit:
-                    previous = self._latent_avg if init is None else (
-                        init[0] if isinstance(init[0], np.ndarray) else self.backend.download(arena.zw))
-                t, steps, changes = self._run_stepwise(arena, int(n), start, fetch, return_steps, early_exit,
-                                                       previous)
+                    previous = (
+                        self._latent_avg
+                        if init is None
+                        else (init[0] if isinstance(init[0], np.ndarray) else self.backend.download(arena.zw))
+                    )
+                t, steps, changes = self._run_stepwise(arena, int(n), start, fetch, return_steps, early_exit, previous)
             else:
                 self._run_all(arena, int(n), start)
                 t, steps, changes = int(n), None, None
@@ -165,12 +177,14 @@ class RefinementLoop:
         n = sched.default_iterations if iterations is None else iterations
         limit = sched.max_iterations or MAX_ITERATIONS
         if not is_int(n) or not 1 <= n <= limit:
-            raise InputError(f"iterations must be an int in 1..{limit} for this {self.manifest.family} bundle; "
-                             f"got {shown(n)}")
+            raise InputError(
+                f"iterations must be an int in 1..{limit} for this {self.manifest.family} bundle; got {shown(n)}"
+            )
         check_bool(return_steps, "return_steps")
         if early_exit is not None and not (finite_float(early_exit) or 0.0) > 0.0:
-            raise InputError(f"early_exit must be a positive number (a mean latent change) or None; "
-                             f"got {shown(early_exit)}")
+            raise InputError(
+                f"early_exit must be a positive number (a mean latent change) or None; got {shown(early_exit)}"
+            )
         _check_output(output)
         return int(n)
 
@@ -234,23 +248,34 @@ class RefinementLoop:
         give ``output``."""
         _check_output(output)
         if (output == "device" or device_inputs) and not getattr(self.backend, "device_io", False):
-            raise InputError(f"GPU-resident inputs and output='device' need a GPU backend (tensorrt, onnxruntime-cuda); "
-                             f"this Translator runs on {self.backend.name} (CPU): pass numpy arrays (e.g. "
-                             f"tensor.cpu().numpy()) and use output='host'")
+            raise InputError(
+                f"GPU-resident inputs and output='device' need a GPU backend (tensorrt, onnxruntime-cuda); "
+                f"this Translator runs on {self.backend.name} (CPU): pass numpy arrays (e.g. "
+                f"tensor.cpu().numpy()) and use output='host'"
+            )
 
     def _check_init(self, init, batch: int) -> None:
         m, stage = self.manifest, self.manifest.schedule.stages[0]
         if not (self.manifest.schedule.repeat_last and stage.feedback and stage.residual):
-            raise InputError(f"a warm start needs an iterative bundle whose steps take the previous image and "
-                             f"latents (ReStyle, OME); this {m.family} bundle's schedule starts without them")
+            raise InputError(
+                f"a warm start needs an iterative bundle whose steps take the previous image and "
+                f"latents (ReStyle, OME); this {m.family} bundle's schedule starts without them"
+            )
         expected = self.state_shapes(batch)
-        if (not isinstance(init, tuple) or len(init) != 2
-                or any(not isinstance(a, (np.ndarray, DeviceInput)) or tuple(a.shape) != e
-                       for a, e in zip(init, expected))):
-            got = [list(a.shape) if isinstance(a, (np.ndarray, DeviceInput)) else type(a).__name__ for a in init] \
-                if isinstance(init, tuple) else type(init).__name__
-            raise InputError(f"init must be (latents {list(expected[0])}, images {list(expected[1])}) float32 arrays "
-                             f"for this batch (a previous result); got {got}")
+        if (
+            not isinstance(init, tuple)
+            or len(init) != 2
+            or any(not isinstance(a, (np.ndarray, DeviceInput)) or tuple(a.shape) != e for a, e in zip(init, expected))
+        ):
+            got = (
+                [list(a.shape) if isinstance(a, (np.ndarray, DeviceInput)) else type(a).__name__ for a in init]
+                if isinstance(init, tuple)
+                else type(init).__name__
+            )
+            raise InputError(
+                f"init must be (latents {list(expected[0])}, images {list(expected[1])}) float32 arrays "
+                f"for this batch (a previous result); got {got}"
+            )
 
     def synthesise(self, latents: np.ndarray) -> np.ndarray:
         """G(latents): [B, M, D] float32 → [B, 3, R, R] raw generator images."""
@@ -270,8 +295,10 @@ class RefinementLoop:
         """The mapping graph's spec, or :class:`InputError` where the bundle has none."""
         spec = self.manifest.graphs.get("mapping")
         if spec is None:
-            raise InputError("this bundle has no mapping graph (built before style mixing existed); rebuild it "
-                             "with export/build_engines.py, or pass inject_latents")
+            raise InputError(
+                "this bundle has no mapping graph (built before style mixing existed); rebuild it "
+                "with export/build_engines.py, or pass inject_latents"
+            )
         return spec
 
     def map_samples(self, samples: np.ndarray) -> np.ndarray:
@@ -303,8 +330,10 @@ class RefinementLoop:
     def check_batch(self, batch: int) -> None:
         m = self.manifest
         if not m.batch_min <= batch <= m.batch_max:
-            raise InputError(f"batch size {batch} is outside this bundle's range {m.batch_min}..{m.batch_max}; "
-                             f"split the batch or rebuild with --max-batch")
+            raise InputError(
+                f"batch size {batch} is outside this bundle's range {m.batch_min}..{m.batch_max}; "
+                f"split the batch or rebuild with --max-batch"
+            )
 
     def close(self) -> None:
         """Drop the buffers and sessions; later calls raise :class:`InputError`. A call already
@@ -341,7 +370,8 @@ class RefinementLoop:
         be.upload(arena.y0, np.broadcast_to(self._average_image, yspec.concrete_shape(batch)))
         for slot in (0, 1):
             arena.generator[slot] = self.runners["generator"].bind(
-                {zspec.name: arena.z[slot]}, {yspec.name: arena.y[slot]})
+                {zspec.name: arena.z[slot]}, {yspec.name: arena.y[slot]}
+            )
         for graph in iter_stage_graphs(m):
             starts = {INIT: (arena.z0, arena.y0), WARM: (arena.zw, arena.yw)}
             for source in (INIT, WARM, 0, 1):
@@ -349,7 +379,8 @@ class RefinementLoop:
                 # a step that reads slot s writes the other slot; the first step writes slot 0
                 out_slot = 0 if source in starts else 1 - source
                 arena.encoder[(graph.key, source)] = self.runners[graph.key].bind(
-                    self._stage_inputs(graph, arena.x, y_in, z_in), {graph.output.name: arena.z[out_slot]})
+                    self._stage_inputs(graph, arena.x, y_in, z_in), {graph.output.name: arena.z[out_slot]}
+                )
         self._arenas[batch] = arena
         return arena
 

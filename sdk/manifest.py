@@ -29,11 +29,13 @@ Every field the runtime reads is checked here, when a bundle opens, with a messa
 types, integer bounds (``MAX_*`` below: a JSON integer may have thousands of digits), finite
 ranges, and the task's defaults (:func:`sdk.tasks.check_task_options`).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from .errors import BundleError
 from .tasks import check_task_options
@@ -55,6 +57,7 @@ ENGINE_FIELDS = ("file", "sha256", "tensorrt", "compute_capability")  # strings;
 
 # --------------------------------------------------------------------------- schema
 
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One graph input or output: its name in the graph, its role in the loop, shape, dtype."""
@@ -65,18 +68,21 @@ class TensorSpec:
     dtype: str
 
     @classmethod
-    def parse(cls, raw: Any, where: str) -> "TensorSpec":
+    def parse(cls, raw: Any, where: str) -> TensorSpec:
         _expect(raw, dict, where)
-        spec = cls(name=_field(raw, "name", str, where), role=_field(raw, "role", str, where),
-                   shape=tuple(_field(raw, "shape", list, where)), dtype=_field(raw, "dtype", str, where))
+        spec = cls(
+            name=_field(raw, "name", str, where),
+            role=_field(raw, "role", str, where),
+            shape=tuple(_field(raw, "shape", list, where)),
+            dtype=_field(raw, "dtype", str, where),
+        )
         if spec.role not in ROLES:
             raise BundleError(f"{where}.role is {spec.role!r}; expected one of {ROLES}")
         if spec.dtype not in ("float32", "float16"):
             raise BundleError(f"{where}.dtype is {spec.dtype!r}; expected float32 or float16")
         for d in spec.shape:
             if not (isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM)):
-                raise BundleError(f"{where}.shape has {_shown(d)}; expected positive ints (at most {MAX_DIM}) "
-                                  f"or names")
+                raise BundleError(f"{where}.shape has {_shown(d)}; expected positive ints (at most {MAX_DIM}) or names")
         return spec
 
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
@@ -98,32 +104,44 @@ class GraphSpec:
     onnxruntime_cpu: Mapping[str, str] | None = None
 
     @classmethod
-    def parse(cls, key: str, raw: Any) -> "GraphSpec":
+    def parse(cls, key: str, raw: Any) -> GraphSpec:
         where = f"graphs.{key}"
         _expect(raw, dict, where)
-        ins = tuple(TensorSpec.parse(r, f"{where}.inputs[{i}]")
-                    for i, r in enumerate(_field(raw, "inputs", list, where)))
-        outs = tuple(TensorSpec.parse(r, f"{where}.outputs[{i}]")
-                     for i, r in enumerate(_field(raw, "outputs", list, where)))
+        ins = tuple(
+            TensorSpec.parse(r, f"{where}.inputs[{i}]") for i, r in enumerate(_field(raw, "inputs", list, where))
+        )
+        outs = tuple(
+            TensorSpec.parse(r, f"{where}.outputs[{i}]") for i, r in enumerate(_field(raw, "outputs", list, where))
+        )
         if len(outs) != 1:
             raise BundleError(f"{where} has {len(outs)} outputs; expected exactly one")
         roles = [t.role for t in ins]
         if len(set(roles)) != len(roles):
             raise BundleError(f"{where} binds a role twice: {roles}")
         cpu = raw.get(ORT_CPU_KEY)
-        if cpu is not None and (not isinstance(cpu, dict) or not all(
-                isinstance(cpu.get(k), str) and cpu[k] for k in ORT_CPU_FIELDS)):
-            raise BundleError(f"{where}.{ORT_CPU_KEY} must be an object with the string fields "
-                              f"{list(ORT_CPU_FIELDS)}; got {_shown(cpu)}")
-        return cls(key=key, file=_field(raw, "file", str, where), sha256=_field(raw, "sha256", str, where),
-                   precision=_optional(raw, "precision", str, where, "fp32"), inputs=ins, outputs=outs,
-                   onnxruntime_cpu=None if cpu is None else {k: cpu[k] for k in ORT_CPU_FIELDS})
+        if cpu is not None and (
+            not isinstance(cpu, dict) or not all(isinstance(cpu.get(k), str) and cpu[k] for k in ORT_CPU_FIELDS)
+        ):
+            raise BundleError(
+                f"{where}.{ORT_CPU_KEY} must be an object with the string fields "
+                f"{list(ORT_CPU_FIELDS)}; got {_shown(cpu)}"
+            )
+        return cls(
+            key=key,
+            file=_field(raw, "file", str, where),
+            sha256=_field(raw, "sha256", str, where),
+            precision=_optional(raw, "precision", str, where, "fp32"),
+            inputs=ins,
+            outputs=outs,
+            onnxruntime_cpu=None if cpu is None else {k: cpu[k] for k in ORT_CPU_FIELDS},
+        )
 
     def files(self) -> list[tuple[str, str]]:
         """(file, SHA-256) of every file this graph has in the bundle."""
         cpu = self.onnxruntime_cpu
-        return [(self.file, self.sha256)] + ([(cpu["file"], cpu["sha256"]), (cpu["data"], cpu["data_sha256"])]
-                                             if cpu else [])
+        return [(self.file, self.sha256)] + (
+            [(cpu["file"], cpu["sha256"]), (cpu["data"], cpu["data_sha256"])] if cpu else []
+        )
 
     def input(self, role: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.role == role), None)
@@ -189,12 +207,14 @@ class Manifest:
     chunk_sha256: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, raw: Any) -> "Manifest":
+    def parse(cls, raw: Any) -> Manifest:
         _expect(raw, dict, "manifest")
         version = raw.get("schema_version")
         if version != SCHEMA_VERSION or isinstance(version, bool):
-            raise BundleError(f"manifest schema_version is {_shown(version)}; this SDK reads version "
-                              f"{SCHEMA_VERSION}. Rebuild the bundle with this version's export/build_engines.py")
+            raise BundleError(
+                f"manifest schema_version is {_shown(version)}; this SDK reads version "
+                f"{SCHEMA_VERSION}. Rebuild the bundle with this version's export/build_engines.py"
+            )
         task = _field(raw, "task", dict, "manifest")
         inp, out = _field(raw, "input", dict, "manifest"), _field(raw, "output", dict, "manifest")
         latent, batch = _field(raw, "latent", dict, "manifest"), _field(raw, "batch", dict, "manifest")
@@ -204,30 +224,48 @@ class Manifest:
         for i, s in enumerate(_field(sched_raw, "stages", list, "schedule")):
             where = f"schedule.stages[{i}]"
             _expect(s, dict, where)
-            stages.append(Stage(graph=_field(s, "graph", str, where), feedback=_field(s, "feedback", bool, where),
-                                residual=_field(s, "residual", bool, where)))
+            stages.append(
+                Stage(
+                    graph=_field(s, "graph", str, where),
+                    feedback=_field(s, "feedback", bool, where),
+                    residual=_field(s, "residual", bool, where),
+                )
+            )
         if not stages:
             raise BundleError("schedule.stages is empty; expected at least one stage")
-        schedule = Schedule(stages=tuple(stages), repeat_last=_field(sched_raw, "repeat_last", bool, "schedule"),
-                            default_iterations=_int(sched_raw, "default_iterations", "schedule", 0, MAX_ITERATIONS))
+        schedule = Schedule(
+            stages=tuple(stages),
+            repeat_last=_field(sched_raw, "repeat_last", bool, "schedule"),
+            default_iterations=_int(sched_raw, "default_iterations", "schedule", 0, MAX_ITERATIONS),
+        )
         consts = _field(raw, "constants", dict, "manifest")
         options = task.get("options", {}) or {}
         _expect(options, dict, "task.options")
         if _optional(out, "channels", int, "output", 3) != 3:
-            raise BundleError(f"output.channels is {_shown(out['channels'])}; the generator makes RGB images: "
-                              f"expected 3")
-        m = cls(raw=raw, name=_optional(raw, "name", str, "manifest", ""), family=_field(raw, "family", str, "manifest"),
-                task=_field(task, "name", str, "task"), task_options=options,
-                input_channels=_int(inp, "channels", "input", 1, MAX_CHANNELS),
-                input_size=_int(inp, "size", "input", 1, MAX_SIDE), input_range=_range(inp, "input"),
-                output_size=_int(out, "size", "output", 1, MAX_SIDE),
-                output_range=_range(out, "output") if "range" in out else (-1.0, 1.0),
-                latent_count=_int(latent, "count", "latent", 1, MAX_LATENTS),
-                latent_dim=_int(latent, "dim", "latent", 1, MAX_LATENT_DIM),
-                batch_min=_int(batch, "min", "batch", -MAX_BATCH, MAX_BATCH),
-                batch_max=_int(batch, "max", "batch", -MAX_BATCH, MAX_BATCH),
-                graphs=graphs, schedule=schedule, constants_file=_field(consts, "file", str, "constants"),
-                constants_sha256=_field(consts, "sha256", str, "constants"), **_parse_chunks(raw))
+            raise BundleError(
+                f"output.channels is {_shown(out['channels'])}; the generator makes RGB images: expected 3"
+            )
+        m = cls(
+            raw=raw,
+            name=_optional(raw, "name", str, "manifest", ""),
+            family=_field(raw, "family", str, "manifest"),
+            task=_field(task, "name", str, "task"),
+            task_options=options,
+            input_channels=_int(inp, "channels", "input", 1, MAX_CHANNELS),
+            input_size=_int(inp, "size", "input", 1, MAX_SIDE),
+            input_range=_range(inp, "input"),
+            output_size=_int(out, "size", "output", 1, MAX_SIDE),
+            output_range=_range(out, "output") if "range" in out else (-1.0, 1.0),
+            latent_count=_int(latent, "count", "latent", 1, MAX_LATENTS),
+            latent_dim=_int(latent, "dim", "latent", 1, MAX_LATENT_DIM),
+            batch_min=_int(batch, "min", "batch", -MAX_BATCH, MAX_BATCH),
+            batch_max=_int(batch, "max", "batch", -MAX_BATCH, MAX_BATCH),
+            graphs=graphs,
+            schedule=schedule,
+            constants_file=_field(consts, "file", str, "constants"),
+            constants_sha256=_field(consts, "sha256", str, "constants"),
+            **_parse_chunks(raw),
+        )
         m._check_consistency()
         _check_constant_shapes(consts)
         _check_engines(raw.get("engines"), graphs)
@@ -247,28 +285,39 @@ class Manifest:
             if g.input("condition") is None or g.output.role != "latents":
                 raise BundleError(f"graphs.{st.graph} must take role 'condition' and output role 'latents'")
             if st.feedback != (g.input("image") is not None):
-                raise BundleError(f"schedule.stages[{i}].feedback={st.feedback} but graphs.{st.graph} "
-                                  f"{'lacks' if st.feedback else 'has'} an 'image' input")
+                raise BundleError(
+                    f"schedule.stages[{i}].feedback={st.feedback} but graphs.{st.graph} "
+                    f"{'lacks' if st.feedback else 'has'} an 'image' input"
+                )
             if st.residual and g.input("latents") is None:
                 raise BundleError(f"schedule.stages[{i}] is residual but graphs.{st.graph} takes no latents")
-        role_dims = {"condition": (self.input_channels, self.input_size, self.input_size),
-                     "image": (3, self.output_size, self.output_size), "latents": (self.latent_count, self.latent_dim),
-                     "sample": (self.latent_dim,), "style": (self.latent_dim,)}
+        role_dims = {
+            "condition": (self.input_channels, self.input_size, self.input_size),
+            "image": (3, self.output_size, self.output_size),
+            "latents": (self.latent_count, self.latent_dim),
+            "sample": (self.latent_dim,),
+            "style": (self.latent_dim,),
+        }
         mapping = self.graphs.get("mapping")
         if mapping is not None and (mapping.input("sample") is None or mapping.output.role != "style"):
             raise BundleError("graphs.mapping must map role 'sample' to role 'style'")
         for g in self.graphs.values():
-            for where, t in [(f"graphs.{g.key}.inputs[{i}]", t) for i, t in enumerate(g.inputs)] + \
-                            [(f"graphs.{g.key}.outputs[0]", g.output)]:
+            for where, t in [(f"graphs.{g.key}.inputs[{i}]", t) for i, t in enumerate(g.inputs)] + [
+                (f"graphs.{g.key}.outputs[0]", g.output)
+            ]:
                 b = t.shape[0] if t.shape else None
                 batch_ok = isinstance(b, str) or b == self.batch_min == self.batch_max
                 if not batch_ok or tuple(t.shape[1:]) != role_dims[t.role]:
-                    raise BundleError(f"{where}.shape is {list(t.shape)}; its role {t.role!r} needs "
-                                      f"[batch, {', '.join(map(str, role_dims[t.role]))}] (from the manifest's "
-                                      f"input/output/latent fields)")
+                    raise BundleError(
+                        f"{where}.shape is {list(t.shape)}; its role {t.role!r} needs "
+                        f"[batch, {', '.join(map(str, role_dims[t.role]))}] (from the manifest's "
+                        f"input/output/latent fields)"
+                    )
         if not 1 <= self.schedule.default_iterations <= (self.schedule.max_iterations or MAX_ITERATIONS):
-            raise BundleError(f"schedule.default_iterations={self.schedule.default_iterations} is outside "
-                              f"1..{self.schedule.max_iterations or MAX_ITERATIONS}")
+            raise BundleError(
+                f"schedule.default_iterations={self.schedule.default_iterations} is outside "
+                f"1..{self.schedule.max_iterations or MAX_ITERATIONS}"
+            )
         if not 1 <= self.batch_min <= self.batch_max:
             raise BundleError(f"batch range {self.batch_min}..{self.batch_max} is empty")
 
@@ -311,7 +360,7 @@ def _shown(value: Any, limit: int = 80) -> str:
         text = repr(value)
     except ValueError:
         return f"a {type(value).__name__} holding an integer too long to print"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _int(raw: Mapping, key: str, where: str, lo: int, hi: int) -> int:
@@ -333,8 +382,9 @@ def _check_constant_shapes(consts: Mapping) -> None:
         return
     _expect(arrays, dict, "constants.arrays")
     for name, shape in arrays.items():
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                  and 0 < d <= MAX_DIM for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM for d in shape
+        ):
             raise BundleError(f"constants.arrays.{name} is {_shown(shape)}; expected a shape (a list of positive ints)")
 
 
@@ -354,8 +404,9 @@ def _check_engines(engines: Any, graphs: Mapping[str, GraphSpec]) -> None:
         for name in ("gpu", "precision"):
             _optional(entry, name, str, where, "")
         if key not in graphs:
-            raise BundleError(f"{where} is an engine for no graph of manifest.graphs ({sorted(graphs)}); "
-                              f"rebuild the engines")
+            raise BundleError(
+                f"{where} is an engine for no graph of manifest.graphs ({sorted(graphs)}); rebuild the engines"
+            )
 
 
 def _expect(value: Any, kind: type, where: str) -> None:

@@ -6,6 +6,7 @@ the named arrays can take, hashed from those same bytes where the caller wants i
 only the named members are opened: each one's ``.npy`` header (shape, dtype) is checked before a
 byte of its data is decompressed, and exactly its data is read. No pickles are loaded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,8 @@ import io
 import math
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from numpy.lib import format as npy
@@ -35,8 +36,10 @@ def read_file(path: Path, limit: int, hint: str) -> bytes:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size > limit:
-                raise BundleError(f"{path} is {size} bytes, more than the {limit} its arrays can take; it holds "
-                                  f"something else. {hint}")
+                raise BundleError(
+                    f"{path} is {size} bytes, more than the {limit} its arrays can take; it holds "
+                    f"something else. {hint}"
+                )
             return f.read(limit + 1)
     except OSError as e:
         raise BundleError(f"{path} cannot be read ({e}); {hint}") from None
@@ -68,14 +71,17 @@ def _member(zf: zipfile.ZipFile, name: str, shape: tuple[int, ...], where: str) 
         return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def read_arrays(path: Path, expected: Mapping[str, tuple[int, ...]], hint: str,
-                sha256: str | None = None) -> dict[str, np.ndarray]:
+def read_arrays(
+    path: Path, expected: Mapping[str, tuple[int, ...]], hint: str, sha256: str | None = None
+) -> dict[str, np.ndarray]:
     """The arrays ``expected`` (name -> shape) of the ``.npz`` at ``path``, float32, all finite.
     ``sha256``: check the bytes read against it (the file may not change between check and use)."""
     data = read_file(path, _limit(expected), hint)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise BundleError(f"bundle file {path} does not match its SHA-256 in the manifest (corrupt, or modified "
-                          f"after the bundle was checked); {hint}")
+        raise BundleError(
+            f"bundle file {path} does not match its SHA-256 in the manifest (corrupt, or modified "
+            f"after the bundle was checked); {hint}"
+        )
     arrays = {}
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -87,6 +93,8 @@ def read_arrays(path: Path, expected: Mapping[str, tuple[int, ...]], hint: str,
         raise BundleError(f"{path} is not a readable .npz ({type(e).__name__}: {e}); {hint}") from None
     for name, array in arrays.items():
         if not np.all(np.isfinite(array)):
-            raise BundleError(f"{path}: {name} holds {int(np.size(array) - np.isfinite(array).sum())} NaN or Inf "
-                              f"values (or values beyond float32's range); every output would be NaN. {hint}")
+            raise BundleError(
+                f"{path}: {name} holds {int(np.size(array) - np.isfinite(array).sum())} NaN or Inf "
+                f"values (or values beyond float32's range); every output would be NaN. {hint}"
+            )
     return arrays

@@ -16,14 +16,16 @@ Permission bits only change at their owner's (or root's) hand, so a chain that p
 changed by anyone else afterwards. POSIX ACLs that grant write access show in the group bits
 (the ACL mask) and are refused too. On Windows there is no such check (documented).
 """
+
 from __future__ import annotations
 
 import errno
 import logging
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import BundleError
 
@@ -36,6 +38,7 @@ SKIP = "Translator(..., verify=False) skips the integrity check altogether"
 def _owner(uid: int) -> str:
     try:
         import pwd
+
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except (ImportError, KeyError):
         return f"uid {uid}"
@@ -48,8 +51,13 @@ def _problem(st: os.stat_result, euid: int, sticky_ok: bool) -> tuple[str, str] 
         return f"is owned by {_owner(st.st_uid)}, not by {you}", "chown"
     mode = stat.S_IMODE(st.st_mode)
     if mode & _OTHERS_WRITE and not (sticky_ok and mode & stat.S_ISVTX):
-        who = "its group and everyone" if mode & _OTHERS_WRITE == _OTHERS_WRITE else \
-            "its group" if mode & stat.S_IWGRP else "everyone"
+        who = (
+            "its group and everyone"
+            if mode & _OTHERS_WRITE == _OTHERS_WRITE
+            else "its group"
+            if mode & stat.S_IWGRP
+            else "everyone"
+        )
         return f"is writable by {who} (mode {mode:04o})", "chmod"
     return None
 
@@ -83,8 +91,9 @@ def bundle_folder(path: Any, manifest: str) -> Path:
     process may look into (a missing folder or manifest is for :class:`Bundle` to explain)."""
     usage = "pass the bundle folder export/build_engines.py wrote, e.g. Translator('engines/demo')"
     if not isinstance(path, (str, os.PathLike)):
-        raise BundleError(f"the bundle path must be a str or os.PathLike naming a folder; got "
-                          f"{type(path).__name__}. {usage}")
+        raise BundleError(
+            f"the bundle path must be a str or os.PathLike naming a folder; got {type(path).__name__}. {usage}"
+        )
     try:
         text = os.fspath(path)
         if not isinstance(text, str):
@@ -102,13 +111,16 @@ def bundle_folder(path: Any, manifest: str) -> Path:
         except ValueError:  # an embedded NUL byte
             raise BundleError(f"bundle path {_shown(text)} contains a NUL byte; {usage}") from None
         except PermissionError:
-            raise BundleError(f"bundle folder {_shown(text)} cannot be searched ({_shown(str(probe))} is not accessible: "
-                              f"permission denied); give yourself read and search permission on it and the "
-                              f"folders above (chmod u+rx), or run as its owner") from None
+            raise BundleError(
+                f"bundle folder {_shown(text)} cannot be searched ({_shown(str(probe))} is not accessible: "
+                f"permission denied); give yourself read and search permission on it and the "
+                f"folders above (chmod u+rx), or run as its owner"
+            ) from None
         except OSError as e:
             if e.errno == errno.ENAMETOOLONG:
-                raise BundleError(f"bundle path {_shown(text)} is too long for this system ({e.strerror}); "
-                                  f"{usage}") from None
+                raise BundleError(
+                    f"bundle path {_shown(text)} is too long for this system ({e.strerror}); {usage}"
+                ) from None
             raise BundleError(f"bundle path {_shown(text)} cannot be opened ({e.strerror or e}); {usage}") from None
     return folder
 
@@ -152,9 +164,14 @@ def check_private(folder: Path, files: Iterable[Path]) -> None:
         kind = "folder" if stat.S_ISDIR(st.st_mode) else "file"
         where = "the bundle folder" if path == real else f"bundle {kind}" if inside else f"the {kind} above the bundle"
         if verb == "chmod":
-            fix = (f"chmod -R go-w {folder}" if inside else
-                   f"chmod go-w {path}, or move the bundle into a folder only you and root can write to")
+            fix = (
+                f"chmod -R go-w {folder}"
+                if inside
+                else f"chmod go-w {path}, or move the bundle into a folder only you and root can write to"
+            )
         else:
             fix = f"copy the bundle into a folder of yours (cp -r {folder} DEST) or chown it to you"
-        raise BundleError(f"{where} {path} {problem}: someone else could replace the bundle's files after their "
-                          f"SHA-256 is checked, so it is refused. Fix: {fix} ({SKIP})")
+        raise BundleError(
+            f"{where} {path} {problem}: someone else could replace the bundle's files after their "
+            f"SHA-256 is checked, so it is refused. Fix: {fix} ({SKIP})"
+        )

@@ -3,16 +3,17 @@
 Each task is a function registered under the name the manifest's ``task.name`` uses, so a
 new task is one function here and one manifest value, not a branch in the translator.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .checks import is_int
 from .errors import BundleError, InputError
-from .imaging import (as_label_array, as_rgb_uint8, bicubic_downsample, check_image_side, resize_bilinear,
-                      to_model_range)
+from .imaging import as_label_array, as_rgb_uint8, bicubic_downsample, check_image_side, resize_bilinear, to_model_range
 
 if TYPE_CHECKING:  # sdk.manifest validates task options with check_task_options below
     from .manifest import Manifest
@@ -20,13 +21,14 @@ if TYPE_CHECKING:  # sdk.manifest validates task options with check_task_options
 SR_FACTORS = (1, 2, 4, 8, 16, 32)
 MAX_LABELS = 256  # label maps are resized as 8-bit planes (as pSp's PIL transforms do)
 Preprocess = Callable[..., np.ndarray]
-TASKS: Dict[str, Preprocess] = {}
+TASKS: dict[str, Preprocess] = {}
 
 
 def task(name: str):
     def register(fn: Preprocess) -> Preprocess:
         TASKS[name] = fn
         return fn
+
     return register
 
 
@@ -107,8 +109,10 @@ def preprocess_segmentation(labels, manifest: Manifest) -> np.ndarray:
         raise InputError(f"segmentation labels must be integers 0..{label_nc - 1}; got dtype {arr.dtype}")
     bad = (arr < 0) | (arr >= label_nc)
     if bad.any():
-        raise InputError(f"segmentation labels must be in 0..{label_nc - 1} (label_nc = {label_nc}); found "
-                         f"{np.unique(arr[bad])[:8].tolist()} at {int(bad.sum())} pixels")
+        raise InputError(
+            f"segmentation labels must be in 0..{label_nc - 1} (label_nc = {label_nc}); found "
+            f"{np.unique(arr[bad])[:8].tolist()} at {int(bad.sum())} pixels"
+        )
     size = manifest.input_size
     if arr.shape != (size, size):
         arr = _resize_8bit(arr[None], size)[0]
@@ -120,6 +124,7 @@ def preprocess_segmentation(labels, manifest: Manifest) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the manifest's side
 
+
 def _option_int(options: Mapping[str, Any], key: str, default: int, allowed, why: str) -> int:
     value = options.get(key, default)
     if not is_int(value) or value not in allowed:
@@ -127,8 +132,9 @@ def _option_int(options: Mapping[str, Any], key: str, default: int, allowed, why
             text = repr(value)[:60]
         except ValueError:  # an int of thousands of digits
             text = "an integer too long to print"
-        raise BundleError(f"task.options.{key} is {text}; {why}. Rebuild the bundle with a valid value "
-                          f"(export/build_engines.py)")
+        raise BundleError(
+            f"task.options.{key} is {text}; {why}. Rebuild the bundle with a valid value (export/build_engines.py)"
+        )
     return int(value)
 
 
@@ -138,25 +144,38 @@ def check_task_options(task_name: str, options: Mapping[str, Any], channels: int
     Tasks this SDK does not know are left to ``Translator.infer`` with prepared arrays."""
     needs = {"inversion": 3, "super_resolution": 3, "sketch": 1}.get(task_name)
     if needs is not None and channels != needs:
-        raise BundleError(f"task {task_name!r} feeds the encoder {needs} channel(s), but input.channels is "
-                          f"{channels}; the task and the encoder come from different checkpoints")
+        raise BundleError(
+            f"task {task_name!r} feeds the encoder {needs} channel(s), but input.channels is "
+            f"{channels}; the task and the encoder come from different checkpoints"
+        )
     if task_name == "super_resolution":
-        _option_int(options, "factor", 4, [f for f in SR_FACTORS if size % f == 0],
-                    f"the default super-resolution factor must be one of {SR_FACTORS} that divides the encoder "
-                    f"input size {size}")
+        _option_int(
+            options,
+            "factor",
+            4,
+            [f for f in SR_FACTORS if size % f == 0],
+            f"the default super-resolution factor must be one of {SR_FACTORS} that divides the encoder "
+            f"input size {size}",
+        )
     elif task_name == "segmentation":
-        _option_int(options, "label_nc", channels, [channels] if channels <= MAX_LABELS else [],
-                    f"it must equal input.channels ({channels}, one one-hot plane per label) and be at most "
-                    f"{MAX_LABELS}")
+        _option_int(
+            options,
+            "label_nc",
+            channels,
+            [channels] if channels <= MAX_LABELS else [],
+            f"it must equal input.channels ({channels}, one one-hot plane per label) and be at most {MAX_LABELS}",
+        )
 
 
 def preprocess(image, manifest: Manifest, **options) -> np.ndarray:
     """The manifest's task pre-processing; returns [C_x, S, S] float32."""
     fn = TASKS.get(manifest.task)
     if fn is None:
-        raise InputError(f"this SDK has no pre-processing for task {manifest.task!r} (known: {sorted(TASKS)}); "
-                         f"call Translator.infer with a prepared NCHW array instead")
-    unknown = set(options) - set(fn.__code__.co_varnames[2:fn.__code__.co_argcount])
+        raise InputError(
+            f"this SDK has no pre-processing for task {manifest.task!r} (known: {sorted(TASKS)}); "
+            f"call Translator.infer with a prepared NCHW array instead"
+        )
+    unknown = set(options) - set(fn.__code__.co_varnames[2 : fn.__code__.co_argcount])
     if unknown:
         raise InputError(f"task {manifest.task!r} takes no option(s) {sorted(unknown)}")
     return fn(image, manifest, **options)

@@ -9,14 +9,15 @@ On a GPU: ``Translator(..., cuda_graphs=True)`` replays the loop from CUDA graph
 ``infer`` takes CUDA arrays (PyTorch, CuPy, DLPack) and returns them with ``output="device"``
 (``docs/gpu.md``).
 """
+
 from __future__ import annotations
 
 import ctypes
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -44,13 +45,14 @@ class TranslationResult:
     images: np.ndarray
     latents: np.ndarray
     iterations: int
-    steps: Optional[List[Step]] = None
-    latent_change: Optional[List[float]] = None
+    steps: list[Step] | None = None
+    latent_change: list[float] | None = None
 
     @classmethod
-    def from_loop(cls, r: LoopResult) -> "TranslationResult":
-        return cls(images=r.images, latents=r.latents, iterations=r.iterations, steps=r.steps,
-                   latent_change=r.latent_change)
+    def from_loop(cls, r: LoopResult) -> TranslationResult:
+        return cls(
+            images=r.images, latents=r.latents, iterations=r.iterations, steps=r.steps, latent_change=r.latent_change
+        )
 
 
 class Translator:
@@ -79,8 +81,15 @@ class Translator:
     and a bad one raises an :class:`sdk.errors.SdkError` subclass saying what was expected.
     """
 
-    def __init__(self, bundle: str | os.PathLike, backend: str = "auto", threads: int | None = None,
-                 verify: bool = True, device: int = 0, cuda_graphs: bool = False):
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        backend: str = "auto",
+        threads: int | None = None,
+        verify: bool = True,
+        device: int = 0,
+        cuda_graphs: bool = False,
+    ):
         _check_options(backend, threads, verify, device, cuda_graphs)
         self.bundle = Bundle(bundle, verify=False)  # the loop checks the files its backend reads
         self.backend = create_backend(backend, threads=threads, bundle=self.bundle, device=device)
@@ -91,14 +100,21 @@ class Translator:
             if backend != "auto" or self.backend.name != "tensorrt":
                 raise
             # an engine that passed the version checks but does not deserialise: the graphs still run
-            log.warning("TensorRT engines of %s cannot be loaded (%s); falling back to ONNX Runtime", self.bundle.path, e)
+            log.warning(
+                "TensorRT engines of %s cannot be loaded (%s); falling back to ONNX Runtime", self.bundle.path, e
+            )
             self.backend = create_backend("auto", threads=threads, device=device)
             self._loop = RefinementLoop(self.backend, self.bundle, cuda_graphs, verify)
         except BaseException:
             self.backend.close()  # device memory and streams of a half-opened backend
             raise
-        log.info("opened %s (%s, task %s) on %s", self.bundle.path, self.manifest.family, self.manifest.task,
-                 self.backend.name)
+        log.info(
+            "opened %s (%s, task %s) on %s",
+            self.bundle.path,
+            self.manifest.family,
+            self.manifest.task,
+            self.backend.name,
+        )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -121,9 +137,15 @@ class Translator:
         return float(lo), float(hi)
 
     # ------------------------------------------------------------------ inference
-    def infer(self, x: np.ndarray, iterations: int | None = None, return_steps: bool = False,
-              init: "TranslationResult | tuple | None" = None, early_exit: float | None = None,
-              output: str = "host") -> TranslationResult:
+    def infer(
+        self,
+        x: np.ndarray,
+        iterations: int | None = None,
+        return_steps: bool = False,
+        init: TranslationResult | tuple | None = None,
+        early_exit: float | None = None,
+        output: str = "host",
+    ) -> TranslationResult:
         """Run the loop on ``x``: [B, C_x, S, S] (or [C_x, S, S]) float32 in the model's input
         range. ``iterations`` defaults to the bundle's; pSp bundles allow 1.
 
@@ -163,8 +185,15 @@ class Translator:
         _check_magnitude(codes, "latents")
         return loop.synthesise(codes if codes.ndim == 3 else codes[None])
 
-    def mix(self, x: np.ndarray, latent_mask=None, alpha: float | None = None, seed: int | None = None,
-            inject_latents: np.ndarray | None = None, iterations: int | None = None) -> TranslationResult:
+    def mix(
+        self,
+        x: np.ndarray,
+        latent_mask=None,
+        alpha: float | None = None,
+        seed: int | None = None,
+        inject_latents: np.ndarray | None = None,
+        iterations: int | None = None,
+    ) -> TranslationResult:
         """Multi-modal synthesis by style mixing (pSp Sec. 3.2): translate ``x``, then take the
         layers in ``latent_mask`` from another code — ``inject_latents`` ([B, M, D] or [B, D] W
         codes), or a random one, ``mapping(z)`` with ``z ~ N(0, I)`` drawn with ``seed``. With
@@ -185,8 +214,11 @@ class Translator:
         if inject_latents is None:
             loop.mapping_spec()  # a bundle without a mapping graph cannot draw the code: say so before the loop
         else:
-            inject = _float_array(inject_latents, "inject_latents",
-                                  lambda shape: match_shape(shape, [(b, m, d), (b, d)], "inject_latents"))
+            inject = _float_array(
+                inject_latents,
+                "inject_latents",
+                lambda shape: match_shape(shape, [(b, m, d), (b, d)], "inject_latents"),
+            )
             _check_magnitude(inject, "inject_latents")
             if inject.ndim == 2:
                 inject = np.repeat(inject[:, None, :], m, axis=1)
@@ -222,7 +254,7 @@ class Translator:
             self._loop = None
             _return_heap_to_os()
 
-    def __enter__(self) -> "Translator":
+    def __enter__(self) -> Translator:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -250,9 +282,11 @@ class Translator:
                 try:
                     match_shape(got, forms, f"init {what}")
                 except InputError:
-                    raise InputError(f"init must be (latents {list(shapes[0])}, images {list(shapes[1])}) float32 "
-                                     f"arrays for this batch (a previous result); got init {what} of shape "
-                                     f"{list(got)}") from None
+                    raise InputError(
+                        f"init must be (latents {list(shapes[0])}, images {list(shapes[1])}) float32 "
+                        f"arrays for this batch (a previous result); got init {what} of shape "
+                        f"{list(got)}"
+                    ) from None
 
             if is_device_array(value):
                 arr = self._device_input(value, f"init {what}")
@@ -269,16 +303,17 @@ class Translator:
         by shape, batch and dtype only: nothing is converted or copied yet."""
         device = is_device_array(x)
         if not device and not isinstance(x, np.ndarray):
-            raise InputError(f"infer() takes a numpy array; got {type(x).__name__} (GPU backends also take CUDA "
-                             f"arrays). Use translator(image) for HxWx3 images")
+            raise InputError(
+                f"infer() takes a numpy array; got {type(x).__name__} (GPU backends also take CUDA "
+                f"arrays). Use translator(image) for HxWx3 images"
+            )
         if device:
             x = self._device_input(x, "x")
         else:
             refuse_masked(x, "x")
         c, s, _ = self.input_shape
         if tuple(x.shape[-3:]) != (c, s, s) or x.ndim not in (3, 4):
-            raise InputError(f"expected x of shape [B, {c}, {s}, {s}] or [{c}, {s}, {s}] (NCHW); "
-                             f"got {list(x.shape)}")
+            raise InputError(f"expected x of shape [B, {c}, {s}, {s}] or [{c}, {s}, {s}] (NCHW); got {list(x.shape)}")
         if int(np.prod(x.shape)) == 0:
             raise InputError(f"x is empty (shape {list(x.shape)}); expected a batch of at least 1")
         batch = x.shape[0] if x.ndim == 4 else 1
@@ -301,8 +336,10 @@ class Translator:
         # model without refusing resampling overshoot.
         span = hi - lo
         if x.min() < lo - span or x.max() > hi + span:
-            raise InputError(f"x has values in [{x.min():.4g}, {x.max():.4g}]; this model expects its input "
-                             f"range [{lo:g}, {hi:g}] (pixels 0..255? use translator(image), which scales them)")
+            raise InputError(
+                f"x has values in [{x.min():.4g}, {x.max():.4g}]; this model expects its input "
+                f"range [{lo:g}, {hi:g}] (pixels 0..255? use translator(image), which scales them)"
+            )
         return x
 
 
@@ -319,8 +356,13 @@ def _check_options(backend, threads, verify, device, cuda_graphs) -> None:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise BackendError(f"unknown backend {shown(backend)}; expected one of {BACKENDS}")
     if threads is not None:
-        check_int(threads, "threads", 1, max_threads(),
-                  f"; None lets the runtime choose (this machine has {os.cpu_count()} cores)")
+        check_int(
+            threads,
+            "threads",
+            1,
+            max_threads(),
+            f"; None lets the runtime choose (this machine has {os.cpu_count()} cores)",
+        )
     check_bool(verify, "verify")
     check_bool(cuda_graphs, "cuda_graphs")
     check_int(device, "device (a GPU index)", 0, MAX_DEVICE)
@@ -335,8 +377,10 @@ def _check_magnitude(codes: np.ndarray, what: str) -> None:
     if not np.all(np.isfinite(codes)):
         raise InputError(f"{what} must be finite: they contain NaN or Inf (or values too large for float32)")
     if codes.size and np.abs(codes).max() > LATENT_LIMIT:
-        raise InputError(f"{what} have values up to {np.abs(codes).max():.3g}; W+ codes are of order 1-10 and this "
-                         f"SDK refuses magnitudes beyond {LATENT_LIMIT:g}, where the style affines overflow")
+        raise InputError(
+            f"{what} have values up to {np.abs(codes).max():.3g}; W+ codes are of order 1-10 and this "
+            f"SDK refuses magnitudes beyond {LATENT_LIMIT:g}, where the style affines overflow"
+        )
 
 
 def _float_array(value, what: str, check_shape: Callable[[tuple], object]) -> np.ndarray:
@@ -352,8 +396,9 @@ def _float_array(value, what: str, check_shape: Callable[[tuple], object]) -> np
 
 def _pair(init) -> tuple:
     if not isinstance(init, (tuple, list)) or len(init) != 2:
-        raise InputError(f"init must be a previous TranslationResult or a (latents, images) pair; "
-                         f"got {type(init).__name__}")
+        raise InputError(
+            f"init must be a previous TranslationResult or a (latents, images) pair; got {type(init).__name__}"
+        )
     return init[0], init[1]
 
 

@@ -28,12 +28,13 @@ Outputs: ``output`` UINT8 [R, R, 3] (what ``translator(image)`` returns), ``outp
 [3, R, R] (raw generator output, ``TranslationResult.images``) and ``latents`` FP32 [M, D]
 (W+ codes); Triton sends only those a client asks for.
 """
+
 from __future__ import annotations
 
 import inspect
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -67,16 +68,20 @@ def task_options(task: str) -> tuple[str, ...]:
 
 def model_inputs(translator: Translator) -> list[TensorInfo]:
     c, s, _ = translator.input_shape
-    return ([TensorInfo(IMAGE, np.uint8, (-1, -1, -1), optional=True),
-             TensorInfo(CONDITION, np.float32, (c, s, s), optional=True),
-             TensorInfo(ITERATIONS, np.int32, (1,), optional=True)]
-            + [TensorInfo(name, np.int32, (1,), optional=True) for name in task_options(translator.manifest.task)])
+    return [
+        TensorInfo(IMAGE, np.uint8, (-1, -1, -1), optional=True),
+        TensorInfo(CONDITION, np.float32, (c, s, s), optional=True),
+        TensorInfo(ITERATIONS, np.int32, (1,), optional=True),
+    ] + [TensorInfo(name, np.int32, (1,), optional=True) for name in task_options(translator.manifest.task)]
 
 
 def model_outputs(translator: Translator) -> list[TensorInfo]:
     m, r = translator.manifest, translator.output_size
-    return [TensorInfo(OUTPUT, np.uint8, (r, r, 3)), TensorInfo(OUTPUT_RAW, np.float32, (3, r, r)),
-            TensorInfo(LATENTS, np.float32, (m.latent_count, m.latent_dim))]
+    return [
+        TensorInfo(OUTPUT, np.uint8, (r, r, 3)),
+        TensorInfo(OUTPUT_RAW, np.float32, (3, r, r)),
+        TensorInfo(LATENTS, np.float32, (m.latent_count, m.latent_dim)),
+    ]
 
 
 @dataclass
@@ -86,8 +91,9 @@ class _Row:
     iterations: int
 
 
-def translate_requests(translator: Translator, requests: Sequence[Mapping[str, np.ndarray]],
-                       max_batch: int) -> list[dict[str, np.ndarray]]:
+def translate_requests(
+    translator: Translator, requests: Sequence[Mapping[str, np.ndarray]], max_batch: int
+) -> list[dict[str, np.ndarray]]:
     """Answer each request (a mapping of input name to batched array) with its outputs.
 
     Raises :class:`sdk.InputError` naming the request at fault. Triton's Python models answer
@@ -104,28 +110,34 @@ def translate_requests(translator: Translator, requests: Sequence[Mapping[str, n
     results = _run_grouped(translator, rows, max_batch)
     answers, start = [], 0
     for n in counts:
-        mine = results[start:start + n]
+        mine = results[start : start + n]
         start += n
-        answers.append({
-            OUTPUT: np.stack([to_uint8_image(raw) for raw, _ in mine]),
-            OUTPUT_RAW: np.stack([raw for raw, _ in mine]),
-            LATENTS: np.stack([codes for _, codes in mine]),
-        })
+        answers.append(
+            {
+                OUTPUT: np.stack([to_uint8_image(raw) for raw, _ in mine]),
+                OUTPUT_RAW: np.stack([raw for raw, _ in mine]),
+                LATENTS: np.stack([codes for _, codes in mine]),
+            }
+        )
     return answers
 
 
 def _request_rows(translator: Translator, request: Mapping[str, np.ndarray], index: int) -> list[_Row]:
     given = [k for k in (IMAGE, CONDITION) if k in request]
     if len(given) != 1:
-        raise InputError(f"send exactly one of the inputs {IMAGE!r} (HxWxC uint8) or {CONDITION!r} "
-                         f"(pre-processed float32); got {given or 'neither'}")
+        raise InputError(
+            f"send exactly one of the inputs {IMAGE!r} (HxWxC uint8) or {CONDITION!r} "
+            f"(pre-processed float32); got {given or 'neither'}"
+        )
     data = np.asarray(request[given[0]])
     n = data.shape[0]
     iterations = _per_row(request, ITERATIONS, n)
     options = {name: _per_row(request, name, n) for name in task_options(translator.manifest.task) if name in request}
     if given[0] == CONDITION and options:
-        raise InputError(f"task options {sorted(options)} apply to {IMAGE!r} inputs (the server pre-processes "
-                         f"them); a {CONDITION!r} is already pre-processed")
+        raise InputError(
+            f"task options {sorted(options)} apply to {IMAGE!r} inputs (the server pre-processes "
+            f"them); a {CONDITION!r} is already pre-processed"
+        )
     default = translator.manifest.schedule.default_iterations
     rows = []
     for i in range(n):
@@ -143,8 +155,10 @@ def _per_row(request: Mapping[str, np.ndarray], name: str, n: int) -> list[int] 
         return None
     values = np.asarray(request[name])
     if values.shape != (n, 1) or not np.issubdtype(values.dtype, np.integer):
-        raise InputError(f"{name!r} must be an integer tensor [batch, 1] with one value per row ({n} rows); "
-                         f"got {values.dtype} {list(values.shape)}")
+        raise InputError(
+            f"{name!r} must be an integer tensor [batch, 1] with one value per row ({n} rows); "
+            f"got {values.dtype} {list(values.shape)}"
+        )
     return [int(v) for v in values[:, 0]]
 
 
@@ -157,7 +171,7 @@ def _run_grouped(translator: Translator, rows: list[_Row], max_batch: int) -> li
     batch_min = translator.manifest.batch_min
     for iterations, positions in groups.items():
         for start in range(0, len(positions), max_batch):
-            chunk = positions[start:start + max_batch]
+            chunk = positions[start : start + max_batch]
             x = np.stack([rows[p].condition for p in chunk])
             if len(chunk) < batch_min:  # fixed-batch bundles: pad with copies of the last row, drop them after
                 x = np.concatenate([x, np.repeat(x[-1:], batch_min - len(chunk), axis=0)])

@@ -17,6 +17,7 @@ Inputs: ``condition`` FP32 [C, S, S] (pre-processed, as ``Translator.infer`` tak
 optional ``iterations`` INT32 [1]. Outputs: ``output`` UINT8 [R, R, 3], ``output_raw`` FP32
 [3, R, R], ``latents`` FP32 [M, D] (the names the PyTriton server uses).
 """
+
 import json
 import os
 from collections import defaultdict
@@ -56,18 +57,20 @@ class TritonPythonModel:
         results = {}  # (request index, row index) -> (raw image, latents)
         for n, members in groups.items():
             for start in range(0, len(members), self.max_batch):
-                chunk = members[start:start + self.max_batch]
+                chunk = members[start : start + self.max_batch]
                 images, latents = self._run(np.stack([c for _, _, c in chunk]), n)
                 for k, (index, row, _) in enumerate(chunk):
                     results[index, row] = (images[k], latents[k])
         for index, size in sizes.items():
             raw = np.stack([results[index, row][0] for row in range(size)])
             codes = np.stack([results[index, row][1] for row in range(size)])
-            responses[index] = pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("output", _to_uint8(raw)),
-                pb_utils.Tensor("output_raw", raw),
-                pb_utils.Tensor("latents", codes),
-            ])
+            responses[index] = pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor("output", _to_uint8(raw)),
+                    pb_utils.Tensor("output_raw", raw),
+                    pb_utils.Tensor("latents", codes),
+                ]
+            )
         return responses
 
     def _read(self, request):
@@ -104,10 +107,15 @@ class TritonPythonModel:
         for t in range(iterations):
             last = t == iterations - 1
             stage = stages[min(t, len(stages) - 1)]
-            state["latents"] = _call(stage["model"], {name: state[role] for role, name in stage["inputs"].items()},
-                                     stage["output"], on_cpu=last)
-            state["image"] = _call(generator["model"], {generator["input"]: state["latents"]}, generator["output"],
-                                   on_cpu=last)
+            state["latents"] = _call(
+                stage["model"],
+                {name: state[role] for role, name in stage["inputs"].items()},
+                stage["output"],
+                on_cpu=last,
+            )
+            state["image"] = _call(
+                generator["model"], {generator["input"]: state["latents"]}, generator["output"], on_cpu=last
+            )
         return state["image"].as_numpy()[:rows], state["latents"].as_numpy()[:rows]
 
 
@@ -117,8 +125,11 @@ def _call(model, inputs, output, on_cpu):
     if on_cpu:  # the response is read with numpy: ask for it in host memory
         kwargs["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
     request = pb_utils.InferenceRequest(
-        model_name=model, requested_output_names=[output],
-        inputs=[pb_utils.Tensor.from_dlpack(name, tensor.to_dlpack()) for name, tensor in inputs.items()], **kwargs)
+        model_name=model,
+        requested_output_names=[output],
+        inputs=[pb_utils.Tensor.from_dlpack(name, tensor.to_dlpack()) for name, tensor in inputs.items()],
+        **kwargs,
+    )
     response = request.exec()
     if response.has_error():
         raise pb_utils.TritonModelException(f"{model}: {response.error().message()}")

@@ -13,6 +13,7 @@
 The server is ``python -m serving.pytriton_server``; the names and types are in
 :mod:`serving.batching`. Any KServe v2 client works the same way (``perf_analyzer`` too).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,6 @@ import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -52,15 +52,16 @@ class ServedResult:
 
     output: np.ndarray
     raw: np.ndarray
-    latents: Optional[np.ndarray] = None
+    latents: np.ndarray | None = None
 
 
 class TranslationClient:
     """One connection to a served translator over HTTP or gRPC. Not thread-safe: open one per
     thread (tritonclient's clients are not meant to be shared by threads)."""
 
-    def __init__(self, url: str = "127.0.0.1:8000", protocol: str = "http", model: str = "translator",
-                 timeout_s: float = 120.0):
+    def __init__(
+        self, url: str = "127.0.0.1:8000", protocol: str = "http", model: str = "translator", timeout_s: float = 120.0
+    ):
         if protocol not in PROTOCOLS:
             raise InputError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
         if protocol == "http":
@@ -75,14 +76,16 @@ class TranslationClient:
         self._tc, self.protocol, self.model, self.url, self.timeout_s = tc, protocol, model, url, timeout_s
 
     # ------------------------------------------------------------------ requests
-    def translate(self, image: np.ndarray, iterations: int | None = None, latents: bool = False,
-                  **task_options: int) -> ServedResult:
+    def translate(
+        self, image: np.ndarray, iterations: int | None = None, latents: bool = False, **task_options: int
+    ) -> ServedResult:
         """One HxWxC uint8 image (or a batch [B, H, W, C] of equal size); the server runs the
         task's pre-processing with ``task_options`` (e.g. ``factor=8``)."""
         arr = np.asarray(image)
         if arr.dtype != np.uint8 or arr.ndim not in (2, 3, 4):
-            raise InputError(f"translate() takes uint8 HxW, HxWxC or [B, H, W, C] images; got {arr.dtype} "
-                             f"{list(arr.shape)}")
+            raise InputError(
+                f"translate() takes uint8 HxW, HxWxC or [B, H, W, C] images; got {arr.dtype} {list(arr.shape)}"
+            )
         if arr.ndim == 2:
             arr = arr[:, :, None]
         batch = arr if arr.ndim == 4 else arr[None]
@@ -115,10 +118,15 @@ class TranslationClient:
             else:
                 result = self._client.infer(self.model, inputs, outputs=outputs)
         except InferenceServerException as e:
-            raise ServerError(f"{self.protocol} {self.url} model {self.model!r}: {e.message()}",
-                              None if e.status() is None else str(e.status())) from None
-        return ServedResult(output=result.as_numpy(OUTPUT), raw=result.as_numpy(OUTPUT_RAW),
-                            latents=result.as_numpy(LATENTS) if latents else None)
+            raise ServerError(
+                f"{self.protocol} {self.url} model {self.model!r}: {e.message()}",
+                None if e.status() is None else str(e.status()),
+            ) from None
+        return ServedResult(
+            output=result.as_numpy(OUTPUT),
+            raw=result.as_numpy(OUTPUT_RAW),
+            latents=result.as_numpy(LATENTS) if latents else None,
+        )
 
     # ------------------------------------------------------------------ health
     def ready(self) -> bool:
@@ -132,7 +140,7 @@ class TranslationClient:
         """Close the connection (an open HTTP connection delays the server's shutdown)."""
         self._client.close()
 
-    def __enter__(self) -> "TranslationClient":
+    def __enter__(self) -> TranslationClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -141,7 +149,7 @@ class TranslationClient:
 
 # --------------------------------------------------------------------------- metrics
 
-_SAMPLE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -170,9 +178,11 @@ def model_metrics(metrics_url: str, model: str = "translator") -> dict[str, floa
 
 # --------------------------------------------------------------------------- command line
 
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m serving.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--url", default=None, help="host:port (default: 127.0.0.1:8000 for http, :8001 for grpc)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="http")
     p.add_argument("--model", default="translator", help="Triton model name (default: %(default)s)")
@@ -189,8 +199,12 @@ def main(argv=None) -> int:
     options = {} if a.factor is None else {"factor": a.factor}
     try:
         with TranslationClient(url, a.protocol, a.model) as client:
-            res = client.translate(np.asarray(Image.open(a.image).convert("RGB")), iterations=a.iterations,
-                                   latents=a.latents is not None, **options)
+            res = client.translate(
+                np.asarray(Image.open(a.image).convert("RGB")),
+                iterations=a.iterations,
+                latents=a.latents is not None,
+                **options,
+            )
     except SdkError as e:
         log.error("%s", e)
         return 2

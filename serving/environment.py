@@ -13,6 +13,7 @@ attribute '_recursion_count'`` on this machine: system 3.11.2 library, pyenv 3.1
 ``LD_LIBRARY_PATH`` in this process's environment; PyTriton copies ``os.environ`` when it
 spawns ``tritonserver``, which passes it on to the stub. Users need not touch their shell.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -47,8 +48,11 @@ def unavailable_reason() -> str | None:
     """Why PyTriton's Triton server cannot start here, in one sentence; None when it can."""
     if platform.system() != "Linux":
         return f"Triton Inference Server runs on Linux only (this is {platform.system()})"
-    for module, package in (("pytriton", "nvidia-pytriton"), ("tritonclient.http", "tritonclient[http]"),
-                            ("tritonclient.grpc", "tritonclient[grpc]")):
+    for module, package in (
+        ("pytriton", "nvidia-pytriton"),
+        ("tritonclient.http", "tritonclient[http]"),
+        ("tritonclient.grpc", "tritonclient[grpc]"),
+    ):
         try:
             found = importlib.util.find_spec(module) is not None
         except ModuleNotFoundError:  # the parent package is missing
@@ -64,12 +68,16 @@ def unavailable_reason() -> str | None:
     import numpy
 
     if int(numpy.__version__.split(".")[0]) >= 2:
-        return (f"numpy {numpy.__version__} is installed; nvidia-pytriton 0.7 requires numpy<2 (Triton 2.51's Python "
-                f"stub answers with empty tensors under numpy 2): pip install \"numpy<2\" (pip install -e \".[serve]\" "
-                f"resolves it)")
+        return (
+            f"numpy {numpy.__version__} is installed; nvidia-pytriton 0.7 requires numpy<2 (Triton 2.51's Python "
+            f'stub answers with empty tensors under numpy 2): pip install "numpy<2" (pip install -e ".[serve]" '
+            f"resolves it)"
+        )
     if interpreter_library_dir() is None and not _system_has_libpython(version):
-        return (f"Python {version} here is statically linked and no libpython{version}.so is installed; Triton's "
-                f"Python backend embeds the interpreter (rebuild Python with --enable-shared)")
+        return (
+            f"Python {version} here is statically linked and no libpython{version}.so is installed; Triton's "
+            f"Python backend embeds the interpreter (rebuild Python with --enable-shared)"
+        )
     return None
 
 
@@ -88,11 +96,13 @@ def prepare_environment() -> None:
         raise ServingUnavailable(reason)
     libdir = interpreter_library_dir()
     if libdir is None:  # static interpreter: the system library is all the stub can have
-        log.warning("this Python is statically linked; Triton's Python stub will use the system libpython, which "
-                    "must be the same patch release as %s", sys.version.split()[0])
+        log.warning(
+            "this Python is statically linked; Triton's Python stub will use the system libpython, which "
+            "must be the same patch release as %s",
+            sys.version.split()[0],
+        )
         return
     paths = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
     if paths[:1] != [str(libdir)]:
         os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([str(libdir)] + [p for p in paths if p != str(libdir)])
-        log.debug("LD_LIBRARY_PATH starts with %s so Triton's Python stub loads this interpreter's libpython",
-                  libdir)
+        log.debug("LD_LIBRARY_PATH starts with %s so Triton's Python stub loads this interpreter's libpython", libdir)

@@ -25,6 +25,7 @@ must carry that TensorRT. This machine has no GPU and PyTriton's server no GPU b
 repository is validated here by structure (tests/test_serving_repository.py) and by running
 ``model.py`` over ONNX Runtime stand-ins, not served.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,9 @@ def write_repository(options: RepositoryOptions) -> Path:
 
     o = options
     if o.format not in FORMATS or o.kind not in KINDS:
-        raise InputError(f"format must be one of {FORMATS} and kind one of {sorted(KINDS)}; "
-                         f"got {o.format!r}, {o.kind!r}")
+        raise InputError(
+            f"format must be one of {FORMATS} and kind one of {sorted(KINDS)}; got {o.format!r}, {o.kind!r}"
+        )
     bundle = Bundle(o.bundle)
     m = bundle.manifest
     engines = m.raw.get("engines") or {}
@@ -79,11 +81,15 @@ def write_repository(options: RepositoryOptions) -> Path:
     if fmt == "tensorrt":
         missing = [g.key for g in graphs if g.key not in engines]
         if missing:
-            raise BundleError(f"{o.bundle} has no TensorRT engine for {missing}; build them on a GPU machine "
-                              f"(python export/build_engines.py ...) or write --format onnx")
+            raise BundleError(
+                f"{o.bundle} has no TensorRT engine for {missing}; build them on a GPU machine "
+                f"(python export/build_engines.py ...) or write --format onnx"
+            )
     if fmt == "tensorrt" and o.kind == "cpu":  # Triton refuses to load a tensorrt_plan model with KIND_CPU
-        raise InputError(f"TensorRT engines run only on GPU instances; use --kind gpu, or --format onnx with "
-                         f"--kind cpu to serve {o.bundle} on the CPU")
+        raise InputError(
+            f"TensorRT engines run only on GPU instances; use --kind gpu, or --format onnx with "
+            f"--kind cpu to serve {o.bundle} on the CPU"
+        )
     max_batch = _max_batch(m, engines if fmt == "tensorrt" else {}, o.max_batch)
     if o.out.exists():
         if not o.force:
@@ -107,8 +113,9 @@ def write_repository(options: RepositoryOptions) -> Path:
     shutil.copyfile(bundle.file(m.constants_file), entry / "constants.npz")
     (entry / "loop.json").write_text(json.dumps(_loop_description(m, names), indent=2), encoding="utf-8")
     _write_config(text_format, _bls_config(mc, m, max_batch, o), o.out / o.model_name)
-    (o.out / "README.md").write_text(_readme(m, engines if fmt == "tensorrt" else {}, names, o, max_batch, fmt),
-                                     encoding="utf-8")
+    (o.out / "README.md").write_text(
+        _readme(m, engines if fmt == "tensorrt" else {}, names, o, max_batch, fmt), encoding="utf-8"
+    )
     log.info("wrote %s: %s (%s), %d engine model(s), max batch %d", o.out, o.model_name, fmt, len(graphs), max_batch)
     return o.out
 
@@ -118,8 +125,9 @@ def _max_batch(m, engines: dict, wanted: int | None) -> int:
     limit = min([m.batch_max] + [int(e.get("profile", {}).get("max", m.batch_max)) for e in engines.values()])
     value = limit if wanted is None else wanted
     if not max(1, m.batch_min) <= value <= limit:
-        raise InputError(f"--max-batch {value} is outside what the bundle's graphs and engines accept "
-                         f"({m.batch_min}..{limit})")
+        raise InputError(
+            f"--max-batch {value} is outside what the bundle's graphs and engines accept ({m.batch_min}..{limit})"
+        )
     return value
 
 
@@ -140,23 +148,35 @@ def _io(message, spec):
 
 def _engine_config(mc, name: str, g: GraphSpec, fmt: str, max_batch: int, o: RepositoryOptions):
     platform, filename = ("tensorrt_plan", "model.plan") if fmt == "tensorrt" else ("onnxruntime_onnx", "model.onnx")
-    return mc.ModelConfig(name=name, platform=platform, default_model_filename=filename, max_batch_size=max_batch,
-                          input=[_io(mc.ModelInput, spec) for spec in g.inputs], output=[_io(mc.ModelOutput, g.output)],
-                          instance_group=[mc.ModelInstanceGroup(kind=KINDS[o.kind], count=o.instances)])
+    return mc.ModelConfig(
+        name=name,
+        platform=platform,
+        default_model_filename=filename,
+        max_batch_size=max_batch,
+        input=[_io(mc.ModelInput, spec) for spec in g.inputs],
+        output=[_io(mc.ModelOutput, g.output)],
+        instance_group=[mc.ModelInstanceGroup(kind=KINDS[o.kind], count=o.instances)],
+    )
 
 
 def _bls_config(mc, m, max_batch: int, o: RepositoryOptions):
     r = m.output_size
     return mc.ModelConfig(
-        name=o.model_name, backend="python", max_batch_size=max_batch,
-        input=[mc.ModelInput(name="condition", data_type="TYPE_FP32",
-                             dims=[m.input_channels, m.input_size, m.input_size]),
-               mc.ModelInput(name="iterations", data_type="TYPE_INT32", dims=[1], optional=True)],
-        output=[mc.ModelOutput(name="output", data_type="TYPE_UINT8", dims=[r, r, 3]),
-                mc.ModelOutput(name="output_raw", data_type="TYPE_FP32", dims=[3, r, r]),
-                mc.ModelOutput(name="latents", data_type="TYPE_FP32", dims=[m.latent_count, m.latent_dim])],
+        name=o.model_name,
+        backend="python",
+        max_batch_size=max_batch,
+        input=[
+            mc.ModelInput(name="condition", data_type="TYPE_FP32", dims=[m.input_channels, m.input_size, m.input_size]),
+            mc.ModelInput(name="iterations", data_type="TYPE_INT32", dims=[1], optional=True),
+        ],
+        output=[
+            mc.ModelOutput(name="output", data_type="TYPE_UINT8", dims=[r, r, 3]),
+            mc.ModelOutput(name="output_raw", data_type="TYPE_FP32", dims=[3, r, r]),
+            mc.ModelOutput(name="latents", data_type="TYPE_FP32", dims=[m.latent_count, m.latent_dim]),
+        ],
         dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=o.max_queue_delay_us),
-        instance_group=[mc.ModelInstanceGroup(kind="KIND_CPU", count=o.bls_instances)])
+        instance_group=[mc.ModelInstanceGroup(kind="KIND_CPU", count=o.bls_instances)],
+    )
 
 
 def _loop_description(m, names: dict) -> dict:
@@ -167,10 +187,15 @@ def _loop_description(m, names: dict) -> dict:
         stages.append({"model": names[g.key], "inputs": {t.role: t.name for t in g.inputs}, "output": g.output.name})
     gen = m.graphs["generator"]
     return {
-        "bundle": m.name, "family": m.family, "task": m.task,
-        "schedule": {"stages": stages, "repeat_last": m.schedule.repeat_last,
-                     "default_iterations": m.schedule.default_iterations,
-                     "max_iterations": m.schedule.max_iterations or 1000},
+        "bundle": m.name,
+        "family": m.family,
+        "task": m.task,
+        "schedule": {
+            "stages": stages,
+            "repeat_last": m.schedule.repeat_last,
+            "default_iterations": m.schedule.default_iterations,
+            "max_iterations": m.schedule.max_iterations or 1000,
+        },
         "generator": {"model": names["generator"], "input": gen.input("latents").name, "output": gen.output.name},
         "batch": {"min": m.batch_min, "max": m.batch_max},
     }
@@ -181,11 +206,18 @@ def _write_config(text_format, config, folder: Path) -> None:
 
 
 def _readme(m, engines: dict, names: dict, o: RepositoryOptions, max_batch: int, fmt: str) -> str:
-    built = sorted({(e.get("tensorrt", "?"), e.get("compute_capability", "?"), e.get("gpu", "?"))
-                    for e in engines.values()})
-    needs = ("\n".join(f"* TensorRT {trt}, compute capability {cc} ({gpu}): use the tritonserver container whose "
-                        f"TensorRT is {trt}, on GPUs of that architecture" for trt, cc, gpu in built)
-             if engines else "* ONNX Runtime (Triton's onnxruntime backend); no TensorRT plans in this bundle")
+    built = sorted(
+        {(e.get("tensorrt", "?"), e.get("compute_capability", "?"), e.get("gpu", "?")) for e in engines.values()}
+    )
+    needs = (
+        "\n".join(
+            f"* TensorRT {trt}, compute capability {cc} ({gpu}): use the tritonserver container whose "
+            f"TensorRT is {trt}, on GPUs of that architecture"
+            for trt, cc, gpu in built
+        )
+        if engines
+        else "* ONNX Runtime (Triton's onnxruntime backend); no TensorRT plans in this bundle"
+    )
     return f"""# Triton model repository: {m.name} ({m.family}, {m.task})
 
 Written by `python -m serving.model_repository --bundle {o.bundle}`. Entry model: `{o.model_name}`
@@ -212,14 +244,22 @@ opening sessions); the optional `iterations` input sets the loop length per row.
 
 # --------------------------------------------------------------------------- command line
 
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.model_repository", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m serving.model_repository",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--bundle", type=Path, default=Path("engines/demo"), help="bundle folder (default: engines/demo)")
     p.add_argument("--out", type=Path, required=True, help="repository folder to write")
     p.add_argument("--model-name", default="translator", help="entry model name; engine models get it as prefix")
-    p.add_argument("--format", choices=FORMATS, default="auto",
-                   help="tensorrt: the bundle's plans; onnx: its ONNX graphs; auto: plans where built (default)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="tensorrt: the bundle's plans; onnx: its ONNX graphs; auto: plans where built (default)",
+    )
     p.add_argument("--kind", choices=sorted(KINDS), default="gpu", help="instance kind of the engine models")
     p.add_argument("--instances", type=int, default=1, help="instances per engine model (default: 1)")
     p.add_argument("--bls-instances", type=int, default=2, help="instances of the loop model (default: 2)")
@@ -229,9 +269,19 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    options = RepositoryOptions(bundle=a.bundle, out=a.out, model_name=a.model_name, format=a.format, kind=a.kind,
-                                instances=a.instances, bls_instances=a.bls_instances, max_batch=a.max_batch,
-                                max_queue_delay_us=a.max_queue_delay_us, link=a.link, force=a.force)
+    options = RepositoryOptions(
+        bundle=a.bundle,
+        out=a.out,
+        model_name=a.model_name,
+        format=a.format,
+        kind=a.kind,
+        instances=a.instances,
+        bls_instances=a.bls_instances,
+        max_batch=a.max_batch,
+        max_queue_delay_us=a.max_queue_delay_us,
+        link=a.link,
+        force=a.force,
+    )
     try:
         write_repository(options)
     except SdkError as e:

@@ -17,6 +17,7 @@ traceback stays in the launcher's log. A request with an empty input tensor (a z
 shape), which PyTriton's transport cannot carry, is refused here on its own with
 ``INVALID_ARG``; the requests batched with it are still answered.
 """
+
 import re
 
 import triton_python_backend_utils as pb_utils  # type: ignore  # only inside Triton's Python backend

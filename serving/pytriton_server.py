@@ -20,6 +20,7 @@ restarts it (:mod:`serving.watchdog`). A request the model refuses (an ``sdk.Inp
 answered with the SDK's one-line message as HTTP 400 / gRPC INVALID_ARGUMENT
 (:mod:`serving.proxy_model`). Deployment (proxy, probes, supervisor): ``docs/serving_deployment.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,23 +108,34 @@ class TranslationServer:
         try:
             for i in range(options.instances):
                 # the first instance checks every file's SHA-256; the others open the same, verified files
-                self.translators.append(Translator(options.bundle, backend=options.backend, threads=threads,
-                                                   verify=options.verify and i == 0))
+                self.translators.append(
+                    Translator(
+                        options.bundle, backend=options.backend, threads=threads, verify=options.verify and i == 0
+                    )
+                )
             self.max_batch = self._max_batch()
         except BaseException:
             self._close_translators()
             raise
         self._triton = None
-        log.info("%s: %d instance(s) on %s, %d thread(s) each, max batch %d, dynamic batching %s", options.bundle,
-                 options.instances, self.translators[0].backend.name, threads, self.max_batch,
-                 "on" if options.dynamic_batching else "off")
+        log.info(
+            "%s: %d instance(s) on %s, %d thread(s) each, max batch %d, dynamic batching %s",
+            options.bundle,
+            options.instances,
+            self.translators[0].backend.name,
+            threads,
+            self.max_batch,
+            "on" if options.dynamic_batching else "off",
+        )
 
     def _max_batch(self) -> int:
         m = self.translators[0].manifest
         wanted = m.batch_max if self.options.max_batch is None else self.options.max_batch
         if not m.batch_min <= wanted <= m.batch_max:
-            raise InputError(f"--max-batch {wanted} is outside the bundle's batch range {m.batch_min}..{m.batch_max} "
-                             f"(its graphs and engines take no more); rebuild the bundle with a larger --max-batch")
+            raise InputError(
+                f"--max-batch {wanted} is outside the bundle's batch range {m.batch_min}..{m.batch_max} "
+                f"(its graphs and engines take no more); rebuild the bundle with a larger --max-batch"
+            )
         return wanted
 
     # ------------------------------------------------------------------ endpoints
@@ -145,16 +157,28 @@ class TranslationServer:
         from pytriton.triton import Triton, TritonConfig
 
         o = self.options
-        config = TritonConfig(http_address=o.http_host or o.host, http_port=o.http_port, grpc_address=o.host,
-                              grpc_port=o.grpc_port, metrics_address=o.host, metrics_port=o.metrics_port,
-                              exit_timeout_secs=o.exit_timeout_s, log_verbose=0, log_file=o.log_file)
+        config = TritonConfig(
+            http_address=o.http_host or o.host,
+            http_port=o.http_port,
+            grpc_address=o.host,
+            grpc_port=o.grpc_port,
+            metrics_address=o.host,
+            metrics_port=o.metrics_port,
+            exit_timeout_secs=o.exit_timeout_s,
+            log_verbose=0,
+            log_file=o.log_file,
+        )
         triton = Triton(config=config)
         batcher = DynamicBatcher(max_queue_delay_microseconds=o.max_queue_delay_us) if o.dynamic_batching else None
         reference = self.translators[0]
-        triton.bind(model_name=o.model_name, infer_func=[self._infer_fn(t) for t in self.translators],
-                    inputs=[_tensor(Tensor, t) for t in model_inputs(reference)],
-                    outputs=[_tensor(Tensor, t) for t in model_outputs(reference)],
-                    config=ModelConfig(batching=True, max_batch_size=self.max_batch, batcher=batcher), strict=True)
+        triton.bind(
+            model_name=o.model_name,
+            infer_func=[self._infer_fn(t) for t in self.translators],
+            inputs=[_tensor(Tensor, t) for t in model_inputs(reference)],
+            outputs=[_tensor(Tensor, t) for t in model_outputs(reference)],
+            config=ModelConfig(batching=True, max_batch_size=self.max_batch, batcher=batcher),
+            strict=True,
+        )
         _answer_errors_briefly(triton)
         handler_log = logging.getLogger(PYTRITON_HANDLER_LOG)
         if not any(isinstance(f, QuietClientErrors) for f in handler_log.filters):
@@ -175,7 +199,7 @@ class TranslationServer:
 
         return infer
 
-    def start(self) -> "TranslationServer":
+    def start(self) -> TranslationServer:
         """Launch tritonserver and wait until the model is ready (a few seconds)."""
         for attempt in range(1, START_ATTEMPTS + 1):
             self._triton = self._bind()
@@ -195,10 +219,19 @@ class TranslationServer:
                     self._close_translators()
                     log.debug("Triton's start failed", exc_info=True)
                     raise ServerDied(f"model {self.options.model_name!r} did not start: {_last_line(e)}") from e
-                log.warning("Triton's model start timed out or its handshake failed (busy host?): %s; "
-                            "retrying (%d of %d)", _last_line(e), attempt + 1, START_ATTEMPTS)
-        log.info("serving model %r: HTTP %s, gRPC %s, metrics %s", self.options.model_name, self.http_url,
-                 self.grpc_url, self.metrics_url)
+                log.warning(
+                    "Triton's model start timed out or its handshake failed (busy host?): %s; retrying (%d of %d)",
+                    _last_line(e),
+                    attempt + 1,
+                    START_ATTEMPTS,
+                )
+        log.info(
+            "serving model %r: HTTP %s, gRPC %s, metrics %s",
+            self.options.model_name,
+            self.http_url,
+            self.grpc_url,
+            self.metrics_url,
+        )
         return self
 
     def serve_forever(self, poll_s: float = 1.0) -> None:
@@ -226,8 +259,9 @@ class TranslationServer:
             return Watchdog(None, lambda: None, [], triton.is_alive)
         stubs = python_stubs(running.pid)
         if len(stubs) != self.options.instances:
-            log.warning("found %d Python backend stub(s) for %d instance(s); watching those", len(stubs),
-                        self.options.instances)
+            log.warning(
+                "found %d Python backend stub(s) for %d instance(s); watching those", len(stubs), self.options.instances
+            )
         return Watchdog(running.pid, _exit_code(running), stubs, triton.is_alive)
 
     def _tritonserver_ended(self) -> str | None:
@@ -248,7 +282,7 @@ class TranslationServer:
         for t in self.translators:
             t.close()
 
-    def __enter__(self) -> "TranslationServer":
+    def __enter__(self) -> TranslationServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -316,23 +350,41 @@ def _tensor(tensor_cls, info: TensorInfo):
 
 # --------------------------------------------------------------------------- command line
 
+
 def parse_args(argv=None) -> ServeOptions:
-    p = argparse.ArgumentParser(prog="python -m serving.pytriton_server", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m serving.pytriton_server",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--bundle", type=Path, default=Path("engines/demo"), help="bundle folder (default: engines/demo)")
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="Triton model name (default: %(default)s)")
     p.add_argument("--instances", type=int, default=1, help="model instances, one Translator each (default: 1)")
     p.add_argument("--max-batch", type=int, help="Triton max_batch_size (default: the bundle's batch.max)")
-    p.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false",
-                   help="execute every request on its own (Triton's default scheduler)")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000,
-                   help="how long the dynamic batcher may hold a request to fill a batch (default: 2000 us)")
-    p.add_argument("--backend", default="auto",
-                   help="Translator backend: auto, tensorrt, onnxruntime, onnxruntime-cuda (default: auto)")
+    p.add_argument(
+        "--no-dynamic-batching",
+        dest="dynamic_batching",
+        action="store_false",
+        help="execute every request on its own (Triton's default scheduler)",
+    )
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=2000,
+        help="how long the dynamic batcher may hold a request to fill a batch (default: 2000 us)",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="Translator backend: auto, tensorrt, onnxruntime, onnxruntime-cuda (default: auto)",
+    )
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per instance (default: CPUs / instances)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback; 0.0.0.0 for all)")
-    p.add_argument("--http-host", help="address for HTTP alone (default: --host); 127.0.0.1 keeps HTTP for a "
-                                       "local proxy and probes while gRPC listens on --host")
+    p.add_argument(
+        "--http-host",
+        help="address for HTTP alone (default: --host); 127.0.0.1 keeps HTTP for a "
+        "local proxy and probes while gRPC listens on --host",
+    )
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
@@ -341,15 +393,29 @@ def parse_args(argv=None) -> ServeOptions:
     p.add_argument("--log-file", type=Path, help="write tritonserver's log to this file instead of the console")
     p.add_argument("-v", "--verbose", action="store_true", help="PyTriton's and the SDK's debug logs")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not a.verbose:
         logging.getLogger("pytriton").setLevel(logging.WARNING)
-    return ServeOptions(bundle=a.bundle, model_name=a.model_name, instances=a.instances, max_batch=a.max_batch,
-                        dynamic_batching=a.dynamic_batching, max_queue_delay_us=a.max_queue_delay_us, backend=a.backend,
-                        threads=a.threads, host=a.host, http_host=a.http_host, http_port=a.http_port,
-                        grpc_port=a.grpc_port, metrics_port=a.metrics_port, exit_timeout_s=a.exit_timeout,
-                        verify=a.verify, log_file=a.log_file)
+    return ServeOptions(
+        bundle=a.bundle,
+        model_name=a.model_name,
+        instances=a.instances,
+        max_batch=a.max_batch,
+        dynamic_batching=a.dynamic_batching,
+        max_queue_delay_us=a.max_queue_delay_us,
+        backend=a.backend,
+        threads=a.threads,
+        host=a.host,
+        http_host=a.http_host,
+        http_port=a.http_port,
+        grpc_port=a.grpc_port,
+        metrics_port=a.metrics_port,
+        exit_timeout_s=a.exit_timeout,
+        verify=a.verify,
+        log_file=a.log_file,
+    )
 
 
 def main(argv=None) -> int:

@@ -7,13 +7,14 @@ dies (killed, out of memory, a crash) stays a zombie child of tritonserver; the 
 reports ready, and every request to that instance fails with "Stub process is not healthy".
 So the stubs are watched here too, through ``/proc`` (Triton runs on Linux only).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import signal
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def process_state(pid: int) -> str | None:
         stat = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
-    return stat[stat.rindex(")") + 2:].split()[0]  # the name in parentheses may hold spaces
+    return stat[stat.rindex(")") + 2 :].split()[0]  # the name in parentheses may hold spaces
 
 
 def alive(pid: int) -> bool:
@@ -45,7 +46,7 @@ def children(parent: int, name: str) -> list[int]:
             exe = os.path.basename((entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace"))
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2:].split()[1]) == parent and exe == name:
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent and exe == name:
             found.append(int(entry.name))
     return sorted(found)
 
@@ -75,19 +76,25 @@ class Watchdog:
     once it is gone (None when unknown), ``stubs`` the stub pids found once the model was
     ready, ``handlers_alive`` PyTriton's own liveness check."""
 
-    def __init__(self, server_pid: int | None, exit_code: Callable[[], int | None], stubs: Iterable[int],
-                 handlers_alive: Callable[[], bool]):
+    def __init__(
+        self,
+        server_pid: int | None,
+        exit_code: Callable[[], int | None],
+        stubs: Iterable[int],
+        handlers_alive: Callable[[], bool],
+    ):
         self.server_pid, self._exit_code, self.stubs = server_pid, exit_code, list(stubs)
         self._handlers_alive = handlers_alive
 
     def check(self) -> str | None:
         if self.server_pid is not None and not alive(self.server_pid):
-            return (f"tritonserver (pid {self.server_pid}) ended with {exit_description(self._exit_code())}; "
-                    f"its log says why")
+            return (
+                f"tritonserver (pid {self.server_pid}) ended with {exit_description(self._exit_code())}; "
+                f"its log says why"
+            )
         for pid in self.stubs:
             if not alive(pid):
-                return (f"a model instance's Python backend stub (pid {pid}) died; "
-                        f"requests to that instance would fail")
+                return f"a model instance's Python backend stub (pid {pid}) died; requests to that instance would fail"
         if not self._handlers_alive():
             return "tritonserver or PyTriton's model handler stopped; see the log above"
         return None

@@ -3,14 +3,13 @@
 The team's shared folder (``../shared`` beside the checkout) is preferred, so new vectors
 dropped there are picked up; the copies under ``tests/data`` keep CI self-contained.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 from shared_data import shared_path
-
 
 # --------------------------------------------------------------------------- scheduling
 # The suite runs on two pytest-xdist workers (pyproject's addopts: -n 2 --dist loadfile), each
@@ -18,9 +17,11 @@ from shared_data import shared_path
 # (real-scale and trained bundles) start first, the longest first (their ``minutes``), so that
 # the two workers finish together.
 
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow(minutes=N): builds real-scale or trained bundles; "
-                                       "-m 'not slow' is the fast lane")
+    config.addinivalue_line(
+        "markers", "slow(minutes=N): builds real-scale or trained bundles; -m 'not slow' is the fast lane"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,6 +45,7 @@ def layouts_dir() -> Path:
 # --------------------------------------------------------------------------- tiny bundles
 # Toy encoder/generator graphs exported once per session (tests/tiny_bundle.py), and bundles
 # of them for the runtime tests (test_loop, test_bundle, test_translator).
+
 
 @pytest.fixture(scope="session")
 def tiny_graphs(tmp_path_factory):

@@ -7,6 +7,7 @@
 ``max_batch_size``, requested outputs). So a test exercises the BLS loop and the configs
 together on a CPU, without a Triton server or a GPU.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -70,7 +71,7 @@ class Tensor:
         return _Capsule(self._array)
 
     @staticmethod
-    def from_dlpack(name: str, capsule) -> "Tensor":
+    def from_dlpack(name: str, capsule) -> Tensor:
         # a copy: numpy 1.x marks imported arrays read-only, and they could not be exported again
         return Tensor(name, np.array(np.from_dlpack(capsule)))
 
@@ -113,7 +114,7 @@ def get_output_tensor_by_name(response: InferenceResponse, name: str):
 
 
 class InferenceRequest:
-    server: "RepositoryServer | None" = None  # set by RepositoryServer.install()
+    server: RepositoryServer | None = None  # set by RepositoryServer.install()
 
     def __init__(self, model_name: str, requested_output_names, inputs, preferred_memory=None, **kwargs):
         self.model_name, self.requested_output_names = model_name, list(requested_output_names)
@@ -127,10 +128,9 @@ class RepositoryServer:
     """The engine models of a repository (ONNX format), checked against their configs."""
 
     def __init__(self, repository: Path):
+        import onnxruntime as ort
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
-
-        import onnxruntime as ort
 
         self.repository, self.configs, self.sessions, self.calls = Path(repository), {}, {}, []
         for config_path in sorted(self.repository.glob("*/config.pbtxt")):
@@ -138,7 +138,8 @@ class RepositoryServer:
             self.configs[config.name] = config
             if config.platform == "onnxruntime_onnx":
                 self.sessions[config.name] = ort.InferenceSession(
-                    str(config_path.parent / "1" / config.default_model_filename), providers=["CPUExecutionProvider"])
+                    str(config_path.parent / "1" / config.default_model_filename), providers=["CPUExecutionProvider"]
+                )
 
     def execute(self, request: InferenceRequest) -> InferenceResponse:
         config = self.configs.get(request.model_name)
@@ -155,11 +156,14 @@ class RepositoryServer:
 
             type_name = model_config_pb2.DataType.Name(spec.data_type)
             if array.dtype != _NUMPY[type_name] or list(array.shape[1:]) != list(spec.dims):
-                raise AssertionError(f"{request.model_name}.{name}: {array.dtype} {list(array.shape)} vs config "
-                                     f"{type_name} [batch, {list(spec.dims)}]")
+                raise AssertionError(
+                    f"{request.model_name}.{name}: {array.dtype} {list(array.shape)} vs config "
+                    f"{type_name} [batch, {list(spec.dims)}]"
+                )
             if not 1 <= array.shape[0] <= config.max_batch_size:
-                raise AssertionError(f"{request.model_name}: batch {array.shape[0]} > max_batch_size "
-                                     f"{config.max_batch_size}")
+                raise AssertionError(
+                    f"{request.model_name}: batch {array.shape[0]} > max_batch_size {config.max_batch_size}"
+                )
         outputs = {o.name for o in config.output}
         if not set(request.requested_output_names) <= outputs:
             raise AssertionError(f"{request.model_name}: asked for {request.requested_output_names}, has {outputs}")
@@ -170,9 +174,17 @@ class RepositoryServer:
 def install() -> types.ModuleType:
     """Make ``import triton_python_backend_utils`` give this fake."""
     fake = types.ModuleType("triton_python_backend_utils")
-    for name in ("Tensor", "InferenceRequest", "InferenceResponse", "TritonError", "TritonModelException",
-                 "PreferredMemory", "TRITONSERVER_MEMORY_CPU", "get_input_tensor_by_name",
-                 "get_output_tensor_by_name"):
+    for name in (
+        "Tensor",
+        "InferenceRequest",
+        "InferenceResponse",
+        "TritonError",
+        "TritonModelException",
+        "PreferredMemory",
+        "TRITONSERVER_MEMORY_CPU",
+        "get_input_tensor_by_name",
+        "get_output_tensor_by_name",
+    ):
         setattr(fake, name, globals()[name])
     sys.modules["triton_python_backend_utils"] = fake
     return fake
@@ -193,7 +205,13 @@ def load_bls_model(repository: Path, model_name: str = "translator"):
     spec.loader.exec_module(module)
     config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     model = module.TritonPythonModel()
-    model.initialize({"model_repository": str(folder), "model_version": "1", "model_name": model_name,
-                      "model_instance_kind": "CPU",
-                      "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True))})
+    model.initialize(
+        {
+            "model_repository": str(folder),
+            "model_version": "1",
+            "model_name": model_name,
+            "model_instance_kind": "CPU",
+            "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+        }
+    )
     return model, server

@@ -3,6 +3,7 @@
 The team's shared folder (``../shared`` beside the checkout) is preferred, so new vectors
 dropped there are picked up; the copies under ``tests/data`` keep CI self-contained.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

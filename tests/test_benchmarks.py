@@ -1,6 +1,7 @@
 """The benchmark harness (benchmarks/run.py, benchmarks/harness/): FLOP counts, rooflines,
 interleaving, ceilings, the reference-scale checkpoints, and a whole run at tiny size. No test
 asserts a wall-clock time; they check what is counted, measured and written."""
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,20 @@ def _graph(path: Path) -> Path:
     w = numpy_helper.from_array(rng.standard_normal((6, 4, 3, 3)).astype(np.float32), "w")
     m = numpy_helper.from_array(rng.standard_normal((384, 5)).astype(np.float32), "m")
     b = numpy_helper.from_array(np.zeros(5, np.float32), "b")
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("MatMul", ["f", "m"], ["y0"]),
-             helper.make_node("Add", ["y0", "b"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])], [w, m, b])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("MatMul", ["f", "m"], ["y0"]),
+        helper.make_node("Add", ["y0", "b"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])],
+        [w, m, b],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
     return path
 
@@ -46,8 +56,11 @@ def test_flops_and_bytes_counted_from_the_graph(tmp_path):
 
 
 def test_loop_cost_repeats_the_last_stage():
-    costs = {"e0": GraphCost(dense_flops=10.0), "e1": GraphCost(dense_flops=100.0),
-             "generator": GraphCost(dense_flops=1.0, bytes=7.0)}
+    costs = {
+        "e0": GraphCost(dense_flops=10.0),
+        "e1": GraphCost(dense_flops=100.0),
+        "generator": GraphCost(dense_flops=1.0, bytes=7.0),
+    }
     assert loop_cost(costs, ["e0", "e1"], 3)["dense_flops"] == 10 + 100 + 100 + 3
     assert loop_cost(costs, ["e0"], 2)["bytes"] == 14.0
 
@@ -64,8 +77,9 @@ def test_roofline_takes_the_slower_of_compute_and_memory():
 
 def test_interleave_rotates_and_ratios():
     calls = []
-    samples = measure.interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3,
-                                 warmup=1, progress=False)
+    samples = measure.interleave(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1, progress=False
+    )
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"] and all(len(v) == 3 for v in samples.values())
     r = measure.ratios({"ref": [2.0, 4.0], "x": [1.0, 1.0]}, "ref")
     assert r["x"]["ratio_of_medians"] == 3.0 and r["x"]["round_ratio_range"] == [2.0, 4.0]
@@ -99,8 +113,22 @@ def test_a_whole_run_at_tiny_size(tmp_path):
     from benchmarks import run
 
     results = tmp_path / "results"
-    rc = run.main(["--quick", "--models", "demo", "--backends", "pytorch_public,onnxruntime", "--results",
-                   str(results), "--cache", str(tmp_path / "cache"), "--quiet", "--iterations", "1"])
+    rc = run.main(
+        [
+            "--quick",
+            "--models",
+            "demo",
+            "--backends",
+            "pytorch_public,onnxruntime",
+            "--results",
+            str(results),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--quiet",
+            "--iterations",
+            "1",
+        ]
+    )
     assert rc == 0
     data = json.loads((results / "results.json").read_text())
     demo = data["models"]["demo"]
@@ -137,17 +165,28 @@ def test_a_whole_run_at_tiny_size(tmp_path):
         replace_readme_section("# no markers\n", section)
 
 
-@pytest.mark.parametrize("of_medians,of_rounds,met", [(1.86, 1.77, False), (1.77, 1.86, False),
-                                                      (1.81, 1.80, True), (1.6, 1.6, False)])
+@pytest.mark.parametrize(
+    "of_medians,of_rounds,met", [(1.86, 1.77, False), (1.77, 1.86, False), (1.81, 1.80, True), (1.6, 1.6, False)]
+)
 def test_speedup_target_needs_both_statistics(of_medians, of_rounds, met):
     """The 1.8x target is met only where the ratio of the medians and the median of the rounds'
     ratios both reach it (a shared host's drift can put them either side)."""
     from benchmarks.harness.report import targets
 
-    model = {"model": "reference-256", "iterations": 5, "efficiency": {}, "probes": {},
-             "speedup": {"onnxruntime": {"ratio_of_medians": of_medians, "median_of_round_ratios": of_rounds,
-                                         "round_ratio_range": [1.5, 2.1]}}}
-    (goal, ok, measured), = targets(model)
+    model = {
+        "model": "reference-256",
+        "iterations": 5,
+        "efficiency": {},
+        "probes": {},
+        "speedup": {
+            "onnxruntime": {
+                "ratio_of_medians": of_medians,
+                "median_of_round_ratios": of_rounds,
+                "round_ratio_range": [1.5, 2.1],
+            }
+        },
+    }
+    ((goal, ok, measured),) = targets(model)
     assert ok is met and "1.8x" in goal and f"{of_medians:.2f}x (median of rounds {of_rounds:.2f}x" in measured
 
 
@@ -186,7 +225,13 @@ def test_open_target_is_judged_without_the_page_cache():
     an older run's single probe is judged as it was measured."""
     from benchmarks.harness.report import open_target
 
-    probe = {"open_s": 0.8, "first_frame_s": 5.0, "open_cold_s": 2.4, "first_frame_cold_s": 6.0, "page_cache_cold": "cold"}
+    probe = {
+        "open_s": 0.8,
+        "first_frame_s": 5.0,
+        "open_cold_s": 2.4,
+        "first_frame_cold_s": 6.0,
+        "page_cache_cold": "cold",
+    }
     goal, ok, measured = open_target(probe)
     assert not ok and "not in the page cache" in goal and measured.startswith("2.40 s (0.80 s with the files")
     assert open_target(dict(probe, open_cold_s=1.5))[1]

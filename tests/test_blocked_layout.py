@@ -1,6 +1,7 @@
 """The blocked-layout rewrites of the CPU graphs (export/blocked_layout.py): same values as the
 modules they replace, applied only where they hold, and in ONNX Runtime they leave no ``PRelu``
 and no reorder between the convolutions around it; PReLUs elsewhere become a max, bit for bit."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -84,11 +85,17 @@ def test_max_prelu_is_prelu_bit_for_bit_in_onnxruntime(tmp_path):
 def test_prelus_after_a_plain_conv_are_split_the_others_maxed():
     single = nn.PReLU()  # one shared slope: ONNX Runtime's PRelu broadcasts it; nothing to gain
     seq = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.PReLU(8),  # conv -> BN -> PReLU: split
-        nn.Conv2d(8, 8, 3, padding=1), nn.PReLU(8),  # conv -> PReLU: split
-        WinogradConv2d(torch.randn(8, 8, 3, 3)), nn.PReLU(8),  # Winograd's output is plain: a max
-        nn.Conv2d(8, 8, 1), single,  # one shared slope: kept
-        nn.ReLU(), nn.PReLU(8),  # not after a conv: a max
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.PReLU(8),  # conv -> BN -> PReLU: split
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.PReLU(8),  # conv -> PReLU: split
+        WinogradConv2d(torch.randn(8, 8, 3, 3)),
+        nn.PReLU(8),  # Winograd's output is plain: a max
+        nn.Conv2d(8, 8, 1),
+        single,  # one shared slope: kept
+        nn.ReLU(),
+        nn.PReLU(8),  # not after a conv: a max
     )
     assert rewrite_prelus(seq) == (2, 2)
     assert [type(m).__name__ for m in seq][2::2] == ["SplitPReLU", "SplitPReLU", "MaxPReLU", "PReLU", "MaxPReLU"]
@@ -105,8 +112,9 @@ def test_identity_pools_are_dropped_and_subsampling_ones_kept():
 
 def test_cpu_encoder_with_both_rewrites_equals_the_encoder():
     torch.manual_seed(2)
-    enc = build_encoder({"encoder_type": "BackboneEncoder", "num_layers": 50, "mode": "ir_se", "input_nc": 6,
-                         "n_styles": 10}).eval()
+    enc = build_encoder(
+        {"encoder_type": "BackboneEncoder", "num_layers": 50, "mode": "ir_se", "input_nc": 6, "n_styles": 10}
+    ).eval()
     with torch.no_grad():  # slopes as a trained net has them: spread, all below 1
         for m in enc.modules():
             if isinstance(m, nn.PReLU):
@@ -145,8 +153,9 @@ def _optimised_ops(module: nn.Module, x: torch.Tensor, tmp_path) -> tuple[list[s
 class _ConvPReLUConv(nn.Module):
     def __init__(self, prelu: nn.Module):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, bias=False), prelu,
-                                  nn.Conv2d(32, 32, 3, padding=1, bias=False))
+        self.body = nn.Sequential(
+            nn.Conv2d(16, 32, 3, padding=1, bias=False), prelu, nn.Conv2d(32, 32, 3, padding=1, bias=False)
+        )
 
     def forward(self, x):
         return self.body(x)

@@ -1,6 +1,7 @@
 """The batch-1 blocked-styles rewrite of the generator's optimised CPU graph (export/blocked_styles.py):
 same images at batch 1 (the rewritten branch) and at larger batches (the original branch), the
 styles, noise, bias and leaky ReLU really inside the blocked convolutions, other graphs untouched."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +9,7 @@ import onnx
 import pytest
 import torch
 from onnx import helper, numpy_helper
+from test_optimize import _noisy
 
 from export.batch1_branch import apply_batch1_rewrites, rewrite_batch1
 from export.blocked_styles import NCHWC, block_of, nchwc_block_size
@@ -17,7 +19,6 @@ from export.models.stylegan2 import Generator
 from export.onnx_export import export_onnx
 from export.optimize import optimize_graph
 from sdk.backends.ort_cpu import cpu_tag
-from test_optimize import _noisy
 
 CHANNELS = {4: 32, 8: 32, 16: 32, 32: 32, 64: 16}  # multiples of both block sizes (8 and 16)
 
@@ -78,8 +79,9 @@ def test_styles_noise_and_activation_are_inside_the_convs(optimised_generator):
     switch = next(n for n in model.graph.node if n.op_type == "If")
     branches = {a.name: a.g for a in switch.attribute}
     one, many = branches["then_branch"].node, branches["else_branch"].node
-    fused = [n for n in one if n.domain == NCHWC and n.op_type == "Conv" and
-             any(a.name == "activation" for a in n.attribute)]
+    fused = [
+        n for n in one if n.domain == NCHWC and n.op_type == "Conv" and any(a.name == "activation" for a in n.attribute)
+    ]
     assert len(fused) >= 4 and all(len(n.input) == 4 and n.input[3] for n in fused)  # Sum = noise + bias
     # ... reading the constant [1, 1, H, W] noise maps as they are (NCHW input): no per-call pad and reorder
     inits = {i.name: i for i in model.graph.initializer}
@@ -91,16 +93,23 @@ def test_styles_noise_and_activation_are_inside_the_convs(optimised_generator):
     assert count(one, "MatMul") == 0 < count(many, "MatMul")  # the ToRGBs as blocked 1x1 convs
     assert count(one, "Col2Im") < count(many, "Col2Im")  # the up-convs' interleaves as blocked concats
     # the weights stay in the data file: no initializer grew inline
-    assert all(i.data_location == onnx.TensorProto.EXTERNAL or i.ByteSize() < 64 * 1024
-               for i in model.graph.initializer)
+    assert all(
+        i.data_location == onnx.TensorProto.EXTERNAL or i.ByteSize() < 64 * 1024 for i in model.graph.initializer
+    )
 
 
 def test_graphs_without_modulated_convs_are_left_alone(tmp_path):
     weight = numpy_helper.from_array(np.ones((8, 8, 3, 3), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-                               helper.make_node("LeakyRelu", ["c"], ["y"], alpha=0.2)], "plain",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 16, 16])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 16, 16])], [weight])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("LeakyRelu", ["c"], ["y"], alpha=0.2),
+        ],
+        "plain",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 16, 16])],
+        [weight],
+    )
     onnx.save(helper.make_model(graph), str(tmp_path / "plain.onnx"))
     _session(tmp_path / "plain.onnx", optimise_into=tmp_path / "plain.cpu.onnx")
     before = (tmp_path / "plain.cpu.onnx").read_bytes()

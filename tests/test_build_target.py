@@ -1,5 +1,6 @@
 """A build never deletes what it did not write (sdk/build_target.py): ``--out`` may name nothing,
 an empty folder or an earlier bundle; a user's folder or file is refused and left as it was."""
+
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import tiny_bundle as tb
+
 from sdk import BundleError, Translator
 from sdk.build_target import check_build_target, remove_bundle
 from sdk.bundle import MANIFEST, BundleWriter
@@ -35,8 +36,13 @@ def test_the_cli_refuses_a_users_folder_and_keeps_it(tmp_path):
     """The report's steps: ``mkdir -p u/sub; echo precious > u/precious.txt; build_engines --out u``."""
     u = user_folder(tmp_path)
     before = snapshot(u)
-    r = subprocess.run([sys.executable, str(REPO / "export" / "build_engines.py"), "--out", str(u), "--quiet"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "export" / "build_engines.py"), "--out", str(u), "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1 and f"--out {u} is a folder that is not a bundle" in errors[0]

@@ -1,4 +1,5 @@
 """Bundles (sdk/bundle.py): writing, opening, validation, path safety, atomic replacement."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 
 import sdk
 from sdk import BundleError, Translator
 from sdk.bundle import MANIFEST, Bundle, BundleWriter, Manifest, iter_stage_graphs, sha256_file
-
-import tiny_bundle as tb
 
 
 def _open_error(path: Path) -> str:
@@ -39,6 +39,7 @@ def _delete(manifest: dict, keys: tuple) -> None:
 
 
 # --------------------------------------------------------------------------- round trip
+
 
 @pytest.mark.parametrize("variant", list(tb.VARIANTS))
 def test_round_trip(make_tiny_bundle, tiny_graphs, variant):
@@ -68,7 +69,8 @@ def test_round_trip(make_tiny_bundle, tiny_graphs, variant):
     np.testing.assert_array_equal(consts["average_image"], tiny_graphs.average_image)
     # only the bundle's own files, and no temp folders beside it
     assert sorted(p.name for p in path.iterdir()) == sorted(
-        [MANIFEST, "constants.npz", "generator.onnx"] + [f"{k}.onnx" for k in dict.fromkeys(keys)])
+        [MANIFEST, "constants.npz", "generator.onnx"] + [f"{k}.onnx" for k in dict.fromkeys(keys)]
+    )
     assert [p.name for p in path.parent.iterdir()] == ["bundle"]
 
 
@@ -89,6 +91,7 @@ def test_writer_refuses_paths_outside(tmp_path):
 
 
 # --------------------------------------------------------------------------- invalid bundles
+
 
 def test_missing_folder(tmp_path):
     assert "build_engines" in _open_error(tmp_path / "nope")
@@ -186,13 +189,17 @@ WRONG_TYPES = [
     (("graphs", "encoder", "inputs", 0, "shape", 1), 0, "graphs.encoder.inputs[0].shape has 0"),
     (("graphs", "encoder", "inputs", 1, "role"), "condition", "binds a role twice"),
     (("graphs", "generator", "outputs"), [], "has 0 outputs; expected exactly one"),
-    (("graphs", "generator", "outputs", 0, "role"), "latents", "graphs.generator must map role 'latents' to "
-                                                               "role 'image'"),
+    (
+        ("graphs", "generator", "outputs", 0, "role"),
+        "latents",
+        "graphs.generator must map role 'latents' to role 'image'",
+    ),
 ]
 
 
-@pytest.mark.parametrize("keys,value,needle", WRONG_TYPES,
-                         ids=[".".join(map(str, k)) + f"={v!r}" for k, v, _ in WRONG_TYPES])
+@pytest.mark.parametrize(
+    "keys,value,needle", WRONG_TYPES, ids=[".".join(map(str, k)) + f"={v!r}" for k, v, _ in WRONG_TYPES]
+)
 def test_wrong_field_types(make_tiny_bundle, keys, value, needle):
     path = make_tiny_bundle()
     tb.edit_manifest(path, lambda m: _set(m, keys, value))
@@ -200,8 +207,11 @@ def test_wrong_field_types(make_tiny_bundle, keys, value, needle):
 
 
 INCONSISTENT = [  # manifest fields that disagree with each other
-    (("input", "size"), 128, "graphs.encoder.inputs[0].shape is ['batch', 3, 256, 256]; its role 'condition' "
-                             "needs [batch, 3, 128, 128]"),
+    (
+        ("input", "size"),
+        128,
+        "graphs.encoder.inputs[0].shape is ['batch', 3, 256, 256]; its role 'condition' needs [batch, 3, 128, 128]",
+    ),
     (("input", "channels"), 4, "needs [batch, 4, 256, 256]"),
     (("output", "size"), 32, "needs [batch, 3, 32, 32]"),
     (("latent", "count"), 18, "needs [batch, 18, 8]"),
@@ -213,8 +223,9 @@ INCONSISTENT = [  # manifest fields that disagree with each other
 ]
 
 
-@pytest.mark.parametrize("keys,value,needle", INCONSISTENT,
-                         ids=[".".join(map(str, k)) + f"={v!r}" for k, v, _ in INCONSISTENT])
+@pytest.mark.parametrize(
+    "keys,value,needle", INCONSISTENT, ids=[".".join(map(str, k)) + f"={v!r}" for k, v, _ in INCONSISTENT]
+)
 def test_inconsistent_fields(make_tiny_bundle, keys, value, needle):
     path = make_tiny_bundle()
     tb.edit_manifest(path, lambda m: _set(m, keys, value))
@@ -265,6 +276,7 @@ def test_residual_stage_without_latents_input(make_tiny_bundle):
 
 
 # --------------------------------------------------------------------------- files
+
 
 @pytest.mark.parametrize("name", ["encoder.onnx", "generator.onnx", "constants.npz"])
 def test_file_missing(make_tiny_bundle, name):
@@ -357,10 +369,16 @@ def test_corrupt_constants_with_matching_hash(make_tiny_bundle):
         Translator(path, backend="onnxruntime", threads=1)
 
 
-@pytest.mark.parametrize("arrays,needle", [
-    ({"latent_avg": np.zeros((tb.M + 1, tb.D), np.float32)}, "latent_avg should have shape (4, 8), found (5, 8)"),
-    ({"latent_avg": np.zeros((tb.M, tb.D), np.float32)}, "average_image should have shape (3, 16, 16), found nothing"),
-])
+@pytest.mark.parametrize(
+    "arrays,needle",
+    [
+        ({"latent_avg": np.zeros((tb.M + 1, tb.D), np.float32)}, "latent_avg should have shape (4, 8), found (5, 8)"),
+        (
+            {"latent_avg": np.zeros((tb.M, tb.D), np.float32)},
+            "average_image should have shape (3, 16, 16), found nothing",
+        ),
+    ],
+)
 def test_constants_of_wrong_shape(make_tiny_bundle, arrays, needle):
     path = make_tiny_bundle()
     np.savez(path / "constants.npz", **arrays)
@@ -372,14 +390,18 @@ def test_constants_of_wrong_shape(make_tiny_bundle, arrays, needle):
 
 def test_pickled_constants_not_loaded(make_tiny_bundle):
     path = make_tiny_bundle()
-    np.savez(path / "constants.npz", latent_avg=np.array([{"evil": 1}], dtype=object),
-             average_image=np.zeros((3, tb.R, tb.R), np.float32))
+    np.savez(
+        path / "constants.npz",
+        latent_avg=np.array([{"evil": 1}], dtype=object),
+        average_image=np.zeros((3, tb.R, tb.R), np.float32),
+    )
     tb.edit_manifest(path, lambda m: _set(m, ("constants", "sha256"), sha256_file(path / "constants.npz")))
     with pytest.raises(BundleError, match="not a readable .npz"):
         Bundle(path).constants()
 
 
 # --------------------------------------------------------------------------- atomic writes
+
 
 class Boom(Exception):
     pass
@@ -412,8 +434,9 @@ def test_commit_replaces_existing_bundle(make_tiny_bundle, tiny_graphs):
     path = make_tiny_bundle("iterative")  # its encoder.onnx is the old build's: gone with it
     tb.write_bundle(path, tiny_graphs, "single")  # a user's file in it is refused instead: test_build_target.py
     assert Bundle(path).manifest.family == "psp"
-    assert sorted(p.name for p in path.iterdir()) == sorted([MANIFEST, "constants.npz", "encoder_first.onnx",
-                                                              "generator.onnx"])
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        [MANIFEST, "constants.npz", "encoder_first.onnx", "generator.onnx"]
+    )
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no ".bundle.old" left
 
 

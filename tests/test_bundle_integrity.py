@@ -3,6 +3,7 @@
 and their use are refused (sdk/permissions.py), files replaced or written while a bundle opens
 are detected, the constants are parsed from the very bytes hashed, reading only the members
 used, and bundle paths that cannot name a folder are a BundleError."""
+
 from __future__ import annotations
 
 import builtins
@@ -16,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tiny_bundle as tb
-from sdk import BundleError, Translator
-from sdk import digests
+
+from sdk import BundleError, Translator, digests
 from sdk.backends.onnxruntime import OrtBackend
 from sdk.bundle import Bundle
 
@@ -34,14 +34,21 @@ def _open_error(path, **kw) -> str:
 
 # --------------------------------------------------------------------------- who may write the bundle
 
-@pytest.mark.parametrize("target,bits,needle", [
-    (".", stat.S_IWGRP, "the bundle folder {p} is writable by its group (mode 0775)"),
-    (".", stat.S_IWOTH, "the bundle folder {p} is writable by everyone (mode 0757)"),
-    ("encoder.onnx", stat.S_IWGRP, "bundle file {p}/encoder.onnx is writable by its group (mode 0664)"),
-    ("manifest.json", stat.S_IWGRP | stat.S_IWOTH, "bundle file {p}/manifest.json is writable by its group and "
-                                                    "everyone (mode 0666)"),
-    ("constants.npz", stat.S_IWOTH, "bundle file {p}/constants.npz is writable by everyone"),
-])
+
+@pytest.mark.parametrize(
+    "target,bits,needle",
+    [
+        (".", stat.S_IWGRP, "the bundle folder {p} is writable by its group (mode 0775)"),
+        (".", stat.S_IWOTH, "the bundle folder {p} is writable by everyone (mode 0757)"),
+        ("encoder.onnx", stat.S_IWGRP, "bundle file {p}/encoder.onnx is writable by its group (mode 0664)"),
+        (
+            "manifest.json",
+            stat.S_IWGRP | stat.S_IWOTH,
+            "bundle file {p}/manifest.json is writable by its group and everyone (mode 0666)",
+        ),
+        ("constants.npz", stat.S_IWOTH, "bundle file {p}/constants.npz is writable by everyone"),
+    ],
+)
 def test_bundle_others_can_write_is_refused(make_tiny_bundle, target, bits, needle):
     path = make_tiny_bundle()
     item = path / target
@@ -120,6 +127,7 @@ def test_bundle_written_under_a_permissive_umask_opens(tiny_graphs, tmp_path):
 
 # --------------------------------------------------------------------------- files that change while opening
 
+
 def _replace_with_copy(file: Path) -> None:
     """Swap ``file`` for a copy of itself (same bytes, new inode), as a rename into place does."""
     shutil.copyfile(file, file.with_name(file.name + ".new"))
@@ -180,10 +188,14 @@ def test_constants_are_parsed_from_the_bytes_hashed(make_tiny_bundle):
     """Constants swapped after the bundle's check are refused when read, not used."""
     path = make_tiny_bundle()
     bundle = Bundle(path)
-    np.savez(path / "constants.npz", latent_avg=np.ones((tb.M, tb.D), np.float32),
-             average_image=np.zeros((3, tb.R, tb.R), np.float32))
-    with pytest.raises(BundleError, match="constants.npz does not match its SHA-256 .*modified after the bundle "
-                                          "was checked"):
+    np.savez(
+        path / "constants.npz",
+        latent_avg=np.ones((tb.M, tb.D), np.float32),
+        average_image=np.zeros((3, tb.R, tb.R), np.float32),
+    )
+    with pytest.raises(
+        BundleError, match="constants.npz does not match its SHA-256 .*modified after the bundle was checked"
+    ):
         bundle.constants()
     assert Bundle(path, verify=False).constants()["latent_avg"].min() == 1.0  # unchecked: read as it is
 
@@ -191,14 +203,16 @@ def test_constants_are_parsed_from_the_bytes_hashed(make_tiny_bundle):
 def test_tensorrt_plan_is_read_once(make_tiny_bundle, monkeypatch):
     """The plan TensorRT deserialises is the buffer that was hashed: one open of the file."""
     from fakes import fake_cuda, fake_tensorrt
+
     from export.tensorrt_build import EngineOptions, build_bundle_engines
 
     cudart = fake_cuda.install(monkeypatch, fake_cuda.FakeCudart())
     fake_tensorrt.install(monkeypatch, cudart)
     path = make_tiny_bundle()
     manifest = tb.read_manifest(path)
-    build_bundle_engines(path, manifest, EngineOptions(max_batch=tb.MAX_BATCH, compare=False,
-                                                       timing_cache=path.parent / "timing.cache"))
+    build_bundle_engines(
+        path, manifest, EngineOptions(max_batch=tb.MAX_BATCH, compare=False, timing_cache=path.parent / "timing.cache")
+    )
     tb.write_manifest(path, manifest)
     opened = []
     real_open = io.open
@@ -216,6 +230,7 @@ def test_tensorrt_plan_is_read_once(make_tiny_bundle, monkeypatch):
 
 
 # --------------------------------------------------------------------------- constants
+
 
 def _write_constants(path: Path, **arrays) -> None:
     base = {"latent_avg": np.zeros((tb.M, tb.D), np.float32), "average_image": np.zeros((3, tb.R, tb.R), np.float32)}
@@ -255,16 +270,26 @@ def test_array_header_checked_before_decompressing(make_tiny_bundle):
 
 def test_oversized_constants_file_refused_before_reading(make_tiny_bundle):
     path = make_tiny_bundle()
-    np.savez(path / "constants.npz", latent_avg=np.zeros((tb.M, tb.D), np.float32),
-             average_image=np.zeros((3, tb.R, tb.R), np.float32), junk=np.zeros(1 << 19, np.float32))
+    np.savez(
+        path / "constants.npz",
+        latent_avg=np.zeros((tb.M, tb.D), np.float32),
+        average_image=np.zeros((3, tb.R, tb.R), np.float32),
+        junk=np.zeros(1 << 19, np.float32),
+    )
     tb.rehash(path, "constants.npz")
     msg = _open_error(path)
     assert "constants.npz is" in msg and "bytes, more than the" in msg and "its arrays can take" in msg
 
 
-@pytest.mark.parametrize("name,value,dtype", [("latent_avg", np.nan, np.float32), ("average_image", np.inf, np.float32),
-                                              ("average_image", -np.inf, np.float16),
-                                              ("latent_avg", 1e300, np.float64)])
+@pytest.mark.parametrize(
+    "name,value,dtype",
+    [
+        ("latent_avg", np.nan, np.float32),
+        ("average_image", np.inf, np.float32),
+        ("average_image", -np.inf, np.float16),
+        ("latent_avg", 1e300, np.float64),
+    ],
+)
 def test_non_finite_constants_refused(make_tiny_bundle, name, value, dtype):
     path = make_tiny_bundle()
     shape = (tb.M, tb.D) if name == "latent_avg" else (3, tb.R, tb.R)
@@ -275,10 +300,13 @@ def test_non_finite_constants_refused(make_tiny_bundle, name, value, dtype):
     assert f"constants.npz: {name} holds 1 NaN or Inf values" in msg and "every output would be NaN" in msg
 
 
-@pytest.mark.parametrize("array,needle", [
-    (np.zeros((tb.M, tb.D), np.int32), "latent_avg has dtype int32; expected a float array"),
-    (np.array([[{"evil": 1}] * tb.D] * tb.M, dtype=object), "latent_avg has dtype object; expected a float array"),
-])
+@pytest.mark.parametrize(
+    "array,needle",
+    [
+        (np.zeros((tb.M, tb.D), np.int32), "latent_avg has dtype int32; expected a float array"),
+        (np.array([[{"evil": 1}] * tb.D] * tb.M, dtype=object), "latent_avg has dtype object; expected a float array"),
+    ],
+)
 def test_constants_of_other_dtypes_refused_from_the_header(make_tiny_bundle, array, needle):
     path = make_tiny_bundle()
     np.savez(path / "constants.npz", latent_avg=array, average_image=np.zeros((3, tb.R, tb.R), np.float32))
@@ -297,15 +325,19 @@ def test_float64_and_fortran_constants_read_as_float32(make_tiny_bundle, tiny_gr
 
 # --------------------------------------------------------------------------- bundle paths
 
-@pytest.mark.parametrize("value,needle", [
-    (None, "the bundle path must be a str or os.PathLike naming a folder; got NoneType"),
-    (3, "the bundle path must be a str or os.PathLike naming a folder; got int"),
-    (b"engines/demo", "got bytes"),
-    ("", "the bundle path is empty"),
-    ("  ", "the bundle path is empty"),
-    ("a" * 5000, "... (5000 characters) is too long for this system"),
-    ("engines/de\x00mo", "contains a NUL byte"),
-])
+
+@pytest.mark.parametrize(
+    "value,needle",
+    [
+        (None, "the bundle path must be a str or os.PathLike naming a folder; got NoneType"),
+        (3, "the bundle path must be a str or os.PathLike naming a folder; got int"),
+        (b"engines/demo", "got bytes"),
+        ("", "the bundle path is empty"),
+        ("  ", "the bundle path is empty"),
+        ("a" * 5000, "... (5000 characters) is too long for this system"),
+        ("engines/de\x00mo", "contains a NUL byte"),
+    ],
+)
 def test_paths_that_name_no_folder(value, needle):
     msg = _open_error(value)
     assert needle in msg and "engines/demo" in msg and len(msg) < 400

@@ -6,6 +6,7 @@ each get their own one-line message (exit code 2 from the command line), never a
 The checkpoints are tiny (an OME encoder of width 4 over an 8 px StyleGAN2 of 4 channels:
 49k weights), so a load takes a fraction of a second and the build tests stop at the first write.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,13 @@ def tiny_checkpoint(fmt: str = "ome_stylegan2") -> dict:
         e = OMEEncoder(depth=18, input_nc=6, width=4, fpn_dim=4, code_dim=8, codes_per_level=(1, 1, 2), input_size=64)
         state = {f"encoder.{k}": v for k, v in e.state_dict().items()}
         state.update({f"decoder.{k}": v for k, v in g.state_dict().items()})
-        _TINY["ckpt"] = {"format": "ome_stylegan2", "format_version": 1, "state_dict": state,
-                         "latent_avg": 0.1 * torch.randn(8), "opts": {"input_size": 64, "n_iters_per_batch": 2}}
+        _TINY["ckpt"] = {
+            "format": "ome_stylegan2",
+            "format_version": 1,
+            "state_dict": state,
+            "latent_avg": 0.1 * torch.randn(8),
+            "opts": {"input_size": 64, "n_iters_per_batch": 2},
+        }
     ckpt = copy.deepcopy(_TINY["ckpt"])
     if fmt == "psp":
         del ckpt["format"]
@@ -63,6 +69,7 @@ def test_the_tiny_checkpoint_loads():
 
 
 # --------------------------------------------------------------------------- the state dict
+
 
 @pytest.mark.parametrize("fmt", ["ome_stylegan2", "psp"])
 @pytest.mark.parametrize("value", [[1, 2], None, torch.zeros(3), "weights", 7])
@@ -136,8 +143,10 @@ def test_sparse_weights_are_refused():
     assert "dense" in _error(ckpt)
 
 
-@pytest.mark.parametrize("bad, text", [(float("nan"), "NaN/Inf (1 NaN"), (float("inf"), "NaN/Inf (0 NaN, 1 Inf"),
-                                       (1e300, "beyond float32's range")])
+@pytest.mark.parametrize(
+    "bad, text",
+    [(float("nan"), "NaN/Inf (1 NaN"), (float("inf"), "NaN/Inf (0 NaN, 1 Inf"), (1e300, "beyond float32's range")],
+)
 def test_non_finite_weights_are_refused_at_load_naming_the_first_key(bad, text):
     ckpt = tiny_checkpoint()
     state = ckpt["state_dict"]
@@ -151,10 +160,20 @@ def test_non_finite_weights_are_refused_at_load_naming_the_first_key(bad, text):
 
 # --------------------------------------------------------------------------- latent_avg and opts
 
-@pytest.mark.parametrize("value, text", [
-    (torch.zeros(3), "has shape (3,)"), (torch.zeros(2, 2, 8), "has shape (2, 2, 8)"),  # 32 values: [4, 8] reshaped
-    (torch.zeros(5, 8), "has shape (5, 8)"), ([0.0] * 8, "is a list"), ("avg", "is a str"), (0.5, "is a float"),
-    (torch.zeros(8, dtype=torch.int32), "torch.int32"), (torch.full((8,), float("nan")), "NaN/Inf")])
+
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (torch.zeros(3), "has shape (3,)"),
+        (torch.zeros(2, 2, 8), "has shape (2, 2, 8)"),  # 32 values: [4, 8] reshaped
+        (torch.zeros(5, 8), "has shape (5, 8)"),
+        ([0.0] * 8, "is a list"),
+        ("avg", "is a str"),
+        (0.5, "is a float"),
+        (torch.zeros(8, dtype=torch.int32), "torch.int32"),
+        (torch.full((8,), float("nan")), "NaN/Inf"),
+    ],
+)
 def test_latent_avg_of_the_wrong_shape_or_type(value, text):
     ckpt = tiny_checkpoint()
     ckpt["latent_avg"] = value
@@ -162,12 +181,24 @@ def test_latent_avg_of_the_wrong_shape_or_type(value, text):
     assert "latent_avg" in message and text in message
 
 
-@pytest.mark.parametrize("key, value", [("input_size", "big"), ("input_size", 96), pytest.param("input_size", 10 ** 5000, id="input_size-5001-digits"),
-                                        ("n_iters_per_batch", "5"), ("n_iters_per_batch", 0),
-                                        ("n_iters_per_batch", True), ("label_nc", 2.5), ("input_nc", -1),
-                                        ("encoder_type", 3), ("dataset_type", ["sr"]), ("split", "8"),
-                                        ("start_from_latent_avg", torch.zeros(9, 9)),  # printed on one line
-                                        ("dataset_type", [torch.zeros(9, 9)] * 2)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("input_size", "big"),
+        ("input_size", 96),
+        pytest.param("input_size", 10**5000, id="input_size-5001-digits"),
+        ("n_iters_per_batch", "5"),
+        ("n_iters_per_batch", 0),
+        ("n_iters_per_batch", True),
+        ("label_nc", 2.5),
+        ("input_nc", -1),
+        ("encoder_type", 3),
+        ("dataset_type", ["sr"]),
+        ("split", "8"),
+        ("start_from_latent_avg", torch.zeros(9, 9)),  # printed on one line
+        ("dataset_type", [torch.zeros(9, 9)] * 2),
+    ],
+)
 def test_option_fields_are_checked(key, value):
     ckpt = tiny_checkpoint()
     ckpt["opts"][key] = value
@@ -185,17 +216,24 @@ def test_opts_that_are_not_a_dict(opts):
 
 def test_load_strict_checks_dtype_device_and_type_on_one_line():
     module = torch.nn.Linear(2, 2)
-    for state, text in [({"weight": torch.zeros(2, 2, dtype=torch.float64), "bias": torch.zeros(2)},
-                         "dtype of weight: checkpoint torch.float64, model torch.float32"),
-                        ({"weight": torch.empty(2, 2, device="meta"), "bias": torch.zeros(2)},
-                         "device of weight: checkpoint meta, model cpu"),
-                        ({"weight": 3, "bias": torch.zeros(2)}, "entries that are not tensors: weight")]:
+    for state, text in [
+        (
+            {"weight": torch.zeros(2, 2, dtype=torch.float64), "bias": torch.zeros(2)},
+            "dtype of weight: checkpoint torch.float64, model torch.float32",
+        ),
+        (
+            {"weight": torch.empty(2, 2, device="meta"), "bias": torch.zeros(2)},
+            "device of weight: checkpoint meta, model cpu",
+        ),
+        ({"weight": 3, "bias": torch.zeros(2)}, "entries that are not tensors: weight"),
+    ]:
         with pytest.raises(CheckpointError) as err:
             load_strict(module, state, "f.pt")
         assert text in str(err.value) and "\n" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- the file
+
 
 def _read_in_thread(path: Path) -> BaseException | None:
     """read_file in a thread that must come back: opening a FIFO for reading would block."""
@@ -223,10 +261,16 @@ def test_each_kind_of_path_gets_its_own_message(tmp_path):
     sock = socket.socket(socket.AF_UNIX)
     try:
         sock.bind(str(short / "s"))
-        cases = {tmp_path / "missing.pt": "does not exist", tmp_path / "folder": "is a directory",
-                 tmp_path / "fifo": "is a FIFO", short / "s": "is a socket", Path("/dev/null"): "character device",
-                 tmp_path / "missing" / "x.pt": "does not exist", tmp_path / "nul\0.pt": "cannot be opened",
-                 tmp_path / ("x" * 300): "cannot be opened (File name too long)"}
+        cases = {
+            tmp_path / "missing.pt": "does not exist",
+            tmp_path / "folder": "is a directory",
+            tmp_path / "fifo": "is a FIFO",
+            short / "s": "is a socket",
+            Path("/dev/null"): "character device",
+            tmp_path / "missing" / "x.pt": "does not exist",
+            tmp_path / "nul\0.pt": "cannot be opened",
+            tmp_path / ("x" * 300): "cannot be opened (File name too long)",
+        }
         for path, text in cases.items():
             err = _read_in_thread(path)
             assert isinstance(err, CheckpointError) and text in str(err) and str(path)[:250] in str(err), (path, err)
@@ -244,7 +288,7 @@ def test_the_generator_file_is_checked_the_same_way(tmp_path):
     torch.save({"g_ema": [1, 2]}, tmp_path / "g.pt")
     with pytest.raises(CheckpointError, match="--generator file is not a rosinality file with 'g_ema'"):
         load_checkpoint(tmp_path / "good.pt", generator_path=tmp_path / "g.pt")
-    g_ema = {k[len("decoder."):]: v for k, v in tiny_checkpoint()["state_dict"].items() if k.startswith("decoder.")}
+    g_ema = {k[len("decoder.") :]: v for k, v in tiny_checkpoint()["state_dict"].items() if k.startswith("decoder.")}
     g_ema["style.1.weight"] = g_ema["style.1.weight"].int()
     torch.save({"g_ema": g_ema}, tmp_path / "g.pt")
     with pytest.raises(CheckpointError, match="--generator \\(g_ema\\): 'style.1.weight' is a torch.int32 tensor"):
@@ -286,6 +330,7 @@ def test_a_zip_checkpoint_with_a_bad_crc_names_the_member(tmp_path, member):
 
 # --------------------------------------------------------------------------- weights that overflow
 
+
 def test_finite_weights_that_overflow_name_the_checkpoint_not_a_parity_break(tmp_path, caplog):
     ckpt = tiny_checkpoint()
     ckpt["latent_avg"] = torch.full((8,), 3e38)  # finite, but the generator's image of it is not
@@ -306,11 +351,13 @@ def test_parity_check_names_the_graph_whose_pytorch_output_overflows(tmp_path):
     with pytest.raises(CheckpointError, match="generator: PyTorch's own output holds NaN/Inf"):
         onnx_export.check_parity(Overflow(), tmp_path / "g.onnx", x, "generator", 1e-4)
     with pytest.raises(CheckpointError, match="encoder_0: its example input 'x' holds NaN/Inf"):
-        onnx_export.check_parity(Overflow(), tmp_path / "g.onnx", {"x": torch.full((2, 3), float("inf"))},
-                                 "encoder_0", 1e-4)
+        onnx_export.check_parity(
+            Overflow(), tmp_path / "g.onnx", {"x": torch.full((2, 3), float("inf"))}, "encoder_0", 1e-4
+        )
 
 
 # --------------------------------------------------------------------------- the command line
+
 
 def _main_error(args: list, caplog) -> str:
     with caplog.at_level(logging.ERROR):
@@ -333,6 +380,7 @@ def test_checkpoint_errors_are_one_line_and_exit_code_2(tmp_path, caplog):
 
 
 # --------------------------------------------------------------------------- a full disk
+
 
 @pytest.fixture
 def tiny_file(tmp_path) -> Path:
@@ -364,8 +412,11 @@ def test_a_full_disk_in_the_bundle_writer(tiny_file, tmp_path, monkeypatch, capl
         raise OSError(errno.ENOSPC, "No space left on device", str(self.tmp / "manifest.json"))
 
     monkeypatch.setattr(build_engines, "export_onnx", lambda *a: None)  # the graphs are not the point here
-    monkeypatch.setattr(build_engines, "check_parity", lambda module, path, inputs, graph, tol: onnx_export.Parity(
-        graph, 2, 0.0, 1.0, 0.0, tol))
+    monkeypatch.setattr(
+        build_engines,
+        "check_parity",
+        lambda module, path, inputs, graph, tol: onnx_export.Parity(graph, 2, 0.0, 1.0, 0.0, tol),
+    )
     monkeypatch.setattr(build_engines.BundleWriter, "add", lambda self, name: "0" * 64)
     monkeypatch.setattr(build_engines, "add_cpu_graphs", lambda *a: None)
     monkeypatch.setattr(build_engines.BundleWriter, "commit", full)
@@ -393,9 +444,13 @@ def _ort_write_to_a_full_disk(folder: Path) -> None:
     from export.cpu_graphs import _session
 
     w = numpy_helper.from_array(np.ones((64, 64), np.float32), "W")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [w],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), folder / "m.onnx")
     os.symlink("/dev/full", folder / "generator.cpu.onnx.data")
     _session(folder / "m.onnx", optimise_into=folder / "generator.cpu.onnx")
@@ -403,10 +458,11 @@ def _ort_write_to_a_full_disk(folder: Path) -> None:
 
 @pytest.mark.parametrize("free_gb, full", [(0.01, True), (50, False)])
 def test_onnx_runtime_failing_on_a_full_disk(tiny_file, tmp_path, monkeypatch, caplog, free_gb, full):
-    monkeypatch.setattr(build_engines, "export_onnx", lambda module, inputs, name, path, mb: _ort_write_to_a_full_disk(
-        path.parent))
+    monkeypatch.setattr(
+        build_engines, "export_onnx", lambda module, inputs, name, path, mb: _ort_write_to_a_full_disk(path.parent)
+    )
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(onnx_export.shutil, "disk_usage", lambda p: usage(10 ** 12, 10 ** 12, int(free_gb * 1e9)))
+    monkeypatch.setattr(onnx_export.shutil, "disk_usage", lambda p: usage(10**12, 10**12, int(free_gb * 1e9)))
     out = tmp_path / "bundle"
     args = ["--checkpoint", str(tiny_file), "--out", str(out)]
     if full:

@@ -1,5 +1,6 @@
 """Checkpoint loading: every public layout loads with strict matching, formats are detected
 from the file, mismatches name the keys and the cause, and pickled code never runs."""
+
 from __future__ import annotations
 
 import json
@@ -16,17 +17,28 @@ ENCODER_LAYOUTS = {
     "restyle_psp_ffhq_1024_BackboneEncoder.json": ("restyle_psp", "BackboneEncoder", 6, 18),
     "restyle_psp_ffhq_1024_GradualStyleEncoder.json": ("restyle_fpn", "GradualStyleEncoder", 6, 18),
 }
-OPTS = {"psp": {"encoder_type": "GradualStyleEncoder", "input_nc": 3, "output_size": 1024,
-                "start_from_latent_avg": True, "learn_in_w": False},
-        "restyle_psp": {"encoder_type": "BackboneEncoder", "input_nc": 6, "output_size": 1024, "n_iters_per_batch": 5},
-        "restyle_fpn": {"encoder_type": "GradualStyleEncoder", "input_nc": 6, "output_size": 1024,
-                        "n_iters_per_batch": 5}}
+OPTS = {
+    "psp": {
+        "encoder_type": "GradualStyleEncoder",
+        "input_nc": 3,
+        "output_size": 1024,
+        "start_from_latent_avg": True,
+        "learn_in_w": False,
+    },
+    "restyle_psp": {"encoder_type": "BackboneEncoder", "input_nc": 6, "output_size": 1024, "n_iters_per_batch": 5},
+    "restyle_fpn": {"encoder_type": "GradualStyleEncoder", "input_nc": 6, "output_size": 1024, "n_iters_per_batch": 5},
+}
 
 
 def meta_state(keys: dict) -> dict:
-    return {k: torch.empty(v["shape"] if isinstance(v, dict) else v, device="meta",
-                           dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float32)
-            for k, v in keys.items()}
+    return {
+        k: torch.empty(
+            v["shape"] if isinstance(v, dict) else v,
+            device="meta",
+            dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float32,
+        )
+        for k, v in keys.items()
+    }
 
 
 def layout_keys(layouts_dir: Path, name: str) -> dict:
@@ -48,15 +60,20 @@ def test_public_layouts_load_strictly(layouts_dir, name):
     assert loaded.generator.size == 1024
     assert loaded.repeat_last == (fmt != "psp")
     assert [st.feedback for st in loaded.stages] == [fmt != "psp"]
-    own = {f"encoder.{k}" for k in loaded.stages[0].encoder.state_dict()} | {f"decoder.{k}" for k in loaded.generator.state_dict()}
+    own = {f"encoder.{k}" for k in loaded.stages[0].encoder.state_dict()} | {
+        f"decoder.{k}" for k in loaded.generator.state_dict()
+    }
     assert own == set(state)
 
 
 def test_sketch_input_layer_loads(layouts_dir):
     keys = layout_keys(layouts_dir, "psp_ffhq_1024_GradualStyleEncoder.json")
     keys.update(layout_keys(layouts_dir, "psp_sketch_input_layer.json"))
-    ckpt = {"state_dict": meta_state(keys), "opts": {**OPTS["psp"], "input_nc": 1, "label_nc": 0},
-            "latent_avg": torch.empty(18, 512, device="meta")}
+    ckpt = {
+        "state_dict": meta_state(keys),
+        "opts": {**OPTS["psp"], "input_nc": 1, "label_nc": 0},
+        "latent_avg": torch.empty(18, 512, device="meta"),
+    }
     with torch.device("meta"):
         loaded = from_dict(ckpt)
     assert loaded.encoder_config["input_nc"] == 1
@@ -64,8 +81,11 @@ def test_sketch_input_layer_loads(layouts_dir):
 
 def test_rosinality_generator_layout(layouts_dir):
     keys = layout_keys(layouts_dir, "rosinality_stylegan2_ffhq_1024.json")
-    enc = {k: v for k, v in layout_keys(layouts_dir, "restyle_psp_ffhq_1024_GradualStyleEncoder.json").items()
-           if k.startswith("encoder.")}
+    enc = {
+        k: v
+        for k, v in layout_keys(layouts_dir, "restyle_psp_ffhq_1024_GradualStyleEncoder.json").items()
+        if k.startswith("encoder.")
+    }
     generator_file = {"g_ema": meta_state(keys), "latent_avg": torch.empty(512, device="meta")}
     assert detect_format(generator_file) == "rosinality"
     ckpt = {"state_dict": meta_state(enc), "opts": OPTS["restyle_fpn"]}
@@ -79,13 +99,18 @@ def test_rosinality_generator_layout(layouts_dir):
 
 def test_e2style_layout_loads_as_two_stages(layouts_dir):
     keys = layout_keys(layouts_dir, "e2style_ffhq_1024_stage2.json")
-    ckpt = {"state_dict": meta_state(keys), "opts": {"input_nc": 3, "stage": 2, "training_stage": 2},
-            "latent_avg": torch.empty(18, 512, device="meta")}
+    ckpt = {
+        "state_dict": meta_state(keys),
+        "opts": {"input_nc": 3, "stage": 2, "training_stage": 2},
+        "latent_avg": torch.empty(18, 512, device="meta"),
+    }
     assert detect_format(ckpt) == "e2style"
     with torch.device("meta"):
         loaded = from_dict(ckpt)
-    assert [(st.config["input_nc"], st.feedback, st.residual) for st in loaded.stages] == [(3, False, True),
-                                                                                          (6, True, True)]
+    assert [(st.config["input_nc"], st.feedback, st.residual) for st in loaded.stages] == [
+        (3, False, True),
+        (6, True, True),
+    ]
     assert all(st.config["encoder_type"] == "E2StyleEncoder" for st in loaded.stages)
     assert not loaded.repeat_last and loaded.default_iterations == 2
     own = {f"encoder_firststage.{k}" for k in loaded.stages[0].encoder.state_dict()}

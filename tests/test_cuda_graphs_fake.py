@@ -5,17 +5,18 @@ nodes and runs them on launch, and rejects synchronising calls during capture as
 tests check the control flow — what is captured, when, which graph a call replays, what stays
 outside the graph, the fallbacks — not GPU speed or numerics (``tests/gpu/`` does that).
 """
+
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 import pytest
-
 import tiny_bundle as tb
 from fakes import fake_cuda
-from sdk import Translator
 from test_tensorrt_fake import add_engines, fake_gpu, x_input  # noqa: F401  (fake_gpu is a fixture)
+
+from sdk import Translator
 
 KERNEL = "cudaGraphNodeTypeKernel"
 
@@ -46,8 +47,10 @@ def test_replay_equals_eager_and_enqueues_nothing_per_engine(fake_gpu, engines):
         assert not [e for e in trt.log if e[0] == "execute_async_v3"]  # nothing enqueued per engine call
         assert sum(e[0] == "kernel" for e in trt.log) == 6 * 3  # the graph's kernels ran
         # per frame: the upload, one launch, the two downloads; the copies are outside the graph
-        assert calls_between(cudart) == ["cudaMemcpyHostToDevice", "cudaGraphLaunch",
-                                         "cudaMemcpyDeviceToHost", "cudaMemcpyDeviceToHost"] * 3
+        assert (
+            calls_between(cudart)
+            == ["cudaMemcpyHostToDevice", "cudaGraphLaunch", "cudaMemcpyDeviceToHost", "cudaMemcpyDeviceToHost"] * 3
+        )
     for a, b in zip(expected, got):
         np.testing.assert_array_equal(b.images, a.images)
         np.testing.assert_array_equal(b.latents, a.latents)

@@ -8,6 +8,7 @@ and the ``ome_stylegan2`` checkpoint format it is written in.
   not time);
 * the format's errors name the problem.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -69,8 +70,9 @@ def demo_translator(tmp_path_factory):
     from sdk import Translator
 
     ckpt = load_checkpoint(DEMO_CHECKPOINT)
-    bundle = build_bundle(ckpt, tmp_path_factory.mktemp("demo") / "demo", task="super_resolution", factor=4,
-                          max_batch=4, progress=False)
+    bundle = build_bundle(
+        ckpt, tmp_path_factory.mktemp("demo") / "demo", task="super_resolution", factor=4, max_batch=4, progress=False
+    )
     t = Translator(bundle, backend="onnxruntime")
     yield t
     t.close()
@@ -107,14 +109,21 @@ def test_demo_bundle_image_api(demo_translator):
 
 # --------------------------------------------------------------------------- the format
 
+
 def _tiny_ome_stylegan2(code_dim: int = 16, size: int = 64) -> dict:
     g = Generator(size, style_dim=code_dim, n_mlp=1, channels={4: 8, 8: 8, 16: 8, 32: 4, 64: 4})
-    e = OMEEncoder(depth=18, input_nc=6, width=4, fpn_dim=8, code_dim=code_dim, codes_per_level=(2, 3, 5),
-                   input_size=64)
+    e = OMEEncoder(
+        depth=18, input_nc=6, width=4, fpn_dim=8, code_dim=code_dim, codes_per_level=(2, 3, 5), input_size=64
+    )
     state = {f"encoder.{k}": v for k, v in e.state_dict().items()}
     state.update({f"decoder.{k}": v for k, v in g.state_dict().items()})
-    return {"format": "ome_stylegan2", "format_version": 1, "state_dict": state,
-            "opts": {"input_size": 64, "n_iters_per_batch": 3}, "latent_avg": torch.zeros(code_dim)}
+    return {
+        "format": "ome_stylegan2",
+        "format_version": 1,
+        "state_dict": state,
+        "opts": {"input_size": 64, "n_iters_per_batch": 3},
+        "latent_avg": torch.zeros(code_dim),
+    }
 
 
 def test_format_loads_any_generator_width():
@@ -130,8 +139,9 @@ def test_format_errors_name_the_problem():
     with pytest.raises(CheckpointError, match="no 'decoder"):
         from_dict(bad)
     mixed = _tiny_ome_stylegan2()
-    mixed["state_dict"].update({k: v for k, v in _tiny_ome_stylegan2(code_dim=32)["state_dict"].items()
-                                if k.startswith("decoder.")})
+    mixed["state_dict"].update(
+        {k: v for k, v in _tiny_ome_stylegan2(code_dim=32)["state_dict"].items() if k.startswith("decoder.")}
+    )
     with pytest.raises(CheckpointError, match="different models"):
         from_dict(mixed)
     wrong_size = _tiny_ome_stylegan2()
@@ -142,7 +152,14 @@ def test_format_errors_name_the_problem():
 
 def test_ome_config_inference_round_trip():
     e = OMEEncoder(depth=18, input_nc=6, width=4, fpn_dim=8, code_dim=16, codes_per_level=(1, 2, 3), input_size=128)
-    assert infer_ome_config(e.state_dict(), 128) == {"depth": 18, "input_nc": 6, "width": 4, "fpn_dim": 8,
-                                                     "code_dim": 16, "codes_per_level": (1, 2, 3), "input_size": 128}
+    assert infer_ome_config(e.state_dict(), 128) == {
+        "depth": 18,
+        "input_nc": 6,
+        "width": 4,
+        "fpn_dim": 8,
+        "code_dim": 16,
+        "codes_per_level": (1, 2, 3),
+        "input_size": 128,
+    }
     with pytest.raises(ValueError, match="input_size"):
         OMEEncoder(depth=18, input_size=48)

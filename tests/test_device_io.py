@@ -6,18 +6,19 @@ fake CUDA runtime. Checked here: which copies happen (device to device, none thr
 stream ordering calls, the input checks and their messages, result ownership; and the DLPack
 struct layout against a real consumer (numpy, on host memory). Not checked: anything on a GPU.
 """
+
 from __future__ import annotations
 
 import gc
 
 import numpy as np
 import pytest
-
 import tiny_bundle as tb
 from fakes.fake_arrays import FakeCudaTensor
+from test_tensorrt_fake import add_engines, fake_gpu, x_input  # noqa: F401  (fake_gpu is a fixture)
+
 from sdk import InputError, Translator
 from sdk.device_arrays import KDL_CPU, KDL_CUDA, DeviceArray, export_capsule, parse_capsule
-from test_tensorrt_fake import add_engines, fake_gpu, x_input  # noqa: F401  (fake_gpu is a fixture)
 
 H2D, D2H, D2D = "cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost", "cudaMemcpyDeviceToDevice"
 
@@ -52,10 +53,13 @@ def test_the_producers_stream_is_awaited_with_an_event_not_the_host(fake_gpu, tr
     ours = trt_translator.backend.cuda.handle
     cudart.calls.clear()
     trt_translator.infer(FakeCudaTensor(cudart, x_input(), stream=producer), iterations=1)
-    seq = [c for c in cudart.calls if c[0] in ("cudaEventRecord", "cudaStreamWaitEvent", "cudaMemcpyAsync",
-                                                "cudaStreamSynchronize")]
+    seq = [
+        c
+        for c in cudart.calls
+        if c[0] in ("cudaEventRecord", "cudaStreamWaitEvent", "cudaMemcpyAsync", "cudaStreamSynchronize")
+    ]
     start = [c[0] for c in seq].index("cudaEventRecord")
-    record, wait, copy = seq[start:start + 3]  # no stream sync (host wait) between them
+    record, wait, copy = seq[start : start + 3]  # no stream sync (host wait) between them
     assert record[1][1] == producer and wait[1][:2] == (ours, record[1][0])
     assert copy[0] == "cudaMemcpyAsync" and copy[1][3].name == D2D and copy[1][4] == ours
     cudart.calls.clear()
@@ -102,7 +106,7 @@ def test_pending_producer_work_is_ordered_before_our_copy(fake_gpu, trt_translat
     got = trt_translator.infer(tensor, iterations=2)
     np.testing.assert_array_equal(got.latents, want.latents)
     np.testing.assert_array_equal(got.images, want.images)
-    assert "cudaStreamSynchronize" not in [c[0] for c in cudart.calls[:cudart.names().index("cudaMemcpyAsync")]]
+    assert "cudaStreamSynchronize" not in [c[0] for c in cudart.calls[: cudart.names().index("cudaMemcpyAsync")]]
     ours = trt_translator.backend.cuda.handle
     assert tensor.dlpack_streams == ([ours] if protocol == "torch" else [])
     waits = [c for c in cudart.calls if c[0] == "cudaStreamWaitEvent"]
@@ -149,18 +153,22 @@ def test_video_chain_stays_on_the_gpu(fake_gpu, trt_translator):
         prev = trt_translator.infer(FakeCudaTensor(cudart, x), iterations=2, init=prev, output="device")
     assert H2D not in copies(cudart) and D2H not in copies(cudart)
     np.testing.assert_array_equal(prev.latents.numpy(), host.latents)
-    early = trt_translator.infer(FakeCudaTensor(cudart, frames[0]), iterations=3, init=prev, early_exit=1e-9,
-                                 output="device")
+    early = trt_translator.infer(
+        FakeCudaTensor(cudart, frames[0]), iterations=3, init=prev, early_exit=1e-9, output="device"
+    )
     assert early.iterations == 3 and len(early.latent_change) == 3  # reads the latents, returns on the GPU
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda c, x: FakeCudaTensor(c, x.astype(np.float64)), r"must be float32; got float64 .*tensor\.float\(\)"),
-    (lambda c, x: FakeCudaTensor(c, x, strides=(4, 4 * tb.S * tb.S * tb.C_X, 4 * tb.S, 4)), "C-contiguous"),
-    (lambda c, x: FakeCudaTensor(c, x, device=1), r"in cuda:1 but this Translator runs on cuda:0.*device=1"),
-    (lambda c, x: FakeCudaTensor(c, x[:, :1]), r"expected x of shape"),
-    (lambda c, x: FakeCudaTensor(c, x, stream=0), "stream 0, which the interface forbids"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda c, x: FakeCudaTensor(c, x.astype(np.float64)), r"must be float32; got float64 .*tensor\.float\(\)"),
+        (lambda c, x: FakeCudaTensor(c, x, strides=(4, 4 * tb.S * tb.S * tb.C_X, 4 * tb.S, 4)), "C-contiguous"),
+        (lambda c, x: FakeCudaTensor(c, x, device=1), r"in cuda:1 but this Translator runs on cuda:0.*device=1"),
+        (lambda c, x: FakeCudaTensor(c, x[:, :1]), r"expected x of shape"),
+        (lambda c, x: FakeCudaTensor(c, x, stream=0), "stream 0, which the interface forbids"),
+    ],
+)
 def test_device_input_checks(fake_gpu, trt_translator, make, message):
     _, cudart = fake_gpu
     cudart.devices = 2

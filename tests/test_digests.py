@@ -1,5 +1,6 @@
 """Bundle file digests: whole files and pieces (sdk/digests.py), and bundles whose large files
 are checked piece by piece in parallel."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
-
 import tiny_bundle as tb
+
 from sdk import BundleError, Translator
 from sdk import bundle as bundle_module
 from sdk.bundle import Bundle, BundleWriter
@@ -28,14 +29,14 @@ def test_pieces_are_the_digests_of_the_slices(tmp_path, size):
     data = _write(tmp_path / "f", size)
     whole, pieces = file_digests(tmp_path / "f", chunk_bytes=1000)
     assert whole == hashlib.sha256(data).hexdigest() == sha256_file(tmp_path / "f")
-    assert pieces == [hashlib.sha256(data[i:i + 1000]).hexdigest() for i in range(0, size, 1000)]
+    assert pieces == [hashlib.sha256(data[i : i + 1000]).hexdigest() for i in range(0, size, 1000)]
 
 
 def test_pieces_across_read_blocks(tmp_path):
     """Pieces that end inside a read block (the block is 1 MiB)."""
     data = _write(tmp_path / "f", (1 << 20) * 3 + 17)
     _, pieces = file_digests(tmp_path / "f", chunk_bytes=700_001)
-    assert pieces == [hashlib.sha256(data[i:i + 700_001]).hexdigest() for i in range(0, len(data), 700_001)]
+    assert pieces == [hashlib.sha256(data[i : i + 700_001]).hexdigest() for i in range(0, len(data), 700_001)]
 
 
 def _expected(tmp_path, sizes, chunk):
@@ -100,12 +101,15 @@ def test_writer_records_pieces_and_bundles_check_them(tmp_path, small_pieces):
         Translator(path, backend="onnxruntime")
 
 
-@pytest.mark.parametrize("chunks, message", [
-    ({"bytes": 0, "sha256": {}}, "positive piece size"),
-    ({"bytes": 4096, "sha256": {"generator.onnx": []}}, "non-empty list"),
-    ({"bytes": 4096, "sha256": {"generator.onnx": "abc"}}, "non-empty list"),
-    ({"sha256": {}}, "lacks the required field 'bytes'"),
-])
+@pytest.mark.parametrize(
+    "chunks, message",
+    [
+        ({"bytes": 0, "sha256": {}}, "positive piece size"),
+        ({"bytes": 4096, "sha256": {"generator.onnx": []}}, "non-empty list"),
+        ({"bytes": 4096, "sha256": {"generator.onnx": "abc"}}, "non-empty list"),
+        ({"sha256": {}}, "lacks the required field 'bytes'"),
+    ],
+)
 def test_malformed_chunks_refused(make_tiny_bundle, chunks, message):
     path = make_tiny_bundle("iterative")
     tb.edit_manifest(path, lambda m: m.__setitem__("chunks", chunks))
@@ -117,8 +121,9 @@ def test_bundle_verify_checks_each_file_once(make_tiny_bundle, monkeypatch):
     path = make_tiny_bundle("iterative")
     seen = []
     real = bundle_module.verify_files
-    monkeypatch.setattr(bundle_module, "verify_files", lambda files, *a: (seen.extend(f.path.name for f in files),
-                                                                           real(files, *a))[1])
+    monkeypatch.setattr(
+        bundle_module, "verify_files", lambda files, *a: (seen.extend(f.path.name for f in files), real(files, *a))[1]
+    )
     b = Bundle(path, verify=False)
     b.verify(["generator.onnx"])
     b.verify(["generator.onnx", "encoder.onnx"])

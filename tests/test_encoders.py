@@ -1,4 +1,5 @@
 """Tests for export/models/encoders.py (pSp / ReStyle encoders)."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from shared_data import shared_path  # noqa: E402
 
 from export.models.encoders import (
     BackboneEncoder,
@@ -18,13 +20,12 @@ from export.models.encoders import (
     stage_end_indices,
 )
 
-from shared_data import shared_path  # noqa: E402
-
 LAYOUTS = shared_path("checkpoint_layouts")
 VECTORS = shared_path("reference_vectors")
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _load_keys(path: Path) -> dict:
     if not path.is_file():
@@ -43,7 +44,7 @@ def _meta_encoder_sd(keys: dict) -> dict[str, torch.Tensor]:
             dtype = getattr(torch, info["dtype"])
         else:
             dtype = torch.int64 if key.endswith("num_batches_tracked") else torch.float32
-        sd[key[len("encoder."):]] = torch.empty(shape, dtype=dtype, device="meta")
+        sd[key[len("encoder.") :]] = torch.empty(shape, dtype=dtype, device="meta")
     return sd
 
 
@@ -79,23 +80,34 @@ def _rel_err(a, b) -> float:
 
 CHECKPOINT_CASES = [
     # file, expected config
-    (LAYOUTS / "psp_ffhq_1024_GradualStyleEncoder.json",
-     dict(encoder_type="GradualStyleEncoder", num_layers=50, mode="ir_se", input_nc=3, n_styles=18)),
-    (LAYOUTS / "restyle_psp_ffhq_1024_BackboneEncoder.json",
-     dict(encoder_type="BackboneEncoder", num_layers=50, mode="ir_se", input_nc=6, n_styles=18)),
-    (LAYOUTS / "restyle_psp_ffhq_1024_GradualStyleEncoder.json",
-     dict(encoder_type="GradualStyleEncoder", num_layers=50, mode="ir_se", input_nc=6, n_styles=18)),
-    (VECTORS / "psp_layout.json",
-     dict(encoder_type="GradualStyleEncoder", num_layers=50, mode="ir_se", input_nc=3, n_styles=10)),
-    (VECTORS / "restyle_psp_layout.json",
-     dict(encoder_type="BackboneEncoder", num_layers=50, mode="ir_se", input_nc=6, n_styles=10)),
-    (VECTORS / "restyle_fpn_layout.json",
-     dict(encoder_type="GradualStyleEncoder", num_layers=50, mode="ir_se", input_nc=6, n_styles=10)),
+    (
+        LAYOUTS / "psp_ffhq_1024_GradualStyleEncoder.json",
+        dict(encoder_type="GradualStyleEncoder", num_layers=50, mode="ir_se", input_nc=3, n_styles=18),
+    ),
+    (
+        LAYOUTS / "restyle_psp_ffhq_1024_BackboneEncoder.json",
+        dict(encoder_type="BackboneEncoder", num_layers=50, mode="ir_se", input_nc=6, n_styles=18),
+    ),
+    (
+        LAYOUTS / "restyle_psp_ffhq_1024_GradualStyleEncoder.json",
+        dict(encoder_type="GradualStyleEncoder", num_layers=50, mode="ir_se", input_nc=6, n_styles=18),
+    ),
+    (
+        VECTORS / "psp_layout.json",
+        dict(encoder_type="GradualStyleEncoder", num_layers=50, mode="ir_se", input_nc=3, n_styles=10),
+    ),
+    (
+        VECTORS / "restyle_psp_layout.json",
+        dict(encoder_type="BackboneEncoder", num_layers=50, mode="ir_se", input_nc=6, n_styles=10),
+    ),
+    (
+        VECTORS / "restyle_fpn_layout.json",
+        dict(encoder_type="GradualStyleEncoder", num_layers=50, mode="ir_se", input_nc=6, n_styles=10),
+    ),
 ]
 
 
-@pytest.mark.parametrize("path,expected", CHECKPOINT_CASES,
-                         ids=[path.stem for path, _ in CHECKPOINT_CASES])
+@pytest.mark.parametrize("path,expected", CHECKPOINT_CASES, ids=[path.stem for path, _ in CHECKPOINT_CASES])
 def test_layout_loads_strict(path, expected):
     sd = _meta_encoder_sd(_load_keys(path))
     config, model = _load_on_meta(sd)
@@ -114,13 +126,13 @@ def test_sketch_input_layer_loads_strict():
     assert set(sketch) <= set(sd) and sketch  # only the input layer differs
     sd.update(sketch)
     config, model = _load_on_meta(sd)
-    assert config == dict(encoder_type="GradualStyleEncoder", num_layers=50, mode="ir_se",
-                          input_nc=1, n_styles=18)
+    assert config == dict(encoder_type="GradualStyleEncoder", num_layers=50, mode="ir_se", input_nc=1, n_styles=18)
     out = model(torch.empty(2, 1, 256, 256, device="meta"))
     assert out.shape == (2, 18, 512)
 
 
 # ----------------------------------------------------------------------------- 2. shapes
+
 
 @pytest.mark.parametrize("mode", ["ir", "ir_se"])
 @pytest.mark.parametrize("cls,input_nc", [(GradualStyleEncoder, 3), (BackboneEncoder, 6)])
@@ -134,8 +146,9 @@ def test_output_shapes(cls, input_nc, mode):
     assert not torch.allclose(out[0], out[1])  # batch items are independent
 
 
-@pytest.mark.parametrize("num_layers,n_units,taps", [
-    (50, 24, (6, 20, 23)), (100, 49, (15, 45, 48)), (152, 50, (10, 46, 49))])
+@pytest.mark.parametrize(
+    "num_layers,n_units,taps", [(50, 24, (6, 20, 23)), (100, 49, (15, 45, 48)), (152, 50, (10, 46, 49))]
+)
 def test_deeper_backbones_and_fpn_taps(num_layers, n_units, taps):
     with torch.device("meta"):
         model = GradualStyleEncoder(num_layers=num_layers, mode="ir_se", n_styles=18).eval()
@@ -149,8 +162,9 @@ def test_deeper_backbones_and_fpn_taps(num_layers, n_units, taps):
     assert model(x).shape == (2, 18, 512)
     # The config round-trips through the state dict.
     config = infer_encoder_config(model.state_dict())
-    assert config == dict(encoder_type="GradualStyleEncoder", num_layers=num_layers, mode="ir_se",
-                          input_nc=3, n_styles=18)
+    assert config == dict(
+        encoder_type="GradualStyleEncoder", num_layers=num_layers, mode="ir_se", input_nc=3, n_styles=18
+    )
 
 
 def test_input_checks():
@@ -183,9 +197,9 @@ def test_infer_config_errors():
 
 # ----------------------------------------------------------------------------- 3. one unit
 
+
 def _bn(x, bn):
-    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                        training=False, eps=bn.eps)
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps)
 
 
 @pytest.mark.parametrize("in_c,depth,stride", [(64, 64, 2), (64, 128, 2), (128, 128, 1)])
@@ -203,11 +217,11 @@ def test_bottleneck_ir_se_matches_explicit_math(in_c, depth, stride):
     h = F.prelu(h, a)
     h = F.conv2d(h, w2, stride=stride, padding=1)
     h = _bn(h, r[4])
-    s = h.mean(dim=(2, 3), keepdim=True)                 # squeeze
+    s = h.mean(dim=(2, 3), keepdim=True)  # squeeze
     s = torch.sigmoid(F.conv2d(F.relu(F.conv2d(s, fc1)), fc2))
-    h = h * s                                             # excite
+    h = h * s  # excite
     if in_c == depth:
-        shortcut = x[:, :, ::stride, ::stride]            # MaxPool2d(1, stride) = subsampling
+        shortcut = x[:, :, ::stride, ::stride]  # MaxPool2d(1, stride) = subsampling
     else:
         sc = unit.shortcut_layer
         shortcut = _bn(F.conv2d(x, sc[0].weight, stride=stride), sc[1])
@@ -221,15 +235,22 @@ def test_bottleneck_ir_se_matches_explicit_math(in_c, depth, stride):
 
 # ----------------------------------------------------------------------------- 4. ONNX
 
+
 def test_onnx_export_backbone_dynamic_batch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(3)
     model = _randomize(BackboneEncoder(num_layers=50, mode="ir", input_nc=6, n_styles=4), seed=4)
     path = tmp_path / "backbone.onnx"
     batch = torch.export.Dim("batch", min=1, max=64)
-    torch.onnx.export(model, (torch.randn(2, 6, 256, 256),), str(path), dynamo=True,
-                      input_names=["x"], output_names=["codes"],
-                      dynamic_shapes={"x": {0: batch}})
+    torch.onnx.export(
+        model,
+        (torch.randn(2, 6, 256, 256),),
+        str(path),
+        dynamo=True,
+        input_names=["x"],
+        output_names=["codes"],
+        dynamic_shapes={"x": {0: batch}},
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batch_dim = session.get_inputs()[0].shape[0]
     assert isinstance(batch_dim, str), f"batch dimension is not dynamic: {batch_dim!r}"
@@ -246,6 +267,7 @@ def test_onnx_export_backbone_dynamic_batch(tmp_path):
 
 # ----------------------------------------------------------------------------- 5. reference vectors
 
+
 def _reference_encoder(name: str):
     """(encoder with the synthesised weights, latent_avg, npz) for a reference-vector set."""
     import importlib.util
@@ -259,10 +281,9 @@ def _reference_encoder(name: str):
     spec.loader.exec_module(make_checkpoint)
     layout = json.loads(layout_path.read_text())
     # Each key's weights are seeded from the key name, so synthesising a subset is exact.
-    keys = {k: v for k, v in layout["keys"].items()
-            if k.startswith("encoder.") or k == "latent_avg"}
+    keys = {k: v for k, v in layout["keys"].items() if k.startswith("encoder.") or k == "latent_avg"}
     state = make_checkpoint.synthesise(keys, layout["seed"])
-    sd = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    sd = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     model = build_encoder(infer_encoder_config(sd))
     model.load_state_dict(sd, strict=True)
     return model, state["latent_avg"], np.load(npz_path)

@@ -7,6 +7,7 @@ gate, linear head) with image feedback and residual latents, and runs both throu
 ``Translator`` on ONNX Runtime (CPU) over the whole N-step loop. Full-size numbers (the demo
 model, IR-SE-50 + 64 px generator) come from ``benchmarks/fp16_accuracy.py``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,10 +39,17 @@ class SmallEncoder(nn.Module):
     def __init__(self, n_latent: int, dim: int):
         super().__init__()
         self.n_latent, self.dim = n_latent, dim
-        self.body = nn.Sequential(nn.Conv2d(6, 16, 4, 4), nn.BatchNorm2d(16), nn.PReLU(16),
-                                  nn.Conv2d(16, 32, 4, 4), nn.BatchNorm2d(32), nn.PReLU(32))
-        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(32, 8, 1), nn.ReLU(), nn.Conv2d(8, 32, 1),
-                                nn.Sigmoid())
+        self.body = nn.Sequential(
+            nn.Conv2d(6, 16, 4, 4),
+            nn.BatchNorm2d(16),
+            nn.PReLU(16),
+            nn.Conv2d(16, 32, 4, 4),
+            nn.BatchNorm2d(32),
+            nn.PReLU(32),
+        )
+        self.se = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(32, 8, 1), nn.ReLU(), nn.Conv2d(8, 32, 1), nn.Sigmoid()
+        )
         self.head = nn.Linear(32 * 16, n_latent * dim)
         with torch.no_grad():
             for bn in (self.body[1], self.body[4]):
@@ -65,8 +73,9 @@ def fp_bundles(tmp_path_factory):
     gen = small_generator().set_fp16_safe(True)
     m = gen.n_latent
     torch.manual_seed(1)
-    step = EncoderStep(SmallEncoder(m, STYLE_DIM).eval(), feedback=True, residual=True, input_size=S,
-                       output_size=SIZE, n_latent=m).eval()
+    step = EncoderStep(
+        SmallEncoder(m, STYLE_DIM).eval(), feedback=True, residual=True, input_size=S, output_size=SIZE, n_latent=m
+    ).eval()
     with torch.no_grad():
         latent_avg = gen.mean_latent(512)[0].repeat(m, 1)
         average_image = gen(latent_avg[None])[0]
@@ -77,28 +86,43 @@ def fp_bundles(tmp_path_factory):
     graphs.mkdir()
     export_onnx(step, inputs, "z_next", graphs / "encoder.onnx", 4)
     export_onnx(GeneratorGraph(gen).eval(), {"z": z}, "image", graphs / "generator.onnx", 4)
-    io = {"x": ("condition", ["batch", 3, S, S]), "y": ("image", ["batch", 3, SIZE, SIZE]),
-          "z": ("latents", ["batch", m, STYLE_DIM])}
+    io = {
+        "x": ("condition", ["batch", 3, S, S]),
+        "y": ("image", ["batch", 3, SIZE, SIZE]),
+        "z": ("latents", ["batch", m, STYLE_DIM]),
+    }
 
     def entry(file, names, out, role, shape):
-        return {"file": file, "sha256": "", "precision": "fp32",
-                "inputs": [{"name": n, "role": io[n][0], "shape": io[n][1], "dtype": "float32"} for n in names],
-                "outputs": [{"name": out, "role": role, "shape": shape, "dtype": "float32"}]}
+        return {
+            "file": file,
+            "sha256": "",
+            "precision": "fp32",
+            "inputs": [{"name": n, "role": io[n][0], "shape": io[n][1], "dtype": "float32"} for n in names],
+            "outputs": [{"name": out, "role": role, "shape": shape, "dtype": "float32"}],
+        }
 
     out, accuracy = {}, None
     for precision in ("fp32", "fp16"):
         with BundleWriter(root / precision) as writer:
             manifest = {
-                "schema_version": SCHEMA_VERSION, "name": precision, "family": "restyle_fpn",
+                "schema_version": SCHEMA_VERSION,
+                "name": precision,
+                "family": "restyle_fpn",
                 "task": {"name": "inversion", "options": {}},
                 "input": {"channels": 3, "size": S, "range": [-1.0, 1.0]},
                 "output": {"channels": 3, "size": SIZE, "range": [-1.0, 1.0]},
-                "latent": {"count": m, "dim": STYLE_DIM}, "batch": {"min": 1, "max": 4},
-                "graphs": {"encoder": entry("encoder.onnx", ["x", "y", "z"], "z_next", "latents", io["z"][1]),
-                           "generator": entry("generator.onnx", ["z"], "image", "image", io["y"][1])},
+                "latent": {"count": m, "dim": STYLE_DIM},
+                "batch": {"min": 1, "max": 4},
+                "graphs": {
+                    "encoder": entry("encoder.onnx", ["x", "y", "z"], "z_next", "latents", io["z"][1]),
+                    "generator": entry("generator.onnx", ["z"], "image", "image", io["y"][1]),
+                },
                 "constants": {"file": "constants.npz", "sha256": ""},
-                "schedule": {"stages": [{"graph": "encoder", "feedback": True, "residual": True}],
-                             "repeat_last": True, "default_iterations": ITERATIONS},
+                "schedule": {
+                    "stages": [{"graph": "encoder", "feedback": True, "residual": True}],
+                    "repeat_last": True,
+                    "default_iterations": ITERATIONS,
+                },
                 "engines": {},
             }
             for key in ("encoder", "generator"):
@@ -116,6 +140,7 @@ def fp_bundles(tmp_path_factory):
 
 # --------------------------------------------------------------------------- formulation
 
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_fp16_safe_formulation_is_the_same_maths_in_fp32(fused):
     g = small_generator().set_fused(fused)
@@ -132,6 +157,7 @@ def test_fp16_safe_is_off_by_default():
 
 
 # --------------------------------------------------------------------------- conversion
+
 
 def test_conversion_keeps_float32_io_and_demodulation_in_fp32(fp_bundles, tmp_path):
     import onnx
@@ -166,6 +192,7 @@ def test_psnr_peak_is_the_reference_range():
 
 # --------------------------------------------------------------------------- the loop
 
+
 def test_fp16_manifest_records_precision_and_accuracy(fp_bundles):
     from sdk import Bundle
 
@@ -181,8 +208,10 @@ def test_fp16_loop_matches_fp32_through_the_translator(fp_bundles):
     from sdk import Translator
 
     x = np.random.default_rng(7).uniform(-1, 1, (3, 3, S, S)).astype(np.float32)
-    with Translator(fp_bundles["fp32"], backend="onnxruntime", threads=1) as t32, \
-            Translator(fp_bundles["fp16"], backend="onnxruntime", threads=1) as t16:
+    with (
+        Translator(fp_bundles["fp32"], backend="onnxruntime", threads=1) as t32,
+        Translator(fp_bundles["fp16"], backend="onnxruntime", threads=1) as t16,
+    ):
         ref = t32.infer(x, return_steps=True)
         got = t16.infer(x, return_steps=True)
     assert len(got.steps) == ITERATIONS

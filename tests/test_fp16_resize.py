@@ -1,5 +1,6 @@
 """FP16 graphs keep a Resize's ``scales`` as an FP32 initializer (``export/fp16.py``): computed
 scales (an FP16 constant plus a Cast) send TensorRT down its dynamic-resize path."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,12 +16,21 @@ def test_resize_scales_stay_float32_initializers(tmp_path):
 
     from export.fp16 import convert_to_fp16
 
-    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest", name="up"),
-             helper.make_node("Mul", ["r", "w"], ["m"], name="mul"), helper.make_node("Relu", ["m"], ["y"], name="relu")]
-    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 16, 16])],
-                              [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
-                               numpy_helper.from_array(np.full((1, 4, 1, 1), 0.5, np.float32), "w")])
+    nodes = [
+        helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest", name="up"),
+        helper.make_node("Mul", ["r", "w"], ["m"], name="mul"),
+        helper.make_node("Relu", ["m"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "up",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 16, 16])],
+        [
+            numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+            numpy_helper.from_array(np.full((1, 4, 1, 1), 0.5, np.float32), "w"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.save(model, tmp_path / "fp32.onnx")

@@ -2,6 +2,7 @@
 never another exception; arbitrary arrays given to a ``Translator`` give an ``SdkError`` or a
 valid result, never another exception. Run time is bounded by ``max_examples``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -11,6 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -18,16 +20,37 @@ from hypothesis.extra import numpy as hnp
 from sdk import BundleError, SdkError, Translator
 from sdk.bundle import MANIFEST, Bundle, Manifest
 
-import tiny_bundle as tb
-
-SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                        HealthCheck.too_slow])
+SETTINGS = dict(
+    deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.integers(min_value=-10**30, max_value=10**30)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
-    | st.sampled_from(["batch", "latents", "image", "condition", "float16", "generator", "encoder", "../x", "/etc",
-                       "constants.npz", "encoder.onnx", "", ".", "fp16", "inversion", "super_resolution"]),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+    | st.sampled_from(
+        [
+            "batch",
+            "latents",
+            "image",
+            "condition",
+            "float16",
+            "generator",
+            "encoder",
+            "../x",
+            "/etc",
+            "constants.npz",
+            "encoder.onnx",
+            "",
+            ".",
+            "fp16",
+            "inversion",
+            "super_resolution",
+        ]
+    ),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=8,
 )
@@ -97,6 +120,7 @@ def test_mutated_manifests_parse_or_raise_bundle_error(base_manifest):
             event("parsed")
         except BundleError as e:
             assert str(e)  # every refusal says something
+
     check()
 
 
@@ -117,6 +141,7 @@ def test_mutated_manifests_through_bundle_and_translator(base_manifest, scratch_
                 event("ran")
         except SdkError as e:
             assert str(e)
+
     check()
 
 
@@ -125,8 +150,12 @@ def test_mutated_manifests_through_bundle_and_translator(base_manifest, scratch_
 FLOATS = st.sampled_from([np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)])
 DTYPES = hnp.scalar_dtypes() | FLOATS | FLOATS  # biased towards what a caller would pass
 VALID_NCHW = st.tuples(st.integers(0, tb.MAX_BATCH + 2), st.just(tb.C_X), st.just(tb.S), st.just(tb.S))
-SHAPES = (hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=4) | VALID_NCHW | VALID_NCHW
-          | st.just((tb.C_X, tb.S, tb.S)))
+SHAPES = (
+    hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=4)
+    | VALID_NCHW
+    | VALID_NCHW
+    | st.just((tb.C_X, tb.S, tb.S))
+)
 
 
 @pytest.fixture(scope="module")
@@ -142,15 +171,18 @@ def arrays(draw, shapes, dtypes=DTYPES):
     if np.issubdtype(dtype, np.floating) and draw(st.booleans()):  # mostly plausible values
         width = min(dtype.itemsize * 8, 64)
         elements = st.floats(-1.5, 1.5, width=width) | st.sampled_from(
-            [math.nan, math.inf, -math.inf, float(np.finfo(dtype).max), -float(np.finfo(dtype).max)])
+            [math.nan, math.inf, -math.inf, float(np.finfo(dtype).max), -float(np.finfo(dtype).max)]
+        )
         return draw(hnp.arrays(dtype, shape, elements=elements, fill=st.floats(-1, 1, width=16)))
     return draw(hnp.arrays(dtype, shape))
 
 
 @settings(max_examples=250, **SETTINGS)
-@given(x=arrays(SHAPES), iterations=st.none() | st.integers(1, 6) | st.integers(1, 6) | st.integers(-2, 0) | st.floats(0, 3)
-       | st.booleans(),
-       layout=st.sampled_from(["c", "f", "reversed", "readonly"]))
+@given(
+    x=arrays(SHAPES),
+    iterations=st.none() | st.integers(1, 6) | st.integers(1, 6) | st.integers(-2, 0) | st.floats(0, 3) | st.booleans(),
+    layout=st.sampled_from(["c", "f", "reversed", "readonly"]),
+)
 def test_infer_with_arbitrary_arrays(translator, x, iterations, layout):
     if layout == "f":
         x = np.asfortranarray(x)
@@ -161,14 +193,20 @@ def test_infer_with_arbitrary_arrays(translator, x, iterations, layout):
     res = outcome(translator.infer, x, iterations=iterations)
     if res is None:
         return
-    assert res.images.dtype == np.float32 and res.images.shape == (x.reshape(-1, tb.C_X, tb.S, tb.S).shape[0], 3,
-                                                                      tb.R, tb.R)
+    assert res.images.dtype == np.float32 and res.images.shape == (
+        x.reshape(-1, tb.C_X, tb.S, tb.S).shape[0],
+        3,
+        tb.R,
+        tb.R,
+    )
     assert np.isfinite(res.images).all() and np.isfinite(res.latents).all()
 
 
-IMAGE_SHAPES = (hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=40)
-                | st.tuples(st.integers(0, 40), st.integers(0, 40), st.sampled_from([1, 3, 4]))
-                | st.tuples(st.integers(1, 40), st.integers(1, 40)))
+IMAGE_SHAPES = (
+    hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=40)
+    | st.tuples(st.integers(0, 40), st.integers(0, 40), st.sampled_from([1, 3, 4]))
+    | st.tuples(st.integers(1, 40), st.integers(1, 40))
+)
 IMAGE_DTYPES = hnp.scalar_dtypes() | FLOATS | st.just(np.dtype(np.uint8)) | st.just(np.dtype(np.uint8))
 
 
@@ -182,10 +220,14 @@ def test_call_with_arbitrary_images(translator, image):
 
 
 @settings(max_examples=150, **SETTINGS)
-@given(z=arrays(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=tb.D + 1)
-                | st.tuples(st.integers(0, 5), st.just(tb.M), st.just(tb.D))),
-       mask=st.none() | st.lists(st.integers(-2, tb.M + 1) | st.text(max_size=2) | st.floats(), max_size=5),
-       alpha=st.none() | st.floats() | st.text(max_size=3))
+@given(
+    z=arrays(
+        hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=tb.D + 1)
+        | st.tuples(st.integers(0, 5), st.just(tb.M), st.just(tb.D))
+    ),
+    mask=st.none() | st.lists(st.integers(-2, tb.M + 1) | st.text(max_size=2) | st.floats(), max_size=5),
+    alpha=st.none() | st.floats() | st.text(max_size=3),
+)
 def test_synthesise_and_mix_with_arbitrary_arguments(translator, z, mask, alpha):
     try:
         images = translator.synthesise(z)
@@ -202,11 +244,20 @@ def test_synthesise_and_mix_with_arbitrary_arguments(translator, z, mask, alpha)
 
 # --------------------------------------------------------------------------- constructor and call arguments
 
-ANY = (st.none() | st.booleans() | st.integers(-3, 10) | st.integers(-10**30, 10**30) | st.floats()
-       | st.text(max_size=6) | st.binary(max_size=4) | st.lists(st.integers(0, 3), max_size=3)
-       | st.sampled_from([np.int64(1), np.float32(2.0), np.True_, np.array([1, 2]), np.array("auto"), object()]))
-BACKEND_NAMES = st.sampled_from(["auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt",
-                                 "AUTO", "", "cpu"])
+ANY = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 10)
+    | st.integers(-(10**30), 10**30)
+    | st.floats()
+    | st.text(max_size=6)
+    | st.binary(max_size=4)
+    | st.lists(st.integers(0, 3), max_size=3)
+    | st.sampled_from([np.int64(1), np.float32(2.0), np.True_, np.array([1, 2]), np.array("auto"), object()])
+)
+BACKEND_NAMES = st.sampled_from(
+    ["auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "AUTO", "", "cpu"]
+)
 
 
 @st.composite
@@ -217,9 +268,15 @@ def some_odd(draw, valid: dict, odd: dict | None = None) -> dict:
 
 
 CONSTRUCTOR = some_odd(
-    {"backend": st.sampled_from(["auto", "onnxruntime"]), "threads": st.none() | st.integers(1, 4),
-     "verify": st.booleans(), "device": st.integers(0, 3), "cuda_graphs": st.booleans()},
-    {"backend": BACKEND_NAMES | ANY, "threads": ANY | st.integers(-2, 2**31)})
+    {
+        "backend": st.sampled_from(["auto", "onnxruntime"]),
+        "threads": st.none() | st.integers(1, 4),
+        "verify": st.booleans(),
+        "device": st.integers(0, 3),
+        "cuda_graphs": st.booleans(),
+    },
+    {"backend": BACKEND_NAMES | ANY, "threads": ANY | st.integers(-2, 2**31)},
+)
 
 
 @settings(max_examples=50, **SETTINGS)
@@ -235,9 +292,15 @@ def test_translator_constructor_with_arbitrary_arguments(tiny_bundles, kwargs):
         assert t.infer(np.zeros((1, tb.C_X, tb.S, tb.S), np.float32)).images.shape == (1, 3, tb.R, tb.R)
 
 
-INFER = some_odd({"iterations": st.none() | st.integers(1, 3), "return_steps": st.booleans(),
-                  "early_exit": st.none() | st.floats(0.001, 1.0), "output": st.just("host"),
-                  "init": st.none() | st.just("previous")})
+INFER = some_odd(
+    {
+        "iterations": st.none() | st.integers(1, 3),
+        "return_steps": st.booleans(),
+        "early_exit": st.none() | st.floats(0.001, 1.0),
+        "output": st.just("host"),
+        "init": st.none() | st.just("previous"),
+    }
+)
 
 
 @settings(max_examples=60, **SETTINGS)
@@ -253,8 +316,11 @@ def test_infer_with_arbitrary_scalar_arguments(translator, kwargs):
 
 
 @settings(max_examples=40, **SETTINGS)
-@given(image=ANY | st.sampled_from(["", "no-such.png", "/", "a\0b", "x" * 5000]) | st.recursive(
-    st.integers(0, 255), lambda c: st.lists(c, min_size=1, max_size=3), max_leaves=12))
+@given(
+    image=ANY
+    | st.sampled_from(["", "no-such.png", "/", "a\0b", "x" * 5000])
+    | st.recursive(st.integers(0, 255), lambda c: st.lists(c, min_size=1, max_size=3), max_leaves=12)
+)
 def test_call_with_arbitrary_objects(translator, image):
     """Not arrays: scalars, strings (paths), nested and ragged lists."""
     out = outcome(translator, image)
@@ -263,8 +329,26 @@ def test_call_with_arbitrary_objects(translator, image):
     assert out.shape == (tb.R, tb.R, 3)
 
 
-PIL_MODES = ["1", "L", "LA", "La", "P", "PA", "I", "I;16", "I;16B", "F", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
-             "YCbCr", "HSV", "LAB"]
+PIL_MODES = [
+    "1",
+    "L",
+    "LA",
+    "La",
+    "P",
+    "PA",
+    "I",
+    "I;16",
+    "I;16B",
+    "F",
+    "RGB",
+    "RGBA",
+    "RGBa",
+    "RGBX",
+    "CMYK",
+    "YCbCr",
+    "HSV",
+    "LAB",
+]
 
 
 @settings(max_examples=50, **SETTINGS)

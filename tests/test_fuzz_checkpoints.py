@@ -4,6 +4,7 @@ sets drawn from the real layouts' keys, and the tiny checkpoint of tests/test_ch
 with entries replaced) load or raise CheckpointError, never another exception; so do saved
 files with bytes flipped. Run time is bounded by ``max_examples``.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,13 +14,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
-from export.checkpoints import FORMATS, CheckpointError, from_dict, load_checkpoint
 from shared_data import DATA
 from test_checkpoint_validation import tiny_checkpoint
 
-SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                        HealthCheck.too_slow])
+from export.checkpoints import FORMATS, CheckpointError, from_dict, load_checkpoint
+
+SETTINGS = dict(
+    deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 def _layout_keys() -> list[str]:
@@ -31,12 +33,41 @@ def _layout_keys() -> list[str]:
 
 
 LAYOUT_KEYS = _layout_keys()
-TOP_KEYS = ["state_dict", "opts", "latent_avg", "format", "format_version", "g_ema", "module.FromRGB.from_rgb.weight",
-            "decode_block.0.conv_1.weight", "lod"]
-OPT_KEYS = ["input_size", "n_iters_per_batch", "input_nc", "label_nc", "encoder_type", "dataset_type", "split",
-            "training_stage", "start_from_latent_avg", "output_size", "learn_in_w"]
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8,
-          torch.bool, torch.complex64]
+TOP_KEYS = [
+    "state_dict",
+    "opts",
+    "latent_avg",
+    "format",
+    "format_version",
+    "g_ema",
+    "module.FromRGB.from_rgb.weight",
+    "decode_block.0.conv_1.weight",
+    "lod",
+]
+OPT_KEYS = [
+    "input_size",
+    "n_iters_per_batch",
+    "input_nc",
+    "label_nc",
+    "encoder_type",
+    "dataset_type",
+    "split",
+    "training_stage",
+    "start_from_latent_avg",
+    "output_size",
+    "learn_in_w",
+]
+DTYPES = [
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+]
 SPECIAL = [0.0, 1.0, -1.0, float("nan"), float("inf"), 1e30]
 
 
@@ -50,13 +81,25 @@ def tensors(draw):
     return t
 
 
-LEAVES = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.sampled_from([2**63, -1, 0, 64, 256])
-          | st.sampled_from([40, 5001]).map(lambda digits: 10 ** digits)
-          | st.floats(allow_nan=True) | st.text(max_size=8) | st.sampled_from(list(FORMATS) + ["GradualStyleEncoder"])
-          | tensors())
-VALUES = st.recursive(LEAVES, lambda children: st.lists(children, max_size=3)
-                      | st.dictionaries(st.sampled_from(LAYOUT_KEYS) | st.text(max_size=6) | st.integers(), children,
-                                        max_size=3), max_leaves=6)
+LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.sampled_from([2**63, -1, 0, 64, 256])
+    | st.sampled_from([40, 5001]).map(lambda digits: 10**digits)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8)
+    | st.sampled_from(list(FORMATS) + ["GradualStyleEncoder"])
+    | tensors()
+)
+VALUES = st.recursive(
+    LEAVES,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(LAYOUT_KEYS) | st.text(max_size=6) | st.integers(), children, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 @st.composite
@@ -109,9 +152,12 @@ def _assert_usable(loaded) -> None:
 
 
 @settings(max_examples=50, **SETTINGS)
-@given(ckpt=checkpoints() | VALUES, fmt=st.sampled_from([None] * len(FORMATS) + list(FORMATS)),
-       generator=st.sampled_from([None] * 3) | st.dictionaries(st.sampled_from(["g_ema", "latent_avg"]),
-                                                                 state_dicts(), max_size=2))
+@given(
+    ckpt=checkpoints() | VALUES,
+    fmt=st.sampled_from([None] * len(FORMATS) + list(FORMATS)),
+    generator=st.sampled_from([None] * 3)
+    | st.dictionaries(st.sampled_from(["g_ema", "latent_avg"]), state_dicts(), max_size=2),
+)
 def test_random_checkpoint_dicts_load_or_raise_checkpoint_error(ckpt, fmt, generator):
     _load_or_refuse(ckpt, fmt, generator)
 
@@ -158,8 +204,11 @@ def _saved_tiny(zip_format: bool) -> bytes:
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @settings(max_examples=40, **SETTINGS)
-@given(zip_format=st.booleans(), truncate=st.none() | st.floats(0, 1),
-       flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=3))
+@given(
+    zip_format=st.booleans(),
+    truncate=st.none() | st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=3),
+)
 def test_damaged_checkpoint_files_load_or_raise_checkpoint_error(tmp_path_factory, zip_format, flips, truncate):
     """Zip checkpoints (torch.save's default; their CRCs are checked) and legacy ones (no checksum:
     the unpickler fails anywhere, or damaged weights reach the value checks)."""
@@ -167,7 +216,7 @@ def test_damaged_checkpoint_files_load_or_raise_checkpoint_error(tmp_path_factor
     for where, mask in flips:
         data[int(where * len(data))] ^= mask
     if truncate is not None:
-        data = data[:int(truncate * len(data))]
+        data = data[: int(truncate * len(data))]
     path = tmp_path_factory.mktemp("flipped") / "ckpt.pt"
     path.write_bytes(bytes(data))
     try:

@@ -1,5 +1,6 @@
 """benchmarks/gpu_latency.py without a GPU: --help works, and a run says in one line that there is
 no GPU and exits with status 2 (it measures nothing here; the GPU numbers come from GPU machines)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -55,8 +56,9 @@ def test_gpu_check_dry_run_lists_every_step_within_eight_minutes():
     for step in gc.STEPS:
         assert f"{step.name}" in r.stdout and f"{step.budget_s:.0f}s" in r.stdout
     assert sum(s.budget_s for s in gc.STEPS) <= 480 and "limit 480 s" in r.stdout
-    assert {"device_arrays", "stream_race", "cuda_runtime", "second_thread", "tests_gpu", "gpu_latency",
-            "anchor"} == {s.name for s in gc.STEPS}
+    assert {"device_arrays", "stream_race", "cuda_runtime", "second_thread", "tests_gpu", "gpu_latency", "anchor"} == {
+        s.name for s in gc.STEPS
+    }
 
 
 def test_gpu_check_without_a_gpu_says_what_it_would_run(tmp_path):
@@ -64,8 +66,9 @@ def test_gpu_check_without_a_gpu_says_what_it_would_run(tmp_path):
 
     if device_count() > 0:
         pytest.skip("a GPU is visible here: the check would run")
-    r = subprocess.run([sys.executable, str(CHECK), "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(CHECK), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and "nothing was run. On a GPU machine it runs:" in r.stdout
     assert "stream_race" in r.stdout and not (tmp_path / "out").exists()
 
@@ -88,9 +91,14 @@ def test_gpu_check_control_flow(tmp_path):
     def skip(env, allowed):
         raise gc.Skip("no engines")
 
-    steps = (gc.Step("a", 10, ("cuda",), "passes", ok), gc.Step("b", 10, ("cuda", "tensorrt"), "needs TRT", ok),
-             gc.Step("c", 10, ("cuda",), "fails", boom), gc.Step("d", 10, ("cuda",), "skips itself", skip),
-             gc.Step("e", 10, ("cuda",), "passes", ok), gc.Step("f", 100, ("cuda",), "too long", ok))
+    steps = (
+        gc.Step("a", 10, ("cuda",), "passes", ok),
+        gc.Step("b", 10, ("cuda", "tensorrt"), "needs TRT", ok),
+        gc.Step("c", 10, ("cuda",), "fails", boom),
+        gc.Step("d", 10, ("cuda",), "skips itself", skip),
+        gc.Step("e", 10, ("cuda",), "passes", ok),
+        gc.Step("f", 100, ("cuda",), "too long", ok),
+    )
     env = {"device": 0, "cuda_devices": 1, "cuda_reason": None, "have": {"cuda"}, "gpu": {"name": "Stand-in GPU"}}
     rc = gc.main(["--out", str(tmp_path), "--budget", "60"], steps=steps, probe_fn=lambda device: dict(env))
     assert rc == 1 and ran == [10, 10]

@@ -7,6 +7,7 @@ intact and nothing half-written that ``Bundle``/``Translator`` would accept.
   and interrupted once with Ctrl-C (SIGINT); the previous bundle survives every time, and the
   temporary folders of killed builds are removed by the next build.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 
 from sdk import BundleError, Translator
 from sdk.bundle import MANIFEST, Bundle, BundleWriter
-
-import tiny_bundle as tb
 
 pytestmark = pytest.mark.slow(minutes=1.5)  # on 2 shared cores; conftest starts the longest first
 
@@ -113,8 +113,12 @@ def test_writer_killed_at_every_file_system_call(tiny_graphs, tmp_path):
     target = tmp_path / "engines" / "bundle"
     shutil.copytree(old, target)
     old_hash, new_hash = manifest_hash(old), manifest_hash(new)
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(new), str(target), str(REPO)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(new), str(target), str(REPO)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     outcomes = []
     try:
         while True:
@@ -197,9 +201,19 @@ def test_swap_never_leaves_the_target_missing(tiny_graphs, tmp_path, monkeypatch
 
 # --------------------------------------------------------------------------- build_engines.py, killed
 
+
 def _start_build(ckpt: Path, target: Path) -> subprocess.Popen:
-    cmd = [sys.executable, str(REPO / "export" / "build_engines.py"), "--checkpoint", str(ckpt), "--out", str(target),
-           "--quiet", "--max-batch", "2"]
+    cmd = [
+        sys.executable,
+        str(REPO / "export" / "build_engines.py"),
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(target),
+        "--quiet",
+        "--max-batch",
+        "2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 

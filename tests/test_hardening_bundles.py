@@ -2,6 +2,7 @@
 tests/test_tensorrt_fake.py do not already cover. Each is a typed ``sdk`` error naming the file
 and the fix, never another exception.
 """
+
 from __future__ import annotations
 
 import logging
@@ -9,12 +10,11 @@ import os
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
+from fakes import fake_cuda, fake_tensorrt
 
 from sdk import BackendError, BundleError, StaleEngineError, Translator
 from sdk.bundle import MANIFEST, Bundle
-
-import tiny_bundle as tb
-from fakes import fake_cuda, fake_tensorrt
 
 
 def _open_translator_error(path, exc=BundleError, backend="onnxruntime") -> str:
@@ -25,11 +25,12 @@ def _open_translator_error(path, exc=BundleError, backend="onnxruntime") -> str:
 
 # --------------------------------------------------------------------------- truncated files
 
+
 @pytest.mark.parametrize("name,keep", [("encoder.onnx", 0.5), ("generator.onnx", 0.9), ("generator.onnx", 0.0)])
 def test_truncated_onnx_with_matching_hash(make_tiny_bundle, name, keep):
     path = make_tiny_bundle()
     data = (path / name).read_bytes()
-    (path / name).write_bytes(data[:int(len(data) * keep)])
+    (path / name).write_bytes(data[: int(len(data) * keep)])
     tb.rehash(path, name, ("graphs", name[:-5]))
     msg = _open_translator_error(path)
     assert name in msg and "could not load" in msg and "build_engines" in msg
@@ -47,7 +48,7 @@ def test_truncated_onnx_without_rehash_fails_at_open(make_tiny_bundle):
 def test_truncated_constants_with_matching_hash(make_tiny_bundle, keep):
     path = make_tiny_bundle()
     data = (path / "constants.npz").read_bytes()
-    (path / "constants.npz").write_bytes(data[:int(len(data) * keep)])
+    (path / "constants.npz").write_bytes(data[: int(len(data) * keep)])
     tb.rehash(path, "constants.npz", ("constants",))
     msg = _open_translator_error(path)
     assert "constants.npz is not a readable .npz" in msg and "build_engines" in msg
@@ -55,13 +56,17 @@ def test_truncated_constants_with_matching_hash(make_tiny_bundle, keep):
 
 def test_constants_of_wrong_dtype(make_tiny_bundle):
     path = make_tiny_bundle()
-    np.savez(path / "constants.npz", latent_avg=np.array([["a"] * tb.D] * tb.M),
-             average_image=np.zeros((3, tb.R, tb.R), np.float32))
+    np.savez(
+        path / "constants.npz",
+        latent_avg=np.array([["a"] * tb.D] * tb.M),
+        average_image=np.zeros((3, tb.R, tb.R), np.float32),
+    )
     tb.rehash(path, "constants.npz", ("constants",))
     assert "constants.npz is not a readable .npz" in _open_translator_error(path)
 
 
 # --------------------------------------------------------------------------- graph vs manifest
+
 
 def _resize_condition(m, size):
     m["input"]["size"] = size
@@ -81,13 +86,20 @@ def _graph_dtype(m, dtype):
     m["graphs"]["generator"]["outputs"][0]["dtype"] = dtype
 
 
-@pytest.mark.parametrize("edit,needle", [
-    (lambda m: _resize_condition(m, 128), "'x' is ['batch', 3, 256, 256] in the graph but ['batch', 3, 128, 128] in the "
-                                          "manifest"),
-    (lambda m: _widen_latents(m, tb.D * 2), f"['batch', {tb.M}, {tb.D}] in the graph but ['batch', {tb.M}, "
-                                            f"{tb.D * 2}] in the manifest"),
-    (lambda m: _graph_dtype(m, "float16"), "'image' is float32 in the graph but float16 in the manifest"),
-])
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (
+            lambda m: _resize_condition(m, 128),
+            "'x' is ['batch', 3, 256, 256] in the graph but ['batch', 3, 128, 128] in the manifest",
+        ),
+        (
+            lambda m: _widen_latents(m, tb.D * 2),
+            f"['batch', {tb.M}, {tb.D}] in the graph but ['batch', {tb.M}, {tb.D * 2}] in the manifest",
+        ),
+        (lambda m: _graph_dtype(m, "float16"), "'image' is float32 in the graph but float16 in the manifest"),
+    ],
+)
 def test_session_shapes_and_types_checked_against_manifest(make_tiny_bundle, edit, needle):
     """A manifest consistent with itself but not with its graphs (names agree, shapes do not)."""
     path = make_tiny_bundle()
@@ -116,6 +128,7 @@ def test_runtime_failure_is_a_backend_error(make_tiny_bundle):
         class Failing:
             def run_with_iobinding(self, binding):
                 raise ort.capi.onnxruntime_pybind11_state.Fail("simulated kernel failure")
+
         t._loop.runners["generator"].session = Failing()
         with pytest.raises(BackendError) as err:
             t.infer(x)
@@ -124,12 +137,16 @@ def test_runtime_failure_is_a_backend_error(make_tiny_bundle):
 
 # --------------------------------------------------------------------------- paths and JSON
 
-@pytest.mark.parametrize("name,needle", [
-    ("enc\x00oder.onnx", "cannot be resolved"),
-    ("x" * 5000 + ".onnx", "cannot be"),  # resolved or read: File name too long
-    ("loop.onnx", "cannot be resolved"),  # a symlink to itself
-    (".", "is missing"),  # the bundle folder itself is not a file
-])
+
+@pytest.mark.parametrize(
+    "name,needle",
+    [
+        ("enc\x00oder.onnx", "cannot be resolved"),
+        ("x" * 5000 + ".onnx", "cannot be"),  # resolved or read: File name too long
+        ("loop.onnx", "cannot be resolved"),  # a symlink to itself
+        (".", "is missing"),  # the bundle folder itself is not a file
+    ],
+)
 def test_odd_manifest_paths(make_tiny_bundle, name, needle):
     path = make_tiny_bundle()
     os.symlink("loop.onnx", path / "loop.onnx")
@@ -149,8 +166,14 @@ def test_deeply_nested_manifest(make_tiny_bundle):
 @pytest.mark.parametrize("value", [[10**400, 1], [-1, 10**400], [True, 1], [float("nan"), 1.0]])
 def test_range_with_unrepresentable_numbers(make_tiny_bundle, value):
     path = make_tiny_bundle()
-    text = (path / MANIFEST).read_text().replace('"range": [\n      -1.0,\n      1.0\n    ]',
-                                                '"range": ' + repr(value).replace("True", "true").replace("nan", "NaN"))
+    text = (
+        (path / MANIFEST)
+        .read_text()
+        .replace(
+            '"range": [\n      -1.0,\n      1.0\n    ]',
+            '"range": ' + repr(value).replace("True", "true").replace("nan", "NaN"),
+        )
+    )
     assert text != (path / MANIFEST).read_text()
     (path / MANIFEST).write_text(text)
     with pytest.raises(BundleError, match=r"input.range is .*two finite numbers"):
@@ -166,6 +189,7 @@ def test_bool_in_shape_refused(make_tiny_bundle):
 
 # --------------------------------------------------------------------------- engines (fake TensorRT)
 
+
 @pytest.fixture
 def fake_gpu(monkeypatch):
     cudart = fake_cuda.install(monkeypatch, fake_cuda.FakeCudart())
@@ -177,8 +201,11 @@ def _add_engines(bundle):
     from export.tensorrt_build import EngineOptions, build_bundle_engines
 
     manifest = tb.read_manifest(bundle)
-    build_bundle_engines(bundle, manifest, EngineOptions(max_batch=tb.MAX_BATCH, compare=False,
-                                                         timing_cache=bundle.parent / "timing.cache"))
+    build_bundle_engines(
+        bundle,
+        manifest,
+        EngineOptions(max_batch=tb.MAX_BATCH, compare=False, timing_cache=bundle.parent / "timing.cache"),
+    )
     tb.write_manifest(bundle, manifest)
     return manifest
 
@@ -202,8 +229,10 @@ def test_undeserialisable_engine(fake_gpu, make_tiny_bundle, caplog):
     assert not cudart.device_mem and not cudart.host_mem and not cudart.streams  # the failed backend was closed
 
 
-@pytest.mark.parametrize("file,needle", [("../generator.plan", "leaves the bundle folder"),
-                                         ("/etc/passwd", "absolute"), ("missing.plan", "is missing")])
+@pytest.mark.parametrize(
+    "file,needle",
+    [("../generator.plan", "leaves the bundle folder"), ("/etc/passwd", "absolute"), ("missing.plan", "is missing")],
+)
 def test_engine_paths(fake_gpu, make_tiny_bundle, file, needle):
     path = make_tiny_bundle()
     _add_engines(path)
@@ -212,11 +241,14 @@ def test_engine_paths(fake_gpu, make_tiny_bundle, file, needle):
     assert needle in msg and file.lstrip("./") in msg
 
 
-@pytest.mark.parametrize("engines,needle", [
-    (["generator.plan"], "manifest engines is list; expected an object"),
-    ({"generator": "generator.plan"}, "engines.generator is str; expected an object"),
-    ({"generator": {"file": 3}}, "engines.generator lacks the string field(s) ['file', 'sha256'"),
-])
+@pytest.mark.parametrize(
+    "engines,needle",
+    [
+        (["generator.plan"], "manifest engines is list; expected an object"),
+        ({"generator": "generator.plan"}, "engines.generator is str; expected an object"),
+        ({"generator": {"file": 3}}, "engines.generator lacks the string field(s) ['file', 'sha256'"),
+    ],
+)
 def test_malformed_engines_section(fake_gpu, make_tiny_bundle, engines, needle):
     path = make_tiny_bundle()
     tb.edit_manifest(path, lambda m: m.__setitem__("engines", engines))

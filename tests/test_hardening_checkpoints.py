@@ -3,6 +3,7 @@ every container format torch.load reads, a payload hidden inside an allow-listed
 ``--generator`` file, the command line, and PyTorch's opt-out environment variable. The payload
 would create a marker file; the marker never appears.
 """
+
 from __future__ import annotations
 
 import argparse

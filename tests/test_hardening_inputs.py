@@ -3,18 +3,17 @@ tests/test_translator.py, test_loop.py and test_preprocess.py do not already cov
 
 Every refusal is an ``sdk.InputError`` whose message names what was expected and what came.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 from PIL import Image
 
 from sdk import InputError, SdkError, Translator
-from sdk.imaging import MAX_IMAGE_SIDE, to_uint8_image
 from sdk.bundle import MAX_ITERATIONS
-
-import tiny_bundle as tb
-
+from sdk.imaging import MAX_IMAGE_SIDE, to_uint8_image
 
 _x = tb.random_input
 
@@ -37,8 +36,9 @@ def t(tiny_bundles):
 
 @pytest.fixture(scope="module")
 def sr(tiny_graphs, tmp_path_factory):
-    path = tb.write_bundle(tmp_path_factory.mktemp("sr") / "sr", tiny_graphs, "iterative", task="super_resolution",
-                           factor=4)
+    path = tb.write_bundle(
+        tmp_path_factory.mktemp("sr") / "sr", tiny_graphs, "iterative", task="super_resolution", factor=4
+    )
     with Translator(path, backend="onnxruntime", threads=1) as tr:
         yield tr
 
@@ -52,6 +52,7 @@ def seg(tiny_graphs, tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- infer: arrays
+
 
 def test_chw_shape_error_reports_the_users_shape(t):
     msg = _refused(t.infer, np.zeros((3, 256, 255), np.float32))
@@ -105,6 +106,7 @@ def test_empty_arrays(t, shape):
 
 # --------------------------------------------------------------------------- iterations
 
+
 @pytest.mark.parametrize("bad", [MAX_ITERATIONS + 1, 10**9, np.int64(-3), np.True_, None.__class__])
 def test_iterations_out_of_range(t, bad):
     msg = _refused(t.infer, _x(), iterations=bad)
@@ -121,6 +123,7 @@ def test_max_iterations_runs(t):
 
 
 # --------------------------------------------------------------------------- images
+
 
 def test_image_far_larger_than_the_input_works(t):
     image = _image(1500, 2000, seed=1)
@@ -157,19 +160,23 @@ def test_rgba_and_read_only_non_contiguous_images(t):
     np.testing.assert_array_equal(t(view), expected)
 
 
-@pytest.mark.parametrize("image,needle", [
-    (np.zeros((8, 8, 3), np.int16), "unsupported image dtype int16"),
-    (np.zeros((8, 8, 3), np.complex64), "unsupported image dtype complex64"),
-    (np.zeros((8, 8, 2), np.uint8), "got shape (8, 8, 2)"),
-    (np.zeros((8, 0, 3), np.uint8), "empty"),
-    (None, "non-numeric"),
-    ("no-such-photo.png", "cannot read the image file 'no-such-photo.png': No such file"),
-])
+@pytest.mark.parametrize(
+    "image,needle",
+    [
+        (np.zeros((8, 8, 3), np.int16), "unsupported image dtype int16"),
+        (np.zeros((8, 8, 3), np.complex64), "unsupported image dtype complex64"),
+        (np.zeros((8, 8, 2), np.uint8), "got shape (8, 8, 2)"),
+        (np.zeros((8, 0, 3), np.uint8), "empty"),
+        (None, "non-numeric"),
+        ("no-such-photo.png", "cannot read the image file 'no-such-photo.png': No such file"),
+    ],
+)
 def test_bad_images_through_call(t, image, needle):
     assert needle in _refused(t, image)
 
 
 # --------------------------------------------------------------------------- task options
+
 
 @pytest.mark.parametrize("factor", [8.0, 4.5, "8", True])
 def test_super_resolution_factor_must_be_an_int(sr, factor):
@@ -182,15 +189,18 @@ def test_super_resolution_numpy_int_factor(sr):
     np.testing.assert_array_equal(sr(image, factor=np.int64(8)), sr(image, factor=8))
 
 
-@pytest.mark.parametrize("labels,needle", [
-    (np.array([[0, 1], [2, 3]], np.uint8), "found [3] at 1 pixels"),
-    (np.array([[0, -1], [2, 1]], np.int8), "found [-1]"),
-    (np.array([[0, 1], [1, 2**40]], np.int64), f"found [{2**40}]"),
-    (np.array([[True, False]]), "must be integers 0..2; got dtype bool"),
-    (np.array([[0.0, 1.0]]), "got dtype float64"),
-    (np.zeros((2, 2, 3), np.uint8), "HxW map of integer labels; got shape (2, 2, 3)"),
-    (np.zeros((0, 5), np.uint8), "got shape (0, 5)"),
-])
+@pytest.mark.parametrize(
+    "labels,needle",
+    [
+        (np.array([[0, 1], [2, 3]], np.uint8), "found [3] at 1 pixels"),
+        (np.array([[0, -1], [2, 1]], np.int8), "found [-1]"),
+        (np.array([[0, 1], [1, 2**40]], np.int64), f"found [{2**40}]"),
+        (np.array([[True, False]]), "must be integers 0..2; got dtype bool"),
+        (np.array([[0.0, 1.0]]), "got dtype float64"),
+        (np.zeros((2, 2, 3), np.uint8), "HxW map of integer labels; got shape (2, 2, 3)"),
+        (np.zeros((0, 5), np.uint8), "got shape (0, 5)"),
+    ],
+)
 def test_segmentation_labels(seg, labels, needle):
     assert needle in _refused(seg, labels)
 
@@ -208,21 +218,25 @@ def test_segmentation_valid_labels_run(seg):
 
 # --------------------------------------------------------------------------- synthesise and mix
 
+
 @pytest.mark.parametrize("shape", [(tb.M, tb.D + 1), (tb.D,), (1, 1, tb.M, tb.D)])
 def test_synthesise_shape_reports_the_users_shape(t, shape):
     msg = _refused(t.synthesise, np.zeros(shape, np.float32))
     assert f"got {list(shape)}" in msg and f"[B, {tb.M}, {tb.D}] or [{tb.M}, {tb.D}]" in msg
 
 
-@pytest.mark.parametrize("latents,needle", [
-    ([["a"] * tb.D] * tb.M, "latents must be a float array; got dtype <U1"),
-    ([[0.0] * tb.D, [0.0]], "latents must be a float array; got list"),
-    (np.full((tb.M, tb.D), 1e300), "NaN or Inf"),
-    (np.full((1, tb.M, tb.D), np.nan, np.float32), "NaN or Inf"),
-    (np.full((1, tb.M, tb.D), 3.4e38, np.float32), "refuses magnitudes beyond 10000"),  # finite, yet overflows
-    (np.zeros((0, tb.M, tb.D), np.float32), "batch size 0 is outside"),
-    (np.zeros((tb.MAX_BATCH + 1, tb.M, tb.D), np.float32), f"batch size {tb.MAX_BATCH + 1} is outside"),
-])
+@pytest.mark.parametrize(
+    "latents,needle",
+    [
+        ([["a"] * tb.D] * tb.M, "latents must be a float array; got dtype <U1"),
+        ([[0.0] * tb.D, [0.0]], "latents must be a float array; got list"),
+        (np.full((tb.M, tb.D), 1e300), "NaN or Inf"),
+        (np.full((1, tb.M, tb.D), np.nan, np.float32), "NaN or Inf"),
+        (np.full((1, tb.M, tb.D), 3.4e38, np.float32), "refuses magnitudes beyond 10000"),  # finite, yet overflows
+        (np.zeros((0, tb.M, tb.D), np.float32), "batch size 0 is outside"),
+        (np.zeros((tb.MAX_BATCH + 1, tb.M, tb.D), np.float32), f"batch size {tb.MAX_BATCH + 1} is outside"),
+    ],
+)
 def test_synthesise_bad_latents(t, latents, needle):
     assert needle in _refused(t.synthesise, latents)
 
@@ -232,23 +246,26 @@ def test_synthesise_accepts_lists_and_ints(t):
     np.testing.assert_array_equal(t.synthesise(z.tolist()), t.synthesise(z.astype(np.float32)))
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    ({"latent_mask": 5}, "latent_mask must list layer indices (ints) in 0..3; got 5"),
-    ({"latent_mask": ["a"]}, "got ['a']"),
-    ({"latent_mask": [1.5]}, "got [1.5]"),
-    ({"latent_mask": [tb.M]}, "in 0..3"),
-    ({"latent_mask": []}, "got []"),
-    ({"latent_mask": None}, "got None"),  # the default (layers 8..) is empty for a 4-layer model
-    ({"alpha": "half"}, "alpha must be a number in [0, 1]; got 'half'"),
-    ({"alpha": float("nan")}, "got nan"),
-    ({"alpha": 1.5}, "got 1.5"),
-    ({"seed": -1}, "seed must be a non-negative int or None; got -1"),
-    ({"seed": "abc"}, "got 'abc'"),
-    ({"inject_latents": "w"}, "inject_latents must be a float array; got dtype <U1"),
-    ({"inject_latents": np.zeros((1, 2, tb.D))}, f"[1, {tb.M}, {tb.D}] or [1, {tb.D}]; got [1, 2, {tb.D}]"),
-    ({"inject_latents": np.full((1, tb.D), np.inf)}, "must be finite"),
-    ({"inject_latents": np.full((1, tb.D), -2e4)}, "inject_latents have values up to 2e+04"),
-])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"latent_mask": 5}, "latent_mask must list layer indices (ints) in 0..3; got 5"),
+        ({"latent_mask": ["a"]}, "got ['a']"),
+        ({"latent_mask": [1.5]}, "got [1.5]"),
+        ({"latent_mask": [tb.M]}, "in 0..3"),
+        ({"latent_mask": []}, "got []"),
+        ({"latent_mask": None}, "got None"),  # the default (layers 8..) is empty for a 4-layer model
+        ({"alpha": "half"}, "alpha must be a number in [0, 1]; got 'half'"),
+        ({"alpha": float("nan")}, "got nan"),
+        ({"alpha": 1.5}, "got 1.5"),
+        ({"seed": -1}, "seed must be a non-negative int or None; got -1"),
+        ({"seed": "abc"}, "got 'abc'"),
+        ({"inject_latents": "w"}, "inject_latents must be a float array; got dtype <U1"),
+        ({"inject_latents": np.zeros((1, 2, tb.D))}, f"[1, {tb.M}, {tb.D}] or [1, {tb.D}]; got [1, 2, {tb.D}]"),
+        ({"inject_latents": np.full((1, tb.D), np.inf)}, "must be finite"),
+        ({"inject_latents": np.full((1, tb.D), -2e4)}, "inject_latents have values up to 2e+04"),
+    ],
+)
 def test_mix_bad_arguments(t, kwargs, needle):
     kwargs = {"latent_mask": [1, 2], "inject_latents": np.zeros((1, tb.D), np.float32), **kwargs}
     assert needle in _refused(t.mix, _x(), **kwargs)
@@ -262,12 +279,17 @@ def test_mix_without_mapping_graph(t):
 
 # --------------------------------------------------------------------------- closed
 
+
 def test_every_method_of_a_closed_translator(tiny_bundles):
     tr = Translator(tiny_bundles["iterative"], backend="onnxruntime", threads=1)
     tr.close()
-    calls = [lambda: tr.infer(_x()), lambda: tr(_image(8, 8)), lambda: tr.preprocess(_image(8, 8)),
-             lambda: tr.synthesise(np.zeros((tb.M, tb.D), np.float32)),
-             lambda: tr.mix(_x(), latent_mask=[1], inject_latents=np.zeros((1, tb.D), np.float32))]
+    calls = [
+        lambda: tr.infer(_x()),
+        lambda: tr(_image(8, 8)),
+        lambda: tr.preprocess(_image(8, 8)),
+        lambda: tr.synthesise(np.zeros((tb.M, tb.D), np.float32)),
+        lambda: tr.mix(_x(), latent_mask=[1], inject_latents=np.zeros((1, tb.D), np.float32)),
+    ]
     for call in calls:
         assert "closed" in _refused(call)
     assert issubclass(InputError, SdkError)

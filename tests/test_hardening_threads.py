@@ -2,6 +2,7 @@
 single-threaded results (calls are serialised); ``close()`` and ``with`` release the sessions
 and buffers, also when a close races calls in other threads.
 """
+
 from __future__ import annotations
 
 import gc
@@ -9,10 +10,9 @@ import threading
 import weakref
 
 import numpy as np
+import tiny_bundle as tb
 
 from sdk import InputError, Translator
-
-import tiny_bundle as tb
 
 THREADS, CALLS = 4, 50
 
@@ -47,6 +47,7 @@ def _run_threads(work, n: int = THREADS) -> list:
 def test_four_threads_fifty_calls_each(tiny_bundles):
     """Each call's inputs differ (method, batch size, iterations); every result equals the
     single-threaded result bit for bit."""
+
     def job(i: int, k: int):
         kind = (i + k) % 4
         if kind == 0:

@@ -3,6 +3,7 @@
 Random VGG weights and small generators: the loss must fall and the PSNR rise; the CLI writes
 latents that ``Translator.synthesise`` accepts (shape checked against the generator).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,9 @@ def test_loss_is_the_weighted_conv_feature_distance():
     vgg = hr.VGG16Features(width_divisor=16).eval()
     loss = hr.VGGConvLoss(vgg)
     a, b = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
-    norm = lambda x: ((x + 1) / 2 - torch.tensor(hr.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
-        hr.IMAGENET_STD).view(1, 3, 1, 1)
+    norm = lambda x: (
+        ((x + 1) / 2 - torch.tensor(hr.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(hr.IMAGENET_STD).view(1, 3, 1, 1)
+    )
     expected = sum(((lam * (fa - fb)) ** 2).sum() for lam, fa, fb in zip(hr.LAYER_WEIGHTS, vgg(norm(a)), vgg(norm(b))))
     torch.testing.assert_close(loss(a, loss.features(b)), expected)
     assert loss(a, loss.features(a)).item() == 0.0
@@ -85,5 +87,19 @@ def test_cli_help_and_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         hr.main(["--help"])
     assert exit_.value.code == 0 and "VGG16" in capsys.readouterr().out
-    assert hr.main(["--checkpoint", str(tmp_path / "none.pt"), "--vgg16", "v.pth", "--image", "x.png",
-                    "--out", str(tmp_path / "w.npy"), "--quiet"]) == 1
+    assert (
+        hr.main(
+            [
+                "--checkpoint",
+                str(tmp_path / "none.pt"),
+                "--vgg16",
+                "v.pth",
+                "--image",
+                "x.png",
+                "--out",
+                str(tmp_path / "w.npy"),
+                "--quiet",
+            ]
+        )
+        == 1
+    )

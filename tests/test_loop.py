@@ -7,6 +7,7 @@ The reference runs each ONNX graph with plain ``InferenceSession.run`` on numpy 
 IOBinding, no ping-pong buffers), and separately the numpy twin of the toy model
 (tests/tiny_bundle.py), so both the buffer plumbing and the schedule are checked.
 """
+
 from __future__ import annotations
 
 import threading
@@ -14,13 +15,12 @@ import threading
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tiny_bundle as tb
 
 import sdk
 from sdk import InputError, RefinementLoop, Translator
 from sdk.backends import create_backend
 from sdk.bundle import Bundle
-
-import tiny_bundle as tb
 
 EXACT = dict(rtol=0, atol=1e-5)  # same graphs, same runtime: float32 rounding (steps differ by >1e-2)
 TWIN = dict(rtol=0, atol=1e-4)  # numpy float64 twin vs the float32 graphs
@@ -37,8 +37,10 @@ class OrtReference:
     def __init__(self, bundle_path):
         self.bundle = Bundle(bundle_path)
         m = self.bundle.manifest
-        self.sessions = {k: ort.InferenceSession(str(self.bundle.graph_path(k)), providers=["CPUExecutionProvider"])
-                         for k in m.graphs}
+        self.sessions = {
+            k: ort.InferenceSession(str(self.bundle.graph_path(k)), providers=["CPUExecutionProvider"])
+            for k in m.graphs
+        }
         consts = self.bundle.constants()
         self.z0, self.y0 = consts["latent_avg"], consts["average_image"]
 
@@ -118,10 +120,10 @@ def test_batch_rows_equal_single_runs(translators):
     batched = t.infer(x, iterations=4, return_steps=True)
     assert np.abs(batched.images[0] - batched.images[1]).max() > 1e-2  # rows really differ
     for i in range(3):
-        single = t.infer(x[i:i + 1], iterations=4, return_steps=True)
+        single = t.infer(x[i : i + 1], iterations=4, return_steps=True)
         for sb, ss in zip(batched.steps, single.steps):
-            np.testing.assert_allclose(sb.latents[i:i + 1], ss.latents, **EXACT)
-            np.testing.assert_allclose(sb.image[i:i + 1], ss.image, **EXACT)
+            np.testing.assert_allclose(sb.latents[i : i + 1], ss.latents, **EXACT)
+            np.testing.assert_allclose(sb.image[i : i + 1], ss.image, **EXACT)
 
 
 def test_default_iterations_from_manifest(translators, references):
@@ -137,8 +139,11 @@ def test_default_iterations_from_manifest(translators, references):
 def test_inputs_bound_by_role_not_position(make_tiny_bundle, references):
     """The manifest may list a graph's inputs in any order: the loop binds by role/name."""
     path = make_tiny_bundle("iterative", edit=lambda m: m["graphs"]["encoder"]["inputs"].reverse())
-    assert [i["role"] for i in tb.read_manifest(path)["graphs"]["encoder"]["inputs"]] == \
-        ["latents", "image", "condition"]
+    assert [i["role"] for i in tb.read_manifest(path)["graphs"]["encoder"]["inputs"]] == [
+        "latents",
+        "image",
+        "condition",
+    ]
     x = _x(2, seed=5)
     with Translator(path, backend="onnxruntime", threads=1) as t:
         res = t.infer(x, iterations=3)
@@ -163,6 +168,7 @@ def test_refinement_loop_directly(tiny_bundles, references):
 
 
 # --------------------------------------------------------------------------- ping-pong state
+
 
 def test_consecutive_calls_do_not_leak_state(tiny_bundles, references):
     xa, xb = _x(1, seed=21), _x(1, seed=22)
@@ -197,6 +203,7 @@ def test_iteration_counts_alternate(translators, references, sequence):
 
 
 # --------------------------------------------------------------------------- argument checks
+
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, 2.0, True, False, "2"])
 def test_bad_iterations_rejected(translators, bad):
@@ -239,6 +246,7 @@ def test_batch_below_range(make_tiny_bundle):
 
 
 # --------------------------------------------------------------------------- threads
+
 
 def test_shared_translator_across_threads(tiny_bundles):
     jobs = [(_x(1 + i % 2, seed=200 + i), 1 + i) for i in range(4)]  # per thread: own input, batch and N

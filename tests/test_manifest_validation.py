@@ -1,13 +1,14 @@
 """Every manifest field the SDK reads is checked when a bundle opens (issue 22, "Constants and
 manifests"): numbers of thousands of digits, strings where numbers belong, out-of-range values
 and bad task defaults are a BundleError naming the field, never a ValueError at first use."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 import tiny_bundle as tb
+
 from sdk import BundleError, Translator
 from sdk.bundle import MANIFEST, Bundle
 
@@ -35,10 +36,19 @@ def _write_raw(path, keys: tuple, literal: str) -> None:
 
 
 INT_FIELDS = [  # every integer the runtime reads, with the words its message must hold
-    ("schema_version",), ("input", "channels"), ("input", "size"), ("output", "size"), ("output", "channels"),
-    ("latent", "count"), ("latent", "dim"), ("batch", "min"), ("batch", "max"),
-    ("schedule", "default_iterations"), ("graphs", "encoder", "inputs", 0, "shape", 1),
-    ("input", "range", 0), ("output", "range", 1),
+    ("schema_version",),
+    ("input", "channels"),
+    ("input", "size"),
+    ("output", "size"),
+    ("output", "channels"),
+    ("latent", "count"),
+    ("latent", "dim"),
+    ("batch", "min"),
+    ("batch", "max"),
+    ("schedule", "default_iterations"),
+    ("graphs", "encoder", "inputs", 0, "shape", 1),
+    ("input", "range", 0),
+    ("output", "range", 1),
 ]
 
 
@@ -79,16 +89,24 @@ STRING_FIELDS = [  # a string (or another type) where a number, bool or string b
     (("name",), 7, "manifest.name is int; expected str"),
     (("graphs", "generator", "precision"), 16, "graphs.generator.precision is int; expected str"),
     (("chunks",), {"bytes": "64", "sha256": {}}, "chunks.bytes is str; expected int"),
-    (("chunks",), {"bytes": 2 ** 50, "sha256": {}}, "chunks.bytes is 1125899906842624; expected a positive piece"),
+    (("chunks",), {"bytes": 2**50, "sha256": {}}, "chunks.bytes is 1125899906842624; expected a positive piece"),
     (("constants", "arrays"), {"latent_avg": "4x8"}, "constants.arrays.latent_avg is '4x8'"),
-    (("engines",), {"generator": {"file": "g.plan", "sha256": "0", "tensorrt": "10", "compute_capability": "8.9",
-                                  "gpu": 5}}, "engines.generator.gpu is int; expected str"),
-    (("engines",), {"nope": {"file": "g.plan", "sha256": "0", "tensorrt": "10", "compute_capability": "8.9"}},
-     "engines.nope is an engine for no graph"),
+    (
+        ("engines",),
+        {"generator": {"file": "g.plan", "sha256": "0", "tensorrt": "10", "compute_capability": "8.9", "gpu": 5}},
+        "engines.generator.gpu is int; expected str",
+    ),
+    (
+        ("engines",),
+        {"nope": {"file": "g.plan", "sha256": "0", "tensorrt": "10", "compute_capability": "8.9"}},
+        "engines.nope is an engine for no graph",
+    ),
 ]
 
 
-@pytest.mark.parametrize("keys,value,needle", STRING_FIELDS, ids=[f"{'.'.join(k)}={v!r}"[:60] for k, v, _ in STRING_FIELDS])
+@pytest.mark.parametrize(
+    "keys,value,needle", STRING_FIELDS, ids=[f"{'.'.join(k)}={v!r}"[:60] for k, v, _ in STRING_FIELDS]
+)
 def test_wrong_types_and_ranges_named_at_open(make_tiny_bundle, keys, value, needle):
     path = make_tiny_bundle()
     tb.edit_manifest(path, lambda m: _set(m, keys, value))

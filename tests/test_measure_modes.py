@@ -3,6 +3,7 @@
 Photographs are synthetic PNGs in tmp_path (the script takes image files as well as the
 photographs scikit-image and matplotlib ship), so the test needs neither package.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def photo_files(tmp_path):
 
 @pytest.fixture
 def sr_translator(make_tiny_bundle):
-    with Translator(make_tiny_bundle("iterative", task="super_resolution", factor=4), backend="onnxruntime",
-                    threads=1) as t:
+    with Translator(
+        make_tiny_bundle("iterative", task="super_resolution", factor=4), backend="onnxruntime", threads=1
+    ) as t:
         yield t
 
 
@@ -62,13 +64,23 @@ def test_modes_on_a_smooth_clip(sr_translator):
     clip = mm.make_smooth_clip(cv2, t, low_res, keyframes, 6)
     assert len(clip.truth) == 6 and clip.truth[0].shape == (16, 16, 3) and clip.crops[0].shape == (256, 256, 3)
     results = {r.mode: r for r in mm.run_modes(t, low_res, clip, cv2, [0.01], first_iterations=4, progress=False)}
-    assert list(results) == ["bicubic", *[f"cold N={n}" for n in range(1, 6)], "warm N=1", "warm N=2", "warm N=3",
-                             "warm N=1 /4", "warm N=2 /4", "exit 0.01", "warm+exit 0.01 /4"]
+    assert list(results) == [
+        "bicubic",
+        *[f"cold N={n}" for n in range(1, 6)],
+        "warm N=1",
+        "warm N=2",
+        "warm N=3",
+        "warm N=1 /4",
+        "warm N=2 /4",
+        "exit 0.01",
+        "warm+exit 0.01 /4",
+    ]
     assert all(len(r.psnr) == 6 for r in results.values())
     # a cold mode scored from the 5-step run is the loop run with that many steps
     x = low_res(clip.crops[3]).x[None]
-    assert results["cold N=2"].psnr[3] == pytest.approx(mm.psnr(result_image(t, t.infer(x, iterations=2).images),
-                                                                clip.truth[3]))
+    assert results["cold N=2"].psnr[3] == pytest.approx(
+        mm.psnr(result_image(t, t.infer(x, iterations=2).images), clip.truth[3])
+    )
     assert results["warm N=2"].iterations == [4, 2, 2, 2, 2, 2]  # the shot's first frame: --first-iterations
     assert results["warm N=2 /4"].iterations == [4, 2, 2, 2, 4, 2]  # every 4th frame from the average
     assert all(1 <= n <= mm.EXIT_CAP for n in results["exit 0.01"].iterations)
@@ -86,8 +98,25 @@ def test_shot_cuts_restart_a_warm_start(sr_translator, photo_files):
 def test_main_writes_the_report(make_tiny_bundle, photo_files, tmp_path, capsys):
     bundle = make_tiny_bundle("iterative", task="super_resolution", factor=4)
     out = tmp_path / "results"
-    assert mm.main(["--bundle", str(bundle), "--photos", ",".join(photo_files), "--frames", "4",
-                    "--frames-per-photo", "2", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        mm.main(
+            [
+                "--bundle",
+                str(bundle),
+                "--photos",
+                ",".join(photo_files),
+                "--frames",
+                "4",
+                "--frames-per-photo",
+                "2",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "results.json").read_text())
     assert set(report["clips"]) == {"smooth", "photos"}
     assert report["clips"]["photos"]["frames"] == 4 and report["clips"]["smooth"]["frames"] == 4

@@ -7,6 +7,7 @@
 * with non-zero noise weights the graph holds one fixed noise sample: deterministic, no
   random op, and ONNX equals PyTorch.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_reference_vectors import relative, write_checkpoint
 
 from export import build_engines
 from export.checkpoints import CheckpointError, load_checkpoint
@@ -23,7 +25,6 @@ from export.models.mtv import MTVEncoder, infer_mtv_config
 from export.models.stylegan2 import Generator
 from export.onnx_export import check_parity, export_onnx
 from sdk import Translator
-from test_reference_vectors import relative, write_checkpoint
 
 pytestmark = pytest.mark.slow(minutes=3)  # on 2 shared cores; conftest starts the longest first
 
@@ -53,8 +54,22 @@ def mtv_files(reference_dir, tmp_path_factory):
 def mtv_bundle(mtv_files):
     encoder, generator = mtv_files
     out = encoder.parent / "bundle"
-    assert build_engines.main(["--checkpoint", str(encoder), "--generator", str(generator), "--out", str(out),
-                               "--quiet", "--max-batch", "2"]) == 0
+    assert (
+        build_engines.main(
+            [
+                "--checkpoint",
+                str(encoder),
+                "--generator",
+                str(generator),
+                "--out",
+                str(out),
+                "--quiet",
+                "--max-batch",
+                "2",
+            ]
+        )
+        == 0
+    )
     return out
 
 

@@ -1,15 +1,16 @@
 """The export-time rewrites (export/optimize.py) compute what the public-format modules compute,
 and the CPU-optimised graphs (export/cpu_graphs.py, sdk/backends/ort_cpu.py) are used where they
 fit and refused where they do not."""
+
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 import torch
 
-import tiny_bundle as tb
 from export.cpu_graphs import add_cpu_graphs
 from export.graphs import EncoderStep, GeneratorGraph
 from export.models.encoders import GradualStyleBlock, build_encoder
@@ -61,8 +62,9 @@ def test_merged_heads_refuse_mixed_sizes():
 @pytest.mark.parametrize("encoder_type", ["GradualStyleEncoder", "BackboneEncoder"])
 def test_fast_encoder_equals_the_encoder(encoder_type):
     torch.manual_seed(1)
-    enc = build_encoder({"encoder_type": encoder_type, "num_layers": 50, "mode": "ir_se", "input_nc": 6,
-                         "n_styles": 10})
+    enc = build_encoder(
+        {"encoder_type": encoder_type, "num_layers": 50, "mode": "ir_se", "input_nc": 6, "n_styles": 10}
+    )
     fast, rewrites = optimize_encoder(enc)
     assert rewrites == ["merged_style_heads"]
     x = torch.randn(1, 6, 256, 256)
@@ -79,8 +81,9 @@ def test_fast_encoder_equals_the_encoder(encoder_type):
     assert all(k.startswith(("input_layer.", "body.", "styles.", "latlayer")) for k in enc.state_dict())
 
 
-@pytest.mark.parametrize("size,fp16_safe,channels", [(16, False, None), (32, True, None),
-                                                      (32, False, {4: 32, 8: 24, 16: 16, 32: 8})])
+@pytest.mark.parametrize(
+    "size,fp16_safe,channels", [(16, False, None), (32, True, None), (32, False, {4: 32, 8: 24, 16: 16, 32: 8})]
+)
 def test_fast_generator_equals_the_generator(size, fp16_safe, channels):
     torch.manual_seed(size)
     g = _noisy(Generator(size, style_dim=32, n_mlp=2, channels=channels)).set_fp16_safe(fp16_safe)
@@ -152,8 +155,9 @@ def test_exported_rewrite_matches_the_original_module(tmp_path):
 
 def test_encoder_step_keeps_its_wiring():
     torch.manual_seed(2)
-    enc = build_encoder({"encoder_type": "BackboneEncoder", "num_layers": 50, "mode": "ir", "input_nc": 6,
-                         "n_styles": 4})
+    enc = build_encoder(
+        {"encoder_type": "BackboneEncoder", "num_layers": 50, "mode": "ir", "input_nc": 6, "n_styles": 4}
+    )
     step = EncoderStep(enc, feedback=True, residual=True, input_size=256, output_size=64, n_latent=4).eval()
     fast, _ = optimize_graph(step)
     assert fast.input_names == step.input_names == ["x", "y", "z"]
@@ -163,6 +167,7 @@ def test_encoder_step_keeps_its_wiring():
 
 
 # --------------------------------------------------------------------------- CPU-optimised graphs
+
 
 class _StandIn(torch.nn.Module):
     """Takes the graph's named inputs, returns the first; no FLOPs."""
@@ -179,11 +184,17 @@ def _with_cpu_graphs(path):
     for key, g in manifest["graphs"].items():
         shapes = {t["name"]: [2 if isinstance(d, str) else d for d in t["shape"]] for t in g["inputs"]}
         rng = np.random.default_rng(0)
-        graphs.append((key, _StandIn(), {n: torch.from_numpy(rng.uniform(-1, 1, s).astype(np.float32))
-                                                  for n, s in shapes.items()}))
+        graphs.append(
+            (
+                key,
+                _StandIn(),
+                {n: torch.from_numpy(rng.uniform(-1, 1, s).astype(np.float32)) for n, s in shapes.items()},
+            )
+        )
 
     def add(name: str) -> str:
         from sdk.bundle import sha256_file
+
         return sha256_file(path / name)
 
     add_cpu_graphs(path, manifest, graphs, add, tolerance=1e-5, max_batch=tb.MAX_BATCH)
@@ -199,8 +210,10 @@ def test_cpu_graphs_open_and_agree(make_tiny_bundle, caplog):
     assert entry["cpu"] == ort_cpu.cpu_tag() and (path / entry["data"]).is_file()
     x = tb.random_input(2, seed=3)
     with caplog.at_level(logging.DEBUG, logger="sdk.backends.ort_cpu"):
-        with Translator(portable, backend="onnxruntime", threads=1) as a, \
-                Translator(path, backend="onnxruntime", threads=1) as b:
+        with (
+            Translator(portable, backend="onnxruntime", threads=1) as a,
+            Translator(path, backend="onnxruntime", threads=1) as b,
+        ):
             np.testing.assert_allclose(b.infer(x).images, a.infer(x).images, rtol=0, atol=1e-5)
     assert "generator.cpu.onnx" in caplog.text and "encoder.cpu.onnx" in caplog.text
 
@@ -225,13 +238,16 @@ def test_cpu_graphs_of_another_machine_fall_back(make_tiny_bundle, caplog):
     assert f"optimised for a {other} CPU, this one is {ort_cpu.cpu_tag()}" in caplog.text
 
 
-@pytest.mark.parametrize("machine, flags, tag", [
-    ("x86_64", "fpu sse2 avx avx2 fma avx512f avx512bw amx_bf16 avx512_fp16", "x86_64-avx512"),  # Intel Xeon
-    ("x86_64", "fpu sse2 avx f16c fma avx2 bmi2 sha_ni vaes", "x86_64-avx2"),  # AMD EPYC (Zen 3)
-    ("x86_64", "fpu sse2 sse4_2 avx", "x86_64-sse"),
-    ("AMD64", "fpu sse2 avx2 fma", "x86_64-avx2"),
-    ("aarch64", "fp asimd sve", "aarch64"),
-])
+@pytest.mark.parametrize(
+    "machine, flags, tag",
+    [
+        ("x86_64", "fpu sse2 avx avx2 fma avx512f avx512bw amx_bf16 avx512_fp16", "x86_64-avx512"),  # Intel Xeon
+        ("x86_64", "fpu sse2 avx f16c fma avx2 bmi2 sha_ni vaes", "x86_64-avx2"),  # AMD EPYC (Zen 3)
+        ("x86_64", "fpu sse2 sse4_2 avx", "x86_64-sse"),
+        ("AMD64", "fpu sse2 avx2 fma", "x86_64-avx2"),
+        ("aarch64", "fp asimd sve", "aarch64"),
+    ],
+)
 def test_cpu_tag_of_each_kind_of_host(monkeypatch, tmp_path, machine, flags, tag):
     """Both x86 branches (and the others) on any host: the tag read from a /proc/cpuinfo of that CPU."""
     key = "Features" if machine == "aarch64" else "flags"

@@ -5,14 +5,15 @@ and the device arguments of every ``OrtValue`` are checked through ``fakes.fake_
 real CPU onnxruntime with its CUDA surface recorded; its "cuda" memory is fake device memory):
 what the SDK asks of ONNX Runtime, not what ORT's CUDA kernels compute (``tests/gpu/`` does that).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import tiny_bundle as tb
 from fakes import fake_cuda, fake_ort_cuda
 from fakes.fake_arrays import FakeCudaTensor
+
 from sdk import BackendError, Translator
 from sdk.backends import create_backend
 from sdk.backends.ort_cuda import gpu_providers
@@ -50,8 +51,10 @@ def fake_ort(monkeypatch, tmp_path):
     return fake_ort_cuda.install(monkeypatch, cudart), cudart
 
 
-@pytest.mark.parametrize("backend,first", [("onnxruntime-cuda", "CUDAExecutionProvider"),
-                                           ("onnxruntime-tensorrt", "TensorrtExecutionProvider")])
+@pytest.mark.parametrize(
+    "backend,first",
+    [("onnxruntime-cuda", "CUDAExecutionProvider"), ("onnxruntime-tensorrt", "TensorrtExecutionProvider")],
+)
 def test_sessions_and_buffers_are_placed_on_the_chosen_gpu(fake_ort, tiny_bundles, backend, first):
     ort, _ = fake_ort
     x = tb.random_input(2, seed=1)
@@ -81,7 +84,7 @@ def test_device_arrays_through_onnxruntime_cuda(fake_ort, tiny_bundles):
         assert kinds == ["cudaMemcpyDeviceToDevice"] * 3
         # the input copy completes before ORT (on its own stream) reads it
         first_copy = names.index("cudaMemcpyAsync")
-        assert [n for n in names[first_copy + 1:] if n != "cudaSetDevice"][0] == "cudaStreamSynchronize"
+        assert [n for n in names[first_copy + 1 :] if n != "cudaSetDevice"][0] == "cudaStreamSynchronize"
     np.testing.assert_array_equal(got.images.numpy(), want.images)
     np.testing.assert_array_equal(got.latents.numpy(), want.latents)
 

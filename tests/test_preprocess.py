@@ -2,12 +2,14 @@
 what pSp's training/inference transforms do (torchvision is not needed: its ``Resize`` on a
 PIL image is ``Image.resize(..., BILINEAR)``, ``ToTensor`` is ``/255`` to CHW and
 ``ToPILImage`` on a float tensor is ``mul(255).byte()``)."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -17,13 +19,12 @@ from sdk.bundle import Manifest
 from sdk.imaging import as_rgb_uint8, bicubic_downsample, bicubic_kernel, resize_bilinear, to_uint8_image
 from sdk.tasks import SR_FACTORS, preprocess
 
-import tiny_bundle as tb
-
 LEVEL = 2.0 / 255.0  # one uint8 level in the model's [-1, 1] range
 OBSERVED: dict = {}  # filled by the tests; printed at the end of the module (pytest -s)
 
 
 # --------------------------------------------------------------------------- references
+
 
 class BicubicDownSample(torch.nn.Module):
     """pSp's ``datasets/augmentations.BicubicDownSample`` (from PULSE), CPU, NCHW, RGB."""
@@ -41,8 +42,10 @@ class BicubicDownSample(torch.nn.Module):
         super().__init__()
         self.factor = factor
         size = factor * 4
-        k = torch.tensor([self.bicubic_kernel((i - torch.floor(torch.tensor(size / 2)) + 0.5) / factor)
-                          for i in range(size)], dtype=torch.float32)
+        k = torch.tensor(
+            [self.bicubic_kernel((i - torch.floor(torch.tensor(size / 2)) + 0.5) / factor) for i in range(size)],
+            dtype=torch.float32,
+        )
         k = k / torch.sum(k)
         self.k1 = torch.cat([torch.reshape(k, (1, 1, size, 1))] * 3, dim=0)
         self.k2 = torch.cat([torch.reshape(k, (1, 1, 1, size))] * 3, dim=0)
@@ -101,7 +104,9 @@ def _photo_like(h: int, w: int, seed: int) -> np.ndarray:
     """A uint8 RGB image with both smooth structure and pixel noise."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    base = np.stack([np.sin(2 * math.pi * (3 * xx + c)) * np.cos(2 * math.pi * (2 * yy - c)) for c in (0, .3, .6)], -1)
+    base = np.stack(
+        [np.sin(2 * math.pi * (3 * xx + c)) * np.cos(2 * math.pi * (2 * yy - c)) for c in (0, 0.3, 0.6)], -1
+    )
     img = 127.5 + 90 * base + rng.normal(0, 20, (h, w, 3))
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
@@ -117,8 +122,17 @@ def report_observed():
 
 # --------------------------------------------------------------------------- resampling
 
-@pytest.mark.parametrize("src,dst", [((512, 512), (256, 256)), ((300, 300), (256, 256)), ((64, 64), (256, 256)),
-                                     ((300, 420), (256, 256)), ((256, 256), (100, 200))])
+
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        ((512, 512), (256, 256)),
+        ((300, 300), (256, 256)),
+        ((64, 64), (256, 256)),
+        ((300, 420), (256, 256)),
+        ((256, 256), (100, 200)),
+    ],
+)
 def test_resize_bilinear_matches_pil_float(src, dst):
     rng = np.random.default_rng(sum(src) + sum(dst))
     img = (rng.random(src) * 255).astype(np.float32)
@@ -158,23 +172,37 @@ def test_bicubic_downsample_matches_psp(factor):
 
 # --------------------------------------------------------------------------- tasks
 
+
 def _manifest(task: str, factor: int = 4) -> Manifest:
     """A valid manifest for the toy model with the given task (parsed, never written)."""
     m = {
-        "schema_version": 1, "family": "psp", "task": {"name": task, "options": {"factor": factor}},
-        "input": {"channels": 3, "size": 256, "range": [-1.0, 1.0]}, "output": {"channels": 3, "size": tb.R},
-        "latent": {"count": tb.M, "dim": tb.D}, "batch": {"min": 1, "max": 1},
+        "schema_version": 1,
+        "family": "psp",
+        "task": {"name": task, "options": {"factor": factor}},
+        "input": {"channels": 3, "size": 256, "range": [-1.0, 1.0]},
+        "output": {"channels": 3, "size": tb.R},
+        "latent": {"count": tb.M, "dim": tb.D},
+        "batch": {"min": 1, "max": 1},
         "graphs": {
-            "enc": {"file": "e.onnx", "sha256": "0", "inputs": [
-                {"name": "x", "role": "condition", "shape": ["batch", 3, 256, 256], "dtype": "float32"}],
-                "outputs": [{"name": "z", "role": "latents", "shape": ["batch", tb.M, tb.D], "dtype": "float32"}]},
-            "generator": {"file": "g.onnx", "sha256": "0", "inputs": [
-                {"name": "z", "role": "latents", "shape": ["batch", tb.M, tb.D], "dtype": "float32"}],
-                "outputs": [{"name": "y", "role": "image", "shape": ["batch", 3, tb.R, tb.R], "dtype": "float32"}]},
+            "enc": {
+                "file": "e.onnx",
+                "sha256": "0",
+                "inputs": [{"name": "x", "role": "condition", "shape": ["batch", 3, 256, 256], "dtype": "float32"}],
+                "outputs": [{"name": "z", "role": "latents", "shape": ["batch", tb.M, tb.D], "dtype": "float32"}],
+            },
+            "generator": {
+                "file": "g.onnx",
+                "sha256": "0",
+                "inputs": [{"name": "z", "role": "latents", "shape": ["batch", tb.M, tb.D], "dtype": "float32"}],
+                "outputs": [{"name": "y", "role": "image", "shape": ["batch", 3, tb.R, tb.R], "dtype": "float32"}],
+            },
         },
         "constants": {"file": "c.npz", "sha256": "0"},
-        "schedule": {"stages": [{"graph": "enc", "feedback": False, "residual": False}], "repeat_last": False,
-                     "default_iterations": 1},
+        "schedule": {
+            "stages": [{"graph": "enc", "feedback": False, "residual": False}],
+            "repeat_last": False,
+            "default_iterations": 1,
+        },
     }
     return Manifest.parse(m)
 
@@ -187,8 +215,12 @@ def test_super_resolution_matches_psp_pipeline(factor):
     assert ours.shape == ref.shape == (3, 256, 256) and ours.dtype == np.float32
     diff = np.abs(ours - ref)
     OBSERVED[f"super_resolution x{factor} vs pSp (PIL+torch)"] = {
-        "mean": float(diff.mean()), "mean_levels": float(diff.mean() / LEVEL), "max": float(diff.max()),
-        "max_levels": float(diff.max() / LEVEL), "frac_differing": float((diff > 1e-6).mean())}
+        "mean": float(diff.mean()),
+        "mean_levels": float(diff.mean() / LEVEL),
+        "max": float(diff.max()),
+        "max_levels": float(diff.max() / LEVEL),
+        "frac_differing": float((diff > 1e-6).mean()),
+    }
     assert diff.mean() < LEVEL
     assert diff.max() <= 2 * LEVEL + 1e-6
     # the outputs are on the uint8 grid of the model range, like pSp's
@@ -226,9 +258,11 @@ def test_inversion_matches_pil(size):
     ref = psp_inversion(image)
     assert ours.shape == (3, 256, 256) and ours.dtype == np.float32
     diff = np.abs(ours - ref)
-    OBSERVED[f"inversion {size} vs PIL"] = {"mean_levels": float(diff.mean() / LEVEL),
-                                            "max_levels": float(diff.max() / LEVEL),
-                                            "frac_differing": float((diff > 1e-6).mean())}
+    OBSERVED[f"inversion {size} vs PIL"] = {
+        "mean_levels": float(diff.mean() / LEVEL),
+        "max_levels": float(diff.max() / LEVEL),
+        "frac_differing": float((diff > 1e-6).mean()),
+    }
     assert diff.mean() < LEVEL / 4
     assert diff.max() <= LEVEL + 1e-6
     if size == (256, 256):
@@ -236,6 +270,7 @@ def test_inversion_matches_pil(size):
 
 
 # --------------------------------------------------------------------------- as_rgb_uint8
+
 
 def test_rgb_uint8_passthrough():
     img = _photo_like(5, 7, 0)
@@ -290,19 +325,22 @@ def test_non_contiguous_input():
     assert out.flags.c_contiguous
 
 
-@pytest.mark.parametrize("arr,needle", [
-    (np.full((2, 2, 3), 1.5, np.float32), "must be in [0, 1]"),
-    (np.full((2, 2, 3), -0.1, np.float32), "must be in [0, 1]"),
-    (np.array([[[0.1, np.nan, 0.2]]], np.float32), "NaN"),
-    (np.array([[[0.1, np.inf, 0.2]]], np.float32), "NaN or Inf"),
-    (np.zeros((2, 2, 2, 3), np.uint8), "got shape (2, 2, 2, 3)"),
-    (np.zeros((4,), np.uint8), "got shape (4,)"),
-    (np.zeros((2, 2, 2), np.uint8), "got shape (2, 2, 2)"),
-    (np.zeros((0, 0, 3), np.uint8), "empty"),
-    (np.zeros((0,), np.uint8), "empty"),
-    (np.zeros((2, 2, 3), np.int64), "unsupported image dtype int64"),
-    (np.array([["a"]], dtype=object), "non-numeric"),
-])
+@pytest.mark.parametrize(
+    "arr,needle",
+    [
+        (np.full((2, 2, 3), 1.5, np.float32), "must be in [0, 1]"),
+        (np.full((2, 2, 3), -0.1, np.float32), "must be in [0, 1]"),
+        (np.array([[[0.1, np.nan, 0.2]]], np.float32), "NaN"),
+        (np.array([[[0.1, np.inf, 0.2]]], np.float32), "NaN or Inf"),
+        (np.zeros((2, 2, 2, 3), np.uint8), "got shape (2, 2, 2, 3)"),
+        (np.zeros((4,), np.uint8), "got shape (4,)"),
+        (np.zeros((2, 2, 2), np.uint8), "got shape (2, 2, 2)"),
+        (np.zeros((0, 0, 3), np.uint8), "empty"),
+        (np.zeros((0,), np.uint8), "empty"),
+        (np.zeros((2, 2, 3), np.int64), "unsupported image dtype int64"),
+        (np.array([["a"]], dtype=object), "non-numeric"),
+    ],
+)
 def test_as_rgb_uint8_errors(arr, needle):
     with pytest.raises(InputError) as err:
         as_rgb_uint8(arr)

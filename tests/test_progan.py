@@ -8,6 +8,7 @@
 * an ``ome_progan`` checkpoint (M = 20, small widths) builds into a bundle that ``Translator``
   runs with the unchanged loop, matching the PyTorch recurrence step by step.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_reference_vectors import relative, write_checkpoint
 
 from export import build_engines
 from export.checkpoints import CheckpointError, load_checkpoint
@@ -25,7 +27,6 @@ from export.models.ome_encoder import OMEEncoder
 from export.models.progan import DynamicFusion, MultiCodeProGAN, ProGANGenerator, StaticFusion
 from export.onnx_export import check_parity, export_onnx
 from sdk import Translator
-from test_reference_vectors import relative, write_checkpoint
 
 pytestmark = pytest.mark.slow(minutes=1)  # on 2 shared cores; conftest starts the longest first
 
@@ -49,6 +50,7 @@ def tiny_fusion(channels: int = 32, seed: int = 1) -> DynamicFusion:
 
 
 # --------------------------------------------------------------------------- reference vector
+
 
 @pytest.fixture(scope="module")
 def pggan256(reference_dir, tmp_path_factory):
@@ -85,6 +87,7 @@ def test_lod_and_foreign_state_dicts_are_refused():
 
 # --------------------------------------------------------------------------- split and fusion
 
+
 def fusion_numpy(feats: np.ndarray, w0: np.ndarray, w1: np.ndarray) -> np.ndarray:
     """Eq. 7-10 written out: feats [B, M, C, H, W], w0 [C/r, C], w1 [C, C/r] -> [B, C, H, W]."""
     b, m, c = feats.shape[:3]
@@ -106,8 +109,9 @@ def test_dynamic_fusion_is_eq_7_to_10():
     feats = torch.randn(2, 5, 16, 4, 4, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ours = fusion(feats).numpy()
-    expected = fusion_numpy(feats.double().numpy(), fusion.fc0.weight.double().detach().numpy(),
-                            fusion.fc1.weight.double().detach().numpy())
+    expected = fusion_numpy(
+        feats.double().numpy(), fusion.fc0.weight.double().detach().numpy(), fusion.fc1.weight.double().detach().numpy()
+    )
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(StaticFusion()(feats).numpy(), feats.mean(1).numpy(), rtol=1e-6)
 
@@ -135,6 +139,7 @@ def test_fused_generator_graph_parity(tmp_path):
 
 # --------------------------------------------------------------------------- bundle
 
+
 def tiny_ome_checkpoint(path, fusion: bool = True) -> None:
     """An ome_progan file: ResNet-34 (width 8) + FPN (16) + 20 heads, 64 px ProGAN, z of 32."""
     torch.manual_seed(5)
@@ -146,8 +151,14 @@ def tiny_ome_checkpoint(path, fusion: bool = True) -> None:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    save_ome_progan(path, encoder, tiny_generator(), tiny_fusion() if fusion else None,
-                    latent_avg=0.5 * torch.randn(32), opts={"n_iters_per_batch": 3})
+    save_ome_progan(
+        path,
+        encoder,
+        tiny_generator(),
+        tiny_fusion() if fusion else None,
+        latent_avg=0.5 * torch.randn(32),
+        opts={"n_iters_per_batch": 3},
+    )
 
 
 def reference_loop(ckpt, x: torch.Tensor, iterations: int) -> list:
@@ -168,8 +179,12 @@ def reference_loop(ckpt, x: torch.Tensor, iterations: int) -> list:
 def ome_bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ome_progan")
     tiny_ome_checkpoint(tmp / "ome.pt")
-    assert build_engines.main(["--checkpoint", str(tmp / "ome.pt"), "--out", str(tmp / "bundle"), "--quiet",
-                               "--max-batch", "2"]) == 0
+    assert (
+        build_engines.main(
+            ["--checkpoint", str(tmp / "ome.pt"), "--out", str(tmp / "bundle"), "--quiet", "--max-batch", "2"]
+        )
+        == 0
+    )
     return tmp / "ome.pt", tmp / "bundle"
 
 

@@ -6,6 +6,7 @@ The stored images are the public code's ``face_pool`` output (``AdaptiveAvgPool2
 the generator image); ``infer`` returns the raw generator image, so the test pools it with
 an independent numpy implementation of adaptive average pooling.
 """
+
 from __future__ import annotations
 
 import importlib.util

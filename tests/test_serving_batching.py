@@ -1,14 +1,24 @@
 """The served model's batch executor (serving/batching.py), without a server: requests with
 different iteration counts and task options in one batch are each answered as asked."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import tiny_bundle as tb
+
 from sdk import InputError, Translator
-from serving.batching import (CONDITION, IMAGE, ITERATIONS, LATENTS, OUTPUT, OUTPUT_RAW, model_inputs,
-                              task_options, translate_requests)
+from serving.batching import (
+    CONDITION,
+    IMAGE,
+    ITERATIONS,
+    LATENTS,
+    OUTPUT,
+    OUTPUT_RAW,
+    model_inputs,
+    task_options,
+    translate_requests,
+)
 
 RAW_ATOL = 1e-5  # float32; stacked and single runs of the same ONNX graphs differ in the last bits at most
 
@@ -36,10 +46,12 @@ def test_mixed_requests_are_answered_each_as_asked(make_tiny_bundle):
             {IMAGE: b},  # the bundle's factor and iterations
         ]
         answers = translate_requests(t, requests, max_batch=2)  # forces the groups into chunks
-        single = [t.infer(t.preprocess(a[i], factor=f)[None], iterations=n) for i, (n, f) in
-                  enumerate([(1, 8), (4, 2), (2, 8)])]
+        single = [
+            t.infer(t.preprocess(a[i], factor=f)[None], iterations=n)
+            for i, (n, f) in enumerate([(1, 8), (4, 2), (2, 8)])
+        ]
         check_rows(answers[0], single)
-        check_rows(answers[1], [t.infer(x[i:i + 1]) for i in range(2)])
+        check_rows(answers[1], [t.infer(x[i : i + 1]) for i in range(2)])
         check_rows(answers[2], [t.infer(t.preprocess(b[0])[None])])
         np.testing.assert_array_equal(answers[2][OUTPUT][0], t(b[0]))  # what translator(image) returns
         with pytest.raises(InputError, match="request 0 .*apply to 'image' inputs"):

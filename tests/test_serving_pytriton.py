@@ -6,6 +6,7 @@ seconds). Tolerance: the server runs rows stacked by Triton's dynamic batcher, t
 by one; ONNX Runtime's float32 results then differ in the last bits at most, so raw images and
 latents are compared with ``atol=1e-5`` and uint8 images to within one level (rounding).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -15,8 +16,8 @@ import time
 
 import numpy as np
 import pytest
-
 import tiny_bundle as tb
+
 from sdk import InputError, Translator
 from serving.environment import unavailable_reason
 
@@ -40,8 +41,9 @@ def free_ports(n: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def sr_bundle(tiny_graphs, tmp_path_factory):
-    return tb.write_bundle(tmp_path_factory.mktemp("serving") / "sr", tiny_graphs, "iterative",
-                           task="super_resolution", factor=4)
+    return tb.write_bundle(
+        tmp_path_factory.mktemp("serving") / "sr", tiny_graphs, "iterative", task="super_resolution", factor=4
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +51,18 @@ def server(sr_bundle, tmp_path_factory):
     from serving.pytriton_server import ServeOptions, TranslationServer
 
     http, grpc, metrics = free_ports(3)
-    options = ServeOptions(bundle=sr_bundle, instances=2, max_queue_delay_us=QUEUE_DELAY_US, backend="onnxruntime",
-                           threads=1, http_port=http, grpc_port=grpc, metrics_port=metrics, exit_timeout_s=5,
-                           log_file=tmp_path_factory.mktemp("triton") / "tritonserver.log")
+    options = ServeOptions(
+        bundle=sr_bundle,
+        instances=2,
+        max_queue_delay_us=QUEUE_DELAY_US,
+        backend="onnxruntime",
+        threads=1,
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        exit_timeout_s=5,
+        log_file=tmp_path_factory.mktemp("triton") / "tritonserver.log",
+    )
     with TranslationServer(options) as s:
         yield s
 
@@ -90,7 +101,7 @@ def test_responses_equal_local_translator(server, local, protocol):
     assert_matches(res, local.infer(local.preprocess(image, factor=8)[None], iterations=2))
     assert np.abs(res.output[0].astype(int) - local(image, factor=8, iterations=2)).max() <= 1
     for i in range(2):
-        assert_matches(batch, local.infer(x[i:i + 1], iterations=3), row=i)
+        assert_matches(batch, local.infer(x[i : i + 1], iterations=3), row=i)
     assert batch.latents is None  # only asked for
     assert_matches(default, local.infer(local.preprocess(image)[None]))
 
@@ -138,8 +149,10 @@ def test_bad_requests_get_the_sdks_one_line_message_as_a_client_error(server, pr
 
     refused = {"http": "400", "grpc": "StatusCode.INVALID_ARGUMENT"}[protocol]
     with client(server, protocol) as c:
-        for options, reason in (({"iterations": 0}, "iterations must be an int in 1.."),
-                                ({"factor": 3}, "factor must be one of")):
+        for options, reason in (
+            ({"iterations": 0}, "iterations must be an int in 1.."),
+            ({"factor": 3}, "factor must be one of"),
+        ):
             with pytest.raises(ServerError, match=reason) as e:
                 c.translate(face(3), **options)
             assert e.value.status == refused
@@ -154,8 +167,12 @@ def post_json(server, body: bytes) -> tuple[int, dict]:
     host, port = server.http_url.rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
     try:
-        connection.request("POST", f"/v2/models/{server.options.model_name}/infer", body=body,
-                           headers={"Content-Type": "application/json"})
+        connection.request(
+            "POST",
+            f"/v2/models/{server.options.model_name}/infer",
+            body=body,
+            headers={"Content-Type": "application/json"},
+        )
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -168,11 +185,15 @@ def test_a_json_request_with_a_bad_image_gets_400_and_one_line(server):
     body = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 4, 4, 7], "data": [0] * (16 * 7)}]}
     status, answer = post_json(server, json.dumps(body).encode())
     assert status == 400
-    assert answer == {"error": "request 0 of this batch: expected an image HxWx3 (RGB), HxWx4 (RGBA) or HxW (gray); "
-                               "got shape (4, 4, 7)"}
+    assert answer == {
+        "error": "request 0 of this batch: expected an image HxWx3 (RGB), HxWx4 (RGBA) or HxW (gray); "
+        "got shape (4, 4, 7)"
+    }
     body = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 0, 4, 3], "data": []}]}
-    assert post_json(server, json.dumps(body).encode()) == (400, {
-        "error": "input 'image' is empty (shape [1, 0, 4, 3]); send at least one element per dimension"})
+    assert post_json(server, json.dumps(body).encode()) == (
+        400,
+        {"error": "input 'image' is empty (shape [1, 0, 4, 3]); send at least one element per dimension"},
+    )
 
 
 def test_options_are_checked_before_launch(sr_bundle):
@@ -220,10 +241,32 @@ def test_the_launcher_exits_non_zero_when_tritonserver_dies(sr_bundle, tmp_path)
     root = Path(__file__).resolve().parents[1]
     with open(log, "wb") as out:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "serving.pytriton_server", "--bundle", str(sr_bundle), "--backend", "onnxruntime",
-             "--threads", "1", "--no-verify", "--http-port", str(http), "--grpc-port", str(grpc),
-             "--metrics-port", str(metrics), "--exit-timeout", "3", "--log-file", str(tmp_path / "tritonserver.log")],
-            cwd=root, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "serving.pytriton_server",
+                "--bundle",
+                str(sr_bundle),
+                "--backend",
+                "onnxruntime",
+                "--threads",
+                "1",
+                "--no-verify",
+                "--http-port",
+                str(http),
+                "--grpc-port",
+                str(grpc),
+                "--metrics-port",
+                str(metrics),
+                "--exit-timeout",
+                "3",
+                "--log-file",
+                str(tmp_path / "tritonserver.log"),
+            ],
+            cwd=root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         from serving.client import TranslationClient
 
@@ -245,9 +288,11 @@ def test_the_launcher_exits_non_zero_when_tritonserver_dies(sr_bundle, tmp_path)
             launcher.kill()
             launcher.wait()
     errors = [line for line in log.read_text().splitlines() if line.startswith("ERROR ")]
-    assert errors == [f"ERROR serving.pytriton_server: model 'translator' can no longer answer: tritonserver "
-                      f"(pid {server_pid}) ended with signal 9 (SIGKILL); its log says why; exiting with 1 so a "
-                      f"supervisor restarts the server"]
+    assert errors == [
+        f"ERROR serving.pytriton_server: model 'translator' can no longer answer: tritonserver "
+        f"(pid {server_pid}) ended with signal 9 (SIGKILL); its log says why; exiting with 1 so a "
+        f"supervisor restarts the server"
+    ]
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (apt-get install nginx)")
@@ -266,9 +311,11 @@ def test_the_documented_nginx_proxy_passes_good_requests_and_refuses_the_dangero
     snippet = re.search(r"```nginx\n(.*?)```", doc, re.S).group(1)
     snippet = snippet.replace("127.0.0.1:8000", server.http_url).replace("listen 8080;", f"listen 127.0.0.1:{port};")
     conf = tmp_path / "nginx.conf"
-    conf.write_text(f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; events {{}}\n"
-                    f"http {{ access_log off; client_body_temp_path {tmp_path}/body;\n"
-                    f"proxy_temp_path {tmp_path}/proxy;\n{snippet}}}\n")
+    conf.write_text(
+        f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; events {{}}\n"
+        f"http {{ access_log off; client_body_temp_path {tmp_path}/body;\n"
+        f"proxy_temp_path {tmp_path}/proxy;\n{snippet}}}\n"
+    )
     nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"])
 
     def status(method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> int:
@@ -293,8 +340,15 @@ def test_the_documented_nginx_proxy_passes_good_requests_and_refuses_the_dangero
         infer = f"/v2/models/{server.options.model_name}/infer"
         assert status("POST", infer, nested) == 413  # no Inference-Header-Content-Length
         assert status("POST", infer, nested, {"Inference-Header-Content-Length": "400000"}) == 413
-        assert status("POST", infer, gzip.compress(nested), {"Content-Encoding": "gzip",
-                                                             "Inference-Header-Content-Length": "99"}) == 415
+        assert (
+            status(
+                "POST",
+                infer,
+                gzip.compress(nested),
+                {"Content-Encoding": "gzip", "Inference-Header-Content-Length": "99"},
+            )
+            == 415
+        )
         assert status("POST", f"/v2/repository/models/{server.options.model_name}/unload") == 404
         with client(server, "http") as direct:
             assert direct.ready()

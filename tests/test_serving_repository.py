@@ -2,6 +2,7 @@
 Triton's own ``model_config.proto`` (tritonclient ships it), and its BLS ``model.py`` run over the
 repository's ONNX models through a fake ``triton_python_backend_utils`` (tests/fake_triton_python.py),
 compared with the local ``Translator``. No Triton server or GPU is needed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,7 @@ import hashlib
 import numpy as np
 import pytest
 
-pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (pip install -e \".[serve]\")")
+pytest.importorskip("tritonclient.grpc", reason='tritonclient[grpc] is not installed (pip install -e ".[serve]")')
 
 import fake_triton_python as fake  # noqa: E402
 import tiny_bundle as tb  # noqa: E402
@@ -45,10 +46,14 @@ def test_onnx_repository_structure(tiny_bundles, tmp_path):
     bls = configs["translator"]
     assert bls.backend == "python" and bls.HasField("dynamic_batching")
     assert [(i.name, list(i.dims), i.optional) for i in bls.input] == [
-        ("condition", [tb.C_X, tb.S, tb.S], False), ("iterations", [1], True)]
+        ("condition", [tb.C_X, tb.S, tb.S], False),
+        ("iterations", [1], True),
+    ]
     assert {o.name: (mc.DataType.Name(o.data_type), list(o.dims)) for o in bls.output} == {
-        "output": ("TYPE_UINT8", [tb.R, tb.R, 3]), "output_raw": ("TYPE_FP32", [3, tb.R, tb.R]),
-        "latents": ("TYPE_FP32", [tb.M, tb.D])}
+        "output": ("TYPE_UINT8", [tb.R, tb.R, 3]),
+        "output_raw": ("TYPE_FP32", [3, tb.R, tb.R]),
+        "latents": ("TYPE_FP32", [tb.M, tb.D]),
+    }
     assert {p.name for p in (repo / "translator" / "1").iterdir()} == {"model.py", "loop.json", "constants.npz"}
     assert "onnxruntime" in (repo / "README.md").read_text()
 
@@ -60,15 +65,17 @@ def test_bls_model_matches_translator(tiny_bundles, tmp_path, variant):
     x = tb.random_input(5, seed=3)
     max_iterations = 2 if variant == "two_stage" else 4
     rows_iterations = [1, max_iterations, 1]
-    requests = [fake.Request(condition=x[:3], iterations=np.array(rows_iterations, np.int32)[:, None]),
-                fake.Request(condition=x[3:5]),  # the bundle's default iterations
-                fake.Request(condition=x[:1], iterations=np.array([[0]], np.int32))]  # out of range
+    requests = [
+        fake.Request(condition=x[:3], iterations=np.array(rows_iterations, np.int32)[:, None]),
+        fake.Request(condition=x[3:5]),  # the bundle's default iterations
+        fake.Request(condition=x[:1], iterations=np.array([[0]], np.int32)),
+    ]  # out of range
     responses = model.execute(requests)
     assert len(responses) == 3
     assert responses[2].has_error() and "iterations must be in 1.." in responses[2].error().message()
     with Translator(tiny_bundles[variant], backend="onnxruntime") as local:
-        expected = [local.infer(x[i:i + 1], iterations=n) for i, n in enumerate(rows_iterations)]
-        expected += [local.infer(x[i:i + 1]) for i in (3, 4)]
+        expected = [local.infer(x[i : i + 1], iterations=n) for i, n in enumerate(rows_iterations)]
+        expected += [local.infer(x[i : i + 1]) for i in (3, 4)]
     got = []
     for response in responses[:2]:
         assert not response.has_error()
@@ -92,9 +99,17 @@ def _add_fake_engines(bundle, profile_max: int) -> dict:
         digests[key] = hashlib.sha256(data).hexdigest()
 
     def edit(m):
-        m["engines"] = {k: {"file": f"{k}.plan", "sha256": d, "tensorrt": "10.8.0", "compute_capability": "8.9",
-                            "gpu": "NVIDIA L4", "profile": {"min": 1, "opt": 1, "max": profile_max}}
-                        for k, d in digests.items()}
+        m["engines"] = {
+            k: {
+                "file": f"{k}.plan",
+                "sha256": d,
+                "tensorrt": "10.8.0",
+                "compute_capability": "8.9",
+                "gpu": "NVIDIA L4",
+                "profile": {"min": 1, "opt": 1, "max": profile_max},
+            }
+            for k, d in digests.items()
+        }
 
     tb.edit_manifest(bundle, edit)
     return digests

@@ -2,6 +2,7 @@
 Triton server: the watchdog watches real (stand-in) processes, the proxy model runs against
 the fake ``triton_python_backend_utils`` (tests/fake_triton_python.py). The same paths under a
 real tritonserver are tested in tests/test_serving_pytriton.py."""
+
 from __future__ import annotations
 
 import importlib
@@ -14,9 +15,9 @@ import time
 import traceback
 from pathlib import Path
 
+import fake_triton_python as fake
 import pytest
 
-import fake_triton_python as fake
 from sdk import InputError
 from serving import pytriton_server as ps
 from serving import watchdog as wd
@@ -71,8 +72,11 @@ def test_watchdog_notices_a_stub_that_died_while_the_server_lives(processes):
 
 def test_watchdog_asks_pytriton_too(processes):
     server = processes()
-    assert wd.Watchdog(server.pid, lambda: None, [], lambda: False).check().startswith(
-        "tritonserver or PyTriton's model handler stopped")
+    assert (
+        wd.Watchdog(server.pid, lambda: None, [], lambda: False)
+        .check()
+        .startswith("tritonserver or PyTriton's model handler stopped")
+    )
 
 
 def test_children_are_found_by_executable_name(processes):
@@ -90,6 +94,7 @@ def test_exit_descriptions():
 
 
 # --------------------------------------------------------------------------- serve_forever and main
+
 
 class FakeDog:
     def __init__(self, answers):
@@ -137,8 +142,10 @@ def test_sigterm_while_the_model_loads_is_a_clean_stop(tmp_path):
     assert server.stopped
 
 
-@pytest.mark.parametrize("outcome, code", [(None, 0), (ps.ServerDied("model 'translator' can no longer answer: x"), 1),
-                                           (InputError("bad bundle"), 2)])
+@pytest.mark.parametrize(
+    "outcome, code",
+    [(None, 0), (ps.ServerDied("model 'translator' can no longer answer: x"), 1), (InputError("bad bundle"), 2)],
+)
 def test_main_exit_codes(monkeypatch, caplog, tmp_path, outcome, code):
     class Launcher:
         def __init__(self, options):
@@ -162,6 +169,7 @@ def test_main_exit_codes(monkeypatch, caplog, tmp_path, outcome, code):
 
 
 # --------------------------------------------------------------------------- one-line errors
+
 
 def pytriton_error_text(error: Exception) -> str:
     """What PyTriton's proxy raises for an exception of the inference function: the function's
@@ -192,7 +200,8 @@ def proxy_model(tmp_path, monkeypatch):
         "    def execute(self, requests):\n"
         "        if self.raises is None:\n"
         "            return ['ok'] * len(requests)\n"
-        "        raise pb_utils.TritonModelException(self.raises)\n")
+        "        raise pb_utils.TritonModelException(self.raises)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("v1.model")
     yield module.TritonPythonModel(), pb
@@ -231,8 +240,9 @@ def test_a_request_with_an_empty_input_is_refused_alone(proxy_model):
     first, empty, last = model.execute(requests(1) + requests(1, shape=(1, 0, 5, 3)) + requests(1))
     assert first == last == "ok"
     assert empty.error().code() == pb.TritonError.INVALID_ARG
-    assert empty.error().message() == ("input 'image' is empty (shape [1, 0, 5, 3]); send at least one element per "
-                                       "dimension")
+    assert empty.error().message() == (
+        "input 'image' is empty (shape [1, 0, 5, 3]); send at least one element per dimension"
+    )
 
 
 def test_the_proxy_matches_the_launchers_class_name():
@@ -245,14 +255,23 @@ def test_pytritons_traceback_for_a_refused_request_is_dropped_from_the_log():
 
     quiet = ps.QuietClientErrors()
     refused = "Exception while performing inference on requests=01: " + pytriton_error_text(
-        ps.ClientInputError("request 0 of this batch: factor must be one of (1, 2); got 3"))
+        ps.ClientInputError("request 0 of this batch: factor must be one of (1, 2); got 3")
+    )
     assert not quiet.filter(record(refused))
-    assert quiet.filter(record("Exception while performing inference on requests=02: " +
-                               pytriton_error_text(RuntimeError("CUDA out of memory"))))
+    assert quiet.filter(
+        record(
+            "Exception while performing inference on requests=02: "
+            + pytriton_error_text(RuntimeError("CUDA out of memory"))
+        )
+    )
 
 
 def test_start_up_failures_worth_a_retry():
     assert ps._transient(TimeoutError("Triton Inference Server is not ready after timeout."))
-    assert ps._transient(RuntimeError("[400] load failed for model 'translator': ... Model initialize error: ...\n"
-                                      "ConnectionRefusedError: [Errno 111] Connection refused"))
+    assert ps._transient(
+        RuntimeError(
+            "[400] load failed for model 'translator': ... Model initialize error: ...\n"
+            "ConnectionRefusedError: [Errno 111] Connection refused"
+        )
+    )
     assert not ps._transient(RuntimeError("[400] load failed for model 'translator': ... ModuleNotFoundError"))

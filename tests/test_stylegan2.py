@@ -1,4 +1,5 @@
 """Tests for export/models/stylegan2.py: modulated conv forms, upfirdn2d, layouts, ONNX export."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from shared_data import shared_path
+
 from export.models.stylegan2 import Generator, ModulatedConv2d, upfirdn2d
 
 
@@ -26,8 +27,10 @@ def rel_err(a, b) -> float:
 
 # --------------------------------------------------------------------------- naive references
 
-def naive_upfirdn2d(x: np.ndarray, k: np.ndarray, up: int, down: int, px0: int, px1: int,
-                    py0: int, py1: int) -> np.ndarray:
+
+def naive_upfirdn2d(
+    x: np.ndarray, k: np.ndarray, up: int, down: int, px0: int, px1: int, py0: int, py1: int
+) -> np.ndarray:
     """Zero insertion, explicit pad/crop by index arithmetic, explicit flipped-kernel sum, stride."""
     n, c, h, w = x.shape
     ups = np.zeros((n, c, h * up, w * up), dtype=np.float64)
@@ -45,7 +48,7 @@ def naive_upfirdn2d(x: np.ndarray, k: np.ndarray, up: int, down: int, px0: int, 
     full = np.zeros((n, c, oh, ow), dtype=np.float64)
     for i in range(oh):
         for j in range(ow):
-            full[:, :, i, j] = (padded[:, :, i:i + kh, j:j + kw] * kf).sum(axis=(2, 3))
+            full[:, :, i, j] = (padded[:, :, i : i + kh, j : j + kw] * kf).sum(axis=(2, 3))
     return full[:, :, ::down, ::down]
 
 
@@ -56,7 +59,7 @@ def grouped_modconv_reference(conv: ModulatedConv2d, x: torch.Tensor, style: tor
     s = F.linear(style, conv.modulation.weight * conv.modulation.scale, conv.modulation.bias * conv.modulation.lr_mul)
     weight = conv.scale * conv.weight * s.view(b, 1, cin, 1, 1)  # [B, out, in, k, k]
     if conv.demodulate:
-        weight = weight / torch.sqrt((weight ** 2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
+        weight = weight / torch.sqrt((weight**2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
     xg = x.reshape(1, b * cin, h, w)
     if conv.upsample:
         wt = weight.permute(0, 2, 1, 3, 4).reshape(b * cin, cout, k, k)
@@ -69,8 +72,10 @@ def grouped_modconv_reference(conv: ModulatedConv2d, x: torch.Tensor, style: tor
 
 # --------------------------------------------------------------------------- 1. modulated conv
 
-@pytest.mark.parametrize("kernel_size,upsample,demodulate", [(3, False, True), (3, True, True), (1, False, False),
-                                                              (3, False, False)])
+
+@pytest.mark.parametrize(
+    "kernel_size,upsample,demodulate", [(3, False, True), (3, True, True), (1, False, False), (3, False, False)]
+)
 def test_unfused_modconv_equals_grouped_reference(kernel_size, upsample, demodulate):
     torch.manual_seed(0)
     conv = ModulatedConv2d(8, 6, kernel_size, 16, demodulate=demodulate, upsample=upsample).eval()
@@ -90,8 +95,11 @@ def test_unfused_modconv_equals_grouped_reference(kernel_size, upsample, demodul
 
 # --------------------------------------------------------------------------- 2. upfirdn2d
 
-@pytest.mark.parametrize("up,down,pad", [(2, 1, (2, 1)), (1, 2, (1, 1)), (2, 1, (-1, 2)), (1, 1, (-2, 3)),
-                                         (2, 2, (1, -1, 0, 2)), (1, 2, (-1, -1))])
+
+@pytest.mark.parametrize(
+    "up,down,pad",
+    [(2, 1, (2, 1)), (1, 2, (1, 1)), (2, 1, (-1, 2)), (1, 1, (-2, 3)), (2, 2, (1, -1, 0, 2)), (1, 2, (-1, -1))],
+)
 def test_upfirdn2d_equals_naive(up, down, pad):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
@@ -104,6 +112,7 @@ def test_upfirdn2d_equals_naive(up, down, pad):
 
 
 # --------------------------------------------------------------------------- 3. whole generator
+
 
 def small_generator(size: int = 32) -> Generator:
     torch.manual_seed(0)
@@ -160,6 +169,7 @@ def test_mapping_latents_and_shape_checks():
 
 # --------------------------------------------------------------------------- 4. checkpoint layouts
 
+
 def meta_state_dict(shapes: dict) -> dict:
     return {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
 
@@ -178,18 +188,16 @@ def load_on_meta(sd: dict) -> Generator:
 def test_rosinality_ffhq_1024_layout_loads_strict():
     layout = json.loads((shared_dir() / "checkpoint_layouts" / "rosinality_stylegan2_ffhq_1024.json").read_text())
     sd = meta_state_dict(layout["keys"])
-    assert Generator.config_from_state_dict(sd) == {"size": 1024, "style_dim": 512, "n_mlp": 8,
-                                                    "channel_multiplier": 2}
+    assert Generator.config_from_state_dict(sd) == {"size": 1024, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 2}
     g = load_on_meta(sd)
     assert g.n_latent == 18 and g.num_layers == 17 and len(sd) == len(layout["keys"])
 
 
 def test_psp_decoder_layout_loads_strict():
     layout = json.loads((shared_dir() / "reference_vectors" / "psp_layout.json").read_text())
-    shapes = {k[len("decoder."):]: v["shape"] for k, v in layout["keys"].items() if k.startswith("decoder.")}
+    shapes = {k[len("decoder.") :]: v["shape"] for k, v in layout["keys"].items() if k.startswith("decoder.")}
     sd = meta_state_dict(shapes)
-    assert Generator.config_from_state_dict(sd) == {"size": 64, "style_dim": 512, "n_mlp": 8,
-                                                    "channel_multiplier": 2}
+    assert Generator.config_from_state_dict(sd) == {"size": 64, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 2}
     assert load_on_meta(sd).n_latent == 10
 
 
@@ -203,13 +211,21 @@ def test_config_round_trip(size, cm):
 
 # --------------------------------------------------------------------------- 5. ONNX export
 
+
 def test_onnx_export_dynamic_batch(tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     g = small_generator(16)
     path = tmp_path / "g.onnx"
-    torch.onnx.export(g, (g.sample_latents(2, seed=0),), str(path), dynamo=True, input_names=["latents"],
-                      output_names=["image"], dynamic_shapes={"latents": {0: torch.export.Dim("batch", min=1, max=64)}})
+    torch.onnx.export(
+        g,
+        (g.sample_latents(2, seed=0),),
+        str(path),
+        dynamo=True,
+        input_names=["latents"],
+        output_names=["image"],
+        dynamic_shapes={"latents": {0: torch.export.Dim("batch", min=1, max=64)}},
+    )
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     ops = {n.op_type for n in model.graph.node}
@@ -228,6 +244,7 @@ def test_onnx_export_dynamic_batch(tmp_path):
 
 # --------------------------------------------------------------------------- 6. public reference vectors
 
+
 def test_matches_public_reference_images():
     """The pSp / ReStyle reference images (rosinality code, CPU) are this generator's output, pooled to 256."""
     ref_dir = shared_dir() / "reference_vectors"
@@ -239,7 +256,7 @@ def test_matches_public_reference_images():
         keys = {k: v for k, v in layout["keys"].items() if k.startswith("decoder.") or k == "latent_avg"}
         state = mk.synthesise(keys, layout["seed"])  # seeds depend on the full (prefixed) key
         latent_avg = state.pop("latent_avg")
-        sd = {k[len("decoder."):]: v for k, v in state.items()}
+        sd = {k[len("decoder.") :]: v for k, v in state.items()}
         g = Generator(**Generator.config_from_state_dict(sd))
         g.load_state_dict(sd, strict=True)
         g.eval()

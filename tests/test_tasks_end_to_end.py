@@ -5,6 +5,7 @@ the same checkpoint run in PyTorch on the same pre-processed input.
 The encoders are pSp's light backbone encoders (W and W+ heads over IR-50) and the generator
 is 16 px, so each build takes seconds; the FPN encoder is covered by the reference vectors.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,27 +26,49 @@ pytestmark = pytest.mark.slow(minutes=5)  # on 2 shared cores; conftest starts t
 # task -> (encoder type, input_nc, extra opts, expected manifest task options)
 TASKS = {
     "inversion": ("BackboneEncoderUsingLastLayerIntoW", 3, {"learn_in_w": True}, {}),
-    "super_resolution": ("BackboneEncoderUsingLastLayerIntoWPlus", 3,
-                         {"dataset_type": "celebs_super_resolution"}, {"factor": 8}),
+    "super_resolution": (
+        "BackboneEncoderUsingLastLayerIntoWPlus",
+        3,
+        {"dataset_type": "celebs_super_resolution"},
+        {"factor": 8},
+    ),
     "sketch": ("BackboneEncoderUsingLastLayerIntoWPlus", 1, {"dataset_type": "celebs_sketch_to_face"}, {}),
-    "segmentation": ("BackboneEncoderUsingLastLayerIntoW", 19,
-                     {"label_nc": 19, "learn_in_w": True, "dataset_type": "celebs_seg_to_face"}, {"label_nc": 19}),
+    "segmentation": (
+        "BackboneEncoderUsingLastLayerIntoW",
+        19,
+        {"label_nc": 19, "learn_in_w": True, "dataset_type": "celebs_seg_to_face"},
+        {"label_nc": 19},
+    ),
 }
 
 
 def write_psp_checkpoint(path, encoder_type: str, input_nc: int, extra_opts: dict) -> None:
     torch.manual_seed(input_nc)
     generator = Generator(16, style_dim=512, n_mlp=2, channel_multiplier=1)
-    encoder = build_encoder({"encoder_type": encoder_type, "num_layers": 50, "mode": "ir",
-                             "input_nc": input_nc, "n_styles": generator.n_latent})
+    encoder = build_encoder(
+        {
+            "encoder_type": encoder_type,
+            "num_layers": 50,
+            "mode": "ir",
+            "input_nc": input_nc,
+            "n_styles": generator.n_latent,
+        }
+    )
     with torch.no_grad():
         encoder.linear.weight.mul_(0.1)  # keep the codes in a sane range for an untrained encoder
     state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     state.update({f"decoder.{k}": v for k, v in generator.state_dict().items()})
     learn_in_w = extra_opts.get("learn_in_w", False)
     latent_avg = generator.mean_latent(256, seed=0)[0] if learn_in_w else generator.mean_latent(256).repeat(6, 1)
-    opts = {"encoder_type": encoder_type, "input_nc": input_nc, "label_nc": 0, "output_size": 16,
-            "start_from_latent_avg": True, "learn_in_w": False, **extra_opts}
+    opts = {
+        "encoder_type": encoder_type,
+        "input_nc": input_nc,
+        "label_nc": 0,
+        "output_size": 16,
+        "start_from_latent_avg": True,
+        "learn_in_w": False,
+        **extra_opts,
+    }
     torch.save({"state_dict": state, "opts": opts, "latent_avg": latent_avg}, path)
 
 
@@ -54,7 +77,7 @@ def sample_input(task: str) -> np.ndarray:
     if task == "segmentation":
         labels = np.zeros((300, 300), dtype=np.uint8)  # blocks of labels, resized to 256 by the SDK
         for i in range(6):
-            labels[i * 50:(i + 1) * 50] = rng.integers(0, 19)
+            labels[i * 50 : (i + 1) * 50] = rng.integers(0, 19)
         return labels
     yy, xx = np.mgrid[0:320, 0:280] / 320.0
     img = np.stack([xx, yy, (xx + yy) / 2], axis=-1) + 0.1 * rng.standard_normal((320, 280, 3))

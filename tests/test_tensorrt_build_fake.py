@@ -5,11 +5,11 @@ compute Conv/MatMul/Gemm on TF32-rounded operands (``fakes/tf32.py``). The compa
 Polygraphy for real: ``Comparator.run`` + ``SimpleCompareFunc`` over the fake engine's graph and
 the bundle's graph, both on ONNX Runtime (CPU).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fakes import fake_cuda, fake_tensorrt
 from fakes.tf32 import round_to_tf32
 
@@ -32,25 +32,31 @@ def matmul_folder(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     w = np.random.default_rng(0).standard_normal((K, N)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "mm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N])],
-                              [numpy_helper.from_array(w, "W")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N])],
+        [numpy_helper.from_array(w, "W")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch")
     model.ir_version = 8
     onnx.save(model, tmp_path / "mm.onnx")
-    entry = {"file": "mm.onnx", "precision": "fp32",
-             "inputs": [{"name": "x", "shape": ["batch", K], "dtype": "float32"}],
-             "outputs": [{"name": "y", "shape": ["batch", N], "dtype": "float32"}]}
+    entry = {
+        "file": "mm.onnx",
+        "precision": "fp32",
+        "inputs": [{"name": "x", "shape": ["batch", K], "dtype": "float32"}],
+        "outputs": [{"name": "y", "shape": ["batch", N], "dtype": "float32"}],
+    }
     return tmp_path, {"graphs": {"mm": entry}}
 
 
 def test_tf32_emulation_rounds_to_ten_mantissa_bits():
-    x = np.float32([1 + 2 ** -12, 1 + 3 * 2 ** -12, -3.14159265, 1e-30])
+    x = np.float32([1 + 2**-12, 1 + 3 * 2**-12, -3.14159265, 1e-30])
     got = round_to_tf32(x)
-    np.testing.assert_array_equal(got[:2], np.float32([1.0, 1 + 2 ** -10]))
+    np.testing.assert_array_equal(got[:2], np.float32([1.0, 1 + 2**-10]))
     assert (got.view(np.uint32) & 0x1FFF == 0).all()  # the 13 low mantissa bits are gone
-    np.testing.assert_allclose(got, x, rtol=2 ** -11)
+    np.testing.assert_allclose(got, x, rtol=2**-11)
 
 
 def test_fp32_builds_clear_tf32_and_pass_polygraphy(fake_build, tmp_path):
@@ -85,15 +91,21 @@ def test_the_parser_refuses_ops_tensorrt_has_no_importer_for(fake_build, tmp_pat
     from onnx import TensorProto, helper
 
     tb, _ = fake_build
-    graph = helper.make_graph([helper.make_node("Unique", ["x"], ["y"], name="dedupe")], "u",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    graph = helper.make_graph(
+        [helper.make_node("Unique", ["x"], ["y"], name="dedupe")],
+        "u",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "u.onnx")
     entry = {"inputs": [{"name": "x", "shape": ["batch"], "dtype": "float32"}]}
-    with pytest.raises(tb.EngineBuildError, match=r"rejected u\.onnx: In node dedupe .*No importer registered for op: "
-                                                  r"Unique"):
+    with pytest.raises(
+        tb.EngineBuildError,
+        match=r"rejected u\.onnx: In node dedupe .*No importer registered for op: "
+        r"Unique",
+    ):
         tb.build_engine(tmp_path / "u.onnx", entry, tb.EngineOptions(compare=False))
 
 

@@ -6,13 +6,13 @@ TensorRT and CUDA — binding order, shapes per profile, ping-pong buffers, one 
 inside the loop, stale-engine detection, error messages — never GPU numerics or speed
 (``tests/gpu/`` does that where a GPU exists).
 """
+
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 import pytest
-
 import tiny_bundle
 from fakes import fake_cuda, fake_tensorrt
 
@@ -36,11 +36,15 @@ def add_engines(bundle, max_batch=tiny_bundle.MAX_BATCH, **options):
 
 
 def x_input(batch=2, seed=0):
-    return np.random.default_rng(seed).uniform(-1, 1, (batch, tiny_bundle.C_X, tiny_bundle.S, tiny_bundle.S)).astype(
-        np.float32)
+    return (
+        np.random.default_rng(seed)
+        .uniform(-1, 1, (batch, tiny_bundle.C_X, tiny_bundle.S, tiny_bundle.S))
+        .astype(np.float32)
+    )
 
 
 # --------------------------------------------------------------------------- engine build
+
 
 def test_build_writes_engines_and_manifest_facts(fake_gpu, make_tiny_bundle):
     trt, _ = fake_gpu
@@ -55,8 +59,11 @@ def test_build_writes_engines_and_manifest_facts(fake_gpu, make_tiny_bundle):
     assert header["flags"] == 1 << 5  # STRONGLY_TYPED
     assert header["builder_flags"] == []  # no precision flags on a strongly typed network
     r = tiny_bundle.R
-    assert header["profile"]["z"] == [[1, tiny_bundle.M, tiny_bundle.D], [1, tiny_bundle.M, tiny_bundle.D],
-                                      [tiny_bundle.MAX_BATCH, tiny_bundle.M, tiny_bundle.D]]
+    assert header["profile"]["z"] == [
+        [1, tiny_bundle.M, tiny_bundle.D],
+        [1, tiny_bundle.M, tiny_bundle.D],
+        [tiny_bundle.MAX_BATCH, tiny_bundle.M, tiny_bundle.D],
+    ]
     enc = fake_tensorrt.read_plan((bundle / manifest["engines"]["encoder"]["file"]).read_bytes())[0]
     assert enc["profile"]["y"][2] == [tiny_bundle.MAX_BATCH, 3, r, r]
 
@@ -115,6 +122,7 @@ def test_bad_batch_profile_is_refused(fake_gpu, make_tiny_bundle):
 
 
 # --------------------------------------------------------------------------- runtime
+
 
 def test_loop_on_fake_tensorrt_matches_onnxruntime(fake_gpu, make_tiny_bundle):
     from sdk import Translator
@@ -182,8 +190,10 @@ def test_no_host_copies_between_engine_calls(fake_gpu, make_tiny_bundle):
     copies = [c for c in cudart.calls if c[0] == "cudaMemcpyAsync"]
     kinds = [c[1][3] for c in copies]
     # one upload of x before the loop, downloads of the last image and latents after it
-    assert kinds == [fake_cuda.cudaMemcpyKind.cudaMemcpyHostToDevice] + [
-        fake_cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost] * 2
+    assert (
+        kinds
+        == [fake_cuda.cudaMemcpyKind.cudaMemcpyHostToDevice] + [fake_cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost] * 2
+    )
     assert names.count("cudaMalloc") == 0  # buffers were allocated once, by the first call
     assert sum(e[0] == "execute_async_v3" for e in trt.log) == 6
 
@@ -200,10 +210,14 @@ def test_batch_outside_engine_profile(fake_gpu, make_tiny_bundle):
 
 # --------------------------------------------------------------------------- stale engines
 
-@pytest.mark.parametrize("field,value,message", [
-    ("tensorrt", "10.3.0.26", r"built for TensorRT 10\.3\.0\.26 \(this machine has 10\.8\.0\.34\)"),
-    ("compute_capability", "9.0", r"compute capability 9\.0.*this GPU: 8\.6"),
-])
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("tensorrt", "10.3.0.26", r"built for TensorRT 10\.3\.0\.26 \(this machine has 10\.8\.0\.34\)"),
+        ("compute_capability", "9.0", r"compute capability 9\.0.*this GPU: 8\.6"),
+    ],
+)
 def test_stale_engines_detected_before_deserialisation(fake_gpu, make_tiny_bundle, caplog, field, value, message):
     from sdk import StaleEngineError, Translator
 
@@ -284,4 +298,3 @@ def test_cuda_errors_name_the_call(fake_gpu, make_tiny_bundle):
         cudart.fail["cudaMalloc"] = fake_cuda.cudaError_t.cudaErrorMemoryAllocation
         with pytest.raises(BackendError, match=r"CUDA cudaMalloc\(\d+\) failed: cudaErrorMemoryAllocation"):
             t.infer(x_input())
-

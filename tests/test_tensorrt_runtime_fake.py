@@ -2,13 +2,13 @@
 error and driver requirement of a too-new cuda-python, the gpu extras' pinned pairs, engines from
 another GPU model, TensorRT's log, the current device per host thread, and the mapping graph's
 buffers. Through the stand-ins in ``tests/fakes`` (see test_tensorrt_fake.py)."""
+
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 import pytest
-
 import tiny_bundle
 from fakes import fake_cuda, fake_tensorrt
 from test_tensorrt_fake import add_engines, fake_gpu, x_input  # noqa: F401  (fake_gpu is a fixture)
@@ -36,11 +36,13 @@ def test_an_old_driver_is_named_with_its_requirement(monkeypatch):
 
 def test_gpu_extras_pin_matching_tensorrt_and_cuda_python_pairs():
     import re
-    import tomllib
     from pathlib import Path
 
+    import tomllib
+
     extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
     pairs = {"gpu-cu12": ("tensorrt-cu12", 10, 12), "gpu-cu13": ("tensorrt-cu13", 11, 13)}
     assert extras["gpu"] == extras["gpu-cu12"]
     for extra, (package, trt_major, cuda_major) in pairs.items():
@@ -50,16 +52,20 @@ def test_gpu_extras_pin_matching_tensorrt_and_cuda_python_pairs():
         assert f"<{cuda_major + 1}" in reqs["cuda-python"] and f">={cuda_major}" in reqs["cuda-python"]
 
 
-def test_another_gpu_model_of_the_same_capability_is_refused_unless_allowed(fake_gpu, make_tiny_bundle, caplog,
-                                                                           monkeypatch):
+def test_another_gpu_model_of_the_same_capability_is_refused_unless_allowed(
+    fake_gpu, make_tiny_bundle, caplog, monkeypatch
+):
     from sdk import StaleEngineError, Translator
 
     trt, cudart = fake_gpu
     bundle = make_tiny_bundle("iterative")
     add_engines(bundle)
     cudart.gpu_name = "NVIDIA A10"  # compute capability 8.6 too
-    with pytest.raises(StaleEngineError, match=r"GPU Fake GPU \(host memory\) \(this GPU: NVIDIA A10, same compute "
-                                               r"capability 8\.6.*GAN_ENCODER_RT_ALLOW_OTHER_GPU=1"):
+    with pytest.raises(
+        StaleEngineError,
+        match=r"GPU Fake GPU \(host memory\) \(this GPU: NVIDIA A10, same compute "
+        r"capability 8\.6.*GAN_ENCODER_RT_ALLOW_OTHER_GPU=1",
+    ):
         Translator(bundle, backend="tensorrt")
     assert not [e for e in trt.log if e[0] == "deserialize_cuda_engine"]
     monkeypatch.setenv("GAN_ENCODER_RT_ALLOW_OTHER_GPU", "1")
@@ -97,8 +103,9 @@ def test_device_1_is_used_from_every_thread_and_for_the_build(monkeypatch, make_
     fake_tensorrt.install(monkeypatch, cudart)
     bundle = make_tiny_bundle("iterative")
     manifest = add_engines(bundle, device=1)
-    assert {fake_tensorrt.read_plan((bundle / e["file"]).read_bytes())[0]["device"]
-            for e in manifest["engines"].values()} == {1}
+    assert {
+        fake_tensorrt.read_plan((bundle / e["file"]).read_bytes())[0]["device"] for e in manifest["engines"].values()
+    } == {1}
     cudart.current_device = 0
     x, results = x_input(), {}
     with Translator(bundle, backend="tensorrt", device=1) as t:
@@ -120,18 +127,30 @@ def add_mapping_graph(bundle):
 
     d = tiny_bundle.D
     w = np.random.default_rng(1).standard_normal((d, d)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["z", "W"], ["w"])], "mapping",
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", d])],
-                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, ["batch", d])],
-                              [numpy_helper.from_array(w, "W")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["z", "W"], ["w"])],
+        "mapping",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", d])],
+        [helper.make_tensor_value_info("w", TensorProto.FLOAT, ["batch", d])],
+        [numpy_helper.from_array(w, "W")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch")
     model.ir_version = 8
     onnx.save(model, bundle / "mapping.onnx")
     sha = hashlib.sha256((bundle / "mapping.onnx").read_bytes()).hexdigest()
-    tiny_bundle.edit_manifest(bundle, lambda m: m["graphs"].__setitem__("mapping", {
-        "file": "mapping.onnx", "sha256": sha, "precision": "fp32",
-        "inputs": [{"name": "z", "role": "sample", "shape": ["batch", d], "dtype": "float32"}],
-        "outputs": [{"name": "w", "role": "style", "shape": ["batch", d], "dtype": "float32"}]}))
+    tiny_bundle.edit_manifest(
+        bundle,
+        lambda m: m["graphs"].__setitem__(
+            "mapping",
+            {
+                "file": "mapping.onnx",
+                "sha256": sha,
+                "precision": "fp32",
+                "inputs": [{"name": "z", "role": "sample", "shape": ["batch", d], "dtype": "float32"}],
+                "outputs": [{"name": "w", "role": "style", "shape": ["batch", d], "dtype": "float32"}],
+            },
+        ),
+    )
     return w
 
 

@@ -1,16 +1,16 @@
 """The public API (sdk/translator.py): images in and out, infer's input checks, lifetime."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 from PIL import Image
 
 import sdk
 from sdk import BackendError, BundleError, InputError, Translator
 from sdk.imaging import to_uint8_image
 from sdk.tasks import preprocess
-
-import tiny_bundle as tb
 
 
 def _image(h: int, w: int, seed: int) -> np.ndarray:
@@ -28,11 +28,13 @@ def translator(tiny_bundles):
 
 @pytest.fixture(scope="module")
 def sr_bundle(tiny_graphs, tmp_path_factory):
-    return tb.write_bundle(tmp_path_factory.mktemp("sr") / "sr", tiny_graphs, "iterative",
-                           task="super_resolution", factor=8)
+    return tb.write_bundle(
+        tmp_path_factory.mktemp("sr") / "sr", tiny_graphs, "iterative", task="super_resolution", factor=8
+    )
 
 
 # --------------------------------------------------------------------------- images
+
 
 def test_properties(translator):
     assert translator.input_shape == (3, 256, 256)
@@ -55,8 +57,9 @@ def test_call_with_iterations(translator):
     image = _image(256, 256, 1)
     x = translator.preprocess(image)[None]
     for n in (1, 4):
-        np.testing.assert_array_equal(translator(image, iterations=n),
-                                      to_uint8_image(translator.infer(x, iterations=n).images[0]))
+        np.testing.assert_array_equal(
+            translator(image, iterations=n), to_uint8_image(translator.infer(x, iterations=n).images[0])
+        )
     assert not np.array_equal(translator(image, iterations=1), translator(image, iterations=4))
 
 
@@ -93,8 +96,20 @@ def test_call_rejects_bad_images(translator):
 
 # --------------------------------------------------------------------------- infer checks
 
-@pytest.mark.parametrize("shape", [(1, 3, 256), (1, 1, 3, 256, 256), (256, 256), (1, 4, 256, 256),
-                                   (1, 6, 256, 256), (1, 3, 128, 128), (1, 3, 256, 255), (3, 256, 255)])
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1, 3, 256),
+        (1, 1, 3, 256, 256),
+        (256, 256),
+        (1, 4, 256, 256),
+        (1, 6, 256, 256),
+        (1, 3, 128, 128),
+        (1, 3, 256, 255),
+        (3, 256, 255),
+    ],
+)
 def test_infer_wrong_shape(translator, shape):
     with pytest.raises(InputError) as err:
         translator.infer(np.zeros(shape, np.float32))
@@ -180,6 +195,7 @@ def test_result_type(translator):
 
 # --------------------------------------------------------------------------- lifetime
 
+
 def test_close_then_infer(tiny_bundles):
     t = Translator(tiny_bundles["iterative"], backend="onnxruntime", threads=1)
     t.infer(_x(1, 0))
@@ -207,6 +223,7 @@ def test_context_manager_closes_on_error(tiny_bundles):
 
 
 # --------------------------------------------------------------------------- opening
+
 
 def test_missing_bundle_folder(tmp_path):
     with pytest.raises(BundleError) as err:

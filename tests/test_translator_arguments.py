@@ -6,6 +6,7 @@ translate sample turns every refusal into one line and exit code 2.
 Each test names one defect class; every refusal is an ``SdkError`` subclass whose message names
 the argument and what it should be.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,6 +16,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 from PIL import Image
 
 import sdk.translator as translator_module
@@ -22,8 +24,6 @@ from sdk import BackendError, InputError, Translator
 from sdk.device_arrays import device_view
 from sdk.imaging import as_rgb_uint8
 from sdk.translator import MAX_DEVICE, max_threads
-
-import tiny_bundle as tb
 
 
 def _refused(fn, *args, error=InputError, **kwargs) -> str:
@@ -57,13 +57,16 @@ def seg(tiny_graphs, tmp_path_factory):
 @pytest.fixture
 def nothing_opened(monkeypatch):
     """Fail the test if the constructor gets as far as opening the bundle or a backend."""
+
     def boom(*args, **kwargs):
         raise AssertionError("the constructor did work before refusing its arguments")
+
     monkeypatch.setattr(translator_module, "Bundle", boom)
     monkeypatch.setattr(translator_module, "create_backend", boom)
 
 
 # --------------------------------------------------------------------------- constructor
+
 
 @pytest.mark.parametrize("threads", ["2", 1.5, -1, 0, True, np.float64(2.0), 10**5, 2**64, [2]])
 def test_threads_outside_one_to_the_bound_are_refused_before_any_work(tiny_bundles, nothing_opened, threads):
@@ -85,43 +88,51 @@ def test_numpy_int_threads_open(tiny_bundles):
         assert tr.infer(_x(), iterations=1).images.shape == (1, 3, tb.R, tb.R)
 
 
-@pytest.mark.parametrize("kwargs,error,needle", [
-    ({"backend": 3}, BackendError, "unknown backend 3; expected one of"),
-    ({"backend": None}, BackendError, "unknown backend None"),
-    ({"backend": ["onnxruntime"]}, BackendError, "unknown backend ['onnxruntime']"),
-    ({"backend": np.array(["auto", "auto"])}, BackendError, "unknown backend array("),
-    ({"verify": "no"}, InputError, "verify must be True or False; got 'no' (str)"),
-    ({"verify": 0}, InputError, "verify must be True or False; got 0 (int)"),
-    ({"cuda_graphs": "yes"}, InputError, "cuda_graphs must be True or False; got 'yes'"),
-    ({"device": "0"}, InputError, f"device (a GPU index) must be an int in 0..{MAX_DEVICE}; got '0'"),
-    ({"device": 1.0}, InputError, "got 1.0 (float)"),
-    ({"device": -1}, InputError, "got -1 (int)"),
-    ({"device": 10**30}, InputError, f"in 0..{MAX_DEVICE}"),
-    ({"device": False}, InputError, "got False (bool)"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,needle",
+    [
+        ({"backend": 3}, BackendError, "unknown backend 3; expected one of"),
+        ({"backend": None}, BackendError, "unknown backend None"),
+        ({"backend": ["onnxruntime"]}, BackendError, "unknown backend ['onnxruntime']"),
+        ({"backend": np.array(["auto", "auto"])}, BackendError, "unknown backend array("),
+        ({"verify": "no"}, InputError, "verify must be True or False; got 'no' (str)"),
+        ({"verify": 0}, InputError, "verify must be True or False; got 0 (int)"),
+        ({"cuda_graphs": "yes"}, InputError, "cuda_graphs must be True or False; got 'yes'"),
+        ({"device": "0"}, InputError, f"device (a GPU index) must be an int in 0..{MAX_DEVICE}; got '0'"),
+        ({"device": 1.0}, InputError, "got 1.0 (float)"),
+        ({"device": -1}, InputError, "got -1 (int)"),
+        ({"device": 10**30}, InputError, f"in 0..{MAX_DEVICE}"),
+        ({"device": False}, InputError, "got False (bool)"),
+    ],
+)
 def test_constructor_options_are_type_checked_before_any_work(tiny_bundles, nothing_opened, kwargs, error, needle):
     assert needle in _refused(Translator, tiny_bundles["iterative"], error=error, **kwargs)
 
 
 def test_numpy_bools_are_bools(tiny_bundles):
-    with Translator(tiny_bundles["iterative"], backend="onnxruntime", threads=1, verify=np.True_,
-                    cuda_graphs=np.False_) as tr:
+    with Translator(
+        tiny_bundles["iterative"], backend="onnxruntime", threads=1, verify=np.True_, cuda_graphs=np.False_
+    ) as tr:
         assert tr.infer(_x(), iterations=1, return_steps=np.False_).steps is None
 
 
 # --------------------------------------------------------------------------- scalar call arguments
+
 
 @pytest.mark.parametrize("value", ["no", "yes", 0, 1, None, [True]])
 def test_return_steps_must_be_a_bool(t, value):
     assert f"return_steps must be True or False; got {value!r}" in _refused(t.infer, _x(), return_steps=value)
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    ({"output": np.array(["host"])}, "output must be 'host' (numpy arrays) or 'device'"),
-    ({"early_exit": np.array([0.1])}, "early_exit must be a positive number"),
-    ({"iterations": "3"}, "iterations must be an int in 1.."),
-    ({"early_exit": 10**400}, "early_exit must be a positive number"),  # float() of it overflows
-])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"output": np.array(["host"])}, "output must be 'host' (numpy arrays) or 'device'"),
+        ({"early_exit": np.array([0.1])}, "early_exit must be a positive number"),
+        ({"iterations": "3"}, "iterations must be an int in 1.."),
+        ({"early_exit": 10**400}, "early_exit must be a positive number"),  # float() of it overflows
+    ],
+)
 def test_array_valued_and_odd_scalars_are_refused(t, kwargs, needle):
     assert needle in _refused(t.infer, _x(), **kwargs)
 
@@ -133,6 +144,7 @@ def test_scalar_arguments_are_checked_before_the_input_is_converted(t, monkeypat
 
     def no_preprocessing(*args, **kwargs):
         raise AssertionError("pre-processing ran before the iterations were checked")
+
     monkeypatch.setattr(translator_module, "preprocess", no_preprocessing)
     assert "iterations must be an int" in _refused(t, _image(), iterations=0)
 
@@ -140,19 +152,23 @@ def test_scalar_arguments_are_checked_before_the_input_is_converted(t, monkeypat
 def test_mix_checks_every_argument_before_running_the_loop(t, monkeypatch):
     def no_loop(*args, **kwargs):
         raise AssertionError("the loop ran before mix() checked its arguments")
+
     monkeypatch.setattr(t, "infer", no_loop)
     good = {"latent_mask": [1], "inject_latents": np.zeros((1, tb.D), np.float32)}
     assert "inject_latents must be [1, 4, 8] or [1, 8]" in _refused(
-        t.mix, _x(), **{**good, "inject_latents": np.zeros((2, tb.D), np.float32)})
+        t.mix, _x(), **{**good, "inject_latents": np.zeros((2, tb.D), np.float32)}
+    )
     assert "iterations must be an int" in _refused(t.mix, _x(), iterations=-1, **good)
     assert "seed must be a non-negative int" in _refused(t.mix, _x(), seed=1.5, **good)
     assert "alpha must be a number in [0, 1]" in _refused(t.mix, _x(), alpha=10**400, **good)
     assert "no mapping graph" in _refused(t.mix, _x(), latent_mask=[1])
-    assert "latent_mask must list layer indices" in _refused(t.mix, _x(), latent_mask=itertools.count(),
-                                                             inject_latents=good["inject_latents"])
+    assert "latent_mask must list layer indices" in _refused(
+        t.mix, _x(), latent_mask=itertools.count(), inject_latents=good["inject_latents"]
+    )
 
 
 # --------------------------------------------------------------------------- shapes before copies
+
 
 def _peak_mib(fn) -> float:
     tracemalloc.start()
@@ -177,16 +193,22 @@ def test_broadcast_batches_are_refused_by_shape_without_a_copy(t, call):
         "inject_latents": lambda: t.mix(_x(), latent_mask=[1], inject_latents=z[:, 0]),
     }
     msg = _refused(calls[call])
-    assert ("batch size 1000000" in msg or "batch size 10000000" in msg or "got init latents of shape [10000000"
-            in msg or "got [10000000, 8]" in msg)
+    assert (
+        "batch size 1000000" in msg
+        or "batch size 10000000" in msg
+        or "got init latents of shape [10000000" in msg
+        or "got [10000000, 8]" in msg
+    )
     assert _peak_mib(calls[call]) < 16
 
 
 @pytest.mark.parametrize("call", ["infer", "synthesise", "init", "inject_latents", "image", "labels"])
 def test_masked_arrays_are_refused(t, seg, call):
     """The mask would be silently ignored: refused, with the fix (``.filled``)."""
+
     def masked(a):
         return np.ma.masked_array(a, mask=np.zeros(a.shape, bool))
+
     z = np.zeros((1, tb.M, tb.D), np.float32)
     prev = t.infer(_x(), iterations=1)
     calls = {
@@ -201,16 +223,23 @@ def test_masked_arrays_are_refused(t, seg, call):
     assert "masked array" in msg and ".filled(" in msg
 
 
-@pytest.mark.parametrize("call,value,needle", [
-    ("image", [[1, 2, 3], [1, 2]], "image must be a numeric array; got list that numpy cannot make a regular array"),
-    ("image", [[[0, 0, 0]], [[0, 0]]], "ragged nested lists?"),
-    ("image", np.array([np.zeros((2, 2)), None], dtype=object), "non-numeric array (Python objects)"),
-    ("image", b"\x89PNG", "encoded file bytes?"),
-    ("synthesise", [[0.0] * tb.D, [0.0]], "latents must be a float array; got list"),
-    ("synthesise", np.array([None] * tb.D, dtype=object), "non-numeric"),
-    ("image", "broken", "got _BrokenArray that numpy cannot make a regular array of"),
-    ("synthesise", "broken", "latents must be a float array; got _BrokenArray"),
-])
+@pytest.mark.parametrize(
+    "call,value,needle",
+    [
+        (
+            "image",
+            [[1, 2, 3], [1, 2]],
+            "image must be a numeric array; got list that numpy cannot make a regular array",
+        ),
+        ("image", [[[0, 0, 0]], [[0, 0]]], "ragged nested lists?"),
+        ("image", np.array([np.zeros((2, 2)), None], dtype=object), "non-numeric array (Python objects)"),
+        ("image", b"\x89PNG", "encoded file bytes?"),
+        ("synthesise", [[0.0] * tb.D, [0.0]], "latents must be a float array; got list"),
+        ("synthesise", np.array([None] * tb.D, dtype=object), "non-numeric"),
+        ("image", "broken", "got _BrokenArray that numpy cannot make a regular array of"),
+        ("synthesise", "broken", "latents must be a float array; got _BrokenArray"),
+    ],
+)
 def test_ragged_and_object_arrays_are_refused(t, call, value, needle):
     """Also an object whose ``__array__`` raises (:class:`_BrokenArray`): its error is the cause."""
     fn = t if call == "image" else t.synthesise
@@ -235,12 +264,34 @@ def test_malformed_cuda_array_interface_is_an_input_error():
 
 # --------------------------------------------------------------------------- images
 
+
 def _gray(h: int = 12, w: int = 10) -> np.ndarray:
     return np.random.default_rng(3).integers(0, 256, (h, w), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("mode", ["1", "L", "LA", "La", "P", "PA", "I", "I;16", "I;16B", "F", "RGB", "RGBA", "RGBa",
-                                  "RGBX", "CMYK", "YCbCr", "HSV", "LAB"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "1",
+        "L",
+        "LA",
+        "La",
+        "P",
+        "PA",
+        "I",
+        "I;16",
+        "I;16B",
+        "F",
+        "RGB",
+        "RGBA",
+        "RGBa",
+        "RGBX",
+        "CMYK",
+        "YCbCr",
+        "HSV",
+        "LAB",
+    ],
+)
 def test_pil_images_of_every_mode_become_rgb(mode):
     """Each mode gives HxWx3 uint8; gray modes their gray values (16-bit ones scaled to 8 bits),
     the others Pillow's own RGB conversion."""
@@ -280,11 +331,14 @@ def test_sixteen_bit_png_is_scaled_not_washed_white(tmp_path):
     np.testing.assert_array_equal(as_rgb_uint8(ramp), out)  # a uint16 array is 16-bit too
 
 
-@pytest.mark.parametrize("values,needle", [
-    (np.full((4, 4), 70000, np.int32), "16-bit values 0..65535 are accepted"),
-    (np.full((4, 4), 300.0, np.float32), "a PIL mode F image must be in [0, 255]"),
-    (np.full((4, 4), np.nan, np.float32), "NaN or Inf"),
-])
+@pytest.mark.parametrize(
+    "values,needle",
+    [
+        (np.full((4, 4), 70000, np.int32), "16-bit values 0..65535 are accepted"),
+        (np.full((4, 4), 300.0, np.float32), "a PIL mode F image must be in [0, 255]"),
+        (np.full((4, 4), np.nan, np.float32), "NaN or Inf"),
+    ],
+)
 def test_pil_values_out_of_range_are_refused(values, needle):
     assert needle in _refused(as_rgb_uint8, Image.fromarray(values))
 
@@ -305,14 +359,17 @@ def _truncated_png(path) -> None:
     path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("missing", "cannot read the image file '{path}': No such file"),
-    ("folder", "cannot read the image file '{path}'"),
-    ("text", "cannot read the image file '{path}'"),
-    ("truncated", "cannot decode the image file '{path}' (mode RGB)"),
-    ("nul", "cannot read the image file"),
-    ("huge", "at most 8192 px a side"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing", "cannot read the image file '{path}': No such file"),
+        ("folder", "cannot read the image file '{path}'"),
+        ("text", "cannot read the image file '{path}'"),
+        ("truncated", "cannot decode the image file '{path}' (mode RGB)"),
+        ("nul", "cannot read the image file"),
+        ("huge", "at most 8192 px a side"),
+    ],
+)
 def test_unreadable_image_files_name_the_file(t, tmp_path, case, needle):
     path = tmp_path / "img.png"
     if case == "folder":
@@ -347,6 +404,7 @@ def test_label_map_from_a_palette_png(seg, tmp_path):
 
 # --------------------------------------------------------------------------- the CLI
 
+
 def test_translate_sample_one_line_and_exit_2(tiny_bundles, tmp_path, caplog):
     from samples import translate
 
@@ -368,4 +426,3 @@ def test_translate_sample_one_line_and_exit_2(tiny_bundles, tmp_path, caplog):
         assert rc == 2 and len(errors) == 1 and "\n" not in errors[0] and needle in errors[0], (args, errors)
     assert translate.main(["--bundle", bundle, "--backend", "onnxruntime", "--output", str(tmp_path / "ok.png")]) == 0
     assert Image.open(tmp_path / "ok.png").size == (2 * tb.R, tb.R)
-

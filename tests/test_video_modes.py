@@ -4,14 +4,14 @@ Warm start: the recurrence started from a caller's (z, y) instead of the average
 the loop stops after the first step whose mean |z_{t+1} - z_t| (largest over the batch) is
 below the threshold, and reports each step's change.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import tiny_bundle as tb
 
 from sdk import InputError
-
-import tiny_bundle as tb
 
 TWIN = dict(rtol=0, atol=1e-4)
 

@@ -3,6 +3,7 @@
 The clip is written with OpenCV into tmp_path and the tiny bundles (S = 256 input, R = 16
 output) stand in for the demo model, so the sample is exercised at sizes other than the demo's.
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,6 +74,7 @@ def summary_value(out: str, label: str) -> float:
 
 # --------------------------------------------------------------------------- end to end
 
+
 @pytest.mark.parametrize("face", [True, False], ids=["face", "no-face"])
 def test_headless_output_has_every_input_frame_at_the_composite_size(clip, sr_bundle, tmp_path, capsys, face):
     out = tmp_path / "out.mp4"
@@ -104,8 +106,21 @@ def infer_calls(monkeypatch):
 
 
 def test_warm_start_and_early_exit_reach_the_loop(clip, sr_bundle, capsys, infer_calls):
-    assert run_sample("--source", clip, "--bundle", sr_bundle, "--no-face", "--warm-start", "--early-exit", "0.05",
-                      "--iterations", 4) == 0
+    assert (
+        run_sample(
+            "--source",
+            clip,
+            "--bundle",
+            sr_bundle,
+            "--no-face",
+            "--warm-start",
+            "--early-exit",
+            "0.05",
+            "--iterations",
+            4,
+        )
+        == 0
+    )
     frames = infer_calls[1:]  # [0] is the warm-up
     assert len(frames) == FRAMES
     assert all(n == 4 and exit_at == 0.05 for n, _, exit_at, _ in frames)
@@ -113,12 +128,30 @@ def test_warm_start_and_early_exit_reach_the_loop(clip, sr_bundle, capsys, infer
     assert [warm for _, warm, _, _ in frames] == [i % 4 != 0 for i in range(FRAMES)]
     ran = [r for *_, r in frames]
     assert all(1 <= r <= 4 for r in ran)
-    assert summary_value(capsys.readouterr().out, "iterations per frame (mean)") == pytest.approx(np.mean(ran), abs=0.01)
+    assert summary_value(capsys.readouterr().out, "iterations per frame (mean)") == pytest.approx(
+        np.mean(ran), abs=0.01
+    )
 
 
 def test_warm_frames_run_their_own_iterations(clip, sr_bundle, infer_calls):
-    assert run_sample("--source", clip, "--bundle", sr_bundle, "--no-face", "--warm-start", 1, "--warm-refresh", 0,
-                      "--iterations", 3, "--max-frames", 5) == 0
+    assert (
+        run_sample(
+            "--source",
+            clip,
+            "--bundle",
+            sr_bundle,
+            "--no-face",
+            "--warm-start",
+            1,
+            "--warm-refresh",
+            0,
+            "--iterations",
+            3,
+            "--max-frames",
+            5,
+        )
+        == 0
+    )
     assert [(n, warm) for n, warm, _, _ in infer_calls[1:]] == [(3, False)] + [(1, True)] * 4
 
 
@@ -127,8 +160,9 @@ def test_headless_without_output_prints_statistics(clip, tiny_bundles, capsys):
     assert summary_value(capsys.readouterr().out, "frames") == 5
 
 
-@pytest.mark.parametrize("source, message", [("missing.mp4", "no such video file"),
-                                             ("97", "camera 97 cannot be opened")])
+@pytest.mark.parametrize(
+    "source, message", [("missing.mp4", "no such video file"), ("97", "camera 97 cannot be opened")]
+)
 def test_a_source_that_cannot_open_fails_clearly(tiny_bundles, tmp_path, caplog, source, message):
     source = str(tmp_path / source) if source.endswith(".mp4") else source
     with caplog.at_level(logging.ERROR):
@@ -148,16 +182,19 @@ def test_warm_start_on_a_one_pass_bundle_fails_clearly(clip, tiny_bundles, caplo
     assert "a warm start needs an iterative bundle" in caplog.text
 
 
-@pytest.mark.parametrize("bad", [["--early-exit", "0"], ["--warm-start", "0"], ["--warm-refresh", "-1"],
-                                 ["--iterations", "0"]])
+@pytest.mark.parametrize(
+    "bad", [["--early-exit", "0"], ["--warm-start", "0"], ["--warm-refresh", "-1"], ["--iterations", "0"]]
+)
 def test_bad_arguments_exit_with_usage(bad):
     with pytest.raises(SystemExit) as e:
         webcam_sr.parse_args(bad)
     assert e.value.code == 2
 
 
-@pytest.mark.skipif("NONE" not in re.search(r"GUI:\s*(\S+)", cv2.getBuildInformation()).group(1),
-                    reason="an OpenCV build with windows: nothing to refuse")
+@pytest.mark.skipif(
+    "NONE" not in re.search(r"GUI:\s*(\S+)", cv2.getBuildInformation()).group(1),
+    reason="an OpenCV build with windows: nothing to refuse",
+)
 def test_a_headless_opencv_says_how_to_get_a_window(monkeypatch):
     monkeypatch.setenv("DISPLAY", ":0")
     with pytest.raises(SampleError, match="opencv-python"):
@@ -165,6 +202,7 @@ def test_a_headless_opencv_says_how_to_get_a_window(monkeypatch):
 
 
 # --------------------------------------------------------------------------- parts
+
 
 def test_simulated_low_resolution_is_what_the_model_sees(sr_bundle):
     with Translator(sr_bundle, backend="onnxruntime", threads=1) as t:

@@ -1,5 +1,6 @@
 """Winograd F(4x4, 3x3) convolutions (export/winograd_conv.py): equal to F.conv2d in PyTorch and in
 ONNX Runtime, swapped in only where eligible, and used by the CPU form of the graphs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +9,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.winograd_conv import (ODD, STRIDED_M4_MAX_EXTRA, WEIGHT_BOUND, WinogradConv2d, eligible, even_phase,
-                                  replace_convs, strided_even_phase, toom_cook, transformed_weight, worth_it,
-                                  worth_it_strided)
+from export.winograd_conv import (
+    ODD,
+    STRIDED_M4_MAX_EXTRA,
+    WEIGHT_BOUND,
+    WinogradConv2d,
+    eligible,
+    even_phase,
+    replace_convs,
+    strided_even_phase,
+    toom_cook,
+    transformed_weight,
+    worth_it,
+    worth_it_strided,
+)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -55,14 +67,15 @@ def test_styles_fold_where_the_maps_outweigh_the_weights():
     assert not WinogradConv2d(torch.randn(8, 8, 3, 3), stride=2).folds_styles_cheaply(1024)
 
 
-@pytest.mark.parametrize("m,r,points", [(4, 3, (0, 1, -1, 2, -2)), (4, 2, (0, 1, -1, 2)), (2, 2, (0, 1)),
-                                        (2, 3, (0, 1, -1))])
+@pytest.mark.parametrize(
+    "m,r,points", [(4, 3, (0, 1, -1, 2, -2)), (4, 2, (0, 1, -1, 2)), (2, 2, (0, 1)), (2, 3, (0, 1, -1))]
+)
 def test_toom_cook_gives_a_correlation(m, r, points):
     """``AT @ ((G @ g) * (BT @ d))`` is the m-output correlation of g with d, and BT is integral."""
     at, g, bt = toom_cook(m, r, points)
     rng = np.random.default_rng(m * r)
     w, d = rng.standard_normal(r), rng.standard_normal(m + r - 1)
-    want = np.array([w @ d[i:i + r] for i in range(m)])
+    want = np.array([w @ d[i : i + r] for i in range(m)])
     assert np.allclose(at @ ((g @ w) * (bt @ d)), want, atol=1e-12)
     assert np.array_equal(bt, np.round(bt))
     with pytest.raises(ValueError, match="distinct finite points"):
@@ -78,8 +91,8 @@ def test_stride_two_transforms_match_the_polyphase_split(m):
     rng = np.random.default_rng(3)
     w, d = rng.standard_normal(3), rng.standard_normal(even.span)
     evens = even.at @ ((even.g @ w[list(even.taps)]) * (even.bt @ d))
-    odds = np.array([(ODD.g @ w[list(ODD.taps)]) * (ODD.bt @ d[2 * i:2 * i + ODD.span]) for i in range(m)])[:, 0]
-    want = np.array([w @ d[2 * i:2 * i + 3] for i in range(m)])
+    odds = np.array([(ODD.g @ w[list(ODD.taps)]) * (ODD.bt @ d[2 * i : 2 * i + ODD.span]) for i in range(m)])[:, 0]
+    want = np.array([w @ d[2 * i : 2 * i + 3] for i in range(m)])
     assert np.allclose(evens + odds, want, atol=1e-12)
     assert even.positions + ODD.positions * m == 2 * m + 1 and even.step == 2 * m and ODD.step == 2
     torch.manual_seed(m)
@@ -199,8 +212,7 @@ def test_cpu_form_of_the_graphs_uses_it():
     from export.optimize import optimize_graph
 
     torch.manual_seed(2)
-    g = Generator(16, 32, 2, channel_multiplier=1,
-                  channels={4: 256, 8: 256, 16: 128}).eval()
+    g = Generator(16, 32, 2, channel_multiplier=1, channels={4: 256, 8: 256, 16: 128}).eval()
     graph = GeneratorGraph(g).eval()
     portable, names = optimize_graph(graph)
     cpu, cpu_names = optimize_graph(graph, cpu=True)

@@ -1,5 +1,6 @@
 """The Winograd products' transposes folded into ONNX Runtime's FusedMatMul for batch 1
 (export/winograd_matmuls.py), as the build applies it (export/batch1_branch.apply_batch1_rewrites)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,7 @@ class _WinogradNet(nn.Module):
     def __init__(self):
         super().__init__()
         g = torch.Generator().manual_seed(0)
-        w = lambda o, i: torch.randn(o, i, 3, 3, generator=g) / (3 * i ** 0.5)  # noqa: E731
+        w = lambda o, i: torch.randn(o, i, 3, 3, generator=g) / (3 * i**0.5)  # noqa: E731
         self.modulated = WinogradConv2d(w(32, 32))  # 16 px: 16 tiles, 32 < 4 * 16 outputs -> MatMul
         self.strided = WinogradConv2d(w(96, 32), torch.randn(96, generator=g), stride=2)
         self.wide = WinogradConv2d(w(128, 96))  # 8 px: 4 tiles, 128 outputs -> grouped 1x1 convs

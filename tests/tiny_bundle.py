@@ -16,14 +16,16 @@ Bundle variants (:data:`VARIANTS`): ``iterative`` (one repeating feedback stage)
 ``single`` (one pSp stage, no repeat) and ``two_stage`` (pSp stage then feedback stage,
 no repeat: an E2Style-like schedule of two different graphs).
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +48,7 @@ VARIANTS = {
 
 # --------------------------------------------------------------------------- numpy twin
 
+
 @dataclass
 class TinyModel:
     """The weights of the toy graphs and a numpy implementation of each (float64)."""
@@ -57,7 +60,7 @@ class TinyModel:
     latent_avg: np.ndarray  # [M, D]
 
     @classmethod
-    def make(cls, seed: int = 0) -> "TinyModel":
+    def make(cls, seed: int = 0) -> TinyModel:
         rng = np.random.default_rng(seed)
         enc_w, enc_b = {}, {}
         for key, (feedback, _) in GRAPHS.items():
@@ -93,6 +96,7 @@ class TinyModel:
 
 
 # --------------------------------------------------------------------------- torch modules
+
 
 def _torch_modules(model: TinyModel):
     import torch
@@ -159,8 +163,9 @@ def export_graphs(folder: Path, seed: int = 0) -> TinyGraphs:
     y = average_image[None].repeat(2, 1, 1, 1)
     z = latent_avg[None].repeat(2, 1, 1) + 0.1 * torch.randn(2, M, D, generator=rng)
     for key, (feedback, residual) in GRAPHS.items():
-        step = EncoderStep(encoders[key], feedback=feedback, residual=residual, input_size=S, output_size=R,
-                           n_latent=M).eval()
+        step = EncoderStep(
+            encoders[key], feedback=feedback, residual=residual, input_size=S, output_size=R, n_latent=M
+        ).eval()
         inputs = {"x": x, **({"y": y} if feedback else {}), **({"z": z} if residual else {})}
         export_onnx(step, inputs, "z_next", folder / f"{key}.onnx", MAX_BATCH)
         assert check_parity(step, folder / f"{key}.onnx", inputs, key, 1e-5).ok
@@ -171,23 +176,38 @@ def export_graphs(folder: Path, seed: int = 0) -> TinyGraphs:
 
 # --------------------------------------------------------------------------- bundles
 
+
 def _io(name: str) -> tuple[str, list]:
-    return {"x": ("condition", ["batch", C_X, S, S]), "y": ("image", ["batch", 3, R, R]),
-            "z": ("latents", ["batch", M, D])}[name]
-
-
-def _graph_entry(key: str, file: str, sha: str, input_names: list[str], out_name: str, out_role: str,
-                 out_shape: list) -> dict:
     return {
-        "file": file, "sha256": sha, "precision": "fp32",
+        "x": ("condition", ["batch", C_X, S, S]),
+        "y": ("image", ["batch", 3, R, R]),
+        "z": ("latents", ["batch", M, D]),
+    }[name]
+
+
+def _graph_entry(
+    key: str, file: str, sha: str, input_names: list[str], out_name: str, out_role: str, out_shape: list
+) -> dict:
+    return {
+        "file": file,
+        "sha256": sha,
+        "precision": "fp32",
         "inputs": [{"name": n, "role": _io(n)[0], "shape": _io(n)[1], "dtype": "float32"} for n in input_names],
         "outputs": [{"name": out_name, "role": out_role, "shape": out_shape, "dtype": "float32"}],
     }
 
 
-def write_bundle(target: Path, graphs: TinyGraphs, variant: str = "iterative", *, task: str = "inversion",
-                 factor: int = 4, batch: tuple[int, int] = (1, MAX_BATCH), default_iterations: int | None = None,
-                 edit: Callable[[dict], Any] | None = None) -> Path:
+def write_bundle(
+    target: Path,
+    graphs: TinyGraphs,
+    variant: str = "iterative",
+    *,
+    task: str = "inversion",
+    factor: int = 4,
+    batch: tuple[int, int] = (1, MAX_BATCH),
+    default_iterations: int | None = None,
+    edit: Callable[[dict], Any] | None = None,
+) -> Path:
     """Write a bundle of ``variant`` at ``target`` with ``sdk.bundle.BundleWriter``; the manifest
     mirrors ``build_bundle``'s. ``edit(manifest)`` may change the manifest before commit."""
     from sdk.bundle import SCHEMA_VERSION, BundleWriter
@@ -200,11 +220,13 @@ def write_bundle(target: Path, graphs: TinyGraphs, variant: str = "iterative", *
             file = f"{key}.onnx"
             shutil.copyfile(graphs.folder / file, writer.path(file))
             names = ["x"] + (["y"] if feedback else []) + (["z"] if residual else [])
-            manifest_graphs[key] = _graph_entry(key, file, writer.add(file), names, "z_next", "latents",
-                                                ["batch", M, D])
+            manifest_graphs[key] = _graph_entry(
+                key, file, writer.add(file), names, "z_next", "latents", ["batch", M, D]
+            )
         shutil.copyfile(graphs.folder / "generator.onnx", writer.path("generator.onnx"))
-        manifest_graphs["generator"] = _graph_entry("generator", "generator.onnx", writer.add("generator.onnx"),
-                                                    ["z"], "image", "image", ["batch", 3, R, R])
+        manifest_graphs["generator"] = _graph_entry(
+            "generator", "generator.onnx", writer.add("generator.onnx"), ["z"], "image", "image", ["batch", 3, R, R]
+        )
         np.savez(writer.path("constants.npz"), latent_avg=graphs.latent_avg, average_image=graphs.average_image)
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -216,8 +238,11 @@ def write_bundle(target: Path, graphs: TinyGraphs, variant: str = "iterative", *
             "latent": {"count": M, "dim": D},
             "batch": {"min": batch[0], "max": batch[1]},
             "graphs": manifest_graphs,
-            "constants": {"file": "constants.npz", "sha256": writer.add("constants.npz"),
-                          "arrays": {"latent_avg": [M, D], "average_image": [3, R, R]}},
+            "constants": {
+                "file": "constants.npz",
+                "sha256": writer.add("constants.npz"),
+                "arrays": {"latent_avg": [M, D], "average_image": [3, R, R]},
+            },
             "schedule": {
                 "stages": [{"graph": k, "feedback": GRAPHS[k][0], "residual": GRAPHS[k][1]} for k in keys],
                 "repeat_last": repeat_last,
@@ -272,4 +297,5 @@ def rehash(bundle: Path, file: str, keys: tuple = ("constants",)) -> dict:
         for k in keys:
             d = d[k]
         d["sha256"] = sha256_file(bundle / file)
+
     return edit_manifest(bundle, edit)

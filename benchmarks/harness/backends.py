@@ -14,11 +14,12 @@ can time the encoder step and the generator separately.
 * ``onnxruntime-cuda``, ``tensorrt``, ``tensorrt-cudagraphs``: the same Translator on a GPU,
   where the machine has one (each reports why it is skipped otherwise).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -80,8 +81,9 @@ class EagerLoop:
             self.generator.set_fused(False)
 
     def stage_targets(self) -> list[StageTarget]:
-        return [StageTarget(st, "encoder", "encoder") for st in self.stages] + \
-            [StageTarget(self, "_generate", "generator")]
+        return [StageTarget(st, "encoder", "encoder") for st in self.stages] + [
+            StageTarget(self, "_generate", "generator")
+        ]
 
     @torch.no_grad()
     def run(self, x: np.ndarray, iterations: int) -> np.ndarray:
@@ -108,9 +110,19 @@ class ExportModulesLoop:
 
     def __init__(self, ckpt: LoadedCheckpoint):
         gen = ckpt.generator.eval()
-        self.steps = [optimize_graph(EncoderStep(st.encoder, feedback=st.feedback, residual=st.residual,
-                                                 input_size=ckpt.input_size, output_size=gen.size,
-                                                 n_latent=gen.n_latent).eval())[0] for st in ckpt.stages]
+        self.steps = [
+            optimize_graph(
+                EncoderStep(
+                    st.encoder,
+                    feedback=st.feedback,
+                    residual=st.residual,
+                    input_size=ckpt.input_size,
+                    output_size=gen.size,
+                    n_latent=gen.n_latent,
+                ).eval()
+            )[0]
+            for st in ckpt.stages
+        ]
         self.generator = optimize_graph(GeneratorGraph(gen).eval())[0]
         self.latent_avg = ckpt.latent_avg
         with torch.no_grad():
@@ -143,8 +155,12 @@ class ExportModulesLoop:
 class TranslatorLoop:
     """``onnxruntime`` and the GPU back ends: ``sdk.Translator.infer`` on a bundle."""
 
-    SDK_NAMES = {"onnxruntime": ("onnxruntime", False), "onnxruntime-cuda": ("onnxruntime-cuda", False),
-                 "tensorrt": ("tensorrt", False), "tensorrt-cudagraphs": ("tensorrt", True)}
+    SDK_NAMES = {
+        "onnxruntime": ("onnxruntime", False),
+        "onnxruntime-cuda": ("onnxruntime-cuda", False),
+        "tensorrt": ("tensorrt", False),
+        "tensorrt-cudagraphs": ("tensorrt", True),
+    }
 
     def __init__(self, name: str, bundle, threads: int):
         backend, graphs = self.SDK_NAMES[name]
@@ -211,6 +227,7 @@ def stage_split(run: Callable[[], object], targets: list[StageTarget], runs: int
                 return fn(*args, **kwargs)
             finally:
                 acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+
         return wrapper
 
     for target, fn in saved:

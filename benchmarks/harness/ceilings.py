@@ -12,6 +12,7 @@
 Both are noisy on a shared host; the harness measures them before and after the back ends and
 reports medians (and maxima: the least disturbed samples).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -96,7 +97,7 @@ class Ceiling:
     max_gflops: float
 
     @classmethod
-    def of(cls, name: str, flops: float, seconds: list[float]) -> "Ceiling":
+    def of(cls, name: str, flops: float, seconds: list[float]) -> Ceiling:
         rates = [flops / s / 1e9 for s in seconds]
         return cls(name, [round(r, 2) for r in rates], float(np.median(rates)), float(max(rates)))
 
@@ -118,7 +119,7 @@ def numpy_matmul(repeats: int = 7, n: int = MATMUL_N) -> Ceiling:
     """``a @ b`` in float32 through numpy's BLAS (its own thread count: OPENBLAS_NUM_THREADS etc.)."""
     rng = np.random.default_rng(0)
     a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
-    return Ceiling.of("matmul_numpy", 2.0 * n ** 3, _timed(lambda: a @ b, repeats))
+    return Ceiling.of("matmul_numpy", 2.0 * n**3, _timed(lambda: a @ b, repeats))
 
 
 def ort_matmul(threads: int, repeats: int = 7, n: int = MATMUL_N) -> Ceiling:
@@ -136,7 +137,7 @@ def ort_matmul(threads: int, repeats: int = 7, n: int = MATMUL_N) -> Ceiling:
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {"A": rng.random((n, n), dtype=np.float32), "B": rng.random((n, n), dtype=np.float32)}
-    return Ceiling.of("matmul_onnxruntime", 2.0 * n ** 3, _timed(lambda: session.run(None, feeds), repeats))
+    return Ceiling.of("matmul_onnxruntime", 2.0 * n**3, _timed(lambda: session.run(None, feeds), repeats))
 
 
 def _cpu_flags() -> set[str]:
@@ -199,9 +200,11 @@ def measure_ceilings(threads: int, cache: Path, repeats: int = 7) -> dict:
     """Every ceiling this machine can measure; a ceiling that cannot be measured is reported with
     its reason instead of a number."""
     out: dict = {}
-    for name, fn in (("matmul_numpy", lambda: numpy_matmul(repeats)),
-                     ("matmul_onnxruntime", lambda: ort_matmul(threads, repeats)),
-                     ("fma_loop", lambda: fma_loop(threads, cache, repeats))):
+    for name, fn in (
+        ("matmul_numpy", lambda: numpy_matmul(repeats)),
+        ("matmul_onnxruntime", lambda: ort_matmul(threads, repeats)),
+        ("fma_loop", lambda: fma_loop(threads, cache, repeats)),
+    ):
         try:
             out[name] = fn().as_dict()
         except CeilingError as e:

@@ -16,6 +16,7 @@ Per node:
 Shape-only nodes and data movement (``Reshape``, ``Concat``, ``Transpose``, ...) count no
 FLOPs; views (``Reshape``, ``Squeeze``, ...) count no bytes either, copies do.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,12 +30,36 @@ from onnx import shape_inference
 log = logging.getLogger(__name__)
 
 DENSE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-FREE = {"Shape", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Concat", "Slice", "Gather",
-        "Expand", "Identity", "Constant", "ConstantOfShape", "Cast", "Range", "Tile", "Pad", "Split"}
+FREE = {
+    "Shape",
+    "Reshape",
+    "Unsqueeze",
+    "Squeeze",
+    "Flatten",
+    "Transpose",
+    "Concat",
+    "Slice",
+    "Gather",
+    "Expand",
+    "Identity",
+    "Constant",
+    "ConstantOfShape",
+    "Cast",
+    "Range",
+    "Tile",
+    "Pad",
+    "Split",
+}
 VIEWS = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Shape", "Constant"}  # no data moves
 REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceSumSquare", "GlobalAveragePool", "ReduceL2"}
-_ITEM = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.INT64: 8,
-         onnx.TensorProto.INT32: 4, onnx.TensorProto.BOOL: 1, onnx.TensorProto.DOUBLE: 8}
+_ITEM = {
+    onnx.TensorProto.FLOAT: 4,
+    onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.INT64: 8,
+    onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.BOOL: 1,
+    onnx.TensorProto.DOUBLE: 8,
+}
 
 
 class FlopsError(RuntimeError):
@@ -61,7 +86,7 @@ class GraphCost:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GraphCost":
+    def from_dict(cls, d: dict) -> GraphCost:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -120,12 +145,19 @@ def graph_cost(path: Path | str, batch: int = 1) -> GraphCost:
         raise FlopsError(f"shape inference failed on {path}: {type(e).__name__}: {e}") from None
     shapes = _shapes(model)
     weights = {i.name for i in model.graph.initializer}
-    cost = GraphCost(weight_bytes=float(sum(np.prod(i.dims) * _ITEM.get(i.data_type, 4)
-                                            for i in model.graph.initializer)))
+    cost = GraphCost(
+        weight_bytes=float(sum(np.prod(i.dims) * _ITEM.get(i.data_type, 4) for i in model.graph.initializer))
+    )
     for node in model.graph.node:
-        sizes = {} if node.op_type in VIEWS else {
-            n: float(np.prod(shapes[n][0])) * shapes[n][1] for n in list(node.input) + list(node.output)
-            if n and n in shapes}
+        sizes = (
+            {}
+            if node.op_type in VIEWS
+            else {
+                n: float(np.prod(shapes[n][0])) * shapes[n][1]
+                for n in list(node.input) + list(node.output)
+                if n and n in shapes
+            }
+        )
         w_bytes = sum(v for n, v in sizes.items() if n in weights)
         cost.bytes += sum(sizes.values())
         flops, dense = 0.0, node.op_type in DENSE

@@ -5,14 +5,15 @@ minutes. Every comparison therefore runs its candidates in turn (A B C A B C ...
 round sees the same state of the host, and is summarised by medians, by the median of the
 per-round ratios against a reference candidate, and by minimums (the least disturbed runs).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -30,7 +31,7 @@ class Stats:
     min_s: float
 
     @classmethod
-    def of(cls, samples: list[float], per: int = 1) -> "Stats":
+    def of(cls, samples: list[float], per: int = 1) -> Stats:
         a = np.asarray(samples, dtype=np.float64) / per
         return cls([float(v) for v in a], float(np.median(a)), float(np.percentile(a, 95)), float(a.min()))
 
@@ -38,8 +39,13 @@ class Stats:
         return asdict(self)
 
 
-def interleave(candidates: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1,
-               desc: str = "measure", progress: bool = True) -> dict[str, list[float]]:
+def interleave(
+    candidates: Mapping[str, Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    desc: str = "measure",
+    progress: bool = True,
+) -> dict[str, list[float]]:
     """Wall seconds of each call, ``rounds`` rounds of every candidate in turn after ``warmup``
     unmeasured rounds. The order rotates each round so no candidate always follows the same one
     (a runtime's spinning threads or a cold cache would otherwise always charge the same one)."""
@@ -50,7 +56,7 @@ def interleave(candidates: Mapping[str, Callable[[], object]], rounds: int, warm
     samples: dict[str, list[float]] = {n: [] for n in names}
     with tqdm(range(rounds), desc=desc, unit="round", disable=not progress, leave=False) as bar:
         for r in bar:
-            order = names[r % len(names):] + names[:r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 t0 = time.perf_counter()
                 candidates[name]()
@@ -67,10 +73,12 @@ def ratios(samples: Mapping[str, list[float]], reference: str) -> dict[str, dict
     for name, values in samples.items():
         v = np.asarray(values)
         per_round = ref / v
-        out[name] = {"ratio_of_medians": float(np.median(ref) / np.median(v)),
-                     "median_of_round_ratios": float(np.median(per_round)),
-                     "ratio_of_minimums": float(ref.min() / v.min()),
-                     "round_ratio_range": [float(per_round.min()), float(per_round.max())]}
+        out[name] = {
+            "ratio_of_medians": float(np.median(ref) / np.median(v)),
+            "median_of_round_ratios": float(np.median(per_round)),
+            "ratio_of_minimums": float(ref.min() / v.min()),
+            "round_ratio_range": [float(per_round.min()), float(per_round.max())],
+        }
     return out
 
 

@@ -13,6 +13,7 @@ stay finite through the loop, which these rules were chosen for.
 At 1024 px the key set and shapes are checked against the public FFHQ-1024 layout
 (``../shared/checkpoint_layouts/restyle_psp_ffhq_1024_GradualStyleEncoder.json``).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,10 @@ def _shared_file(sub: str) -> Path:
     for base in (SHARED, VENDORED):  # the team's shared folder first, then the vendored copy
         if (base / sub).is_file():
             return base / sub
-    raise ModelError(f"neither {SHARED / sub} nor {VENDORED / sub} exists; the reference layouts are needed "
-                     f"to synthesise the reference-scale checkpoints")
+    raise ModelError(
+        f"neither {SHARED / sub} nor {VENDORED / sub} exists; the reference layouts are needed "
+        f"to synthesise the reference-scale checkpoints"
+    )
 
 
 def _rule_key(key: str) -> str:
@@ -82,8 +85,15 @@ def reference_state(size: int, input_nc: int = 6) -> tuple[dict, torch.Tensor]:
     rules = json.loads(_shared_file(RULES_LAYOUT).read_text())["keys"]
     with torch.device("meta"):  # shapes only: no memory for the module weights
         generator = Generator(size, style_dim=512, n_mlp=8, channel_multiplier=2)
-        encoder = build_encoder({"encoder_type": "GradualStyleEncoder", "num_layers": 50, "mode": "ir_se",
-                                 "input_nc": input_nc, "n_styles": generator.n_latent})
+        encoder = build_encoder(
+            {
+                "encoder_type": "GradualStyleEncoder",
+                "num_layers": 50,
+                "mode": "ir_se",
+                "input_nc": input_nc,
+                "n_styles": generator.n_latent,
+            }
+        )
     shapes = {f"encoder.{k}": tuple(v.shape) for k, v in encoder.state_dict().items()}
     shapes.update({f"decoder.{k}": tuple(v.shape) for k, v in generator.state_dict().items()})
     seed = f"reference-scale-{size}"
@@ -112,8 +122,14 @@ def write_reference_checkpoint(size: int, path: Path) -> Path:
     if size not in SIZES:
         raise ModelError(f"reference models exist at {SIZES} px, not {size}")
     state, latent_avg = reference_state(size)
-    opts = {"encoder_type": "GradualStyleEncoder", "input_nc": 6, "output_size": size, "n_iters_per_batch": 5,
-            "start_from_latent_avg": True, "dataset_type": "ffhq_encode"}
+    opts = {
+        "encoder_type": "GradualStyleEncoder",
+        "input_nc": 6,
+        "output_size": size,
+        "n_iters_per_batch": 5,
+        "start_from_latent_avg": True,
+        "dataset_type": "ffhq_encode",
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"state_dict": state, "opts": opts, "latent_avg": latent_avg}, tmp)

@@ -1,5 +1,6 @@
 """PNG plots of a results JSON (matplotlib, headless): latency against N per back end, throughput
 against the batch size, and PSNR against compute for the loop's video modes."""
+
 from __future__ import annotations
 
 import json
@@ -51,13 +52,30 @@ def _sweep(run: dict, path: Path, field: str, title: str, y: str, ylabel: str, p
 
 
 def latency_vs_iterations(run: dict, path: Path) -> Path | None:
-    return _sweep(run, path, "by_iterations", "Latency per frame against iterations N (batch 1, median)", "median_s",
-                  "seconds per frame", lambda m: m["model"], xlabel="iterations N")
+    return _sweep(
+        run,
+        path,
+        "by_iterations",
+        "Latency per frame against iterations N (batch 1, median)",
+        "median_s",
+        "seconds per frame",
+        lambda m: m["model"],
+        xlabel="iterations N",
+    )
 
 
 def throughput_vs_batch(run: dict, path: Path) -> Path | None:
-    return _sweep(run, path, "by_batch", "Throughput against batch size", "fps", "frames per second",
-                  lambda m: f"{m['model']} (N = {m['batch_iterations']})", xlabel="batch", xscale="log")
+    return _sweep(
+        run,
+        path,
+        "by_batch",
+        "Throughput against batch size",
+        "fps",
+        "frames per second",
+        lambda m: f"{m['model']} (N = {m['batch_iterations']})",
+        xlabel="batch",
+        xscale="log",
+    )
 
 
 def psnr_vs_compute(quality: dict, path: Path) -> Path | None:
@@ -66,7 +84,9 @@ def psnr_vs_compute(quality: dict, path: Path) -> Path | None:
     clips = quality.get("clips", {})
     if plt is None or not clips:
         return None
-    fig, axes = _grid(plt, len(clips), f"PSNR against compute per frame ({quality['model']}, early exit and warm start)")
+    fig, axes = _grid(
+        plt, len(clips), f"PSNR against compute per frame ({quality['model']}, early exit and warm start)"
+    )
     markers = "osD^v<>p*"
     for ax, (name, clip) in zip(axes, clips.items()):
         kinds = list(dict.fromkeys(r["kind"] for r in clip if r["kind"] != "bicubic"))  # cold, warm, exit, ...
@@ -93,8 +113,10 @@ def _save(fig, plt, path: Path) -> Path:
 def write_plots(run: dict, folder: Path) -> dict[str, Path]:
     """Every plot the run has data for, into ``folder``; name -> file."""
     run = json.loads(json.dumps(run))  # keys as in the JSON file
-    made = {"latency_vs_iterations": latency_vs_iterations(run, folder / "latency_vs_iterations.png"),
-            "throughput_vs_batch": throughput_vs_batch(run, folder / "throughput_vs_batch.png")}
+    made = {
+        "latency_vs_iterations": latency_vs_iterations(run, folder / "latency_vs_iterations.png"),
+        "throughput_vs_batch": throughput_vs_batch(run, folder / "throughput_vs_batch.png"),
+    }
     if run.get("quality"):
         made["psnr_vs_compute"] = psnr_vs_compute(run["quality"], folder / "psnr_vs_compute.png")
     return {k: v for k, v in made.items() if v is not None}

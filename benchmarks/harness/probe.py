@@ -21,6 +21,7 @@ libraries alone are hundreds of MB resident). Prints one JSON object:
 * ``first_frame_s``: the first call (buffers are allocated then), ``frame_s``: the later ones;
 * ``rss_open_mib``, ``peak_rss_mib``: resident memory after opening, and the peak over the run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,8 +88,9 @@ def _open_pytorch(checkpoint: str, threads: int, name: str):
     return loop.run, shape
 
 
-def probe(backend: str, source: str, iterations: int, frames: int, threads: int, seed: int = 0,
-          page_cache: str = "warm") -> dict:
+def probe(
+    backend: str, source: str, iterations: int, frames: int, threads: int, seed: int = 0, page_cache: str = "warm"
+) -> dict:
     page_cache = prepare_page_cache(source, page_cache)
     base = rss_mib()
     t0 = time.perf_counter()
@@ -104,9 +106,20 @@ def probe(backend: str, source: str, iterations: int, frames: int, threads: int,
         t0 = time.perf_counter()
         run(x, iterations)
         times.append(time.perf_counter() - t0)
-    return {"backend": backend, "iterations": iterations, "frames": frames, "threads": threads, "page_cache": page_cache,
-            "rss_before_open_mib": base, "open_s": open_s, "first_frame_s": times[0] if times else None,
-            "frame_s": times[1:], "rss_open_mib": rss_open, "rss_end_mib": rss_mib(), "peak_rss_mib": peak_rss_mib()}
+    return {
+        "backend": backend,
+        "iterations": iterations,
+        "frames": frames,
+        "threads": threads,
+        "page_cache": page_cache,
+        "rss_before_open_mib": base,
+        "open_s": open_s,
+        "first_frame_s": times[0] if times else None,
+        "frame_s": times[1:],
+        "rss_open_mib": rss_open,
+        "rss_end_mib": rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
+    }
 
 
 def main(argv=None) -> int:
@@ -116,14 +129,21 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=5, help="loop iterations per frame (default 5)")
     p.add_argument("--frames", type=int, default=3, help="frames to run after opening (default 3; 0: open only)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
-    p.add_argument("--page-cache", choices=PAGE_CACHE_STATES, default="warm",
-                   help="the source's files in the page cache before opening (warm, default) or dropped from it (cold)")
+    p.add_argument(
+        "--page-cache",
+        choices=PAGE_CACHE_STATES,
+        default="warm",
+        help="the source's files in the page cache before opening (warm, default) or dropped from it (cold)",
+    )
     args = p.parse_args(argv)
     if args.frames < 0:
         p.error(f"--frames {args.frames}: give 0 (open only) or more")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    print(json.dumps(probe(args.backend, args.source, args.iterations, args.frames, args.threads,
-                           page_cache=args.page_cache)))
+    print(
+        json.dumps(
+            probe(args.backend, args.source, args.iterations, args.frames, args.threads, page_cache=args.page_cache)
+        )
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ of :mod:`benchmarks.harness.flops` (bytes halved: an FP16 engine stores every fl
 A frame of N iterations costs N x (encoder step + generator); CUDA graphs (the SDK records the
 loop) make launch overheads negligible, and they are ignored.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -22,15 +23,29 @@ from benchmarks.harness.flops import DENSE, GraphCost
 
 # Data-sheet figures: dense FP16 tensor-core TFLOPS (no sparsity) and memory bandwidth (GB/s).
 GPUS = {
-    "H100 SXM5": (989.4, 3350.0, "NVIDIA H100 data sheet: FP16 Tensor Core 1979 TFLOPS with sparsity (989.4 "
-                                 "dense), HBM3 3.35 TB/s"),
-    "A100 SXM4 80GB": (312.0, 2039.0, "NVIDIA A100 data sheet: FP16 Tensor Core 312 TFLOPS dense (624 sparse), "
-                                      "HBM2e 2039 GB/s"),
-    "RTX 4090": (165.2, 1008.0, "Ada Lovelace (AD102) whitepaper: FP16 Tensor TFLOPS with FP32 accumulate 165.2 "
-                                "dense (330.3 with FP16 accumulate), GDDR6X 1008 GB/s"),
-    "Jetson AGX Orin 64GB": (42.5, 204.8, "Jetson AGX Orin technical brief: GPU tensor cores 170 sparse INT8 TOPS = "
-                                          "85 dense INT8 = 42.5 dense FP16 TFLOPS (HMMA at half the IMMA rate), "
-                                          "LPDDR5 204.8 GB/s"),
+    "H100 SXM5": (
+        989.4,
+        3350.0,
+        "NVIDIA H100 data sheet: FP16 Tensor Core 1979 TFLOPS with sparsity (989.4 dense), HBM3 3.35 TB/s",
+    ),
+    "A100 SXM4 80GB": (
+        312.0,
+        2039.0,
+        "NVIDIA A100 data sheet: FP16 Tensor Core 312 TFLOPS dense (624 sparse), HBM2e 2039 GB/s",
+    ),
+    "RTX 4090": (
+        165.2,
+        1008.0,
+        "Ada Lovelace (AD102) whitepaper: FP16 Tensor TFLOPS with FP32 accumulate 165.2 "
+        "dense (330.3 with FP16 accumulate), GDDR6X 1008 GB/s",
+    ),
+    "Jetson AGX Orin 64GB": (
+        42.5,
+        204.8,
+        "Jetson AGX Orin technical brief: GPU tensor cores 170 sparse INT8 TOPS = "
+        "85 dense INT8 = 42.5 dense FP16 TFLOPS (HMMA at half the IMMA rate), "
+        "LPDDR5 204.8 GB/s",
+    ),
 }
 E_COMPUTE = 0.5  # fraction of the dense tensor-core peak a TensorRT convolution reaches (assumed)
 E_MEMORY = 0.7  # fraction of the data-sheet bandwidth streaming kernels reach (assumed)
@@ -47,8 +62,9 @@ class GraphEstimate:
         return asdict(self)
 
 
-def estimate_graph(cost: GraphCost, tflops: float, gbps: float, e_compute: float = E_COMPUTE,
-                   e_memory: float = E_MEMORY) -> GraphEstimate:
+def estimate_graph(
+    cost: GraphCost, tflops: float, gbps: float, e_compute: float = E_COMPUTE, e_memory: float = E_MEMORY
+) -> GraphEstimate:
     flops_rate, byte_rate = tflops * 1e12 * e_compute, gbps * 1e9 * e_memory
     fused = unfused = compute = 0.0
     for op, flops, act_bytes, w_bytes in cost.nodes:
@@ -62,8 +78,13 @@ def estimate_graph(cost: GraphCost, tflops: float, gbps: float, e_compute: float
     return GraphEstimate(1e3 * fused, 1e3 * unfused, 1e3 * compute)
 
 
-def estimate_loop(costs: dict[str, GraphCost], stage_graphs: list[str], max_iterations: int = 5,
-                  e_compute: float = E_COMPUTE, e_memory: float = E_MEMORY) -> dict:
+def estimate_loop(
+    costs: dict[str, GraphCost],
+    stage_graphs: list[str],
+    max_iterations: int = 5,
+    e_compute: float = E_COMPUTE,
+    e_memory: float = E_MEMORY,
+) -> dict:
     """Per GPU: each graph's estimate and frames per second for N = 1..max_iterations."""
     out = {}
     for gpu, (tflops, gbps, source) in GPUS.items():
@@ -74,7 +95,19 @@ def estimate_loop(costs: dict[str, GraphCost], stage_graphs: list[str], max_iter
             fused = sum(graphs[k].fused_ms for k in keys)
             unfused = sum(graphs[k].unfused_ms for k in keys)
             fps[n] = {"fused_fps": 1e3 / fused, "unfused_fps": 1e3 / unfused}
-        out[gpu] = {"fp16_tflops": tflops, "bandwidth_gbps": gbps, "source": source,
-                    "graphs": {k: v.as_dict() for k, v in graphs.items()}, "fps": fps}
-    return {"assumptions": {"e_compute": e_compute, "e_memory": e_memory, "bytes": "FP16 (half the float32 count)",
-                            "launch_overhead": "ignored (CUDA graphs)"}, "gpus": out}
+        out[gpu] = {
+            "fp16_tflops": tflops,
+            "bandwidth_gbps": gbps,
+            "source": source,
+            "graphs": {k: v.as_dict() for k, v in graphs.items()},
+            "fps": fps,
+        }
+    return {
+        "assumptions": {
+            "e_compute": e_compute,
+            "e_memory": e_memory,
+            "bytes": "FP16 (half the float32 count)",
+            "launch_overhead": "ignored (CUDA graphs)",
+        },
+        "gpus": out,
+    }

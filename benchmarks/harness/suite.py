@@ -11,6 +11,7 @@ What :func:`run_model` measures, in this order (the ceilings bracket the timed b
 6. the per-stage split (encoder step, generator, the rest; pre- and post-processing);
 7. the ceilings, after.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import ceilings as ceil
-from benchmarks.harness.backends import (CPU_BACKENDS, GPU_BACKENDS, BackendUnavailable, make_backend,
-                                         stage_split)
+from benchmarks.harness.backends import CPU_BACKENDS, GPU_BACKENDS, BackendUnavailable, make_backend, stage_split
 from benchmarks.harness.flops import GraphCost, graph_cost, loop_cost
 from benchmarks.harness.measure import Stats, interleave, load_average, ratios
 from benchmarks.harness.models import write_reference_checkpoint
@@ -79,8 +79,12 @@ def reference_model(size: int, cache: Path) -> Model:
     if not ckpt.exists():
         log.info("writing the %d px reference-scale checkpoint to %s", size, ckpt)
         write_reference_checkpoint(size, ckpt)
-    return Model(f"reference-{size}", ckpt, cache / f"bundle_reference_{size}",
-                 f"reference scale, {size} px: IR-SE-50 FPN encoder (6 ch), StyleGAN2 {size} px")
+    return Model(
+        f"reference-{size}",
+        ckpt,
+        cache / f"bundle_reference_{size}",
+        f"reference scale, {size} px: IR-SE-50 FPN encoder (6 ch), StyleGAN2 {size} px",
+    )
 
 
 def demo_model(cache: Path) -> Model:
@@ -124,10 +128,24 @@ def graph_costs(bundle: Path, cache: Path) -> dict[str, GraphCost]:
     return out
 
 
-def run_probe(backend: str, source: Path, settings: Settings, page_cache: str = "warm", frames: int | None = None) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.harness.probe", backend, str(source), "--iterations",
-           str(settings.iterations), "--frames", str(settings.probe_frames if frames is None else frames),
-           "--threads", str(settings.threads), "--page-cache", page_cache]
+def run_probe(
+    backend: str, source: Path, settings: Settings, page_cache: str = "warm", frames: int | None = None
+) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.harness.probe",
+        backend,
+        str(source),
+        "--iterations",
+        str(settings.iterations),
+        "--frames",
+        str(settings.probe_frames if frames is None else frames),
+        "--threads",
+        str(settings.threads),
+        "--page-cache",
+        page_cache,
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SuiteError(f"probe {backend} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
@@ -140,8 +158,9 @@ def probe_both_caches(backend: str, source: Path, settings: Settings) -> dict:
     warm probe's reading puts them back."""
     cold = run_probe(backend, source, settings, page_cache="cold", frames=1)
     warm = run_probe(backend, source, settings, page_cache="warm")
-    return dict(warm, open_cold_s=cold["open_s"], first_frame_cold_s=cold["first_frame_s"],
-                page_cache_cold=cold["page_cache"])
+    return dict(
+        warm, open_cold_s=cold["open_s"], first_frame_cold_s=cold["first_frame_s"], page_cache_cold=cold["page_cache"]
+    )
 
 
 def _parity(loops: dict, x: np.ndarray, n: int) -> dict:
@@ -157,8 +176,10 @@ def _parity(loops: dict, x: np.ndarray, n: int) -> dict:
         report[f"after_{steps}"] = {k: float(np.abs(v - ref).max()) / scale for k, v in images.items()}
     bad = {k: v for k, v in report["after_1"].items() if not v <= PARITY_BOUND}
     if bad:
-        raise SuiteError(f"back ends disagree with {REFERENCE} beyond {PARITY_BOUND} after one iteration: {bad}; "
-                         f"not timing different computations")
+        raise SuiteError(
+            f"back ends disagree with {REFERENCE} beyond {PARITY_BOUND} after one iteration: {bad}; "
+            f"not timing different computations"
+        )
     return report
 
 
@@ -192,8 +213,12 @@ def _efficiency(stats: dict, loop_flops: float, peak: float, fma: float) -> dict
     for k, s in stats.items():
         gflops = loop_flops / s["median_s"] / 1e9
         best = loop_flops / s["min_s"] / 1e9
-        out[k] = {"gflops": gflops, "of_matmul_peak": gflops / peak, "of_fma_ceiling": gflops / fma,
-                  "best_gflops": best}
+        out[k] = {
+            "gflops": gflops,
+            "of_matmul_peak": gflops / peak,
+            "of_fma_ceiling": gflops / fma,
+            "best_gflops": best,
+        }
     return out
 
 
@@ -215,21 +240,32 @@ def run_model(model: Model, settings: Settings) -> dict:
     stage_graphs = [st.graph for st in manifest.schedule.stages]
     costs = graph_costs(bundle, s.cache)
     executed = executed_fraction(manifest.raw)
-    result.update({
-        "checkpoint": {"file": model.checkpoint.name, "sha256": ckpt.sha256, "format": ckpt.format},
-        "bundle": str(bundle), "resolution": manifest.output_size, "latents": manifest.latent_count,
-        "input": [ckpt.condition_channels, ckpt.input_size, ckpt.input_size], "iterations": s.iterations,
-        "batch_iterations": s.batch_iterations,
-        "rewrites": {k: g.get("rewrites", []) for k, g in manifest.raw["graphs"].items()},
-        "flops": {"graphs": {k: c.as_dict() for k, c in costs.items()},
-                  "loop": {n: loop_cost(costs, stage_graphs, n) for n in range(1, 6)}},
-        "roofline": estimate_loop(costs, stage_graphs),
-        "executed_fraction": executed,
-        "cpu_rewrites": {k: (g.get("onnxruntime_cpu") or {}).get("rewrites", []) for k, g in manifest.raw["graphs"].items()},
-    })
+    result.update(
+        {
+            "checkpoint": {"file": model.checkpoint.name, "sha256": ckpt.sha256, "format": ckpt.format},
+            "bundle": str(bundle),
+            "resolution": manifest.output_size,
+            "latents": manifest.latent_count,
+            "input": [ckpt.condition_channels, ckpt.input_size, ckpt.input_size],
+            "iterations": s.iterations,
+            "batch_iterations": s.batch_iterations,
+            "rewrites": {k: g.get("rewrites", []) for k, g in manifest.raw["graphs"].items()},
+            "flops": {
+                "graphs": {k: c.as_dict() for k, c in costs.items()},
+                "loop": {n: loop_cost(costs, stage_graphs, n) for n in range(1, 6)},
+            },
+            "roofline": estimate_loop(costs, stage_graphs),
+            "executed_fraction": executed,
+            "cpu_rewrites": {
+                k: (g.get("onnxruntime_cpu") or {}).get("rewrites", []) for k, g in manifest.raw["graphs"].items()
+            },
+        }
+    )
     log.info("%s: cold start and memory, one fresh process per back end", model.name)
-    result["probes"] = {"onnxruntime": probe_both_caches("onnxruntime", bundle, s),
-                        REFERENCE: probe_both_caches(REFERENCE, model.checkpoint, s)}
+    result["probes"] = {
+        "onnxruntime": probe_both_caches("onnxruntime", bundle, s),
+        REFERENCE: probe_both_caches(REFERENCE, model.checkpoint, s),
+    }
     loops, skipped = {}, {}
     for name in s.backends:
         try:
@@ -248,31 +284,45 @@ def run_model(model: Model, settings: Settings) -> dict:
     return result
 
 
-def _timings(loops: dict, ckpt: LoadedCheckpoint, s: Settings, stage_graphs: list, costs: dict,
-             executed: dict) -> dict:
+def _timings(loops: dict, ckpt: LoadedCheckpoint, s: Settings, stage_graphs: list, costs: dict, executed: dict) -> dict:
     n, x = s.iterations, _input(ckpt, 1)
     out: dict = {"parity": _parity(loops, x, n)}
     log.info("ceilings (before)")
     before = ceil.measure_ceilings(s.threads, s.cache, s.ceiling_repeats)
     log.info("latency: %d back ends, N=%d, batch 1, %d interleaved rounds", len(loops), n, s.rounds)
-    samples = interleave({k: (lambda loop=loop: loop.run(x, n)) for k, loop in loops.items()}, s.rounds, s.warmup,
-                         desc="latency", progress=s.progress)
+    samples = interleave(
+        {k: (lambda loop=loop: loop.run(x, n)) for k, loop in loops.items()},
+        s.rounds,
+        s.warmup,
+        desc="latency",
+        progress=s.progress,
+    )
     out["latency"] = {k: Stats.of(v).as_dict() for k, v in samples.items()}
     out["speedup"] = ratios(samples, REFERENCE)
 
     sweep = {k: loop for k, loop in loops.items() if k in s.sweep_backends}
     log.info("N sweep %s: %s", s.sweep_iterations, ", ".join(sweep))
-    cands = {f"{k}|{m}": (lambda loop=loop, m=m: loop.run(x, m)) for k, loop in sweep.items() for m in s.sweep_iterations}
+    cands = {
+        f"{k}|{m}": (lambda loop=loop, m=m: loop.run(x, m)) for k, loop in sweep.items() for m in s.sweep_iterations
+    }
     raw = interleave(cands, s.sweep_rounds, 0, desc="N sweep", progress=s.progress)
     out["by_iterations"] = {k: {m: Stats.of(raw[f"{k}|{m}"]).as_dict() for m in s.sweep_iterations} for k in sweep}
 
     log.info("batch sweep %s at N=%d", s.batches, s.batch_iterations)
     inputs = {b: _input(ckpt, b) for b in s.batches}
-    cands = {f"{k}|{b}": (lambda loop=loop, b=b: loop.run(inputs[b], s.batch_iterations))
-             for k, loop in sweep.items() for b in s.batches}
+    cands = {
+        f"{k}|{b}": (lambda loop=loop, b=b: loop.run(inputs[b], s.batch_iterations))
+        for k, loop in sweep.items()
+        for b in s.batches
+    }
     raw = interleave(cands, s.sweep_rounds, 1, desc="batch sweep", progress=s.progress)
-    out["by_batch"] = {k: {b: {**Stats.of(raw[f"{k}|{b}"], per=b).as_dict(),
-                               "fps": b / float(np.median(raw[f"{k}|{b}"]))} for b in s.batches} for k in sweep}
+    out["by_batch"] = {
+        k: {
+            b: {**Stats.of(raw[f"{k}|{b}"], per=b).as_dict(), "fps": b / float(np.median(raw[f"{k}|{b}"]))}
+            for b in s.batches
+        }
+        for k in sweep
+    }
 
     out["stages"] = {}
     for k, loop in loops.items():
@@ -285,16 +335,22 @@ def _timings(loops: dict, ckpt: LoadedCheckpoint, s: Settings, stage_graphs: lis
     summary = _ceiling_summary(before, after)
     peak = max(v["median_gflops"] for k, v in summary.items() if k.startswith("matmul") and v["median_gflops"])
     fma = (summary.get("fma_loop") or {}).get("median_gflops") or float("nan")
-    out["ceilings"] = {"before": before, "after": after, "summary": summary, "matmul_peak_gflops": peak,
-                       "fma_gflops": fma}
+    out["ceilings"] = {
+        "before": before,
+        "after": after,
+        "summary": summary,
+        "matmul_peak_gflops": peak,
+        "fma_gflops": fma,
+    }
     loop_flops = loop_cost(costs, stage_graphs, n)["dense_flops"]
     out["efficiency"] = _efficiency(out["latency"], loop_flops, peak, fma)
     if "onnxruntime" in out["efficiency"] and executed:  # what the CPU graphs really multiply-add
         scaled = {k: GraphCost(dense_flops=c.dense_flops * executed.get(k, 1.0)) for k, c in costs.items()}
         ort_flops = loop_cost(scaled, stage_graphs, n)["dense_flops"]
         gflops = ort_flops / out["latency"]["onnxruntime"]["median_s"] / 1e9
-        out["efficiency"]["onnxruntime"].update(executed_gflop_per_frame=ort_flops / 1e9, executed_gflops=gflops,
-                                                executed_of_matmul_peak=gflops / peak)
+        out["efficiency"]["onnxruntime"].update(
+            executed_gflop_per_frame=ort_flops / 1e9, executed_gflops=gflops, executed_of_matmul_peak=gflops / peak
+        )
     return out
 
 

@@ -17,6 +17,7 @@ The modules are meant to run in ``eval()`` mode: BatchNorm then uses the checkpo
 statistics, which is what inference and the ONNX export expect. :func:`build_encoder` returns
 the module already in eval mode.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,6 +42,7 @@ MODES = ("ir", "ir_se")
 
 class UnitSpec(NamedTuple):
     """One bottleneck unit of the backbone: input width, output width (``depth``), stride."""
+
     in_channel: int
     depth: int
     stride: int
@@ -99,7 +101,8 @@ class BottleneckIR(nn.Module):
             self.shortcut_layer = nn.MaxPool2d(1, stride)
         else:
             self.shortcut_layer = nn.Sequential(
-                nn.Conv2d(in_channel, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
+                nn.Conv2d(in_channel, depth, 1, stride, bias=False), nn.BatchNorm2d(depth)
+            )
         layers = [
             nn.BatchNorm2d(in_channel),
             nn.Conv2d(in_channel, depth, 3, 1, 1, bias=False),
@@ -117,16 +120,14 @@ class BottleneckIR(nn.Module):
 
 def make_input_layer(input_nc: int) -> nn.Sequential:
     """Stem: ``[B, input_nc, H, W] -> [B, 64, H, W]`` (conv3x3 -> BN -> PReLU)."""
-    return nn.Sequential(nn.Conv2d(input_nc, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
-                         nn.PReLU(64))
+    return nn.Sequential(nn.Conv2d(input_nc, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
 
 
 def make_body(num_layers: int, mode: str) -> nn.Sequential:
     """All bottleneck units in one flat Sequential: ``[B, 64, 256, 256] -> [B, 512, 16, 16]``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    units = [BottleneckIR(*spec, use_se=(mode == "ir_se"))
-             for stage in get_blocks(num_layers) for spec in stage]
+    units = [BottleneckIR(*spec, use_se=(mode == "ir_se")) for stage in get_blocks(num_layers) for spec in stage]
     return nn.Sequential(*units)
 
 
@@ -140,7 +141,7 @@ class GradualStyleBlock(nn.Module):
     def __init__(self, in_c: int, out_c: int, spatial: int):
         super().__init__()
         num_pools = int(math.log2(spatial))
-        assert 2 ** num_pools == spatial, f"spatial must be a power of 2, got {spatial}"
+        assert 2**num_pools == spatial, f"spatial must be a power of 2, got {spatial}"
         self.out_c = out_c
         self.spatial = spatial
         layers = [nn.Conv2d(in_c, out_c, 3, 2, 1), nn.LeakyReLU()]
@@ -151,17 +152,19 @@ class GradualStyleBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.shape[-2:] == (self.spatial, self.spatial), (
-            f"GradualStyleBlock expects a {self.spatial}x{self.spatial} map, got {tuple(x.shape)}")
+            f"GradualStyleBlock expects a {self.spatial}x{self.spatial} map, got {tuple(x.shape)}"
+        )
         x = self.convs(x)  # [B, out_c, 1, 1]
         return self.linear(x.flatten(1))
 
 
 def _check_input(x: torch.Tensor, input_nc: int, name: str) -> None:
     assert x.ndim == 4 and x.shape[1] == input_nc, (
-        f"{name} expects [B, {input_nc}, {INPUT_SIZE}, {INPUT_SIZE}] input "
-        f"(input_nc={input_nc}), got {tuple(x.shape)}")
+        f"{name} expects [B, {input_nc}, {INPUT_SIZE}, {INPUT_SIZE}] input (input_nc={input_nc}), got {tuple(x.shape)}"
+    )
     assert x.shape[-2:] == (INPUT_SIZE, INPUT_SIZE), (
-        f"{name} expects {INPUT_SIZE}x{INPUT_SIZE} images (resize first), got {tuple(x.shape)}")
+        f"{name} expects {INPUT_SIZE}x{INPUT_SIZE} images (resize first), got {tuple(x.shape)}"
+    )
 
 
 class GradualStyleEncoder(nn.Module):
@@ -174,8 +177,7 @@ class GradualStyleEncoder(nn.Module):
     coarse_ind = 3
     middle_ind = 7
 
-    def __init__(self, num_layers: int = 50, mode: str = "ir_se", input_nc: int = 3,
-                 n_styles: int = 18):
+    def __init__(self, num_layers: int = 50, mode: str = "ir_se", input_nc: int = 3, n_styles: int = 18):
         super().__init__()
         self.input_nc = input_nc
         self.n_styles = n_styles
@@ -185,8 +187,7 @@ class GradualStyleEncoder(nn.Module):
         # which is right only for 50 layers; computing them gives the same taps for 50 and the
         # correct ones for 100 / 152.
         self.tap_indices = stage_end_indices(num_layers)[1:]
-        self.styles = nn.ModuleList(GradualStyleBlock(512, 512, self.style_spatial(i))
-                                    for i in range(n_styles))
+        self.styles = nn.ModuleList(GradualStyleBlock(512, 512, self.style_spatial(i)) for i in range(n_styles))
         self.latlayer1 = nn.Conv2d(256, 512, 1)
         self.latlayer2 = nn.Conv2d(128, 512, 1)
 
@@ -232,8 +233,7 @@ class BackboneEncoder(nn.Module):
     Every style head reads the final 16x16 backbone map.
     """
 
-    def __init__(self, num_layers: int = 50, mode: str = "ir_se", input_nc: int = 6,
-                 n_styles: int = 18):
+    def __init__(self, num_layers: int = 50, mode: str = "ir_se", input_nc: int = 6, n_styles: int = 18):
         super().__init__()
         self.input_nc = input_nc
         self.n_styles = n_styles
@@ -279,20 +279,23 @@ def infer_encoder_config(sd: dict) -> dict:
         raise ValueError("not a pSp/ReStyle encoder state dict: 'input_layer.0.weight' is missing")
     units = _indices(sd, "body.")
     if units != set(range(len(units))) or len(units) not in _UNITS_TO_LAYERS:
-        raise ValueError(f"unrecognised backbone: {len(units)} body units (expected one of "
-                         f"{sorted(_UNITS_TO_LAYERS)} numbered from 0 for IR-50/100/152)")
+        raise ValueError(
+            f"unrecognised backbone: {len(units)} body units (expected one of "
+            f"{sorted(_UNITS_TO_LAYERS)} numbered from 0 for IR-50/100/152)"
+        )
     from .pooled_encoders import pooled_encoder_type  # imports this module: import lazily
 
-    common = {"num_layers": _UNITS_TO_LAYERS[len(units)],
-              "mode": "ir_se" if "body.0.res_layer.5.fc1.weight" in sd else "ir",
-              "input_nc": int(sd["input_layer.0.weight"].shape[1])}
+    common = {
+        "num_layers": _UNITS_TO_LAYERS[len(units)],
+        "mode": "ir_se" if "body.0.res_layer.5.fc1.weight" in sd else "ir",
+        "input_nc": int(sd["input_layer.0.weight"].shape[1]),
+    }
     pooled = pooled_encoder_type(sd)
     if pooled is not None:
         return {"encoder_type": pooled[0], **common, "n_styles": pooled[1]}
     styles = _indices(sd, "styles.")
     if not styles or styles != set(range(len(styles))):
-        raise ValueError(f"unrecognised style heads: indices {sorted(styles)} "
-                         "(expected styles.0 .. styles.N-1)")
+        raise ValueError(f"unrecognised style heads: indices {sorted(styles)} (expected styles.0 .. styles.N-1)")
     encoder_type = "GradualStyleEncoder" if "latlayer1.weight" in sd else "BackboneEncoder"
     return {"encoder_type": encoder_type, **common, "n_styles": len(styles)}
 
@@ -309,14 +312,12 @@ def build_encoder(config: dict) -> nn.Module:
     config = dict(config)
     encoder_type = config.pop("encoder_type", None)
     if encoder_type not in types:
-        raise ValueError(f"encoder_type must be one of {sorted(types)}, "
-                         f"got {encoder_type!r}")
+        raise ValueError(f"encoder_type must be one of {sorted(types)}, got {encoder_type!r}")
     expected = {"num_layers", "mode", "input_nc", "n_styles"}
     if set(config) - expected:
         raise ValueError(f"unknown encoder config keys: {sorted(set(config) - expected)}")
     if config.get("num_layers", 50) not in STAGE_UNITS:
-        raise ValueError(f"num_layers must be one of {sorted(STAGE_UNITS)}, "
-                         f"got {config['num_layers']}")
+        raise ValueError(f"num_layers must be one of {sorted(STAGE_UNITS)}, got {config['num_layers']}")
     if config.get("mode", "ir_se") not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {config['mode']!r}")
     return types[encoder_type](**config).eval()

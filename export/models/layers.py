@@ -1,4 +1,5 @@
 """Small layers shared by the generator and the encoders (rosinality's parameter names)."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor, negative_slope: float = 0.2,
-                     scale: float = math.sqrt(2.0)) -> torch.Tensor:
+def fused_leaky_relu(
+    x: torch.Tensor, bias: torch.Tensor, negative_slope: float = 0.2, scale: float = math.sqrt(2.0)
+) -> torch.Tensor:
     """Bias add, leaky ReLU and gain, as rosinality's CUDA op computes it, in plain PyTorch.
 
     ``bias`` has one value per channel (dim 1 of ``x``); works for 2-D ``[N, C]`` and 4-D
@@ -39,8 +41,15 @@ class EqualLinear(nn.Module):
     With ``activation="fused_lrelu"`` the bias goes through :func:`fused_leaky_relu`.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0,
-                 lr_mul: float = 1.0, activation: str | None = None):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        bias: bool = True,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
+        activation: str | None = None,
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
         self.bias = nn.Parameter(torch.zeros(out_dim).fill_(bias_init)) if bias else None

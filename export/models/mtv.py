@@ -34,11 +34,12 @@ not contain a random op, so each noise site here holds one fixed sample, drawn o
 output is exactly the public code's; with trained non-zero weights it is the public code's
 output for that one noise draw (deterministic, like StyleGAN's ``randomize_noise=False``).
 """
+
 from __future__ import annotations
 
 import math
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +73,15 @@ class MTVBlock(nn.Module):
     input side ``H``, needed to fix the noise samples.
     """
 
-    def __init__(self, c_in: int, c_out: int, size: int, latent_size: int = 512, last: bool = False,
-                 noise: torch.Generator | None = None):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        size: int,
+        latent_size: int = 512,
+        last: bool = False,
+        noise: torch.Generator | None = None,
+    ):
         super().__init__()
         self.last = last
         self.noise_weight_1 = nn.Parameter(torch.zeros(1, c_in, 1, 1))
@@ -124,8 +132,15 @@ class MTVEncoder(nn.Module):
     :meth:`forward` returns the codes; :meth:`encode` also returns the final 4x4 feature.
     """
 
-    def __init__(self, startf: int = 64, maxf: int = 512, layer_count: int = 7, latent_size: int = 512,
-                 channels: int = 3, noise_seed: int = NOISE_SEED):
+    def __init__(
+        self,
+        startf: int = 64,
+        maxf: int = 512,
+        layer_count: int = 7,
+        latent_size: int = 512,
+        channels: int = 3,
+        noise_seed: int = NOISE_SEED,
+    ):
         super().__init__()
         self.startf, self.maxf, self.layer_count, self.latent_size = startf, maxf, layer_count, latent_size
         self.input_nc = channels
@@ -158,17 +173,23 @@ class MTVEncoder(nn.Module):
 def infer_mtv_config(sd: Mapping[str, torch.Tensor]) -> dict:
     """``startf``, ``maxf``, ``layer_count``, ``latent_size``, ``channels`` from a ``BE`` state dict."""
     if "FromRGB.from_rgb.weight" not in sd or "decode_block.0.conv_1.weight" not in sd:
-        raise KeyError("not an MTV-TSA BE state dict ('FromRGB.from_rgb.weight' / 'decode_block.0.conv_1.weight' "
-                       "missing; strip any 'module.' prefix first)")
+        raise KeyError(
+            "not an MTV-TSA BE state dict ('FromRGB.from_rgb.weight' / 'decode_block.0.conv_1.weight' "
+            "missing; strip any 'module.' prefix first)"
+        )
     blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"decode_block\.(\d+)\.", k))})
     if blocks != list(range(len(blocks))):
         raise ValueError(f"decode blocks are numbered {blocks}; expected 0 .. N-1")
     widths = [int(sd[f"decode_block.{i}.conv_1.weight"].shape[0]) for i in blocks]
     startf, maxf = widths[0], max(widths[-1], int(sd[f"decode_block.{blocks[-1]}.bias_2"].shape[1]))
-    config = {"startf": startf, "maxf": maxf, "layer_count": len(blocks),
-              "latent_size": int(sd["decode_block.0.inver_mod1.weight"].shape[0]),
-              "channels": int(sd["FromRGB.from_rgb.weight"].shape[1])}
-    expected = [min(startf * 2 ** i, maxf) for i in blocks]
+    config = {
+        "startf": startf,
+        "maxf": maxf,
+        "layer_count": len(blocks),
+        "latent_size": int(sd["decode_block.0.inver_mod1.weight"].shape[0]),
+        "channels": int(sd["FromRGB.from_rgb.weight"].shape[1]),
+    }
+    expected = [min(startf * 2**i, maxf) for i in blocks]
     if widths != expected or 2 ** int(math.log2(startf)) != startf:
         raise ValueError(f"block widths {widths} do not follow BE's doubling from {startf} to {maxf}")
     return config

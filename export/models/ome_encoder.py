@@ -19,11 +19,12 @@ which level a head reads is its number of convs, so the split is read off the we
 default for M = 20 is 4 / 6 / 10). Input ``[B, C_x + 3, 256, 256]``; output offsets ``[B, M, D]``.
 BatchNorm runs on its stored statistics (``eval()``).
 """
+
 from __future__ import annotations
 
 import math
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +96,7 @@ class ResNetBackbone(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         c_in, self.out_channels = width, []
         for i, units in enumerate(RESNET_UNITS[depth]):
-            w = width * 2 ** i
+            w = width * 2**i
             layers = []
             for j in range(units):
                 layers.append(block(c_in, w, 2 if (j == 0 and i > 0) else 1))
@@ -137,7 +138,7 @@ class F2CHead(nn.Module):
     def __init__(self, channels: int, spatial: int, code_dim: int):
         super().__init__()
         n = int(math.log2(spatial))
-        if 2 ** n != spatial:
+        if 2**n != spatial:
             raise ValueError(f"spatial must be a power of two; got {spatial}")
         layers = []
         for _ in range(n):
@@ -158,8 +159,16 @@ class OMEEncoder(ResNetBackbone):
     paper; the demo model (export/train_demo.py) uses 64 with a ResNet-18 trunk.
     """
 
-    def __init__(self, depth: int = 50, input_nc: int = 6, width: int = 64, fpn_dim: int = 512,
-                 code_dim: int = 512, codes_per_level: Sequence[int] = (4, 6, 10), input_size: int = INPUT_SIZE):
+    def __init__(
+        self,
+        depth: int = 50,
+        input_nc: int = 6,
+        width: int = 64,
+        fpn_dim: int = 512,
+        code_dim: int = 512,
+        codes_per_level: Sequence[int] = (4, 6, 10),
+        input_size: int = INPUT_SIZE,
+    ):
         super().__init__(depth, input_nc, width)
         if input_size < 64 or input_size & (input_size - 1):
             raise ValueError(f"input_size must be a power of two >= 64 (P5 is S/32); got {input_size}")
@@ -167,8 +176,9 @@ class OMEEncoder(ResNetBackbone):
         self.n_styles = sum(self.codes_per_level)
         self.fpn = FPN(self.out_channels[1:], fpn_dim)
         sides = (input_size // 32, input_size // 16, input_size // 8)
-        self.heads = nn.ModuleList(F2CHead(fpn_dim, side, code_dim)
-                                   for side, n in zip(sides, self.codes_per_level) for _ in range(n))
+        self.heads = nn.ModuleList(
+            F2CHead(fpn_dim, side, code_dim) for side, n in zip(sides, self.codes_per_level) for _ in range(n)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.input_size
@@ -196,6 +206,12 @@ def infer_ome_config(sd: Mapping[str, torch.Tensor], input_size: int = INPUT_SIZ
     sides = [int(math.log2(input_size // s)) for s in (32, 16, 8)]
     if any(n not in sides for n in n_convs) or n_convs != sorted(n_convs):
         raise ValueError(f"head conv counts {n_convs}: expected coarse-to-fine heads with {sides} convs")
-    return {"depth": depth, "input_nc": int(sd["conv1.weight"].shape[1]), "width": int(sd["conv1.weight"].shape[0]),
-            "fpn_dim": int(sd["fpn.lateral5.weight"].shape[0]), "code_dim": int(sd["heads.0.linear.weight"].shape[0]),
-            "codes_per_level": tuple(n_convs.count(n) for n in sides), "input_size": input_size}
+    return {
+        "depth": depth,
+        "input_nc": int(sd["conv1.weight"].shape[1]),
+        "width": int(sd["conv1.weight"].shape[0]),
+        "fpn_dim": int(sd["fpn.lateral5.weight"].shape[0]),
+        "code_dim": int(sd["heads.0.linear.weight"].shape[0]),
+        "codes_per_level": tuple(n_convs.count(n) for n in sides),
+        "input_size": input_size,
+    }

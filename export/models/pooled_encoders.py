@@ -14,6 +14,7 @@
 The 7x7 adaptive pools do not divide 16/32/64/128; :class:`ExactAdaptiveAvgPool2d` computes
 PyTorch's bins exactly with averaging matrices, which every runtime supports.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,8 +36,12 @@ class PooledHead(nn.Sequential):
     """
 
     def __init__(self, channels: int, spatial: int, out_features: int):
-        super().__init__(nn.BatchNorm2d(channels), ExactAdaptiveAvgPool2d(spatial, 7), nn.Flatten(),
-                         nn.Linear(channels * 49, out_features))
+        super().__init__(
+            nn.BatchNorm2d(channels),
+            ExactAdaptiveAvgPool2d(spatial, 7),
+            nn.Flatten(),
+            nn.Linear(channels * 49, out_features),
+        )
 
 
 class E2StyleEncoder(nn.Module):
@@ -50,8 +55,10 @@ class E2StyleEncoder(nn.Module):
     def __init__(self, num_layers: int = 50, mode: str = "ir_se", input_nc: int = 3, n_styles: int = 18):
         super().__init__()
         if num_layers != 50 or n_styles != sum(E2STYLE_HEADS):
-            raise ValueError(f"E2Style encoders are IR-SE-50 with {sum(E2STYLE_HEADS)} styles; "
-                             f"got num_layers={num_layers}, n_styles={n_styles}")
+            raise ValueError(
+                f"E2Style encoders are IR-SE-50 with {sum(E2STYLE_HEADS)} styles; "
+                f"got num_layers={num_layers}, n_styles={n_styles}"
+            )
         self.input_nc, self.n_styles = input_nc, n_styles
         self.input_layer = make_input_layer(input_nc)
         self.body = make_body(num_layers, mode)
@@ -70,9 +77,11 @@ class E2StyleEncoder(nn.Module):
             if i in self.taps:
                 maps.append(x)
         shallow, middle, deep = maps
-        codes = [self.output_layer_3(deep).view(-1, E2STYLE_HEADS[0], STYLE_DIM),
-                 self.output_layer_4(middle).view(-1, E2STYLE_HEADS[1], STYLE_DIM),
-                 self.output_layer_5(shallow).view(-1, E2STYLE_HEADS[2], STYLE_DIM)]
+        codes = [
+            self.output_layer_3(deep).view(-1, E2STYLE_HEADS[0], STYLE_DIM),
+            self.output_layer_4(middle).view(-1, E2STYLE_HEADS[1], STYLE_DIM),
+            self.output_layer_5(shallow).view(-1, E2STYLE_HEADS[2], STYLE_DIM),
+        ]
         return torch.cat(codes, dim=1)
 
 
@@ -109,8 +118,10 @@ class BackboneEncoderUsingLastLayerIntoW(nn.Module):
         return self.linear(x)
 
 
-POOLED_TYPES = {cls.__name__: cls for cls in (E2StyleEncoder, BackboneEncoderUsingLastLayerIntoWPlus,
-                                               BackboneEncoderUsingLastLayerIntoW)}
+POOLED_TYPES = {
+    cls.__name__: cls
+    for cls in (E2StyleEncoder, BackboneEncoderUsingLastLayerIntoWPlus, BackboneEncoderUsingLastLayerIntoW)
+}
 
 
 def pooled_encoder_type(sd: dict) -> tuple[str, int] | None:

@@ -11,6 +11,7 @@ the TorchScript exporter refuses that case. Here every case is an exact rewrite:
   of ``A`` averages input cells ``floor(i*in/out) .. ceil((i+1)*in/out) - 1`` — the same bins
   PyTorch uses, so the result equals ``adaptive_avg_pool2d`` up to float rounding.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,15 @@ class ExactAdaptiveAvgPool2d(nn.Module):
     def __init__(self, in_size: int, out_size: int):
         super().__init__()
         self.in_size, self.out_size = in_size, out_size
-        self.mode = ("identity" if in_size == out_size else "avg" if in_size % out_size == 0
-                     else "repeat" if out_size % in_size == 0 else "matrix")
+        self.mode = (
+            "identity"
+            if in_size == out_size
+            else "avg"
+            if in_size % out_size == 0
+            else "repeat"
+            if out_size % in_size == 0
+            else "matrix"
+        )
         if self.mode == "matrix":
             self.register_buffer("bins", adaptive_bins(in_size, out_size), persistent=False)
 

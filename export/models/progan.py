@@ -21,25 +21,33 @@ composing layer 8), and fuses the M feature maps ``F_m = G_pre(z_m)`` with
 :class:`MultiCodeProGAN` is the whole ``G_post(DF(G_pre(z_1..z_M)))`` as one module, latents
 ``[B, M, D]`` → image ``[B, 3, R, R]``: one generator graph for the bundle.
 """
+
 from __future__ import annotations
 
 import math
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PixelNorm", "ConvBlock", "ProGANGenerator", "DynamicFusion", "StaticFusion", "MultiCodeProGAN",
-           "genforce_channels"]
+__all__ = [
+    "PixelNorm",
+    "ConvBlock",
+    "ProGANGenerator",
+    "DynamicFusion",
+    "StaticFusion",
+    "MultiCodeProGAN",
+    "genforce_channels",
+]
 
 OME_SPLIT = 8  # OME / mGANprior: fuse after layer7 (32x32), before layer8
 
 
 def genforce_channels(resolution: int, fmaps_base: int = 16 << 10, fmaps_max: int = 512) -> list[int]:
     """Channels per resolution block 4, 8, .. R, as genforce's ``get_nf``: ``min(base // res, max)``."""
-    return [min(fmaps_base // 2 ** r, fmaps_max) for r in range(2, int(math.log2(resolution)) + 1)]
+    return [min(fmaps_base // 2**r, fmaps_max) for r in range(2, int(math.log2(resolution)) + 1)]
 
 
 class PixelNorm(nn.Module):
@@ -78,9 +86,17 @@ class ConvBlock(nn.Module):
     ``[k, k, in, out]``); otherwise nearest upsampling then ``conv`` (``nn.Conv2d``, no bias).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1,
-                 upsample: bool = False, fused_scale: bool = False, gain: float = math.sqrt(2.0),
-                 activate: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        padding: int = 1,
+        upsample: bool = False,
+        fused_scale: bool = False,
+        gain: float = math.sqrt(2.0),
+        activate: bool = True,
+    ):
         super().__init__()
         self.pixel_norm = PixelNorm()
         self.upsample, self.fused = upsample, upsample and fused_scale
@@ -113,8 +129,7 @@ class ProGANGenerator(nn.Module):
     ``0..k-1`` and returns the feature map; ``post(f, k)`` runs the rest and the last ToRGB.
     """
 
-    def __init__(self, channels: Sequence[int], z_dim: int = 512, image_channels: int = 3,
-                 fused_scale: bool = False):
+    def __init__(self, channels: Sequence[int], z_dim: int = 512, image_channels: int = 3, fused_scale: bool = False):
         super().__init__()
         self.channels, self.z_dim = list(channels), z_dim
         self.size = 4 * 2 ** (len(self.channels) - 1)
@@ -127,8 +142,9 @@ class ProGANGenerator(nn.Module):
                 first = ConvBlock(self.channels[b - 1], c, upsample=True, fused_scale=fused_scale)
             self.add_module(f"layer{2 * b}", first)
             self.add_module(f"layer{2 * b + 1}", ConvBlock(c, c))
-            self.add_module(f"output{b}", ConvBlock(c, image_channels, kernel_size=1, padding=0, gain=1.0,
-                                                    activate=False))
+            self.add_module(
+                f"output{b}", ConvBlock(c, image_channels, kernel_size=1, padding=0, gain=1.0, activate=False)
+            )
 
     @classmethod
     def config_from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> dict:
@@ -139,8 +155,12 @@ class ProGANGenerator(nn.Module):
         if blocks != list(range(len(blocks))):
             raise ValueError(f"ToRGB blocks are numbered {blocks}; expected output0 .. outputN-1")
         channels = [int(sd[f"layer{2 * b + 1}.conv.weight"].shape[0]) for b in blocks]
-        return {"channels": channels, "z_dim": int(sd["layer0.conv.weight"].shape[1]),
-                "image_channels": int(sd["output0.wscale.bias"].shape[0]), "fused_scale": "layer2.weight" in sd}
+        return {
+            "channels": channels,
+            "z_dim": int(sd["layer0.conv.weight"].shape[1]),
+            "image_channels": int(sd["output0.wscale.bias"].shape[0]),
+            "fused_scale": "layer2.weight" in sd,
+        }
 
     def layer(self, i: int) -> ConvBlock:
         return getattr(self, f"layer{i}")
@@ -215,21 +235,27 @@ class MultiCodeProGAN(nn.Module):
     codes, and OME starts from the mean code repeated M times.
     """
 
-    def __init__(self, generator: ProGANGenerator, n_codes: int, fusion: nn.Module | None = None,
-                 split: int = OME_SPLIT):
+    def __init__(
+        self, generator: ProGANGenerator, n_codes: int, fusion: nn.Module | None = None, split: int = OME_SPLIT
+    ):
         super().__init__()
         self.generator, self.fusion, self.split = generator, fusion or StaticFusion(), split
         self.n_latent, self.style_dim, self.size = n_codes, generator.z_dim, generator.size
-        self.feature_shape = (generator.split_channels(split), generator.split_size(split),
-                              generator.split_size(split))
+        self.feature_shape = (generator.split_channels(split), generator.split_size(split), generator.split_size(split))
 
     @property
     def config(self) -> dict:
-        return {"kind": "progan", "size": self.size, "z_dim": self.style_dim, "n_codes": self.n_latent,
-                "split": self.split, "channels": self.generator.channels,
-                "fusion": "dynamic" if isinstance(self.fusion, DynamicFusion) else "static"}
+        return {
+            "kind": "progan",
+            "size": self.size,
+            "z_dim": self.style_dim,
+            "n_codes": self.n_latent,
+            "split": self.split,
+            "channels": self.generator.channels,
+            "fusion": "dynamic" if isinstance(self.fusion, DynamicFusion) else "static",
+        }
 
-    def set_fp16_safe(self, enabled: bool = True) -> "MultiCodeProGAN":
+    def set_fp16_safe(self, enabled: bool = True) -> MultiCodeProGAN:
         """No modulated convolutions here: nothing to pre-normalise (API parity with StyleGAN2)."""
         return self
 

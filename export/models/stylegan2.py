@@ -9,11 +9,12 @@ public repos' grouped-convolution form (per-sample weights, ``groups=batch``); b
 float32 precision. Noise always comes from the ``noises.noise_i`` buffers (rosinality's
 ``randomize_noise=False`` path), so ``forward`` contains no random op.
 """
+
 from __future__ import annotations
 
 import math
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,19 @@ from torch import nn
 
 from .layers import EqualLinear, FusedLeakyReLU
 
-__all__ = ["make_kernel", "upfirdn2d", "PixelNorm", "Upsample", "Blur", "ModulatedConv2d",
-           "NoiseInjection", "ConstantInput", "StyledConv", "ToRGB", "Generator"]
+__all__ = [
+    "make_kernel",
+    "upfirdn2d",
+    "PixelNorm",
+    "Upsample",
+    "Blur",
+    "ModulatedConv2d",
+    "NoiseInjection",
+    "ConstantInput",
+    "StyledConv",
+    "ToRGB",
+    "Generator",
+]
 
 
 def make_kernel(k: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -33,8 +45,9 @@ def make_kernel(k: Sequence[float] | torch.Tensor) -> torch.Tensor:
     return k / k.sum()
 
 
-def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
-              pad: Sequence[int] = (0, 0)) -> torch.Tensor:
+def upfirdn2d(
+    x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1, pad: Sequence[int] = (0, 0)
+) -> torch.Tensor:
     """Upsample (zero insertion), pad/crop, FIR filter, downsample; rosinality's ``upfirdn2d_native``.
 
     ``x`` is ``[N, C, H, W]``; ``kernel`` is ``[kh, kw]`` and is applied as a true convolution
@@ -49,7 +62,7 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
         x = x.reshape(-1, c, h * up, w * up)
     x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0):x.shape[2] - max(-py1, 0), max(-px0, 0):x.shape[3] - max(-px1, 0)]
+    x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
     weight = torch.flip(kernel, [0, 1]).to(x.dtype)[None, None].expand(c, 1, -1, -1)
     return F.conv2d(x, weight, stride=down, groups=c)
 
@@ -78,7 +91,7 @@ class Upsample(nn.Module):
     def __init__(self, kernel: Sequence[float], factor: int = 2):
         super().__init__()
         self.factor = factor
-        self.register_buffer("kernel", make_kernel(kernel) * factor ** 2)
+        self.register_buffer("kernel", make_kernel(kernel) * factor**2)
         p = len(kernel) - factor
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
 
@@ -91,7 +104,7 @@ class Blur(nn.Module):
 
     def __init__(self, kernel: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1):
         super().__init__()
-        self.register_buffer("kernel", make_kernel(kernel) * upsample_factor ** 2)
+        self.register_buffer("kernel", make_kernel(kernel) * upsample_factor**2)
         self.pad = tuple(pad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,14 +127,22 @@ class ModulatedConv2d(nn.Module):
     within FP16 range.
     """
 
-    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
-                 demodulate: bool = True, upsample: bool = False,
-                 blur_kernel: Sequence[float] = (1, 3, 3, 1), fused: bool = False):
+    def __init__(
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+        fused: bool = False,
+    ):
         super().__init__()
         self.in_channel, self.out_channel, self.kernel_size = in_channel, out_channel, kernel_size
         self.demodulate, self.upsample, self.fused = demodulate, upsample, fused
         self.fp16_safe = False
-        self.scale = 1.0 / math.sqrt(in_channel * kernel_size ** 2)
+        self.scale = 1.0 / math.sqrt(in_channel * kernel_size**2)
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
@@ -131,8 +152,10 @@ class ModulatedConv2d(nn.Module):
             self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=2)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channel}, {self.out_channel}, {self.kernel_size}, upsample={self.upsample}, "
-                f"demodulate={self.demodulate}, fused={self.fused}")
+        return (
+            f"{self.in_channel}, {self.out_channel}, {self.kernel_size}, upsample={self.upsample}, "
+            f"demodulate={self.demodulate}, fused={self.fused}"
+        )
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         s = self.modulation(style)  # [N, in]
@@ -194,12 +217,28 @@ class ConstantInput(nn.Module):
 class StyledConv(nn.Module):
     """Modulated 3x3 conv, noise injection, fused leaky ReLU (``conv``, ``noise``, ``activate``)."""
 
-    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
-                 upsample: bool = False, blur_kernel: Sequence[float] = (1, 3, 3, 1),
-                 demodulate: bool = True, fused: bool = False):
+    def __init__(
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        upsample: bool = False,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+        demodulate: bool = True,
+        fused: bool = False,
+    ):
         super().__init__()
-        self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim, demodulate=demodulate,
-                                    upsample=upsample, blur_kernel=blur_kernel, fused=fused)
+        self.conv = ModulatedConv2d(
+            in_channel,
+            out_channel,
+            kernel_size,
+            style_dim,
+            demodulate=demodulate,
+            upsample=upsample,
+            blur_kernel=blur_kernel,
+            fused=fused,
+        )
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
 
@@ -210,8 +249,14 @@ class StyledConv(nn.Module):
 class ToRGB(nn.Module):
     """1x1 modulated conv without demodulation, plus ``bias`` ``[1, 3, 1, 1]``, plus the upsampled skip."""
 
-    def __init__(self, in_channel: int, style_dim: int, upsample: bool = True,
-                 blur_kernel: Sequence[float] = (1, 3, 3, 1), fused: bool = False):
+    def __init__(
+        self,
+        in_channel: int,
+        style_dim: int,
+        upsample: bool = True,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+        fused: bool = False,
+    ):
         super().__init__()
         if upsample:
             self.upsample = Upsample(blur_kernel)
@@ -227,8 +272,7 @@ class ToRGB(nn.Module):
 
 def _channels(channel_multiplier: int) -> dict[int, int]:
     cm = channel_multiplier
-    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm,
-            256: 64 * cm, 512: 32 * cm, 1024: 16 * cm}
+    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm, 1024: 16 * cm}
 
 
 class Generator(nn.Module):
@@ -237,23 +281,35 @@ class Generator(nn.Module):
     The image is roughly in ``[-1, 1]`` and not clipped. ``n_latent = 2*log2(size) - 2``.
     """
 
-    def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
-                 blur_kernel: Sequence[float] = (1, 3, 3, 1), lr_mlp: float = 0.01, fused: bool = False,
-                 channels: Mapping[int, int] | None = None):
+    def __init__(
+        self,
+        size: int,
+        style_dim: int = 512,
+        n_mlp: int = 8,
+        channel_multiplier: int = 2,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+        lr_mlp: float = 0.01,
+        fused: bool = False,
+        channels: Mapping[int, int] | None = None,
+    ):
         super().__init__()
         self.log_size = int(round(math.log2(size)))
-        if size < 4 or 2 ** self.log_size != size or size > 1024:
+        if size < 4 or 2**self.log_size != size or size > 1024:
             raise ValueError(f"size must be a power of two in [4, 1024], got {size}")
         self.size, self.style_dim, self.n_mlp = size, style_dim, n_mlp
         self.channel_multiplier = channel_multiplier
         # ``channels`` (resolution -> width) overrides rosinality's table: small models such as
         # the demo (export/train_demo.py) keep the architecture and names with fewer channels
-        self.channels = _channels(channel_multiplier) if channels is None else {int(k): int(v) for k, v in channels.items()}
-        missing = [2 ** i for i in range(2, self.log_size + 1) if 2 ** i not in self.channels]
+        self.channels = (
+            _channels(channel_multiplier) if channels is None else {int(k): int(v) for k, v in channels.items()}
+        )
+        missing = [2**i for i in range(2, self.log_size + 1) if 2**i not in self.channels]
         if missing:
             raise ValueError(f"channels has no width for resolutions {missing}")
-        self.style = nn.Sequential(PixelNorm(), *[
-            EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu") for _ in range(n_mlp)])
+        self.style = nn.Sequential(
+            PixelNorm(),
+            *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu") for _ in range(n_mlp)],
+        )
 
         c4 = self.channels[4]
         self.input = ConstantInput(c4)
@@ -269,11 +325,11 @@ class Generator(nn.Module):
         self.convs, self.to_rgbs = nn.ModuleList(), nn.ModuleList()
         in_channel = c4
         for i in range(3, self.log_size + 1):
-            out_channel = self.channels[2 ** i]
-            self.convs.append(StyledConv(in_channel, out_channel, 3, style_dim, upsample=True,
-                                         blur_kernel=blur_kernel, fused=fused))
-            self.convs.append(StyledConv(out_channel, out_channel, 3, style_dim,
-                                         blur_kernel=blur_kernel, fused=fused))
+            out_channel = self.channels[2**i]
+            self.convs.append(
+                StyledConv(in_channel, out_channel, 3, style_dim, upsample=True, blur_kernel=blur_kernel, fused=fused)
+            )
+            self.convs.append(StyledConv(out_channel, out_channel, 3, style_dim, blur_kernel=blur_kernel, fused=fused))
             self.to_rgbs.append(ToRGB(out_channel, style_dim, blur_kernel=blur_kernel, fused=fused))
             in_channel = out_channel
         self.n_latent = self.log_size * 2 - 2
@@ -282,8 +338,10 @@ class Generator(nn.Module):
     def config_from_state_dict(cls, sd: dict) -> dict:
         """Infer ``size``, ``style_dim``, ``n_mlp``, ``channel_multiplier`` from an unprefixed state dict."""
         if "conv1.conv.weight" not in sd or "style.1.weight" not in sd:
-            raise KeyError("not a rosinality StyleGAN2 generator state dict "
-                           "(missing 'conv1.conv.weight' / 'style.1.weight'; strip any prefix first)")
+            raise KeyError(
+                "not a rosinality StyleGAN2 generator state dict "
+                "(missing 'conv1.conv.weight' / 'style.1.weight'; strip any prefix first)"
+            )
         n_mlp = len({m.group(1) for k in sd if (m := re.fullmatch(r"style\.(\d+)\.weight", k))})
         style_dim = int(sd["style.1.weight"].shape[1])
         n_rgbs = len({m.group(1) for k in sd if (m := re.fullmatch(r"to_rgbs\.(\d+)\.bias", k))})
@@ -301,14 +359,14 @@ class Generator(nn.Module):
                 return {**config, "channel_multiplier": cm}
         return {**config, "channels": widths}
 
-    def set_fused(self, fused: bool) -> "Generator":
+    def set_fused(self, fused: bool) -> Generator:
         """Switch every modulated conv between the grouped (``True``) and unfused (``False``) forms."""
         for m in self.modules():
             if isinstance(m, ModulatedConv2d):
                 m.fused = fused
         return self
 
-    def set_fp16_safe(self, enabled: bool = True) -> "Generator":
+    def set_fp16_safe(self, enabled: bool = True) -> Generator:
         """Switch NVlabs' FP16 pre-normalisation (see :class:`ModulatedConv2d`) on every modulated conv."""
         for m in self.modules():
             if isinstance(m, ModulatedConv2d):
@@ -327,8 +385,9 @@ class Generator(nn.Module):
         return self.mapping(z).mean(0, keepdim=True)
 
     @torch.no_grad()
-    def sample_latents(self, batch: int, seed: int = 0, truncation: float = 1.0,
-                       truncation_latent: torch.Tensor | None = None) -> torch.Tensor:
+    def sample_latents(
+        self, batch: int, seed: int = 0, truncation: float = 1.0, truncation_latent: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """W+ ``[batch, n_latent, style_dim]`` from seeded random ``z`` (optionally truncated)."""
         gen = torch.Generator().manual_seed(seed)
         w = self.mapping(torch.randn(batch, self.style_dim, generator=gen).to(self.input.input.device))
@@ -341,17 +400,22 @@ class Generator(nn.Module):
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """W+ ``[B, n_latent, style_dim]`` float -> image ``[B, 3, size, size]`` (fixed noise buffers)."""
         if latents.ndim != 3:
-            raise ValueError(f"latents must be W+ [B, {self.n_latent}, {self.style_dim}], got rank "
-                             f"{latents.ndim} shape {tuple(latents.shape)}")
+            raise ValueError(
+                f"latents must be W+ [B, {self.n_latent}, {self.style_dim}], got rank "
+                f"{latents.ndim} shape {tuple(latents.shape)}"
+            )
         if latents.shape[1] != self.n_latent or latents.shape[2] != self.style_dim:
-            raise ValueError(f"latents must be [B, {self.n_latent}, {self.style_dim}] for a "
-                             f"{self.size} px generator, got {tuple(latents.shape)}")
+            raise ValueError(
+                f"latents must be [B, {self.n_latent}, {self.style_dim}] for a "
+                f"{self.size} px generator, got {tuple(latents.shape)}"
+            )
         noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
         out = self.conv1(self.input(latents), latents[:, 0], noise[0])
         skip = self.to_rgb1(out, latents[:, 1])
         i = 1
-        for up_conv, conv, noise1, noise2, to_rgb in zip(self.convs[::2], self.convs[1::2], noise[1::2],
-                                                         noise[2::2], self.to_rgbs):
+        for up_conv, conv, noise1, noise2, to_rgb in zip(
+            self.convs[::2], self.convs[1::2], noise[1::2], noise[2::2], self.to_rgbs
+        ):
             out = up_conv(out, latents[:, i], noise1)
             out = conv(out, latents[:, i + 1], noise2)
             skip = to_rgb(out, latents[:, i + 2], skip)

@@ -1,4 +1,5 @@
 """Inference back ends behind one small protocol (see :mod:`sdk.backends.base`)."""
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,11 @@ def create_backend(name: str = "auto", threads: int | None = None, bundle=None, 
                     return trt_backend.TensorRTBackend(bundle, device)
                 except BackendError as e:  # stale engines, CUDA errors: the ONNX graphs still run
                     reason = str(e)
-            log.warning("bundle %s has TensorRT engines but they cannot run here (%s); falling back to "
-                        "ONNX Runtime", bundle.path, reason)
+            log.warning(
+                "bundle %s has TensorRT engines but they cannot run here (%s); falling back to ONNX Runtime",
+                bundle.path,
+                reason,
+            )
         return OrtBackend("cuda" if OrtBackend.cuda_available() else "cpu", device, threads=threads)
     if name == "tensorrt":
         if bundle is None:

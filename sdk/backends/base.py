@@ -4,10 +4,12 @@ A backend owns device memory and loads graphs into runners (Polygraphy's split o
 and runners). The loop allocates every buffer once per batch shape, binds each runner once
 per buffer arrangement, and then only calls ``run`` — no host work between engine calls.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -57,6 +59,7 @@ class Backend(Protocol):
 # A backend offers these only where it can; the loop and Translator test for them with hasattr /
 # getattr and fall back (eager runs; InputError for device arrays on a CPU backend).
 
+
 class Replay(Protocol):
     """Recorded loop work (a CUDA graph), replayed on the backend's stream."""
 
@@ -64,7 +67,7 @@ class Replay(Protocol):
 
 
 class GraphCapture(Protocol):
-    def capture(self, work: Callable[[], None]) -> Optional[Replay]:
+    def capture(self, work: Callable[[], None]) -> Replay | None:
         """Run ``work`` (runner calls only: no host copies or syncs) once — its outputs are this
         call's — and record it for replay; None when it cannot be recorded."""
 

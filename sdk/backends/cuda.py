@@ -10,12 +10,13 @@ It also records work on that stream into CUDA graphs (:meth:`CudaRuntime.capture
 :class:`CudaGraph`) and copies between its buffers and other libraries' device memory
 (:meth:`CudaRuntime.copy_in`, :meth:`CudaRuntime.device_copy`) for GPU-resident inputs/outputs.
 """
+
 from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -25,8 +26,10 @@ from ..errors import BackendError, InputError
 log = logging.getLogger(__name__)
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16}
-INSTALL_HINT = ("pip install 'gan-encoder-rt[gpu-cu12]' (cuda-python 12 + TensorRT 10, driver >= 525) or "
-                "'[gpu-cu13]' (cuda-python 13 + TensorRT 11, driver >= 580); see the README's GPU section")
+INSTALL_HINT = (
+    "pip install 'gan-encoder-rt[gpu-cu12]' (cuda-python 12 + TensorRT 10, driver >= 525) or "
+    "'[gpu-cu13]' (cuda-python 13 + TensorRT 11, driver >= 580); see the README's GPU section"
+)
 # the oldest Linux driver each CUDA major runs on (minor-version compatibility)
 DRIVER_FOR_CUDA = {12: 525, 13: 580}
 
@@ -79,7 +82,7 @@ def cuda_status() -> tuple[int, str | None]:
 
 
 def _cuda_version(result) -> str:
-    """"12.9" from a cudaDriverGetVersion / cudaRuntimeGetVersion result (12090); "none" for 0."""
+    """ "12.9" from a cudaDriverGetVersion / cudaRuntimeGetVersion result (12090); "none" for 0."""
     value = int(result[1]) if len(result) > 1 and result[1] is not None else 0
     return f"{value // 1000}.{value % 1000 // 10}" if value else "none"
 
@@ -92,9 +95,11 @@ def insufficient_driver(cudart) -> str:
         driver, runtime = "unknown", "unknown"
     major = int(runtime.split(".")[0]) if runtime[:1].isdigit() else 0
     need = f"driver >= {DRIVER_FOR_CUDA[major]}" if major in DRIVER_FOR_CUDA else "a newer driver"
-    return (f"cudaErrorInsufficientDriver: the NVIDIA driver supports CUDA {driver}, but cuda-python's CUDA runtime "
-            f"is {runtime}, which needs {need}; update the driver, or install the pair for your driver "
-            f"(pip install 'gan-encoder-rt[gpu-cu12]' for a CUDA 12 driver)")
+    return (
+        f"cudaErrorInsufficientDriver: the NVIDIA driver supports CUDA {driver}, but cuda-python's CUDA runtime "
+        f"is {runtime}, which needs {need}; update the driver, or install the pair for your driver "
+        f"(pip install 'gan-encoder-rt[gpu-cu12]' for a CUDA 12 driver)"
+    )
 
 
 @dataclass(frozen=True)
@@ -204,16 +209,22 @@ class CudaRuntime:
         self.synchronize()  # the mirror may still feed an earlier copy
         np.copyto(host, array, casting="same_kind")
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        check(self.cudart, self.cudart.cudaMemcpyAsync(dst.ptr, dst.host_ptr, dst.nbytes, kind, self.stream),
-              "cudaMemcpyAsync (host to device)")
+        check(
+            self.cudart,
+            self.cudart.cudaMemcpyAsync(dst.ptr, dst.host_ptr, dst.nbytes, kind, self.stream),
+            "cudaMemcpyAsync (host to device)",
+        )
 
     def download(self, src: DeviceBuffer) -> np.ndarray:
         """Device buffer → new host array; waits for the stream (the loop's only sync point)."""
         self.use()
         host = self._mirror(src)
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        check(self.cudart, self.cudart.cudaMemcpyAsync(src.host_ptr, src.ptr, src.nbytes, kind, self.stream),
-              "cudaMemcpyAsync (device to host)")
+        check(
+            self.cudart,
+            self.cudart.cudaMemcpyAsync(src.host_ptr, src.ptr, src.nbytes, kind, self.stream),
+            "cudaMemcpyAsync (device to host)",
+        )
         self.synchronize()
         return np.array(host, copy=True)
 
@@ -237,25 +248,32 @@ class CudaRuntime:
         orders it after the producer; the GPU orders the copy after the producer's queued work and
         the host does not block. DLPack producers did that ordering themselves (``stream=None``)."""
         if src.nbytes != nbytes:
-            raise BackendError(f"{src.what} has {src.nbytes} bytes but the loop's buffer {nbytes} (the bundle's "
-                               f"input is not float32?)")
+            raise BackendError(
+                f"{src.what} has {src.nbytes} bytes but the loop's buffer {nbytes} (the bundle's input is not float32?)"
+            )
         self.use()
         device = src.device if src.device is not None else self.pointer_device(src.ptr)
         if device != self.device:
             where = "host memory" if device is None else f"cuda:{device}"
-            raise InputError(f"{src.what} is in {where} but this Translator runs on cuda:{self.device}; move it "
-                             f"there (e.g. tensor.to('cuda:{self.device}')) or open the Translator with "
-                             f"device={device if device is not None else self.device}")
+            raise InputError(
+                f"{src.what} is in {where} but this Translator runs on cuda:{self.device}; move it "
+                f"there (e.g. tensor.to('cuda:{self.device}')) or open the Translator with "
+                f"device={device if device is not None else self.device}"
+            )
         if src.stream is not None:
             cudart = self.cudart
             if self._event is None:
-                self._event = check(cudart, cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming),
-                                    "cudaEventCreateWithFlags")
+                self._event = check(
+                    cudart, cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming), "cudaEventCreateWithFlags"
+                )
             check(cudart, cudart.cudaEventRecord(self._event, src.stream), "cudaEventRecord (producer stream)")
             check(cudart, cudart.cudaStreamWaitEvent(self.stream, self._event, 0), "cudaStreamWaitEvent")
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
-        check(self.cudart, self.cudart.cudaMemcpyAsync(dst, src.ptr, src.nbytes, kind, self.stream),
-              "cudaMemcpyAsync (device to device)")
+        check(
+            self.cudart,
+            self.cudart.cudaMemcpyAsync(dst, src.ptr, src.nbytes, kind, self.stream),
+            "cudaMemcpyAsync (device to device)",
+        )
 
     def device_copy(self, src_ptr: int, shape: Sequence[int], dtype: str) -> DeviceArray:
         """A new device allocation holding a copy of ``src_ptr``, owned by the returned array
@@ -267,12 +285,15 @@ class CudaRuntime:
         ptr = int(check(self.cudart, self.cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
         out = DeviceArray(self.cudart, ptr, shape, _NP_DTYPES[dtype], self.device)
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
-        check(self.cudart, self.cudart.cudaMemcpyAsync(ptr, src_ptr, nbytes, kind, self.stream),
-              "cudaMemcpyAsync (device to device)")
+        check(
+            self.cudart,
+            self.cudart.cudaMemcpyAsync(ptr, src_ptr, nbytes, kind, self.stream),
+            "cudaMemcpyAsync (device to device)",
+        )
         return out
 
     # ------------------------------------------------------------------ CUDA graphs
-    def capture(self, work: Callable[[], None]) -> "CudaGraph | None":
+    def capture(self, work: Callable[[], None]) -> CudaGraph | None:
         """Run ``work`` (calls that enqueue on our stream) once, then record it into a CUDA graph.
 
         The eager run comes first because TensorRT may allocate or upload on a context's first
@@ -289,8 +310,9 @@ class CudaRuntime:
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         err = cudart.cudaStreamBeginCapture(self.stream, mode)[0]
         if err != cudart.cudaError_t.cudaSuccess:  # this call's results are in already: only replay is lost
-            log.warning("CUDA stream capture is unavailable (%s); the loop runs without CUDA graphs",
-                        _error_name(cudart, err))
+            log.warning(
+                "CUDA stream capture is unavailable (%s); the loop runs without CUDA graphs", _error_name(cudart, err)
+            )
             return None
         failure = None
         try:
@@ -360,8 +382,10 @@ class CudaGraph:
         cudart = self._cudart
         _, count = check(cudart, cudart.cudaGraphGetNodes(self.graph, 0), "cudaGraphGetNodes")
         nodes, count = check(cudart, cudart.cudaGraphGetNodes(self.graph, count), "cudaGraphGetNodes")
-        return [check(cudart, cudart.cudaGraphNodeGetType(node), "cudaGraphNodeGetType").name
-                for node in list(nodes)[:count]]
+        return [
+            check(cudart, cudart.cudaGraphNodeGetType(node), "cudaGraphNodeGetType").name
+            for node in list(nodes)[:count]
+        ]
 
     def close(self) -> None:
         if self._exec is not None:

@@ -3,11 +3,12 @@
 Runs on the CPU execution provider everywhere and on CUDA (or ORT's TensorRT provider) where
 onnxruntime-gpu is installed; the loop code is the same for all (GPU specifics: ``ort_cuda.py``).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -26,15 +27,14 @@ def _import_ort():
     try:
         import onnxruntime
     except ImportError as e:  # pragma: no cover - onnxruntime is a hard dependency
-        raise BackendError("onnxruntime is not installed; pip install onnxruntime "
-                           "(or onnxruntime-gpu for CUDA)") from e
+        raise BackendError("onnxruntime is not installed; pip install onnxruntime (or onnxruntime-gpu for CUDA)") from e
     return onnxruntime
 
 
 class OrtRunner:
     """One ``InferenceSession``; ``bind`` returns a prepared ``IOBinding``."""
 
-    def __init__(self, backend: "OrtBackend", spec: GraphSpec, path: Path):
+    def __init__(self, backend: OrtBackend, spec: GraphSpec, path: Path):
         ort = backend.ort
         self.spec = spec
         self._backend = backend
@@ -45,19 +45,25 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=backend.providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad models
-            raise BundleError(f"ONNX Runtime could not load {path} ({type(e).__name__}: {e}); the file is "
-                              f"corrupt or not an ONNX graph. Rebuild with export/build_engines.py") from None
+            raise BundleError(
+                f"ONNX Runtime could not load {path} ({type(e).__name__}: {e}); the file is "
+                f"corrupt or not an ONNX graph. Rebuild with export/build_engines.py"
+            ) from None
         names = {i.name for i in self.session.get_inputs()} | {o.name for o in self.session.get_outputs()}
         wanted = {t.name for t in spec.inputs + spec.outputs}
         if names != wanted:
-            raise BundleError(f"{path} has tensors {sorted(names)} but the manifest declares {sorted(wanted)}; "
-                              f"the graph and manifest come from different builds. Rebuild the bundle")
+            raise BundleError(
+                f"{path} has tensors {sorted(names)} but the manifest declares {sorted(wanted)}; "
+                f"the graph and manifest come from different builds. Rebuild the bundle"
+            )
         declared = {t.name: t for t in spec.inputs + spec.outputs}
         for arg in self.session.get_inputs() + self.session.get_outputs():
             problem = _mismatch(declared[arg.name], arg.shape, arg.type)
             if problem:
-                raise BundleError(f"{path}: tensor {arg.name!r} is {problem}; the graph and manifest come from "
-                                  f"different builds. Rebuild the bundle with export/build_engines.py")
+                raise BundleError(
+                    f"{path}: tensor {arg.name!r} is {problem}; the graph and manifest come from "
+                    f"different builds. Rebuild the bundle with export/build_engines.py"
+                )
 
     def bind(self, inputs: Mapping[str, object], outputs: Mapping[str, object]):
         binding = self.session.io_binding()
@@ -71,8 +77,9 @@ class OrtRunner:
         try:
             self.session.run_with_iobinding(binding)
         except Exception as e:  # onnxruntime's own exception types
-            raise BackendError(f"ONNX Runtime failed running graph {self.spec.key!r} "
-                               f"({type(e).__name__}: {e})") from None
+            raise BackendError(
+                f"ONNX Runtime failed running graph {self.spec.key!r} ({type(e).__name__}: {e})"
+            ) from None
 
 
 def _mismatch(spec, shape: list, ort_type: str) -> str | None:
@@ -84,7 +91,8 @@ def _mismatch(spec, shape: list, ort_type: str) -> str | None:
         return f"{dtype} in the graph but {spec.dtype} in the manifest"
     ok = len(shape) == len(spec.shape) and all(
         not isinstance(g, int) if isinstance(m, str) else (not isinstance(g, int) or g == m)
-        for g, m in zip(shape, spec.shape))
+        for g, m in zip(shape, spec.shape)
+    )
     return None if ok else f"{list(shape)} in the graph but {list(spec.shape)} in the manifest"
 
 
@@ -103,8 +111,9 @@ class OrtBackend(OrtDeviceIO):
         elif device == "cpu":
             self.providers = ["CPUExecutionProvider"]
         else:
-            raise BackendError(f"unknown device {device!r} for the onnxruntime backend; expected 'cpu', 'cuda' "
-                               f"or 'tensorrt'")
+            raise BackendError(
+                f"unknown device {device!r} for the onnxruntime backend; expected 'cpu', 'cuda' or 'tensorrt'"
+            )
         self.device, self.device_id, self.threads = device, device_id, threads
         self.memory = "cpu" if device == "cpu" else "cuda"  # where OrtValues live (TensorRT's are CUDA memory)
 
@@ -144,8 +153,9 @@ class OrtBackend(OrtDeviceIO):
         return OrtRunner(self, spec, path)
 
     def empty(self, shape: Sequence[int], dtype: str):
-        return self.ort.OrtValue.ortvalue_from_shape_and_type(list(shape), _NP_DTYPES[dtype], self.memory,
-                                                              self.device_id)
+        return self.ort.OrtValue.ortvalue_from_shape_and_type(
+            list(shape), _NP_DTYPES[dtype], self.memory, self.device_id
+        )
 
     def upload(self, dst, array: np.ndarray) -> None:
         dtype = np.float16 if dst.data_type() == "tensor(float16)" else np.float32

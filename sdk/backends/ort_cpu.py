@@ -21,12 +21,13 @@ log says why. The manifest entry, per graph (``graphs.<key>.onnxruntime_cpu``)::
     {"file": "encoder_0.cpu.onnx", "sha256": "...", "data": "encoder_0.cpu.onnx.data",
      "data_sha256": "...", "onnxruntime": "1.32.0", "cpu": "x86_64-avx2"}
 """
+
 from __future__ import annotations
 
 import logging
 import platform
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from ..bundle import resolve_inside
 
@@ -93,8 +94,12 @@ def choose_graph(spec, path: Path, ort) -> tuple[Path, bool]:
     entry = usable_entry(spec, ort)
     if entry is None:
         if spec.onnxruntime_cpu is not None:
-            log.info("graph %s: opening the portable %s, not the build machine's optimised graph (%s)", spec.key,
-                     path.name, unusable_reason(spec.onnxruntime_cpu, ort.__version__))
+            log.info(
+                "graph %s: opening the portable %s, not the build machine's optimised graph (%s)",
+                spec.key,
+                path.name,
+                unusable_reason(spec.onnxruntime_cpu, ort.__version__),
+            )
         return path, False
     chosen = resolve_inside(path.parent, entry["file"])
     log.debug("graph %s: opening the build machine's optimised graph %s", spec.key, chosen.name)

@@ -11,6 +11,7 @@ and ORT's own sync after it order everything without a host copy.
 ORT's own CUDA-graph mode (``enable_cuda_graph``) is not used: it records one graph per session
 with fixed bindings, while the loop binds each session to several buffer arrangements.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,9 @@ from ..errors import BackendError
 
 log = logging.getLogger(__name__)
 
-ORT_GPU_HINT = ("pip install onnxruntime-gpu (after pip uninstall onnxruntime: both packages install the "
-                "same 'onnxruntime' module)")
+ORT_GPU_HINT = (
+    "pip install onnxruntime-gpu (after pip uninstall onnxruntime: both packages install the same 'onnxruntime' module)"
+)
 
 
 def ort_tensorrt_cache() -> Path:
@@ -38,20 +40,30 @@ def ort_tensorrt_cache() -> Path:
 def gpu_providers(available: list, kind: str, device_id: int, fp16: bool) -> list:
     """The ``providers`` argument of ``InferenceSession`` for ``kind`` "cuda" or "tensorrt"."""
     if "CUDAExecutionProvider" not in available:
-        raise BackendError(f"onnxruntime has no CUDA execution provider here (available: {available}); "
-                           f"{ORT_GPU_HINT}; or use backend='onnxruntime' (CPU)")
+        raise BackendError(
+            f"onnxruntime has no CUDA execution provider here (available: {available}); "
+            f"{ORT_GPU_HINT}; or use backend='onnxruntime' (CPU)"
+        )
     cuda = ("CUDAExecutionProvider", {"device_id": device_id})
     if kind == "cuda":
         return [cuda, "CPUExecutionProvider"]
     if "TensorrtExecutionProvider" not in available:
-        raise BackendError(f"onnxruntime has no TensorRT execution provider here (available: {available}); "
-                           f"install onnxruntime-gpu and the TensorRT major it was built with (TensorRT 10 for the "
-                           f"CUDA 12 wheels: pip install 'tensorrt-cu12>=10,<11'; TensorRT 11 does not load), or "
-                           f"use backend='onnxruntime-cuda'")
+        raise BackendError(
+            f"onnxruntime has no TensorRT execution provider here (available: {available}); "
+            f"install onnxruntime-gpu and the TensorRT major it was built with (TensorRT 10 for the "
+            f"CUDA 12 wheels: pip install 'tensorrt-cu12>=10,<11'; TensorRT 11 does not load), or "
+            f"use backend='onnxruntime-cuda'"
+        )
     # nodes TensorRT cannot take fall back to CUDA, then CPU (the order is the priority)
-    trt = ("TensorrtExecutionProvider", {"device_id": device_id, "trt_fp16_enable": bool(fp16),
-                                         "trt_engine_cache_enable": True,
-                                         "trt_engine_cache_path": str(ort_tensorrt_cache())})
+    trt = (
+        "TensorrtExecutionProvider",
+        {
+            "device_id": device_id,
+            "trt_fp16_enable": bool(fp16),
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(ort_tensorrt_cache()),
+        },
+    )
     return [trt, cuda, "CPUExecutionProvider"]
 
 

@@ -18,24 +18,27 @@
   prepared contexts) into a CUDA graph that the loop replays per frame: the contexts' shapes and
   tensor addresses never change after binding, which is what a graph bakes in.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from ..bundle import REBUILD_HINT, GraphSpec
-from ..errors import BackendError, BundleError, InputError, StaleEngineError
 from ..device_arrays import DeviceArray, DeviceInput
+from ..errors import BackendError, BundleError, InputError, StaleEngineError
 from .cuda import CudaGraph, CudaRuntime, DeviceBuffer, cuda_status, device_info
 
 log = logging.getLogger(__name__)
 
-TRT_INSTALL_HINT = ("pip install 'gan-encoder-rt[gpu-cu12]' (TensorRT 10 + cuda-python 12; '[gpu-cu13]' for "
-                    "TensorRT 11 + CUDA 13, driver >= 580; see the README's GPU section), or use backend='onnxruntime'")
+TRT_INSTALL_HINT = (
+    "pip install 'gan-encoder-rt[gpu-cu12]' (TensorRT 10 + cuda-python 12; '[gpu-cu13]' for "
+    "TensorRT 11 + CUDA 13, driver >= 580; see the README's GPU section), or use backend='onnxruntime'"
+)
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16"}
 UNKNOWN_GPU = "unknown GPU"
 
@@ -63,8 +66,13 @@ def python_logger(trt):
     ``trt.Logger`` prints to stderr, where the SDK never sees them) and keeps the errors of the
     current call in ``errors`` for the exception message."""
     severity = trt.ILogger.Severity
-    levels = {severity.INTERNAL_ERROR: logging.ERROR, severity.ERROR: logging.ERROR,
-              severity.WARNING: logging.WARNING, severity.INFO: logging.INFO, severity.VERBOSE: logging.DEBUG}
+    levels = {
+        severity.INTERNAL_ERROR: logging.ERROR,
+        severity.ERROR: logging.ERROR,
+        severity.WARNING: logging.WARNING,
+        severity.INFO: logging.INFO,
+        severity.VERBOSE: logging.DEBUG,
+    }
 
     class PythonLogger(trt.ILogger):
         def __init__(self):
@@ -82,6 +90,7 @@ def python_logger(trt):
 
 # --------------------------------------------------------------------------- manifest entries
 
+
 @dataclass(frozen=True)
 class EngineSpec:
     """One ``manifest.engines`` entry: which graph it implements and what it was built for."""
@@ -95,15 +104,22 @@ class EngineSpec:
     precision: str
 
     @classmethod
-    def parse(cls, key: str, raw) -> "EngineSpec":
+    def parse(cls, key: str, raw) -> EngineSpec:
         where = f"engines.{key}"
         if not isinstance(raw, dict):
             raise BundleError(f"{where} is {type(raw).__name__}; expected an object")
         missing = [f for f in ("file", "sha256", "tensorrt", "compute_capability") if not isinstance(raw.get(f), str)]
         if missing:
             raise BundleError(f"{where} lacks the string field(s) {missing}; rebuild the engines")
-        return cls(key, raw["file"], raw["sha256"], raw["tensorrt"], raw["compute_capability"],
-                   str(raw.get("gpu", UNKNOWN_GPU)), str(raw.get("precision", "fp32")))
+        return cls(
+            key,
+            raw["file"],
+            raw["sha256"],
+            raw["tensorrt"],
+            raw["compute_capability"],
+            str(raw.get("gpu", UNKNOWN_GPU)),
+            str(raw.get("precision", "fp32")),
+        )
 
 
 def parse_engines(manifest_raw: Mapping) -> dict[str, EngineSpec]:
@@ -125,8 +141,9 @@ def allow_other_gpu_default() -> bool:
     return os.environ.get(ALLOW_OTHER_GPU_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def engine_mismatch(spec: EngineSpec, trt_version: str, compute_capability: str, gpu: str = "",
-                    allow_other_gpu: bool = False) -> str | None:
+def engine_mismatch(
+    spec: EngineSpec, trt_version: str, compute_capability: str, gpu: str = "", allow_other_gpu: bool = False
+) -> str | None:
     """A sentence saying why ``spec`` cannot run with this TensorRT on this GPU, else None.
     Another GPU model of the same compute capability is refused too (TensorRT calls engines
     across device models unsupported) unless ``allow_other_gpu``, which only warns."""
@@ -134,23 +151,34 @@ def engine_mismatch(spec: EngineSpec, trt_version: str, compute_capability: str,
     if _version_key(spec.tensorrt) != _version_key(trt_version):
         problems.append(f"TensorRT {spec.tensorrt} (this machine has {trt_version})")
     if spec.compute_capability != compute_capability:
-        problems.append(f"compute capability {spec.compute_capability}, {spec.gpu} (this GPU: "
-                        f"{compute_capability}{', ' + gpu if gpu else ''})")
+        problems.append(
+            f"compute capability {spec.compute_capability}, {spec.gpu} (this GPU: "
+            f"{compute_capability}{', ' + gpu if gpu else ''})"
+        )
     elif gpu and spec.gpu not in ("", UNKNOWN_GPU) and spec.gpu != gpu:
         if allow_other_gpu:
-            log.warning("engine %s was built on %s and runs on %s (same compute capability %s; %s is set): "
-                        "TensorRT does not support engines across GPU models, rebuild if results or speed are off",
-                        spec.file, spec.gpu, gpu, compute_capability, ALLOW_OTHER_GPU_ENV)
+            log.warning(
+                "engine %s was built on %s and runs on %s (same compute capability %s; %s is set): "
+                "TensorRT does not support engines across GPU models, rebuild if results or speed are off",
+                spec.file,
+                spec.gpu,
+                gpu,
+                compute_capability,
+                ALLOW_OTHER_GPU_ENV,
+            )
         else:
-            problems.append(f"the GPU {spec.gpu} (this GPU: {gpu}, same compute capability {compute_capability}, "
-                            f"which TensorRT does not support across GPU models; to run it anyway set "
-                            f"{ALLOW_OTHER_GPU_ENV}=1 or pass allow_other_gpu=True)")
+            problems.append(
+                f"the GPU {spec.gpu} (this GPU: {gpu}, same compute capability {compute_capability}, "
+                f"which TensorRT does not support across GPU models; to run it anyway set "
+                f"{ALLOW_OTHER_GPU_ENV}=1 or pass allow_other_gpu=True)"
+            )
     if not problems:
         return None
     return f"engine {spec.file} was built for " + " and ".join(problems)
 
 
 # --------------------------------------------------------------------------- runtime
+
 
 @dataclass
 class TrtBinding:
@@ -161,7 +189,7 @@ class TrtBinding:
 
 
 class TrtRunner:
-    def __init__(self, backend: "TensorRTBackend", spec: GraphSpec, engine):
+    def __init__(self, backend: TensorRTBackend, spec: GraphSpec, engine):
         self.spec, self.engine, self._backend = spec, engine, backend
         trt = backend.trt
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -169,13 +197,17 @@ class TrtRunner:
         self.outputs = [n for n in names if n not in self.inputs]
         declared = {t.name: t for t in spec.inputs + spec.outputs}
         if set(names) != set(declared):
-            raise BundleError(f"engine for graph {spec.key!r} has tensors {sorted(names)} but the manifest declares "
-                              f"{sorted(declared)}; {REBUILD_HINT.format(path=backend.bundle.path)}")
+            raise BundleError(
+                f"engine for graph {spec.key!r} has tensors {sorted(names)} but the manifest declares "
+                f"{sorted(declared)}; {REBUILD_HINT.format(path=backend.bundle.path)}"
+            )
         for name in names:
             dtype = _TRT_DTYPES.get(getattr(engine.get_tensor_dtype(name), "name", ""), "?")
             if dtype != declared[name].dtype:
-                raise BundleError(f"engine tensor {spec.key}.{name} is {dtype}, the manifest says "
-                                  f"{declared[name].dtype}; {REBUILD_HINT.format(path=backend.bundle.path)}")
+                raise BundleError(
+                    f"engine tensor {spec.key}.{name} is {dtype}, the manifest says "
+                    f"{declared[name].dtype}; {REBUILD_HINT.format(path=backend.bundle.path)}"
+                )
         self._scratch = None
         size = getattr(engine, "device_memory_size_v2", None)
         strategy = getattr(getattr(trt, "ExecutionContextAllocationStrategy", None), "USER_MANAGED", None)
@@ -190,8 +222,9 @@ class TrtRunner:
         else:
             context = self.engine.create_execution_context(self._strategy)
         if context is None:
-            raise BackendError(f"TensorRT could not create an execution context for {self.spec.key!r} "
-                               f"(out of GPU memory?)")
+            raise BackendError(
+                f"TensorRT could not create an execution context for {self.spec.key!r} (out of GPU memory?)"
+            )
         if self._scratch is not None:
             if hasattr(context, "set_device_memory"):  # TensorRT >= 10.1
                 context.set_device_memory(*self._scratch)
@@ -203,28 +236,35 @@ class TrtRunner:
     def bind(self, inputs: Mapping[str, DeviceBuffer], outputs: Mapping[str, DeviceBuffer]) -> TrtBinding:
         given = {**inputs, **outputs}
         if set(given) != set(self.inputs) | set(self.outputs):
-            raise BackendError(f"{self.spec.key}: binding {sorted(given)} but the engine's tensors are "
-                               f"{sorted(self.inputs + self.outputs)}")
+            raise BackendError(
+                f"{self.spec.key}: binding {sorted(given)} but the engine's tensors are "
+                f"{sorted(self.inputs + self.outputs)}"
+            )
         context = self._new_context()
         for name in self.inputs:  # shapes first: output shapes follow from them
             shape = given[name].shape
             lo, _, hi = (tuple(d) for d in self.engine.get_tensor_profile_shape(name, 0))
             if not all(a <= s <= b for a, s, b in zip(lo, shape, hi)) or len(shape) != len(lo):
-                raise InputError(f"{self.spec.key}.{name}: shape {list(shape)} is outside the engine's optimisation "
-                                 f"profile {list(lo)}..{list(hi)}; use a batch in that range or rebuild with "
-                                 f"--max-batch")
+                raise InputError(
+                    f"{self.spec.key}.{name}: shape {list(shape)} is outside the engine's optimisation "
+                    f"profile {list(lo)}..{list(hi)}; use a batch in that range or rebuild with "
+                    f"--max-batch"
+                )
             if not context.set_input_shape(name, shape):
                 raise BackendError(f"TensorRT rejected shape {list(shape)} for {self.spec.key}.{name}")
         for name in self.outputs:
             shape = tuple(context.get_tensor_shape(name))
             if shape != given[name].shape:
-                raise BackendError(f"{self.spec.key}.{name}: the engine produces {list(shape)}, the bound buffer is "
-                                   f"{list(given[name].shape)}")
+                raise BackendError(
+                    f"{self.spec.key}.{name}: the engine produces {list(shape)}, the bound buffer is "
+                    f"{list(given[name].shape)}"
+                )
         addresses = {}
         for name in self.inputs + self.outputs:
             if given[name].dtype != self._dtype(name):
-                raise BackendError(f"{self.spec.key}.{name}: buffer is {given[name].dtype}, engine wants "
-                                   f"{self._dtype(name)}")
+                raise BackendError(
+                    f"{self.spec.key}.{name}: buffer is {given[name].dtype}, engine wants {self._dtype(name)}"
+                )
             if not context.set_tensor_address(name, given[name].ptr):
                 raise BackendError(f"TensorRT rejected the address of {self.spec.key}.{name}")
             addresses[name] = given[name].ptr
@@ -250,8 +290,10 @@ class TensorRTBackend:
         self.bundle = bundle
         self.engines = parse_engines(bundle.manifest.raw)
         if not self.engines:
-            raise BundleError(f"{bundle.path} has no TensorRT engines; build them on a machine with TensorRT: "
-                              f"{REBUILD_HINT.format(path=bundle.path)}")
+            raise BundleError(
+                f"{bundle.path} has no TensorRT engines; build them on a machine with TensorRT: "
+                f"{REBUILD_HINT.format(path=bundle.path)}"
+            )
         self.device = device_info(device)
         self.check_engines()  # before any plan reaches TensorRT
         self.cuda = CudaRuntime(device)
@@ -259,13 +301,21 @@ class TensorRTBackend:
         self._runtime = trt.Runtime(self._logger)
 
     def check_engines(self) -> None:
-        stale = [msg for spec in self.engines.values()
-                 if (msg := engine_mismatch(spec, self.trt.__version__, self.device.compute_capability,
-                                            self.device.name, self.allow_other_gpu))]
+        stale = [
+            msg
+            for spec in self.engines.values()
+            if (
+                msg := engine_mismatch(
+                    spec, self.trt.__version__, self.device.compute_capability, self.device.name, self.allow_other_gpu
+                )
+            )
+        ]
         if stale:
-            raise StaleEngineError("; ".join(stale) + f". Engines only run with the TensorRT release and GPU "
-                                   f"architecture they were built for: {REBUILD_HINT.format(path=self.bundle.path)} "
-                                   f"on this machine, or use backend='onnxruntime'")
+            raise StaleEngineError(
+                "; ".join(stale) + f". Engines only run with the TensorRT release and GPU "
+                f"architecture they were built for: {REBUILD_HINT.format(path=self.bundle.path)} "
+                f"on this machine, or use backend='onnxruntime'"
+            )
 
     def files(self, spec: GraphSpec) -> list[str]:
         """None of the ONNX files: ``load`` reads the engine, and checks it against the manifest's
@@ -292,10 +342,13 @@ class TensorRTBackend:
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
             said = f": {'; '.join(self._logger.errors[-3:])}" if self._logger.errors else ""
-            raise StaleEngineError(f"TensorRT {self.trt.__version__} could not deserialize {plan} (built with "
-                                   f"TensorRT {es.tensorrt} for {es.gpu}){said}; {hint}")
-        log.info("loaded engine %s (%s, TensorRT %s, sm %s)", plan.name, es.precision, es.tensorrt,
-                 es.compute_capability)
+            raise StaleEngineError(
+                f"TensorRT {self.trt.__version__} could not deserialize {plan} (built with "
+                f"TensorRT {es.tensorrt} for {es.gpu}){said}; {hint}"
+            )
+        log.info(
+            "loaded engine %s (%s, TensorRT %s, sm %s)", plan.name, es.precision, es.tensorrt, es.compute_capability
+        )
         return TrtRunner(self, spec, engine)
 
     def empty(self, shape, dtype: str) -> DeviceBuffer:

@@ -1,5 +1,6 @@
 """A stand-in for another library's CUDA array (a PyTorch CUDA tensor, a CuPy array) on the fake
 CUDA runtime: what ``Translator.infer`` sees of such an object is only its protocols."""
+
 from __future__ import annotations
 
 import ctypes
@@ -23,8 +24,16 @@ class FakeCudaTensor:
     that does not order itself after that stream reads zeros. DLPack's ``__dlpack__(stream=s)``
     does what PyTorch and CuPy do: records an event on the producer's stream and makes ``s`` wait."""
 
-    def __init__(self, cudart: FakeCudart, array, stream: int | None = None, device: int = 0,
-                 protocol: str = "cai", strides=None, pending: bool = False):
+    def __init__(
+        self,
+        cudart: FakeCudart,
+        array,
+        stream: int | None = None,
+        device: int = 0,
+        protocol: str = "cai",
+        strides=None,
+        pending: bool = False,
+    ):
         self.cudart, self.array = cudart, np.asarray(array)
         previous, cudart.current_device = cudart.current_device, device
         self.ptr = cudart.cudaMalloc(max(self.array.nbytes, 1))[1]
@@ -45,8 +54,14 @@ class FakeCudaTensor:
 
     def __getattr__(self, name):
         if name == "__cuda_array_interface__" and self.protocol in ("cai", "cai_v2", "torch"):
-            cai = {"shape": self.array.shape, "typestr": self.array.dtype.str, "data": (self.ptr, False),
-                   "version": 3, "strides": self.strides, "stream": self.stream}
+            cai = {
+                "shape": self.array.shape,
+                "typestr": self.array.dtype.str,
+                "data": (self.ptr, False),
+                "version": 3,
+                "strides": self.strides,
+                "stream": self.stream,
+            }
             if self.protocol != "cai":
                 del cai["stream"]
                 cai["version"] = 2

@@ -21,6 +21,7 @@ instead (kernel nodes come from the fake TensorRT's ``execute_async_v3``, memcpy
 and thread-local capture modes, a synchronising call during capture (stream sync, ``cudaMalloc``,
 ``cudaMemcpy``) fails with ``cudaErrorStreamCaptureUnsupported`` and invalidates the capture.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -218,13 +219,19 @@ class FakeCudart(QueuedStreams):
         self._call("cudaFree", ptr)
         self.run_all()  # cudaFree waits for the device, as in CUDA
         self.ptr_device.pop(int(ptr), None)
-        return (cudaError_t.cudaSuccess if self.device_mem.pop(int(ptr), None) is not None
-                else cudaError_t.cudaErrorInvalidValue,)
+        return (
+            cudaError_t.cudaSuccess
+            if self.device_mem.pop(int(ptr), None) is not None
+            else cudaError_t.cudaErrorInvalidValue,
+        )
 
     def cudaFreeHost(self, ptr):
         self._call("cudaFreeHost", ptr)
-        return (cudaError_t.cudaSuccess if self.host_mem.pop(int(ptr), None) is not None
-                else cudaError_t.cudaErrorInvalidValue,)
+        return (
+            cudaError_t.cudaSuccess
+            if self.host_mem.pop(int(ptr), None) is not None
+            else cudaError_t.cudaErrorInvalidValue,
+        )
 
     def region(self, table, ptr: int, nbytes: int) -> bool:
         """Is [ptr, ptr + nbytes) inside one allocation of ``table``?"""
@@ -234,20 +241,31 @@ class FakeCudart(QueuedStreams):
         err = self._call("cudaMemcpyAsync", int(dst), int(src), int(count), cudaMemcpyKind(kind), int(stream))
         if err:
             return (err,)
-        dst_table, src_table = {cudaMemcpyKind.cudaMemcpyHostToDevice: (self.device_mem, self.host_mem),
-                                cudaMemcpyKind.cudaMemcpyDeviceToHost: (self.host_mem, self.device_mem),
-                                cudaMemcpyKind.cudaMemcpyDeviceToDevice: (self.device_mem, self.device_mem)}[kind]
-        if (int(stream) not in self.streams or not self.region(dst_table, int(dst), count)
-                or not self.region(src_table, int(src), count)):
+        dst_table, src_table = {
+            cudaMemcpyKind.cudaMemcpyHostToDevice: (self.device_mem, self.host_mem),
+            cudaMemcpyKind.cudaMemcpyDeviceToHost: (self.host_mem, self.device_mem),
+            cudaMemcpyKind.cudaMemcpyDeviceToDevice: (self.device_mem, self.device_mem),
+        }[kind]
+        if (
+            int(stream) not in self.streams
+            or not self.region(dst_table, int(dst), count)
+            or not self.region(src_table, int(src), count)
+        ):
             return (cudaError_t.cudaErrorInvalidValue,)
-        self.enqueue(int(stream), cudaGraphNodeType.cudaGraphNodeTypeMemcpy, cudaMemcpyKind(kind).name,
-                     lambda: ctypes.memmove(int(dst), int(src), int(count)))
+        self.enqueue(
+            int(stream),
+            cudaGraphNodeType.cudaGraphNodeTypeMemcpy,
+            cudaMemcpyKind(kind).name,
+            lambda: ctypes.memmove(int(dst), int(src), int(count)),
+        )
         return (cudaError_t.cudaSuccess,)
 
     def cudaMemcpy(self, dst, src, count, kind):
         """Synchronous copy; here only device to host (``DeviceArray.numpy``) is needed."""
-        err = self._call("cudaMemcpy", int(dst), int(src), int(count), cudaMemcpyKind(kind)) \
+        err = (
+            self._call("cudaMemcpy", int(dst), int(src), int(count), cudaMemcpyKind(kind))
             or self._unsafe_during_capture()
+        )
         if err:
             return (err,)
         if kind != cudaMemcpyKind.cudaMemcpyDeviceToHost or not self.region(self.device_mem, int(src), count):
@@ -260,10 +278,15 @@ class FakeCudart(QueuedStreams):
         self._call("cudaPointerGetAttributes", int(ptr))
         for base, buf in self.device_mem.items():
             if base <= int(ptr) < base + len(buf):
-                return (cudaError_t.cudaSuccess, _PointerAttributes(cudaMemoryType.cudaMemoryTypeDevice,
-                                                                    self.ptr_device.get(base, 0)))
-        kind = (cudaMemoryType.cudaMemoryTypeHost if self.region(self.host_mem, int(ptr), 1)
-                else cudaMemoryType.cudaMemoryTypeUnregistered)
+                return (
+                    cudaError_t.cudaSuccess,
+                    _PointerAttributes(cudaMemoryType.cudaMemoryTypeDevice, self.ptr_device.get(base, 0)),
+                )
+        kind = (
+            cudaMemoryType.cudaMemoryTypeHost
+            if self.region(self.host_mem, int(ptr), 1)
+            else cudaMemoryType.cudaMemoryTypeUnregistered
+        )
         return (cudaError_t.cudaSuccess, _PointerAttributes(kind, -2))
 
     # ------------------------------------------------------------------ work, capture and graphs
@@ -374,4 +397,3 @@ def install(monkeypatch, cudart: FakeCudart) -> FakeCudart:
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
     return cudart
-

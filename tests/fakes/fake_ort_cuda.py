@@ -10,6 +10,7 @@ Runtime on a GPU, never what ONNX Runtime's CUDA kernels compute.
 ``version`` gates the API to that release's: by default the oldest the runtime allows
 (``onnxruntime>=1.17``), so ``OrtValue.tensor_size_in_bytes`` (new in 1.23) is missing, as there.
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,8 +35,9 @@ def make_module(cudart, providers=tuple(GPU_PROVIDERS), version: str = OLDEST):
         @property
         def tensor_size_in_bytes(self):
             if _version(version) < (1, 23):
-                raise AttributeError(f"'OrtValue' object has no attribute 'tensor_size_in_bytes' "
-                                     f"(onnxruntime {version}; added in 1.23)")
+                raise AttributeError(
+                    f"'OrtValue' object has no attribute 'tensor_size_in_bytes' (onnxruntime {version}; added in 1.23)"
+                )
             return super().tensor_size_in_bytes
 
     m = types.ModuleType("onnxruntime")

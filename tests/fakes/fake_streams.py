@@ -1,5 +1,6 @@
 """The fake CUDA runtime's streams and events (a mixin of ``fake_cuda.FakeCudart``): queues that
 run their work only when waited for. See ``fake_cuda``'s docstring for the rules."""
+
 from __future__ import annotations
 
 
@@ -64,8 +65,12 @@ class QueuedStreams:
         ok = int(event) in self.events and self._known_stream(stream)
         if ok and self.events[int(event)] is not None:  # an unrecorded event: nothing to wait for
             other, position = self.events[int(event)]
-            self.enqueue(int(stream), self.cudaGraphNodeType.cudaGraphNodeTypeKernel, "wait event",
-                         lambda: self.run_until(other, position))
+            self.enqueue(
+                int(stream),
+                self.cudaGraphNodeType.cudaGraphNodeTypeKernel,
+                "wait event",
+                lambda: self.run_until(other, position),
+            )
         return (self.cudaError_t.cudaSuccess if ok else self.cudaError_t.cudaErrorInvalidValue,)
 
     def cudaEventDestroy(self, event):

@@ -12,6 +12,7 @@ at that moment as a real graph does. Like TensorRT, a context's first enqueue do
 (here one synchronising fake call), which fails under capture — why code must enqueue once before capturing;
 ``module.uncapturable = True`` models engines that refuse to enqueue under capture at all.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,12 +27,38 @@ import numpy as np
 MAGIC = b"FAKEPLAN"
 # ONNX ops onnx-tensorrt's operator matrix lists as unsupported (8.4 to 8.5, and none of them added
 # since as far as this stand-in knows): the fake parser refuses them as TensorRT's does
-UNSUPPORTED_OPS = frozenset({
-    "BitShift", "Compress", "ConcatFromSequence", "ConvInteger", "Det", "DynamicQuantizeLinear", "MatMulInteger",
-    "MaxRoiPool", "MaxUnpool", "Multinomial", "NegativeLogLikelihoodLoss", "Optional", "OptionalGetElement",
-    "OptionalHasElement", "QLinearConv", "QLinearMatMul", "SequenceAt", "SequenceConstruct", "SequenceEmpty",
-    "SequenceErase", "SequenceInsert", "SequenceLength", "SequenceMap", "SoftmaxCrossEntropyLoss",
-    "SplitToSequence", "StringNormalizer", "TfIdfVectorizer", "Unique"})
+UNSUPPORTED_OPS = frozenset(
+    {
+        "BitShift",
+        "Compress",
+        "ConcatFromSequence",
+        "ConvInteger",
+        "Det",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "MaxRoiPool",
+        "MaxUnpool",
+        "Multinomial",
+        "NegativeLogLikelihoodLoss",
+        "Optional",
+        "OptionalGetElement",
+        "OptionalHasElement",
+        "QLinearConv",
+        "QLinearMatMul",
+        "SequenceAt",
+        "SequenceConstruct",
+        "SequenceEmpty",
+        "SequenceErase",
+        "SequenceInsert",
+        "SequenceLength",
+        "SequenceMap",
+        "SoftmaxCrossEntropyLoss",
+        "SplitToSequence",
+        "StringNormalizer",
+        "TfIdfVectorizer",
+        "Unique",
+    }
+)
 
 
 class TensorIOMode(enum.Enum):
@@ -95,7 +122,7 @@ def read_plan(plan: bytes):
     if not plan.startswith(MAGIC):
         return None
     (n,) = struct.unpack("<I", plan[8:12])
-    return json.loads(plan[12:12 + n]), plan[12 + n:]
+    return json.loads(plan[12 : 12 + n]), plan[12 + n :]
 
 
 def engine_graph(header: dict, onnx_bytes: bytes) -> bytes:
@@ -115,11 +142,13 @@ def polygraphy_runner(plan: bytes):
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
     header, onnx_bytes = read_plan(bytes(plan))
-    return OnnxrtRunner(SessionFromOnnx(engine_graph(header, onnx_bytes), providers=["CPUExecutionProvider"]),
-                        name="fake-tensorrt")
+    return OnnxrtRunner(
+        SessionFromOnnx(engine_graph(header, onnx_bytes), providers=["CPUExecutionProvider"]), name="fake-tensorrt"
+    )
 
 
 # --------------------------------------------------------------------------- builder
+
 
 class _Network:
     def __init__(self, flags):
@@ -141,8 +170,10 @@ class _Parser:
             return False
         for node in nodes:
             if node.op_type in UNSUPPORTED_OPS:
-                self.errors.append(f"In node {node.name or '?'} (importModel): UNSUPPORTED_NODE: No importer "
-                                   f"registered for op: {node.op_type}")
+                self.errors.append(
+                    f"In node {node.name or '?'} (importModel): UNSUPPORTED_NODE: No importer "
+                    f"registered for op: {node.op_type}"
+                )
         if self.errors:
             return False
         self.network.onnx = data
@@ -223,13 +254,18 @@ class Builder:
     def build_serialized_network(self, network, config):
         if network.onnx is None or len(config.profiles) != 1:
             return None
-        header = {"flags": network.flags, "builder_flags": sorted(f.name for f in config.flags),
-                  "profile": config.profiles[0].shapes, "gpu": config._m.cudart.gpu_name,
-                  "device": config._m.cudart.current_device}  # TensorRT builds on the thread's current device
+        header = {
+            "flags": network.flags,
+            "builder_flags": sorted(f.name for f in config.flags),
+            "profile": config.profiles[0].shapes,
+            "gpu": config._m.cudart.gpu_name,
+            "device": config._m.cudart.current_device,
+        }  # TensorRT builds on the thread's current device
         return make_plan(header, network.onnx)
 
 
 # --------------------------------------------------------------------------- runtime
+
 
 class _Context:
     def __init__(self, engine, strategy):
@@ -262,8 +298,11 @@ class _Context:
 
     def set_device_memory(self, ptr, size):
         cudart = self.engine.module.cudart
-        if self.strategy != ExecutionContextAllocationStrategy.USER_MANAGED or not cudart.region(
-                cudart.device_mem, int(ptr), int(size)) or size < self.engine.device_memory_size_v2:
+        if (
+            self.strategy != ExecutionContextAllocationStrategy.USER_MANAGED
+            or not cudart.region(cudart.device_mem, int(ptr), int(size))
+            or size < self.engine.device_memory_size_v2
+        ):
             raise RuntimeError("set_device_memory: not a user-managed context or memory too small / not device")
         self.device_memory = (int(ptr), int(size))
 
@@ -293,8 +332,12 @@ class _Context:
             self.initialised = True
         addresses, shapes = dict(self.addresses), dict(self.shapes)  # what a kernel node bakes in
         m.log.append(("execute_async_v3", self.engine.name, addresses, int(stream_handle)))
-        m.cudart.enqueue(int(stream_handle), m.cudart.cudaGraphNodeType.cudaGraphNodeTypeKernel, self.engine.name,
-                         lambda: self._compute(addresses, shapes))
+        m.cudart.enqueue(
+            int(stream_handle),
+            m.cudart.cudaGraphNodeType.cudaGraphNodeTypeKernel,
+            self.engine.name,
+            lambda: self._compute(addresses, shapes),
+        )
         return True
 
     def _compute(self, addresses: dict, shapes: dict) -> None:
@@ -357,13 +400,19 @@ class Runtime:
         m.log.append(("deserialize_cuda_engine", len(plan)))
         parsed = read_plan(bytes(plan))
         if parsed is None:
-            self.logger.log(ILogger.Severity.ERROR, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization "
-                                                   "(Serialization assertion magicTagRead == kMAGIC_TAG failed.)")
+            self.logger.log(
+                ILogger.Severity.ERROR,
+                "IRuntime::deserializeCudaEngine: Error Code 1: Serialization "
+                "(Serialization assertion magicTagRead == kMAGIC_TAG failed.)",
+            )
             return None
         if parsed[0].get("gpu", m.cudart.gpu_name) != m.cudart.gpu_name:  # what TensorRT 10 warns
-            self.logger.log(ILogger.Severity.WARNING, "Using an engine plan file across different models of devices "
-                                                      "is not supported and is likely to affect performance or "
-                                                      "even cause errors.")
+            self.logger.log(
+                ILogger.Severity.WARNING,
+                "Using an engine plan file across different models of devices "
+                "is not supported and is likely to affect performance or "
+                "even cause errors.",
+            )
         return _Engine(m, *parsed)
 
 
@@ -375,8 +424,9 @@ def make_module(cudart, version: str = "10.8.0.34", strongly_typed: bool = True,
     m.cudart, m.log, m.uncapturable = cudart, [], False
     m.TensorIOMode, m.DataType, m.MemoryPoolType = TensorIOMode, DataType, MemoryPoolType
     m.ExecutionContextAllocationStrategy, m.Logger, m.ILogger = ExecutionContextAllocationStrategy, Logger, ILogger
-    m.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag",
-                                                {"STRONGLY_TYPED": 5} if strongly_typed else {"NONE": 0})
+    m.NetworkDefinitionCreationFlag = enum.IntEnum(
+        "NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 5} if strongly_typed else {"NONE": 0}
+    )
     m.BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "TF32": 1} if fp16_flag else {"TF32": 1})
     m.Builder, m.Runtime, m.OnnxParser = Builder, Runtime, _Parser
     return m

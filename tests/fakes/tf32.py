@@ -8,12 +8,13 @@ that: every FP32 data/weight operand of those ops goes through a Veltkamp split
 bits, round-to-nearest — the TF32 value — and the op itself still runs in FP32. Bias inputs
 (Conv's and Gemm's third) are added in FP32 by the hardware and are left alone.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 TF32_OPS = {"Conv": 2, "ConvTranspose": 2, "MatMul": 2, "Gemm": 2}  # op -> how many leading operands are rounded
-_SPLIT = float(2 ** 13 + 1)
+_SPLIT = float(2**13 + 1)
 
 
 def round_to_tf32(x: np.ndarray) -> np.ndarray:
@@ -31,8 +32,11 @@ def tf32_graph(onnx_bytes: bytes) -> bytes:
     model = onnx.load_from_string(onnx_bytes)
     inferred = shape_inference.infer_shapes(model)
     g = inferred.graph
-    fp32 = {v.name for v in list(g.input) + list(g.value_info) + list(g.output)
-            if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    fp32 = {
+        v.name
+        for v in list(g.input) + list(g.value_info) + list(g.output)
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT
+    }
     fp32 |= {t.name for t in g.initializer if t.data_type == TensorProto.FLOAT}
     graph = model.graph
     graph.initializer.append(numpy_helper.from_array(np.array(_SPLIT, np.float32), "tf32_split_c"))
@@ -46,9 +50,11 @@ def tf32_graph(onnx_bytes: bytes) -> bytes:
                     continue
                 if name not in rounded:
                     base = f"tf32_{len(rounded)}"
-                    new_nodes += [helper.make_node("Mul", [name, "tf32_split_c"], [base + "_t"]),
-                                  helper.make_node("Sub", [base + "_t", name], [base + "_d"]),
-                                  helper.make_node("Sub", [base + "_t", base + "_d"], [base])]
+                    new_nodes += [
+                        helper.make_node("Mul", [name, "tf32_split_c"], [base + "_t"]),
+                        helper.make_node("Sub", [base + "_t", name], [base + "_d"]),
+                        helper.make_node("Sub", [base + "_t", base + "_d"], [base]),
+                    ]
                     rounded[name] = base
                 node.input[i] = rounded[name]
         new_nodes.append(node)

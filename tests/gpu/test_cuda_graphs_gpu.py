@@ -3,13 +3,17 @@ the reason) where TensorRT, cuda-python or a GPU is missing — as on this proje
 development machines, where these tests have not run yet. The control flow of the same code is
 covered without a GPU by test_cuda_graphs_fake.py and test_device_io.py.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install '.[gpu-cu12]', see docs/gpu.md); "
-                                       "GPU tests run only where TensorRT and a GPU exist")
+pytest.importorskip(
+    "tensorrt",
+    reason="TensorRT is not installed (pip install '.[gpu-cu12]', see docs/gpu.md); "
+    "GPU tests run only where TensorRT and a GPU exist",
+)
 pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed (pip install '.[gpu-cu12]')")
 
 from sdk.backends.cuda import device_count  # noqa: E402
@@ -32,16 +36,20 @@ def trt_bundle(tiny_bundles, tmp_path_factory):
 
 def frames(batch=2, count=4):
     rng = np.random.default_rng(11)
-    return [rng.uniform(-1, 1, (batch, tiny_bundle.C_X, tiny_bundle.S, tiny_bundle.S)).astype(np.float32)
-            for _ in range(count)]
+    return [
+        rng.uniform(-1, 1, (batch, tiny_bundle.C_X, tiny_bundle.S, tiny_bundle.S)).astype(np.float32)
+        for _ in range(count)
+    ]
 
 
 def test_graph_replay_equals_eager_execution(trt_bundle):
     from sdk import Translator
 
     xs = frames()
-    with Translator(trt_bundle, backend="tensorrt") as eager, \
-            Translator(trt_bundle, backend="tensorrt", cuda_graphs=True) as graphs:
+    with (
+        Translator(trt_bundle, backend="tensorrt") as eager,
+        Translator(trt_bundle, backend="tensorrt", cuda_graphs=True) as graphs,
+    ):
         for n in (1, 3, 5):
             for x in xs:  # the first call of each N captures, the others replay
                 a, b = eager.infer(x, iterations=n), graphs.infer(x, iterations=n)

@@ -2,6 +2,7 @@
 the CPU. Skipped (with the reason) without onnxruntime-gpu, cuda-python or a GPU — as on this
 project's machines, where it has not run yet. Control flow without a GPU: test_ort_cuda.py.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,10 @@ def test_ort_cuda_equals_ort_cpu(tiny_bundles, variant):
     from sdk import Translator
 
     x = np.random.default_rng(3).uniform(-1, 1, (2, tiny_bundle.C_X, tiny_bundle.S, tiny_bundle.S)).astype(np.float32)
-    with Translator(tiny_bundles[variant], backend="onnxruntime", threads=1) as cpu, \
-            Translator(tiny_bundles[variant], backend="onnxruntime-cuda") as gpu:
+    with (
+        Translator(tiny_bundles[variant], backend="onnxruntime", threads=1) as cpu,
+        Translator(tiny_bundles[variant], backend="onnxruntime-cuda") as gpu,
+    ):
         assert gpu.backend.providers[0][0] == "CUDAExecutionProvider"
         a, b = cpu.infer(x, iterations=2, return_steps=True), gpu.infer(x, iterations=2, return_steps=True)
     for s, t in zip(a.steps, b.steps):

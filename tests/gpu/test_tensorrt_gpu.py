@@ -2,6 +2,7 @@
 missing — as on the CI and development machines of this project, where none of these tests has
 run yet. The control flow of the same code is covered without a GPU by test_tensorrt_fake.py.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,11 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install '.[gpu-cu12]', see README 'GPU'); "
-                                       "GPU tests run only where TensorRT and a GPU exist")
+pytest.importorskip(
+    "tensorrt",
+    reason="TensorRT is not installed (pip install '.[gpu-cu12]', see README 'GPU'); "
+    "GPU tests run only where TensorRT and a GPU exist",
+)
 pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed (pip install '.[gpu-cu12]')")
 
 from sdk.backends.cuda import device_count  # noqa: E402
@@ -19,16 +23,18 @@ if device_count() == 0:
     pytest.skip("no CUDA device is visible", allow_module_level=True)
 
 import tiny_bundle  # noqa: E402
+from test_fp16 import ITERATIONS, S, fp_bundles  # noqa: E402,F401  (the module-scoped FP16/FP32 bundles)
+
 from export.fp16 import psnr  # noqa: E402
 from export.tensorrt_build import EngineOptions, build_bundle_engines  # noqa: E402
-from test_fp16 import ITERATIONS, S, fp_bundles  # noqa: E402,F401  (the module-scoped FP16/FP32 bundles)
 
 
 def with_engines(src, dst, max_batch=4, **options):
     shutil.copytree(src, dst)
     manifest = tiny_bundle.read_manifest(dst)
-    build_bundle_engines(dst, manifest, EngineOptions(max_batch=max_batch, timing_cache=dst.parent / "timing.cache",
-                                                      **options))
+    build_bundle_engines(
+        dst, manifest, EngineOptions(max_batch=max_batch, timing_cache=dst.parent / "timing.cache", **options)
+    )
     tiny_bundle.write_manifest(dst, manifest)
     return manifest
 
@@ -39,8 +45,10 @@ def test_tensorrt_fp16_loop_vs_onnxruntime_fp32(fp_bundles, tmp_path):
     manifest = with_engines(fp_bundles["fp16"], tmp_path / "fp16_trt")
     assert all(e["comparison"]["passed"] for e in manifest["engines"].values())
     x = np.random.default_rng(7).uniform(-1, 1, (3, 3, S, S)).astype(np.float32)
-    with Translator(fp_bundles["fp32"], backend="onnxruntime") as ref_t, \
-            Translator(tmp_path / "fp16_trt", backend="tensorrt") as t:
+    with (
+        Translator(fp_bundles["fp32"], backend="onnxruntime") as ref_t,
+        Translator(tmp_path / "fp16_trt", backend="tensorrt") as t,
+    ):
         ref, got = ref_t.infer(x, return_steps=True), t.infer(x, return_steps=True)
     for step, (a, b) in enumerate(zip(ref.steps, got.steps)):
         assert np.all(np.isfinite(b.image)), step
@@ -52,8 +60,10 @@ def test_tensorrt_fp32_engines_match_onnxruntime(tiny_bundles, tmp_path):
 
     manifest = with_engines(tiny_bundles["two_stage"], tmp_path / "trt")
     # TF32 cleared (TensorRT's default would round Conv/MatMul operands on Ampere+): compared at 1e-3
-    assert all(e["tf32"] is False and e["comparison"]["tolerance"] == "fp32" and e["comparison"]["passed"]
-               for e in manifest["engines"].values())
+    assert all(
+        e["tf32"] is False and e["comparison"]["tolerance"] == "fp32" and e["comparison"]["passed"]
+        for e in manifest["engines"].values()
+    )
     x = np.random.default_rng(0).uniform(-1, 1, (2, tiny_bundle.C_X, tiny_bundle.S, tiny_bundle.S)).astype(np.float32)
     with Translator(tmp_path / "trt", backend="onnxruntime") as a, Translator(tmp_path / "trt", backend="auto") as b:
         assert b.backend.name == "tensorrt"
@@ -64,8 +74,10 @@ def test_tensorrt_fp32_engines_match_onnxruntime(tiny_bundles, tmp_path):
 
 def test_tf32_engines_pass_at_their_own_tolerance(tiny_bundles, tmp_path):
     manifest = with_engines(tiny_bundles["two_stage"], tmp_path / "trt", tf32=True)
-    assert all(e["tf32"] is True and e["comparison"]["tolerance"] == "tf32" and e["comparison"]["passed"]
-               for e in manifest["engines"].values())
+    assert all(
+        e["tf32"] is True and e["comparison"]["tolerance"] == "tf32" and e["comparison"]["passed"]
+        for e in manifest["engines"].values()
+    )
 
 
 def test_loop_enqueues_no_host_copies(tiny_bundles, tmp_path):
@@ -82,8 +94,11 @@ def test_loop_enqueues_no_host_copies(tiny_bundles, tmp_path):
         t.infer(x, iterations=1)  # allocate and bind
         loop, cuda = t._loop, t.backend.cuda
         arena = loop._arenas[1]
-        check(cudart, cudart.cudaStreamBeginCapture(cuda.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
-              "cudaStreamBeginCapture")
+        check(
+            cudart,
+            cudart.cudaStreamBeginCapture(cuda.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
+            "cudaStreamBeginCapture",
+        )
         for step in range(4):
             source = "init" if step == 0 else (step - 1) % 2
             loop.runners["encoder"].run(arena.encoder[("encoder", source)])

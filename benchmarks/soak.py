@@ -3,7 +3,7 @@
 
     python benchmarks/soak.py                                  # engines/demo if built, else a tiny bundle
     python benchmarks/soak.py --bundle engines/demo --frames 5000
-    python benchmarks/soak.py --tiny --frames 5000             # the toy bundle of tests/tiny_bundle.py
+    python benchmarks/soak.py --tiny --frames 5000             # the toy bundle of tests/helpers/tiny_bundle.py
     python benchmarks/soak.py --bundle engines/demo --max-seconds 600 --iterations 1
 
 Each frame is an HxWx3 uint8 image (a few random frames cycled) through ``translator(frame)``,
@@ -46,11 +46,11 @@ def rss_mib() -> float:
 
 
 def tiny_bundle(folder: Path) -> Path:
-    """The toy bundle of tests/tiny_bundle.py, exported in a subprocess (it needs torch, which
+    """The toy bundle of tests/helpers/tiny_bundle.py, exported in a subprocess (it needs torch, which
     must not inflate this process's memory)."""
     code = (
         "import sys; from pathlib import Path; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']; "
-        "import tiny_bundle as tb; f = Path(sys.argv[2]); "
+        "from helpers import tiny_bundle as tb; f = Path(sys.argv[2]); "
         "tb.write_bundle(f / 'tiny', tb.export_graphs(f / 'graphs'), 'iterative')"
     )
     subprocess.run(
@@ -65,7 +65,7 @@ def tiny_bundle(folder: Path) -> Path:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, help="bundle folder (default: engines/demo if present, else --tiny)")
-    p.add_argument("--tiny", action="store_true", help="use the toy bundle of tests/tiny_bundle.py")
+    p.add_argument("--tiny", action="store_true", help="use the toy bundle of tests/helpers/tiny_bundle.py")
     p.add_argument("--frames", type=int, default=5000, help="frames to run (default 5000)")
     p.add_argument("--max-seconds", type=float, help="stop earlier after this many seconds")
     p.add_argument("--iterations", type=int, help="refinement iterations (default: the bundle's)")
@@ -168,7 +168,7 @@ def markdown(r: dict) -> str:
         f"{r['frames']} of {r['frames_requested']} frames in {r['seconds']} s ({r['fps']} frames/s); "
         f"{r['machine']['cpu_count']} CPUs, Python {r['machine']['python']}",
         "",
-        "| RSS (MiB) | start | bundle open | after frame %d | end | after close |" % r["baseline_frame"],
+        f"| RSS (MiB) | start | bundle open | after frame {r['baseline_frame']} | end | after close |",
         "|---|---:|---:|---:|---:|---:|",
         f"| | {rss['start']} | {rss['opened']} | {rss.get('baseline', 'n/a')} | {rss['end']} | {rss['closed']} |",
         "",

@@ -21,8 +21,8 @@ from sdk.backends.cuda import device_count  # noqa: E402
 if device_count() == 0:
     pytest.skip("no CUDA device is visible", allow_module_level=True)
 
-import tiny_bundle  # noqa: E402
-from test_tensorrt_gpu import with_engines  # noqa: E402
+from helpers import tiny_bundle  # noqa: E402
+from helpers.tensorrt_bundles import with_engines  # noqa: E402
 
 TOL = dict(rtol=1e-5, atol=1e-6)  # the same kernels in the same order; only launch differs
 

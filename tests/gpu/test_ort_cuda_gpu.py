@@ -18,7 +18,7 @@ from sdk.backends.cuda import device_count  # noqa: E402
 if device_count() == 0:
     pytest.skip("no CUDA device is visible", allow_module_level=True)
 
-import tiny_bundle  # noqa: E402
+from helpers import tiny_bundle  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)  # cuDNN's convolution algorithms differ from the CPU's
 

@@ -5,8 +5,6 @@ run yet. The control flow of the same code is covered without a GPU by test_tens
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -22,21 +20,11 @@ from sdk.backends.cuda import device_count  # noqa: E402
 if device_count() == 0:
     pytest.skip("no CUDA device is visible", allow_module_level=True)
 
-import tiny_bundle  # noqa: E402
-from test_fp16 import ITERATIONS, S, fp_bundles  # noqa: E402,F401  (the module-scoped FP16/FP32 bundles)
+from helpers import tiny_bundle  # noqa: E402
+from helpers.fp16_bundles import S  # noqa: E402
+from helpers.tensorrt_bundles import with_engines  # noqa: E402
 
 from export.fp16 import psnr  # noqa: E402
-from export.tensorrt_build import EngineOptions, build_bundle_engines  # noqa: E402
-
-
-def with_engines(src, dst, max_batch=4, **options):
-    shutil.copytree(src, dst)
-    manifest = tiny_bundle.read_manifest(dst)
-    build_bundle_engines(
-        dst, manifest, EngineOptions(max_batch=max_batch, timing_cache=dst.parent / "timing.cache", **options)
-    )
-    tiny_bundle.write_manifest(dst, manifest)
-    return manifest
 
 
 def test_tensorrt_fp16_loop_vs_onnxruntime_fp32(fp_bundles, tmp_path):

@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from sdk.errors import InputError, SdkError
+from sdk.imaging import as_rgb_uint8
 
 from .batching import CONDITION, IMAGE, ITERATIONS, LATENTS, OUTPUT, OUTPUT_RAW
+from .environment import missing_serve_extra
 
 log = logging.getLogger(__name__)
 
@@ -193,21 +195,24 @@ def main(argv=None) -> int:
     p.add_argument("--latents", type=Path, help="also save the W+ codes to this .npy file")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    missing = missing_serve_extra("PIL", f"tritonclient.{a.protocol}")
+    if missing:
+        log.error("%s", missing)
+        return 2
     from PIL import Image
 
     url = a.url or ("127.0.0.1:8000" if a.protocol == "http" else "127.0.0.1:8001")
     options = {} if a.factor is None else {"factor": a.factor}
     try:
+        image = as_rgb_uint8(a.image)  # the SDK's reading: 16-bit and palette files too, typed errors
         with TranslationClient(url, a.protocol, a.model) as client:
-            res = client.translate(
-                np.asarray(Image.open(a.image).convert("RGB")),
-                iterations=a.iterations,
-                latents=a.latents is not None,
-                **options,
-            )
+            res = client.translate(image, iterations=a.iterations, latents=a.latents is not None, **options)
     except SdkError as e:
         log.error("%s", e)
         return 2
+    except OSError as e:  # refused or reset connections (HTTP); gRPC's come as ServerError
+        log.error("cannot reach Triton at %s (%s); start it: python -m serving.pytriton_server --bundle BUNDLE", url, e)
+        return 1
     Image.fromarray(res.output[0]).save(a.output)
     if a.latents is not None:
         np.save(a.latents, res.latents[0])

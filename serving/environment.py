@@ -16,6 +16,7 @@ spawns ``tritonserver``, which passes it on to the stub. Users need not touch th
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
@@ -42,6 +43,17 @@ def interpreter_library_dir() -> Path | None:
     if not libdir or not soname or not sysconfig.get_config_var("Py_ENABLE_SHARED"):
         return None
     return Path(libdir) if (Path(libdir) / soname).is_file() else None
+
+
+def missing_serve_extra(*modules: str) -> str | None:
+    """One line naming the ``serve`` extra when one of ``modules`` cannot be imported; None when
+    all import. For command lines that should say what to install instead of a traceback."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            return f"{e.name or module} is not installed; {INSTALL_HINT}"
+    return None
 
 
 def unavailable_reason() -> str | None:

@@ -40,6 +40,8 @@ from sdk import Bundle
 from sdk.bundle import GraphSpec, iter_stage_graphs, sha256_file
 from sdk.errors import BundleError, InputError, SdkError
 
+from .environment import missing_serve_extra
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "tensorrt", "onnx")
@@ -269,6 +271,10 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    missing = missing_serve_extra("tritonclient.grpc")  # Triton's config messages
+    if missing:
+        log.error("%s", missing)
+        return 2
     options = RepositoryOptions(
         bundle=a.bundle,
         out=a.out,

@@ -15,7 +15,7 @@ it binds every (graph, buffer arrangement) pair once. A call then uploads ``x``,
 engine calls per step, and downloads the last image and latents. Backend-agnostic: it only
 uses :class:`sdk.backends.base.Backend` and the manifest's schedule.
 
-GPU extras, where the backend offers them (``sdk/backends/base.py``): with ``cuda_graphs`` the
+GPU extras, where the backend offers them (``Backend.can_capture``, ``Backend.device_io``): with ``cuda_graphs`` the
 2N engine calls of a call are recorded once per (batch, N, cold/warm start) into a CUDA graph and
 replayed on later calls; the input upload and result download stay outside the graph, so one
 graph serves host and device inputs and outputs. Calls that read the host between steps
@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend
+from .backends.base import Backend, Binding, Buffer, Replay, Runner
 from .bundle import MAX_ITERATIONS, Bundle, GraphSpec, iter_stage_graphs
 from .checks import check_bool, finite_float, is_int, shown
 from .device_arrays import DeviceInput
@@ -61,26 +63,24 @@ class LoopResult:
     latent_change: list[float] | None = None  # per step, with early_exit: max over the batch of mean |dz|
 
 
+Source = str | int  # what a step reads: INIT, WARM, or the ping-pong slot 0 or 1
+
+
 @dataclass
 class _Arena:
     """Device buffers and prepared bindings for one batch size."""
 
-    x: object
-    z: list  # two ping-pong latent buffers
-    y: list  # two ping-pong image buffers
-    z0: object
-    y0: object
-    zw: object  # warm-start state, uploaded per call that asks for it
-    yw: object
-    encoder: dict[tuple, object] = field(default_factory=dict)  # (graph, source) -> binding
-    generator: dict[int, object] = field(default_factory=dict)  # slot -> binding
-    graphs: dict[tuple, object] = field(default_factory=dict)  # (N, INIT|WARM) -> Replay, or None: not capturable
-
-
-def _files_read(backend: Backend, spec) -> list[str]:
-    """The bundle files ``backend`` reads to load ``spec`` (all of the graph's where it does not say)."""
-    files = getattr(backend, "files", None)
-    return files(spec) if files is not None else [name for name, _ in spec.files()]
+    x: Buffer
+    z: list[Buffer]  # two ping-pong latent buffers
+    y: list[Buffer]  # two ping-pong image buffers
+    z0: Buffer
+    y0: Buffer
+    zw: Buffer  # warm-start state, uploaded per call that asks for it
+    yw: Buffer
+    encoder: dict[tuple[str, Source], Binding] = field(default_factory=dict)  # (graph, source) -> binding
+    generator: dict[int, Binding] = field(default_factory=dict)  # slot -> binding
+    # (N, INIT|WARM) -> the recorded steps, or None: not capturable
+    graphs: dict[tuple[int, str], Replay | None] = field(default_factory=dict)
 
 
 class RefinementLoop:
@@ -89,7 +89,7 @@ class RefinementLoop:
 
     def __init__(self, backend: Backend, bundle: Bundle, cuda_graphs: bool = False, verify: bool = True):
         self.backend = backend
-        self.cuda_graphs = bool(cuda_graphs) and hasattr(backend, "capture")
+        self.cuda_graphs = bool(cuda_graphs) and backend.can_capture
         if cuda_graphs and not self.cuda_graphs:
             log.warning(
                 "backend %s cannot record CUDA graphs (only the TensorRT backend can); the loop runs without them",
@@ -99,8 +99,8 @@ class RefinementLoop:
         self.manifest = m = bundle.manifest
         specs = [*iter_stage_graphs(m), m.graphs["generator"]]
         if verify:  # one call, so the files hash in parallel
-            bundle.verify([n for g in specs for n in _files_read(backend, g)] + [m.constants_file])
-        self.runners = {g.key: backend.load(g, bundle.graph_path(g.key)) for g in specs}
+            bundle.verify([n for g in specs for n in backend.files(g)] + [m.constants_file])
+        self.runners: dict[str, Runner] = {g.key: backend.load(g, bundle.graph_path(g.key)) for g in specs}
         consts = bundle.constants()
         if verify:  # the files the backend loaded are still the ones hashed (nobody replaced one meanwhile)
             bundle.check_unchanged()
@@ -113,10 +113,10 @@ class RefinementLoop:
     # ------------------------------------------------------------------ public
     def run(
         self,
-        x: np.ndarray,
+        x: np.ndarray | DeviceInput,
         iterations: int | None = None,
         return_steps: bool = False,
-        init: tuple[np.ndarray, np.ndarray] | None = None,
+        init: tuple[np.ndarray | DeviceInput, np.ndarray | DeviceInput] | None = None,
         early_exit: float | None = None,
         output: str = "host",
     ) -> LoopResult:
@@ -191,11 +191,21 @@ class RefinementLoop:
     def state_shapes(self, batch: int) -> tuple[tuple, tuple]:
         """The shapes of a loop state for ``batch``: (latents [B, M, D], images [B, 3, R, R])."""
         gen = self.manifest.graphs["generator"]
-        return tuple(gen.input("latents").concrete_shape(batch)), tuple(gen.output.concrete_shape(batch))
+        return tuple(gen.tensor("latents").concrete_shape(batch)), tuple(gen.output.concrete_shape(batch))
 
-    def _run_stepwise(self, arena: _Arena, n: int, start, fetch, return_steps: bool, early_exit, previous):
-        steps = [] if return_steps else None
-        changes = [] if early_exit else None
+    def _run_stepwise(
+        self,
+        arena: _Arena,
+        n: int,
+        start: str,
+        fetch: Callable[[Buffer], Any],
+        return_steps: bool,
+        early_exit: float | None,
+        previous: np.ndarray | None,
+    ) -> tuple[int, list[Step] | None, list[float] | None]:
+        steps: list[Step] | None = [] if return_steps else None
+        changes: list[float] | None = [] if early_exit else None
+        threshold = float(early_exit) if early_exit else 0.0
         t = 0
         while t < n:
             self._step(arena, t, start)
@@ -204,16 +214,16 @@ class RefinementLoop:
             if steps is not None:
                 steps.append(Step(fetch(z), fetch(y)))
             if changes is not None:
-                host = steps is not None and isinstance(steps[-1].latents, np.ndarray)
-                current = steps[-1].latents if host else self.backend.download(z)
+                latest = steps[-1].latents if steps is not None else None
+                current = latest if isinstance(latest, np.ndarray) else self.backend.download(z)
                 change = float(np.abs(current - previous).mean(axis=(1, 2)).max())
                 changes.append(change)
                 previous = current
-                if change < float(early_exit):
+                if change < threshold:
                     break
         return t, steps, changes
 
-    def _run_all(self, arena: _Arena, n: int, start) -> None:
+    def _run_all(self, arena: _Arena, n: int, start: str) -> None:
         """All N steps with no host work in between: replayed from a CUDA graph where enabled."""
         if not self.cuda_graphs:
             return self._enqueue(arena, n, start)
@@ -221,23 +231,25 @@ class RefinementLoop:
         if key not in arena.graphs:
             # capture() runs the steps once (this call's results), then records them
             arena.graphs[key] = self.backend.capture(lambda: self._enqueue(arena, n, start))
-        elif arena.graphs[key] is None:  # not capturable (warned once): eager
+            return
+        replay = arena.graphs[key]
+        if replay is None:  # not capturable (warned once): eager
             self._enqueue(arena, n, start)
         else:
-            arena.graphs[key].launch()
+            replay.launch()
 
-    def _enqueue(self, arena: _Arena, n: int, start) -> None:
+    def _enqueue(self, arena: _Arena, n: int, start: str) -> None:
         for t in range(n):
             self._step(arena, t, start)
 
-    def _step(self, arena: _Arena, t: int, start) -> None:
+    def _step(self, arena: _Arena, t: int, start: str) -> None:
         """Step ``t``: reads the start state (t = 0) or the slot step t-1 wrote; writes slot t % 2."""
         stage = self.manifest.schedule.stage(t)
         source = start if t == 0 else (t - 1) % 2
         self.runners[stage.graph].run(arena.encoder[(stage.graph, source)])
         self.runners["generator"].run(arena.generator[t % 2])
 
-    def _put(self, dst, value) -> None:
+    def _put(self, dst: Buffer, value: np.ndarray | DeviceInput) -> None:
         if isinstance(value, DeviceInput):
             self.backend.put_device(dst, value)
         else:
@@ -247,7 +259,7 @@ class RefinementLoop:
         """:class:`InputError` unless this backend can take the call's device inputs (if any) and
         give ``output``."""
         _check_output(output)
-        if (output == "device" or device_inputs) and not getattr(self.backend, "device_io", False):
+        if (output == "device" or device_inputs) and not self.backend.device_io:
             raise InputError(
                 f"GPU-resident inputs and output='device' need a GPU backend (tensorrt, onnxruntime-cuda); "
                 f"this Translator runs on {self.backend.name} (CPU): pass numpy arrays (e.g. "
@@ -312,7 +324,7 @@ class RefinementLoop:
             self._check_open()
             if "mapping" not in self.runners:
                 if self._verify:
-                    self._bundle.verify(_files_read(self.backend, spec))
+                    self._bundle.verify(self.backend.files(spec))
                 runner = self.backend.load(spec, self._bundle.graph_path("mapping"))
                 if self._verify:
                     self._bundle.check_unchanged()
@@ -342,6 +354,8 @@ class RefinementLoop:
             self._closed = True
             self._arenas.clear()
             self._mapping.clear()
+            for runner in self.runners.values():
+                runner.close()
             self.runners.clear()
 
     def _check_open(self) -> None:
@@ -354,9 +368,9 @@ class RefinementLoop:
             return self._arenas[batch]
         m, be = self.manifest, self.backend
         gen = m.graphs["generator"]
-        zspec, yspec = gen.input("latents"), gen.output
+        zspec, yspec = gen.tensor("latents"), gen.output
         first = m.graphs[m.schedule.stages[0].graph]
-        xspec = first.input("condition")
+        xspec = first.tensor("condition")
         arena = _Arena(
             x=be.empty(xspec.concrete_shape(batch), xspec.dtype),
             z=[be.empty(zspec.concrete_shape(batch), zspec.dtype) for _ in range(2)],
@@ -372,12 +386,12 @@ class RefinementLoop:
             arena.generator[slot] = self.runners["generator"].bind(
                 {zspec.name: arena.z[slot]}, {yspec.name: arena.y[slot]}
             )
+        # (source, latents read, image read, slot written): a step that reads slot s writes the
+        # other slot; the first step writes slot 0
+        reads: list[tuple[Source, Buffer, Buffer, int]] = [(INIT, arena.z0, arena.y0, 0), (WARM, arena.zw, arena.yw, 0)]
+        reads += [(s, arena.z[s], arena.y[s], 1 - s) for s in (0, 1)]
         for graph in iter_stage_graphs(m):
-            starts = {INIT: (arena.z0, arena.y0), WARM: (arena.zw, arena.yw)}
-            for source in (INIT, WARM, 0, 1):
-                z_in, y_in = starts[source] if source in starts else (arena.z[source], arena.y[source])
-                # a step that reads slot s writes the other slot; the first step writes slot 0
-                out_slot = 0 if source in starts else 1 - source
+            for source, z_in, y_in, out_slot in reads:
                 arena.encoder[(graph.key, source)] = self.runners[graph.key].bind(
                     self._stage_inputs(graph, arena.x, y_in, z_in), {graph.output.name: arena.z[out_slot]}
                 )

@@ -146,6 +146,14 @@ class GraphSpec:
     def input(self, role: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.role == role), None)
 
+    def tensor(self, role: str) -> TensorSpec:
+        """The input of ``role``, which the manifest's checks guarantee for the roles the loop
+        reads (condition and latents of the stages, latents of the generator)."""
+        spec = self.input(role)
+        if spec is None:
+            raise BundleError(f"graphs.{self.key} has no input of role {role!r}")
+        return spec
+
     @property
     def output(self) -> TensorSpec:
         return self.outputs[0]

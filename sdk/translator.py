@@ -32,6 +32,8 @@ from .tasks import preprocess
 
 log = logging.getLogger(__name__)
 
+State = np.ndarray | DeviceInput  # one array of a loop state or input: on the host, or a CUDA array
+
 
 @dataclass
 class TranslationResult:
@@ -93,6 +95,7 @@ class Translator:
         _check_options(backend, threads, verify, device, cuda_graphs)
         self.bundle = Bundle(bundle, verify=False)  # the loop checks the files its backend reads
         self.backend = create_backend(backend, threads=threads, bundle=self.bundle, device=device)
+        self._loop: RefinementLoop | None = None
         try:
             self._loop = RefinementLoop(self.backend, self.bundle, cuda_graphs, verify)
         except BackendError as e:
@@ -167,14 +170,14 @@ class Translator:
         """
         loop = self._open_loop()
         loop.check_arguments(iterations, return_steps, early_exit, output)
-        x, batch = self._check_input(x)
+        checked, batch = self._check_input(x)
         start = None
         if init is not None:  # shapes checked before any array is converted
             latents, images = (init.latents, init.images) if isinstance(init, TranslationResult) else _pair(init)
             start = self._start_state(loop, latents, images, batch)
-        if isinstance(x, np.ndarray):
-            x = self._host_input(x)
-        return TranslationResult.from_loop(loop.run(x, iterations, return_steps, start, early_exit, output))
+        if isinstance(checked, np.ndarray):
+            checked = self._host_input(checked)
+        return TranslationResult.from_loop(loop.run(checked, iterations, return_steps, start, early_exit, output))
 
     def synthesise(self, latents: np.ndarray) -> np.ndarray:
         """Render W+ codes: [B, M, D] (or [M, D]) float32 → [B, 3, R, R] raw generator images."""
@@ -270,15 +273,15 @@ class Translator:
         self._open_loop().check_device_use("host", device_inputs=True)  # a clear error on CPU backends
         return device_view(value, self.backend.consumer_stream, what)
 
-    def _start_state(self, loop: RefinementLoop, latents, images, batch: int) -> tuple:
+    def _start_state(self, loop: RefinementLoop, latents, images, batch: int) -> tuple[State, State]:
         """A warm start (latents, images) for ``batch``: shapes checked first, then each array a
         :class:`DeviceInput` (CUDA arrays) or finite float32, with the batch axis."""
         shapes = loop.state_shapes(batch)
-        state = []
+        state: list[State] = []
         for value, shape, what in zip((latents, images), shapes, ("latents", "images")):
             forms = [shape, shape[1:]] if batch == 1 else [shape]
 
-            def check(got, forms=forms):
+            def check(got, forms=forms, what=what):
                 try:
                     match_shape(got, forms, f"init {what}")
                 except InputError:
@@ -289,14 +292,14 @@ class Translator:
                     ) from None
 
             if is_device_array(value):
-                arr = self._device_input(value, f"init {what}")
-                check(arr.shape)
-                state.append(arr if arr.ndim == len(shape) else arr.with_batch())
+                view = self._device_input(value, f"init {what}")
+                check(view.shape)
+                state.append(view if view.ndim == len(shape) else view.with_batch())
             else:
                 arr = _float_array(value, f"init {what}", check)
                 _check_magnitude(arr, f"init {what}")
                 state.append(arr if arr.ndim == len(shape) else arr[None])
-        return tuple(state)
+        return state[0], state[1]
 
     def _check_input(self, x) -> tuple[np.ndarray | DeviceInput, int]:
         """``x`` (a host array as given, or a :class:`DeviceInput`) and its batch size, checked

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..bundle import GraphSpec
 from ..errors import BackendError, BundleError
+from .base import Backend, Runner
 from .ort_cpu import choose_graph, configure, graph_files
 from .ort_cuda import OrtDeviceIO, gpu_providers
 
@@ -31,7 +32,7 @@ def _import_ort():
     return onnxruntime
 
 
-class OrtRunner:
+class OrtRunner(Runner):
     """One ``InferenceSession``; ``bind`` returns a prepared ``IOBinding``."""
 
     def __init__(self, backend: OrtBackend, spec: GraphSpec, path: Path):
@@ -96,7 +97,7 @@ def _mismatch(spec, shape: list, ort_type: str) -> str | None:
     return None if ok else f"{list(shape)} in the graph but {list(spec.shape)} in the manifest"
 
 
-class OrtBackend(OrtDeviceIO):
+class OrtBackend(OrtDeviceIO, Backend):
     """``device="cpu"``, ``"cuda"`` or ``"tensorrt"`` (ORT's TensorRT provider; both need
     onnxruntime-gpu) on GPU ``device_id``; ``threads`` caps intra-op threads; ``fp16`` lets ORT's
     TensorRT provider pick FP16 kernels."""

@@ -27,10 +27,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..bundle import REBUILD_HINT, GraphSpec
 from ..device_arrays import DeviceArray, DeviceInput
 from ..errors import BackendError, BundleError, InputError, StaleEngineError
+from .base import Backend, Runner
 from .cuda import CudaGraph, CudaRuntime, DeviceBuffer, cuda_status, device_info
 
 log = logging.getLogger(__name__)
@@ -184,13 +186,14 @@ def engine_mismatch(
 class TrtBinding:
     """One execution context with its shapes and addresses set; ``run`` only enqueues it."""
 
-    context: object
-    addresses: dict  # tensor name -> device address (for inspection and tests)
+    context: Any  # a tensorrt.IExecutionContext
+    addresses: dict[str, int]  # tensor name -> device address (for inspection and tests)
 
 
-class TrtRunner:
-    def __init__(self, backend: TensorRTBackend, spec: GraphSpec, engine):
-        self.spec, self.engine, self._backend = spec, engine, backend
+class TrtRunner(Runner):
+    def __init__(self, backend: TensorRTBackend, spec: GraphSpec, engine: Any):
+        self.spec, self._backend = spec, backend
+        self.engine: Any = engine  # a tensorrt.ICudaEngine
         trt = backend.trt
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -277,12 +280,16 @@ class TrtRunner:
         if not binding.context.execute_async_v3(self._backend.cuda.handle):
             raise BackendError(f"TensorRT execute_async_v3 failed for {self.spec.key!r} (see the TensorRT log)")
 
+    def close(self) -> None:
+        """Drop the engine (after the loop dropped the bindings' contexts, which use it)."""
+        self.engine = None
 
-class TensorRTBackend:
+
+class TensorRTBackend(Backend):
     """Runs a bundle's TensorRT engines. ``device``: the CUDA device index."""
 
     name = "tensorrt"
-    device_io = True  # takes and returns GPU-resident arrays (sdk.device_arrays)
+    can_capture = True
 
     def __init__(self, bundle, device: int = 0, allow_other_gpu: bool | None = None):
         self.trt = trt = import_tensorrt()
@@ -364,6 +371,10 @@ class TensorRTBackend:
         self.cuda.synchronize()
 
     # ------------------------------------------------------------------ device I/O and graphs
+    @property
+    def device_io(self) -> bool:
+        return True
+
     @property
     def consumer_stream(self) -> int:
         return self.cuda.handle

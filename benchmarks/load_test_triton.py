@@ -34,12 +34,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from sdk import Translator  # noqa: E402
+from sdk.extras import exit_for_missing_extra  # noqa: E402
+
+try:
+    from tqdm import tqdm
+except ModuleNotFoundError as e:
+    exit_for_missing_extra(e, "serve,export", __name__)
 from serving.client import ServerError, TranslationClient, model_metrics  # noqa: E402
 from serving.pytriton_server import ServeOptions, TranslationServer  # noqa: E402
 

@@ -28,12 +28,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sdk import Translator  # noqa: E402
+from sdk.extras import exit_for_missing_extra  # noqa: E402
+
+try:
+    from tqdm import tqdm
+except ModuleNotFoundError as e:
+    exit_for_missing_extra(e, "export", __name__)
 
 
 def rss_mib() -> float:

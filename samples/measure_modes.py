@@ -46,13 +46,18 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from tqdm import tqdm
 
 from samples.clips import DEFAULT_PHOTOS, photo_clip
 from samples.mode_report import plot_modes, write_table
 from samples.sr_pipeline import LowResolution, VideoLoop, bicubic, result_image
 from samples.video_io import SampleError, import_cv2
 from sdk import SdkError, Translator
+from sdk.extras import exit_for_missing_extra
+
+try:
+    from tqdm import tqdm
+except ModuleNotFoundError as e:
+    exit_for_missing_extra(e, "samples,demo", __name__)
 
 log = logging.getLogger("measure_modes")
 COLD_MAX = 5

@@ -25,7 +25,7 @@ from ..errors import BackendError
 try:
     import cv2  # noqa: F401
 except ImportError as e:  # the one line an optional extra gives
-    raise BackendError("sdk.faces needs OpenCV: pip install 'gan-encoder-rt[faces]'") from e
+    raise BackendError('sdk.faces needs OpenCV (cv2 is not installed); pip install -e ".[faces]"') from e
 
 from .align import align_face, crop_corners, detect_faces, face_from_landmarks
 from .backends import BACKENDS, get_backend

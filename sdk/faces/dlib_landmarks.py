@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import BackendError
 from .types import LandmarkBackend, Landmarks
 
-EXTRA_HINT = "pip install 'gan-encoder-rt[faces-dlib]' (dlib-bin and face_recognition_models)"
+EXTRA_HINT = 'pip install -e ".[faces-dlib]" (dlib-bin and face_recognition_models)'
 MODEL_NAME = "shape_predictor_68_face_landmarks.dat"
 
 

@@ -76,16 +76,22 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
 
-def resize_lanczos(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_lanczos(
+    image: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
     """``HxWx3`` uint8 resized to ``size = (width, height)`` as Pillow's ``resize(size, LANCZOS)``
-    does it: the horizontal pass first, rounded to 8 bits, then the vertical pass."""
+    does it (the horizontal pass first, rounded to 8 bits, then the vertical pass), or just the
+    region ``box = (x0, y0, x1, y1)`` of that result (the same pixels; only the input rows and
+    columns it reads are filtered)."""
     h, w = image.shape[:2]
-    out = image
-    if size[0] != w:
-        rows = _resample_leading(_lanczos_weights(w, size[0]), np.moveaxis(out.astype(np.float32), 1, 0))
-        out = _to_uint8(np.moveaxis(rows, 0, 1))
-    if size[1] != h:
-        out = _to_uint8(_resample_leading(_lanczos_weights(h, size[1]), out.astype(np.float32)))
+    x0, y0, x1, y1 = box if box is not None else (0, 0, size[0], size[1])
+    cols = _lanczos_weights(w, size[0])[x0:x1]
+    rows = _lanczos_weights(h, size[1])[y0:y1]
+    used = np.flatnonzero(rows.any(axis=0))
+    r0, r1 = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 0)
+    src = image[r0:r1].astype(np.float32)
+    out = _to_uint8(np.moveaxis(_resample_leading(cols, np.moveaxis(src, 1, 0)), 0, 1))
+    out = _to_uint8(_resample_leading(np.ascontiguousarray(rows[:, r0:r1]), out.astype(np.float32)))
     return np.ascontiguousarray(out)
 
 
@@ -129,21 +135,25 @@ def align_ffhq(image: np.ndarray, anchors: np.ndarray, size: int) -> tuple[np.nd
     img = image
 
     shrink = int(np.floor(qsize / size * 0.5))
+    h, w = img.shape[:2]
     if shrink > 1:
-        h, w = img.shape[:2]
         rsize = (int(np.rint(float(w) / shrink)), int(np.rint(float(h) / shrink)))
-        img = resize_lanczos(img, rsize)
         quad = quad / shrink
         qsize /= shrink
         sx, sy = w / rsize[0], h / rsize[1]  # edges map to edges: x_frame + 0.5 = (x + 0.5) * sx
         to_frame = to_frame @ np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+        w, h = rsize
 
     border = max(int(np.rint(qsize * 0.1)), 3)
-    h, w = img.shape[:2]
     b = _bounds(quad)
     crop = (max(b[0] - border, 0), max(b[1] - border, 0), min(b[2] + border, w), min(b[3] + border, h))
-    if crop[2] - crop[0] < w or crop[3] - crop[1] < h:
-        img = img[crop[1] : crop[3], crop[0] : crop[2]]
+    cropped = crop[2] - crop[0] < w or crop[3] - crop[1] < h
+    box = crop if cropped else (0, 0, w, h)
+    if shrink > 1:  # only the region kept is resampled: the same pixels as shrinking the whole frame, then cropping
+        img = resize_lanczos(img, (w, h), box)
+    else:
+        img = img[box[1] : box[3], box[0] : box[2]]
+    if cropped:
         quad = quad - crop[0:2]
         to_frame = to_frame @ _shift(crop[0], crop[1])
 

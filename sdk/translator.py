@@ -16,8 +16,9 @@ import ctypes
 import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,9 +64,10 @@ class Translator:
     Args:
         bundle: path of the bundle folder (``engines/NAME``).
         backend: ``"auto"`` (the bundle's TensorRT engines where TensorRT and a GPU are present and
-            the engines were built for them, else ONNX Runtime on CUDA if available, else CPU),
+            the engines were built for them, else ONNX Runtime on CUDA if available, else on a CPU
+            OpenVINO at gated BF16/FP16 where the CPU has it, else ONNX Runtime: docs/cpu_backends.md),
             ``"tensorrt"``, ``"onnxruntime"`` (CPU), ``"onnxruntime-cuda"``, ``"onnxruntime-tensorrt"``
-            (ONNX Runtime's TensorRT provider).
+            (ONNX Runtime's TensorRT provider), ``"openvino"`` (CPU, the openvino extra).
         threads: intra-op threads for CPU back ends, an int in 1..:func:`max_threads` (four per
             core, at most 1024: more only oversubscribes the cores, and ONNX Runtime takes minutes
             to start 10**5 threads); None: the runtime's choice.
@@ -75,6 +77,10 @@ class Translator:
         cuda_graphs: record each (batch, iterations, cold/warm start) loop into a CUDA graph on
             its first call and replay it afterwards (TensorRT backend; others warn and run eagerly).
             Calls with ``return_steps`` or ``early_exit`` read the host between steps and run eagerly.
+        precision: "auto" (on a CPU: BF16/FP16 on OpenVINO where the CPU has it and the bundle
+            passes the accuracy gate, :mod:`sdk.precision_gate`), "fp32" (forced), "bf16", "fp16"
+            (OpenVINO only). backend_options: OpenVINO's ``{"hint": "LATENCY" | "THROUGHPUT",
+            "pinning": bool}``.
 
     One Translator may be shared by threads; calls are serialised. ``close()`` (or a
     ``with`` block) releases the sessions and buffers.
@@ -91,10 +97,14 @@ class Translator:
         verify: bool = True,
         device: int = 0,
         cuda_graphs: bool = False,
+        precision: str = "auto",
+        backend_options: Mapping[str, Any] | None = None,
     ):
         _check_options(backend, threads, verify, device, cuda_graphs)
         self.bundle = Bundle(bundle, verify=False)  # the loop checks the files its backend reads
-        self.backend = create_backend(backend, threads=threads, bundle=self.bundle, device=device)
+        self.backend = create_backend(
+            backend, threads, self.bundle, device, precision=precision, options=backend_options
+        )
         self._loop: RefinementLoop | None = None
         try:
             self._loop = RefinementLoop(self.backend, self.bundle, cuda_graphs, verify)

@@ -10,18 +10,36 @@ from .base import Backend, Runner
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # reduced ones: the openvino backend (and auto on a CPU)
 
 
-def create_backend(name: str = "auto", threads: int | None = None, bundle=None, device: int = 0) -> Backend:
+def create_backend(
+    name: str = "auto",
+    threads: int | None = None,
+    bundle=None,
+    device: int = 0,
+    precision: str = "auto",
+    options=None,
+) -> Backend:
     """Make a backend by name. ``auto``: TensorRT when ``bundle`` has engines and TensorRT, cuda-python
     and a GPU are present and the engines match them (else a warning says why not); otherwise ONNX
-    Runtime on CUDA where available, else CPU. ``tensorrt`` needs ``bundle``. ``device``: the GPU
-    index for the GPU backends."""
+    Runtime on CUDA where available, else the CPU rule of :func:`sdk.backends.openvino.auto_cpu`
+    (OpenVINO at a gated BF16/FP16 where the CPU has it, else ONNX Runtime). ``tensorrt`` needs
+    ``bundle``. ``device``: the GPU index for the GPU backends. ``precision``: one of
+    :data:`PRECISIONS` (reduced ones on OpenVINO only); ``options``: OpenVINO's ``hint`` and
+    ``pinning`` (:func:`sdk.backends.openvino.options_from`)."""
     from .onnxruntime import OrtBackend
 
     if not is_int(device) or device < 0:
         raise BackendError(f"device must be a GPU index (an int >= 0); got {device!r}")
+    if precision not in PRECISIONS or (precision not in ("auto", "fp32") and name not in ("auto", "openvino")):
+        raise BackendError(
+            f"precision {precision!r} is not available on backend {name!r}; expected 'auto' or 'fp32' "
+            f"(bf16 and fp16 run on backend 'openvino' or 'auto' on a CPU)"
+        )
+    if options is not None and name not in ("auto", "openvino"):
+        raise BackendError(f"options are OpenVINO's (hint, pinning); backend {name!r} takes none")
 
     if name == "auto":
         if bundle is not None and bundle.manifest.raw.get("engines"):
@@ -38,7 +56,17 @@ def create_backend(name: str = "auto", threads: int | None = None, bundle=None, 
                 bundle.path,
                 reason,
             )
-        return OrtBackend("cuda" if OrtBackend.cuda_available() else "cpu", device, threads=threads)
+        if OrtBackend.cuda_available():
+            return OrtBackend("cuda", device, threads=threads)
+        from . import openvino
+
+        return openvino.auto_cpu(
+            bundle, precision, openvino.options_from(threads, options), lambda: OrtBackend("cpu", threads=threads)
+        )
+    if name == "openvino":
+        from . import openvino
+
+        return openvino.open_backend(bundle, precision, openvino.options_from(threads, options))
     if name == "tensorrt":
         if bundle is None:
             raise BackendError("backend 'tensorrt' runs a bundle's engines: pass the bundle (Translator does)")
@@ -55,4 +83,4 @@ def create_backend(name: str = "auto", threads: int | None = None, bundle=None, 
     raise BackendError(f"unknown backend {name!r}; expected one of {BACKENDS}")
 
 
-__all__ = ["Backend", "Runner", "create_backend", "BACKENDS"]
+__all__ = ["Backend", "Runner", "create_backend", "BACKENDS", "PRECISIONS"]

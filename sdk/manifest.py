@@ -44,7 +44,7 @@ SCHEMA_VERSION = 1
 # sample: a random z [batch, D] into the mapping graph; style: one W code [batch, D] out of it
 ROLES = ("condition", "image", "latents", "sample", "style")
 MAX_ITERATIONS = 1000  # bounds repeating schedules, so a typo cannot hang the caller's thread
-# graphs.<key>.onnxruntime_cpu: the build machine's optimised graph (sdk/backends/ort_cpu.py)
+# graphs.<key>.onnxruntime_cpu: the build machine's optimised graph (sdk/backends/onnxruntime/cpu.py)
 ORT_CPU_KEY = "onnxruntime_cpu"
 ORT_CPU_FIELDS = ("file", "sha256", "data", "data_sha256", "onnxruntime", "cpu")
 # Bounds on the manifest's integers: far beyond any real model, low enough that the arithmetic and
@@ -100,7 +100,7 @@ class GraphSpec:
     precision: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    # the graph as ONNX Runtime's CPU provider optimised it at build time (sdk/backends/ort_cpu.py)
+    # the graph as ONNX Runtime's CPU provider optimised it at build time (sdk/backends/onnxruntime/cpu.py)
     onnxruntime_cpu: Mapping[str, str] | None = None
 
     @classmethod

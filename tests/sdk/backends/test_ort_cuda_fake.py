@@ -16,7 +16,7 @@ from helpers import tiny_bundle as tb
 
 from sdk import BackendError, Translator
 from sdk.backends import create_backend
-from sdk.backends.ort_cuda import gpu_providers
+from sdk.backends.onnxruntime.providers import gpu_providers
 from sdk.device_arrays import DeviceArray
 
 
@@ -91,7 +91,7 @@ def test_device_arrays_through_onnxruntime_cuda(fake_ort, tiny_bundles):
 
 @pytest.mark.parametrize("version", ["1.17.0", "1.23.0"])
 def test_buffer_sizes_do_not_need_onnxruntime_1_23(monkeypatch, version):
-    from sdk.backends.ort_cuda import ortvalue_nbytes
+    from sdk.backends.onnxruntime.tensors import ortvalue_nbytes
 
     cudart = fake_cuda.install(monkeypatch, fake_cuda.FakeCudart())
     ort = fake_ort_cuda.install(monkeypatch, cudart, version=version)

@@ -29,7 +29,7 @@ import platform
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..bundle import resolve_inside
+from ...bundle import resolve_inside
 
 log = logging.getLogger(__name__)
 

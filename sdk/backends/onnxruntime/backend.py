@@ -1,7 +1,9 @@
 """ONNX Runtime backend: sessions with IOBinding over ``OrtValue`` buffers allocated once.
 
 Runs on the CPU execution provider everywhere and on CUDA (or ORT's TensorRT provider) where
-onnxruntime-gpu is installed; the loop code is the same for all (GPU specifics: ``ort_cuda.py``).
+onnxruntime-gpu is installed; the loop code is the same for all. The CPU graph choice is
+``cpu.py``, the GPU provider lists ``providers.py``, and GPU-resident inputs/outputs a component
+the backend holds on CUDA (``gpu_io.py``).
 """
 
 from __future__ import annotations
@@ -9,22 +11,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..bundle import GraphSpec
-from ..errors import BackendError, BundleError
-from .base import Backend, Runner
-from .ort_cpu import choose_graph, configure, graph_files
-from .ort_cuda import OrtDeviceIO, gpu_providers
+from ...device_arrays import DeviceArray, DeviceInput
+from ...errors import BackendError, BundleError
+from ...manifest import GraphSpec
+from ..base import Backend, Runner
+from .cpu import choose_graph, configure, graph_files
+from .gpu_io import OrtGpuIO
+from .providers import gpu_providers
+from .tensors import NP_DTYPES, tensor_mismatch
 
 log = logging.getLogger(__name__)
 
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16}
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
-
-def _import_ort():
+def import_ort() -> Any:
+    """The ``onnxruntime`` module, imported when a backend is made (tests substitute it)."""
     try:
         import onnxruntime
     except ImportError as e:  # pragma: no cover - onnxruntime is a hard dependency
@@ -38,13 +42,12 @@ class OrtRunner(Runner):
     def __init__(self, backend: OrtBackend, spec: GraphSpec, path: Path):
         ort = backend.ort
         self.spec = spec
-        self._backend = backend
         opts = backend.session_options()
         if backend.device == "cpu":  # the build machine's optimised graph, where it fits this machine
             path, preoptimised = choose_graph(spec, path, ort)
             configure(opts, ort, preoptimised)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=backend.providers)
+            self.session: Any = ort.InferenceSession(str(path), sess_options=opts, providers=backend.providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad models
             raise BundleError(
                 f"ONNX Runtime could not load {path} ({type(e).__name__}: {e}); the file is "
@@ -59,14 +62,14 @@ class OrtRunner(Runner):
             )
         declared = {t.name: t for t in spec.inputs + spec.outputs}
         for arg in self.session.get_inputs() + self.session.get_outputs():
-            problem = _mismatch(declared[arg.name], arg.shape, arg.type)
+            problem = tensor_mismatch(declared[arg.name], arg.shape, arg.type)
             if problem:
                 raise BundleError(
                     f"{path}: tensor {arg.name!r} is {problem}; the graph and manifest come from "
                     f"different builds. Rebuild the bundle with export/build_engines.py"
                 )
 
-    def bind(self, inputs: Mapping[str, object], outputs: Mapping[str, object]):
+    def bind(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
         binding = self.session.io_binding()
         for name, value in inputs.items():
             binding.bind_ortvalue_input(name, value)
@@ -74,7 +77,7 @@ class OrtRunner(Runner):
             binding.bind_ortvalue_output(name, value)
         return binding
 
-    def run(self, binding) -> None:
+    def run(self, binding: Any) -> None:
         try:
             self.session.run_with_iobinding(binding)
         except Exception as e:  # onnxruntime's own exception types
@@ -82,22 +85,12 @@ class OrtRunner(Runner):
                 f"ONNX Runtime failed running graph {self.spec.key!r} ({type(e).__name__}: {e})"
             ) from None
 
-
-def _mismatch(spec, shape: list, ort_type: str) -> str | None:
-    """How the graph's ``shape`` (ints, or names/None for dynamic dims) and element type differ
-    from the manifest's ``spec``, else None. A dim the manifest fixes may be dynamic in the graph;
-    a dim the manifest leaves dynamic (the batch) may not be fixed in the graph."""
-    dtype = _ORT_TYPES.get(ort_type, ort_type)
-    if dtype != spec.dtype:
-        return f"{dtype} in the graph but {spec.dtype} in the manifest"
-    ok = len(shape) == len(spec.shape) and all(
-        not isinstance(g, int) if isinstance(m, str) else (not isinstance(g, int) or g == m)
-        for g, m in zip(shape, spec.shape)
-    )
-    return None if ok else f"{list(shape)} in the graph but {list(spec.shape)} in the manifest"
+    def close(self) -> None:
+        """Drop the session (its memory returns when the loop's bindings are gone too)."""
+        self.session = None
 
 
-class OrtBackend(OrtDeviceIO, Backend):
+class OrtBackend(Backend):
     """``device="cpu"``, ``"cuda"`` or ``"tensorrt"`` (ORT's TensorRT provider; both need
     onnxruntime-gpu) on GPU ``device_id``; ``threads`` caps intra-op threads; ``fp16`` lets ORT's
     TensorRT provider pick FP16 kernels."""
@@ -105,7 +98,7 @@ class OrtBackend(OrtDeviceIO, Backend):
     name = "onnxruntime"
 
     def __init__(self, device: str = "cpu", device_id: int = 0, threads: int | None = None, fp16: bool = False):
-        self.ort = _import_ort()
+        self.ort = import_ort()
         available = self.ort.get_available_providers()
         if device in ("cuda", "tensorrt"):
             self.providers = gpu_providers(available, device, device_id, fp16)
@@ -117,15 +110,16 @@ class OrtBackend(OrtDeviceIO, Backend):
             )
         self.device, self.device_id, self.threads = device, device_id, threads
         self.memory = "cpu" if device == "cpu" else "cuda"  # where OrtValues live (TensorRT's are CUDA memory)
+        self.gpu_io = OrtGpuIO(device_id) if self.memory == "cuda" else None
 
     @staticmethod
     def cuda_available() -> bool:
         try:
-            return "CUDAExecutionProvider" in _import_ort().get_available_providers()
+            return "CUDAExecutionProvider" in import_ort().get_available_providers()
         except BackendError:
             return False
 
-    def session_options(self):
+    def session_options(self) -> Any:
         opts = self.ort.SessionOptions()
         opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
@@ -153,17 +147,41 @@ class OrtBackend(OrtDeviceIO, Backend):
     def load(self, spec: GraphSpec, path: Path) -> OrtRunner:
         return OrtRunner(self, spec, path)
 
-    def empty(self, shape: Sequence[int], dtype: str):
+    def empty(self, shape: Sequence[int], dtype: str) -> Any:
         return self.ort.OrtValue.ortvalue_from_shape_and_type(
-            list(shape), _NP_DTYPES[dtype], self.memory, self.device_id
+            list(shape), NP_DTYPES[dtype], self.memory, self.device_id
         )
 
-    def upload(self, dst, array: np.ndarray) -> None:
+    def upload(self, dst: Any, array: np.ndarray) -> None:
         dtype = np.float16 if dst.data_type() == "tensor(float16)" else np.float32
         dst.update_inplace(np.ascontiguousarray(array, dtype=dtype))
 
-    def download(self, src) -> np.ndarray:
+    def download(self, src: Any) -> np.ndarray:
         return np.array(src.numpy(), copy=True)
 
+    # ------------------------------------------------------------------ device I/O (CUDA memory only)
+    @property
+    def device_io(self) -> bool:
+        return self.gpu_io is not None
+
+    @property
+    def consumer_stream(self) -> int:
+        return 0 if self.gpu_io is None else self.gpu_io.consumer_stream
+
+    def put_device(self, dst: Any, src: DeviceInput) -> None:
+        if self.gpu_io is None:
+            return super().put_device(dst, src)
+        self.gpu_io.put(dst, src)
+
+    def fetch_device(self, src: Any) -> DeviceArray:
+        if self.gpu_io is None:
+            return super().fetch_device(src)
+        return self.gpu_io.fetch(src)
+
+    def synchronize(self) -> None:
+        if self.gpu_io is not None:
+            self.gpu_io.synchronize()
+
     def close(self) -> None:
-        self.close_device_io()
+        if self.gpu_io is not None:
+            self.gpu_io.close()

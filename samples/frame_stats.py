@@ -18,8 +18,10 @@ import numpy as np
 STAGES = (
     ("capture", "cap"),
     ("detect", "det"),
+    ("align", "aln"),  # --align ffhq: the FFHQ crop's resampling
     ("preprocess", "pre"),
     ("sdk", "sdk"),
+    ("paste", "paste"),  # --align ffhq: the result warped back into the frame
     ("compose", "post"),
     ("overlay", "txt"),
     ("output", "out"),
@@ -34,10 +36,11 @@ class Summary:
     stage_ms: dict  # stage -> median ms over the frames after the warm-up
     iterations: float  # mean refinement iterations per frame
     dropped: int = 0  # camera frames replaced before the model took them
+    faces: int | None = None  # frames in which a face was found (None: not counted, no detector)
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stage_ms.items())
-        return [
+        lines = [
             f"frames: {self.frames} ({self.dropped} camera frames dropped while busy)"
             if self.dropped
             else f"frames: {self.frames}",
@@ -45,6 +48,9 @@ class Summary:
             f"per-stage ms (median): {stages}",
             f"iterations per frame (mean): {self.iterations:.2f}",
         ]
+        if self.faces is not None:
+            lines.append(f"frames with a face: {self.faces}")
+        return lines
 
 
 class FrameStats:
@@ -56,6 +62,7 @@ class FrameStats:
         self._ends: deque = deque(maxlen=FPS_WINDOW + 1)
         self._steady_start: float | None = None
         self._last_end: float | None = None
+        self.faces: int | None = None  # counted by end_frame(face=...) once a caller passes it
 
     @contextmanager
     def stage(self, name: str):
@@ -75,8 +82,15 @@ class FrameStats:
     def last(self, name: str) -> float:
         return self._frames[-1].get(name, 0.0) if self._frames else 0.0
 
-    def end_frame(self, iterations: int) -> None:
+    def recorded(self, name: str) -> bool:
+        """Whether this frame or the last one timed stage ``name`` (the overlay shows those only)."""
+        return name in self._current or bool(self._frames and name in self._frames[-1])
+
+    def end_frame(self, iterations: int, face: bool | None = None) -> None:
+        """Close the frame: ``iterations`` the loop ran, ``face`` whether one was found (None: no detector)."""
         now = time.perf_counter()
+        if face is not None:
+            self.faces = (self.faces or 0) + bool(face)
         self._frames.append(self._current)
         self._iterations.append(iterations)
         self._current = {}
@@ -101,6 +115,7 @@ class FrameStats:
         fps = 0.0
         if steady and self._steady_start is not None and self._last_end > self._steady_start:
             fps = len(steady) / (self._last_end - self._steady_start)
-        stage_ms = {key: float(np.median([f.get(key, 0.0) for f in steady])) for key, _ in STAGES} if steady else {}
+        timed = [key for key, _ in STAGES if any(key in f for f in steady)]
+        stage_ms = {key: float(np.median([f.get(key, 0.0) for f in steady])) for key in timed}
         iterations = float(np.mean(self._iterations)) if self._iterations else 0.0
-        return Summary(len(self._frames), fps, stage_ms, iterations, dropped)
+        return Summary(len(self._frames), fps, stage_ms, iterations, dropped, self.faces)

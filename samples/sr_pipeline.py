@@ -74,9 +74,13 @@ class LowResolution:
         return ModelInput(x, low.astype(np.uint8).transpose(1, 2, 0))
 
     def describe(self) -> str:
+        """What the model's input is, for the overlay: the factor's meaning, not a claim about
+        the camera (``--factor 1`` on a sharp face is a sharp input, not a low-resolution one)."""
         if self.translator.manifest.task != "super_resolution":
             return "inversion"
-        return f"x{self.factor} simulated" if self.simulated else "real low-res (x1)"
+        if self.simulated:
+            return f"x{self.factor}: downsampled {self.factor}x"
+        return "x1: as captured, not downsampled"
 
 
 class VideoLoop:
@@ -149,6 +153,7 @@ class Compositor:
         if panel < MIN_PANEL or panel % 2:
             raise SampleError(f"--panel-size must be an even number >= {MIN_PANEL}; got {panel}")
         self.cv2, self.output_size, self.panel = cv2, output_size, panel
+        self.size = composite_size(panel)
 
     def _enlarge(self, rgb: np.ndarray) -> np.ndarray:
         return self.cv2.resize(rgb, (self.panel, self.panel), interpolation=self.cv2.INTER_NEAREST)
@@ -161,20 +166,56 @@ class Compositor:
             canvas[: self.panel, i * self.panel : (i + 1) * self.panel] = self._enlarge(image)
         return canvas
 
-    def overlay(self, canvas: np.ndarray, labels: tuple[str, str, str], status: list[str]) -> None:
+    def overlay(self, canvas: np.ndarray, labels: tuple[str, ...], status: list[str]) -> None:
         """Panel labels and up to two status lines, drawn in place."""
-        cv2, font = self.cv2, self.cv2.FONT_HERSHEY_SIMPLEX
-        scale = 0.4 if self.panel >= 128 else 0.3
-        for i, label in enumerate(labels):
-            org = (i * self.panel + 4, 14)
-            cv2.putText(canvas, label, org, font, scale, (0, 0, 0), 3, cv2.LINE_AA)  # outline: readable on any image
-            cv2.putText(canvas, label, org, font, scale, (255, 255, 255), 1, cv2.LINE_AA)
-        for j, line in enumerate(status[:2]):
-            cv2.putText(canvas, line, (4, self.panel + 15 + 18 * j), font, scale, (230, 230, 230), 1, cv2.LINE_AA)
+        draw_overlay(self.cv2, canvas, self.panel, [i * self.panel for i in range(len(labels))], labels, status)
+
+
+class SideBySide:
+    """Two frames of the source's aspect — the input and the frame with the result pasted back —
+    ``panel`` px high, over the status bar; RGB uint8, :attr:`size`."""
+
+    def __init__(self, cv2, frame_size: tuple[int, int], panel: int = 256):
+        if panel < MIN_PANEL or panel % 2:
+            raise SampleError(f"--panel-size must be an even number >= {MIN_PANEL}; got {panel}")
+        w, h = frame_size
+        self.cv2, self.panel = cv2, panel
+        self.width = max(2, round(panel * w / max(h, 1) / 2) * 2)  # even: the mp4v encoder needs even sizes
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of every composite frame (and of the ``--output`` video)."""
+        return 2 * self.width, self.panel + BAR
+
+    def compose(self, frame: np.ndarray, pasted: np.ndarray) -> np.ndarray:
+        width, height = self.size
+        canvas = np.zeros((height, width, 3), np.uint8)
+        for i, image in enumerate((frame, pasted)):
+            interp = self.cv2.INTER_AREA if image.shape[0] > self.panel else self.cv2.INTER_LINEAR
+            shown = self.cv2.resize(image, (self.width, self.panel), interpolation=interp)
+            canvas[: self.panel, i * self.width : (i + 1) * self.width] = shown
+        return canvas
+
+    def overlay(self, canvas: np.ndarray, labels: tuple[str, ...], status: list[str]) -> None:
+        draw_overlay(self.cv2, canvas, self.panel, [0, self.width], labels, status)
+
+
+def draw_overlay(cv2, canvas: np.ndarray, panel: int, xs, labels, status: list[str]) -> None:
+    """Labels at the top left of the panels starting at ``xs``, and up to two status lines
+    under the ``panel`` px high panels, drawn in place."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4 if panel >= 128 else 0.3
+    for x, label in zip(xs, labels):
+        org = (x + 4, 14)
+        cv2.putText(canvas, label, org, font, scale, (0, 0, 0), 3, cv2.LINE_AA)  # outline: readable on any image
+        cv2.putText(canvas, label, org, font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    for j, line in enumerate(status[:2]):
+        cv2.putText(canvas, line, (4, panel + 15 + 18 * j), font, scale, (230, 230, 230), 1, cv2.LINE_AA)
 
 
 def status_lines(stats: FrameStats, iterations: int, mode: str) -> list[str]:
     """The overlay's two lines: FPS and the loop, then this frame's per-stage milliseconds
     (capture and output are the previous frame's: this frame's are not finished yet)."""
-    ms = " ".join(f"{label} {stats.current(key) or stats.last(key):.0f}" for key, label in STAGES)
+    ms = " ".join(
+        f"{label} {stats.current(key) or stats.last(key):.0f}" for key, label in STAGES if stats.recorded(key)
+    )
     return [f"{stats.fps:4.1f} FPS | {iterations} it | {mode}", f"ms {ms}"]

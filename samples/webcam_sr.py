@@ -12,11 +12,19 @@ bicubic upsampling of the same input, and the SDK result — over a bar with the
 stage's milliseconds (cap = capture/decode, det = face detection, pre = crop and
 pre-processing, sdk = the loop, post = composite, txt = overlay, out = display or write).
 
+Face models (--align ffhq [--landmarks mediapipe|dlib]): the best face is FFHQ-aligned at the
+model's input size as the public pSp/ReStyle/E2Style/OME face models were trained (sdk.faces;
+the detector runs every --detect-every frames, default 5, the landmark model tracks the face in
+between, and the four alignment points are smoothed with a One Euro filter: --min-cutoff,
+--beta), translated, and pasted back into the frame; two panels show the input frame and the
+pasted-back frame (aln = the crop's resampling, paste = the warp back). dlib's landmark model is
+for non-commercial use only; mediapipe's is Apache-2.0. Needs the faces extras (sdk/faces).
+
 Low resolution: --factor F (F > 1) simulates it — the crop is taken at the model's input size
 and downsampled by F by the task's pre-processing, as the model was trained (default: the
-bundle's factor). --factor 1 takes the input as really low resolution (a small or distant
-face): the crop at its own size is resized to the model's input. Inversion bundles take the
-crop as it is.
+bundle's factor); the overlay says "xF: downsampled Fx". --factor 1 does not downsample: the
+crop at its own size is resized to the model's input ("x1: as captured"), which is low
+resolution only if the face really is small or distant. Inversion bundles take the crop as it is.
 
 Video: --warm-start [N] starts each frame's loop from the previous frame's codes and runs N
 iterations (default --iterations); a frame starts from the average again when the face box
@@ -49,7 +57,7 @@ import numpy as np
 
 from samples.face_crop import FaceTracker, centre_box, crop_square
 from samples.frame_stats import FrameStats, Summary
-from samples.sr_pipeline import Compositor, LowResolution, VideoLoop, composite_size, result_image, status_lines
+from samples.sr_pipeline import Compositor, LowResolution, SideBySide, VideoLoop, result_image, status_lines
 from samples.video_io import FrameGrabber, SampleError, import_cv2, open_source, open_writer, require_window_support
 from sdk import SdkError, Translator
 
@@ -110,6 +118,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--no-face", action="store_true", help="use the centre square of the frame, no face detection")
     p.add_argument(
+        "--align",
+        choices=("none", "ffhq"),
+        default="none",
+        help="ffhq: FFHQ-align the best face (face models), paste the result back (default none: Haar box)",
+    )
+    p.add_argument(
+        "--landmarks",
+        choices=("mediapipe", "dlib"),
+        default="mediapipe",
+        help="with --align ffhq: mediapipe (fast, Apache-2.0; default) or dlib (pSp's own, non-commercial model)",
+    )
+    p.add_argument(
+        "--min-cutoff",
+        type=float,
+        default=1.0,
+        metavar="HZ",
+        help="with --align ffhq: the One Euro filter's cutoff at rest; lower = steadier, more lag (default 1)",
+    )
+    p.add_argument(
+        "--beta",
+        type=float,
+        default=1.0,
+        help="with --align ffhq: how fast the cutoff rises with the face's speed (face sizes per second); "
+        "higher = less lag on motion (default 1)",
+    )
+    p.add_argument(
         "--margin",
         type=float,
         default=0.5,
@@ -132,9 +166,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--detect-every",
         type=int,
-        default=1,
         metavar="K",
-        help="run the face detector on every K-th frame, keep the box in between (default 1)",
+        help="run the face detector on every K-th frame, keep the box (--align ffhq: track the landmarks) "
+        "in between (default 1; 5 with --align ffhq)",
     )
     p.add_argument("--panel-size", type=int, default=256, help="side of each of the three panels, px (default 256)")
     p.add_argument("--headless", action="store_true", help="no window: write --output and/or print statistics")
@@ -146,8 +180,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1; got {value}")
+    if args.detect_every is None:
+        args.detect_every = 5 if args.align == "ffhq" else 1
     if args.detect_every < 1:
         p.error(f"--detect-every must be at least 1; got {args.detect_every}")
+    if args.align == "ffhq" and args.no_face:
+        p.error("--align ffhq finds faces; it cannot be combined with --no-face")
     if isinstance(args.warm_start, int) and args.warm_start < 1:
         p.error(f"--warm-start N must be at least 1; got {args.warm_start}")
     if args.warm_refresh < 0:
@@ -178,7 +216,8 @@ class FramePipeline:
     def __init__(self, cv2, t: Translator, args: argparse.Namespace, stats: FrameStats):
         self.cv2, self.t, self.args, self.stats = cv2, t, args, stats
         self.low_res = LowResolution(t, args.factor)
-        self.compositor = Compositor(cv2, t.output_size, args.panel_size)
+        self.compositor: Compositor | SideBySide = Compositor(cv2, t.output_size, args.panel_size)
+        self.size = self.compositor.size
         self.tracker = None if args.no_face else FaceTracker(cv2, args.margin, args.smoothing, args.detect_width)
         warm = args.warm_start is not None
         warm_iterations = None if args.warm_start == WARM_AS_COLD else args.warm_start
@@ -199,8 +238,9 @@ class FramePipeline:
         blank = np.full((t.input_shape[1],) * 2 + (3,), 128, np.uint8)
         t.infer(self.low_res(blank).x[None], iterations=1)
 
-    def process(self, frame) -> tuple[np.ndarray, int]:
-        """An RGB composite of ``frame`` and the iterations the loop ran."""
+    def process(self, frame) -> tuple[np.ndarray, int, bool | None]:
+        """An RGB composite of ``frame``, the iterations the loop ran, and whether a face was
+        found (None: no detector)."""
         cv2, args, stats = self.cv2, self.args, self.stats
         stats.add("capture", frame.decode_ms)
         jumped = False
@@ -221,7 +261,52 @@ class FramePipeline:
         with stats.stage("overlay"):
             labels = (f"input ({self.low_res.describe()})", "bicubic", f"SDK N={result.iterations}")
             self.compositor.overlay(canvas, labels, status_lines(stats, result.iterations, self.mode))
-        return canvas, result.iterations
+        return canvas, result.iterations, None if self.tracker is None else self.tracker.found
+
+
+class AlignedPipeline(FramePipeline):
+    """``--align ffhq``: the best face FFHQ-aligned (detected every ``--detect-every`` frames,
+    tracked between, its anchors smoothed), made low resolution, translated, pasted back; the
+    composite is the input frame beside the pasted-back frame."""
+
+    def __init__(self, cv2, t: Translator, args: argparse.Namespace, stats: FrameStats, source):
+        from sdk.faces import paste_back
+        from sdk.faces.video import FaceVideo
+
+        super().__init__(cv2, t, args, stats)
+        self.compositor = SideBySide(cv2, source.size, args.panel_size)
+        self.size = self.compositor.size
+        self.tracker = None
+        self.faces = FaceVideo(
+            t.manifest.input_size, args.landmarks, args.detect_every, min_cutoff=args.min_cutoff, beta=args.beta
+        )
+        self._paste, self._fps, self._lost = paste_back, source.fps or CAMERA_OUTPUT_FPS, True
+        self.mode = f"ffhq {args.landmarks} " + self.mode
+
+    def process(self, frame) -> tuple[np.ndarray, int, bool | None]:
+        stats, image = self.stats, frame.image
+        stats.add("capture", frame.decode_ms)
+        faces = self.faces.update(image, frame.index / self._fps)
+        stats.add("detect", self.faces.last_ms["detect"])
+        stats.add("align", self.faces.last_ms["align"])
+        iterations, pasted = 0, image
+        if faces:
+            with stats.stage("preprocess"):
+                inp = self.low_res(faces[0].image)
+            with stats.stage("sdk"):
+                # a new face or a frame after one without: the previous codes are a worse start than the average
+                result = self.loop(inp.x[None], restart=self._lost or self.faces.jumped[0])
+            with stats.stage("paste"):
+                pasted = self._paste(image, faces[0], result_image(self.t, result.images))
+            iterations = result.iterations
+        self._lost = not faces
+        with stats.stage("compose"):
+            canvas = self.compositor.compose(image, pasted)
+        with stats.stage("overlay"):
+            found = f"SDK N={iterations}, pasted back" if faces else "no face: frame as it is"
+            labels = (f"input ({self.low_res.describe()})", found)
+            self.compositor.overlay(canvas, labels, status_lines(stats, iterations, self.mode))
+        return canvas, iterations, bool(faces)
 
 
 def run(args: argparse.Namespace) -> Summary:
@@ -231,13 +316,16 @@ def run(args: argparse.Namespace) -> Summary:
         require_window_support(cv2)
     source = open_source(cv2, args.source)  # first: a wrong source fails before the model loads
     grabber = FrameGrabber(cv2, source, args.max_frames)
-    writer = progress = None
+    writer = progress = pipeline = None
     stats = FrameStats()
     try:
         with Translator(args.bundle, backend=args.backend, threads=args.threads) as t:
-            pipeline = FramePipeline(cv2, t, args, stats)
+            if args.align == "ffhq":
+                pipeline = AlignedPipeline(cv2, t, args, stats, source)
+            else:
+                pipeline = FramePipeline(cv2, t, args, stats)
             if args.output is not None:
-                writer = open_writer(cv2, args.output, source.fps or CAMERA_OUTPUT_FPS, composite_size(args.panel_size))
+                writer = open_writer(cv2, args.output, source.fps or CAMERA_OUTPUT_FPS, pipeline.size)
             progress = _progress(args, source)
             grabber.start()
             _frames(cv2, args, pipeline, grabber, writer, progress)
@@ -252,8 +340,8 @@ def run(args: argparse.Namespace) -> Summary:
         if not args.headless:
             cv2.destroyAllWindows()
     summary = stats.summary(grabber.dropped)
-    if args.output is not None:
-        log.info("wrote %s (%d frames, %dx%d)", args.output, summary.frames, *composite_size(args.panel_size))
+    if args.output is not None and pipeline is not None:
+        log.info("wrote %s (%d frames, %dx%d)", args.output, summary.frames, *pipeline.size)
     return summary
 
 
@@ -261,14 +349,14 @@ def _frames(cv2, args: argparse.Namespace, pipeline: FramePipeline, grabber: Fra
     """Process frames until the stream ends or the user closes the window."""
     stats, last_report = pipeline.stats, time.perf_counter()
     while (frame := grabber.get()) is not None:
-        canvas, iterations = pipeline.process(frame)
+        canvas, iterations, face = pipeline.process(frame)
         with stats.stage("output"):
             bgr = cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)
             if writer is not None:
                 writer.write(bgr)
             if not args.headless and not _show(cv2, bgr):
                 return
-        stats.end_frame(iterations)
+        stats.end_frame(iterations, face)
         if progress is not None:
             progress.update(1)
         elif args.headless and time.perf_counter() - last_report > REPORT_EVERY_S:

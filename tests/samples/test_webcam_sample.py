@@ -281,3 +281,61 @@ def test_file_frames_are_never_dropped():
         time.sleep(0.005)
     grabber.stop()
     assert seen == list(range(20)) and grabber.dropped == 0
+
+
+# --------------------------------------------------------------------------- --align ffhq on a real face
+
+
+@pytest.fixture(scope="module")
+def face_clip(tmp_path_factory):
+    """Grace Hopper's photograph (matplotlib's sample data) under a panning, zooming camera."""
+    from samples.clips import photo_clip
+
+    pytest.importorskip("matplotlib", reason="the photograph ships with matplotlib (the test extra)")
+    frames, _ = photo_clip(cv2, ["grace_hopper"], FRAMES, (WIDTH * 2, HEIGHT * 2))
+    path = tmp_path_factory.mktemp("face_clip") / "face.mp4"
+    assert write_video(cv2, path, frames, fps=10.0) == FRAMES
+    return path
+
+
+def landmark_backend(name: str):
+    """The back end, or a skip naming the extra that installs it."""
+    from sdk.errors import BackendError
+    from sdk.faces import get_backend
+
+    try:
+        return get_backend(name)
+    except BackendError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.parametrize("landmarks", ["mediapipe", "dlib"])
+def test_align_ffhq_pastes_the_face_back_beside_the_input(face_clip, sr_bundle, tmp_path, capsys, landmarks):
+    landmark_backend(landmarks)
+    out = tmp_path / "out.mp4"
+    args = ["--source", face_clip, "--bundle", sr_bundle, "--output", out, "--align", "ffhq", "--landmarks", landmarks]
+    assert run_sample(*args) == 0
+    frames = read_video(out)
+    assert len(frames) == FRAMES
+    aspect = WIDTH / HEIGHT  # two panels of the source's aspect, PANEL high, over the 40 px bar
+    assert {f.shape for f in frames} == {(PANEL + 40, 2 * round(PANEL * aspect / 2) * 2, 3)}
+    text = capsys.readouterr().out
+    assert summary_value(text, "frames with a face") >= 0.8 * FRAMES
+    for stage in ("detect", "align", "sdk", "paste"):
+        assert f"{stage} " in text
+    left, right = frames[-1][:PANEL, : frames[-1].shape[1] // 2], frames[-1][:PANEL, frames[-1].shape[1] // 2 :]
+    assert np.abs(left.astype(int) - right.astype(int)).mean() > 1  # the pasted face differs from the input
+
+
+def test_align_ffhq_refuses_no_face():
+    with pytest.raises(SystemExit) as e:
+        webcam_sr.parse_args(["--align", "ffhq", "--no-face"])
+    assert e.value.code == 2
+    assert webcam_sr.parse_args(["--align", "ffhq"]).detect_every == 5
+    assert webcam_sr.parse_args([]).detect_every == 1
+
+
+def test_the_overlay_says_what_the_factor_means(sr_bundle):
+    with Translator(sr_bundle, backend="onnxruntime", threads=1) as t:
+        assert LowResolution(t, 4).describe() == "x4: downsampled 4x"
+        assert LowResolution(t, 1).describe() == "x1: as captured, not downsampled"  # not "real low-res"

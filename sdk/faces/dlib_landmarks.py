@@ -60,9 +60,10 @@ class DlibLandmarks(LandmarkBackend):
             import dlib
         except ImportError as e:
             raise BackendError(f"landmarks='dlib' needs dlib: {EXTRA_HINT}") from e
+        path = os.fspath(model) if model is not None else str(predictor_path())
         self._dlib = dlib
         self._detector = dlib.get_frontal_face_detector()
-        self._predictor = dlib.shape_predictor(os.fspath(model) if model is not None else str(predictor_path()))
+        self._predictor = dlib.shape_predictor(path)
         self._upsample = int(upsample)
         self._lock = threading.Lock()  # dlib's objects are not documented as thread-safe
 

@@ -54,37 +54,50 @@ def paste_back(frame, face: Face, translated, feather: float = 0.25) -> np.ndarr
     if feather_value is None or not 0.01 <= feather_value <= 1.0:
         raise InputError(f"feather must be a number in 0.01..1 (a fraction of the half-crop); got {feather!r}")
     size = face.size
-    corners = (
-        face.matrix
-        @ np.array([[-0.5, -0.5, 1], [-0.5, size - 0.5, 1], [size - 0.5, size - 0.5, 1], [size - 0.5, -0.5, 1]]).T
-    )
     h, w = frame.shape[:2]
-    x0, y0 = (max(int(np.floor(corners[i].min())) - 1, 0) for i in (0, 1))
-    x1, y1 = min(int(np.ceil(corners[0].max())) + 2, w), min(int(np.ceil(corners[1].max())) + 2, h)
+    x0, y0, x1, y1 = _mask_box(face.matrix, size, w, h)
     out = frame.copy()
     if x1 <= x0 or y1 <= y0:
         return out  # the face lies outside the frame
-    # a much larger output is first reduced with area averaging: a bilinear warp alone would alias
+    # a much larger output is first halved (Gaussian pyramid) down to under twice its size in the
+    # frame: a bilinear warp alone would alias
     side_in_frame = float(np.hypot(*face.matrix[:2, 0])) * size
-    if translated.shape[0] > 1.5 * side_in_frame:
-        side = max(int(np.ceil(side_in_frame)), size // 4, 8)
-        translated = cv2.resize(translated, (side, side), interpolation=cv2.INTER_AREA)
+    while translated.shape[0] % 2 == 0 and translated.shape[0] >= 2 * max(side_in_frame, 8):
+        translated = cv2.pyrDown(translated)
     roi_to_frame = np.array([[1.0, 0.0, x0], [0.0, 1.0, y0], [0.0, 0.0, 1.0]])
     dsize = (x1 - x0, y1 - y0)
-    warp = np.linalg.inv(_scaled(face.matrix, size, translated.shape[0])) @ roi_to_frame
+    warp = _affine_inverse(_scaled(face.matrix, size, translated.shape[0])) @ roi_to_frame
     image = cv2.warpAffine(
         translated, warp[:2], dsize, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
     )
-    mask_warp = np.linalg.inv(face.matrix) @ roi_to_frame
     mask = cv2.warpAffine(
         crop_mask(size, feather_value),
-        mask_warp[:2],
+        (_affine_inverse(face.matrix) @ roi_to_frame)[:2],
         dsize,
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=(0.0,),
     )
-    roi = out[y0:y1, x0:x1].astype(np.float32)
-    roi += (image.astype(np.float32) - roi) * mask[..., None]
-    out[y0:y1, x0:x1] = np.clip(np.rint(roi), 0, 255).astype(np.uint8)
+    roi = out[y0:y1, x0:x1]
+    out[y0:y1, x0:x1] = cv2.blendLinear(image, roi, mask, 1.0 - mask)
     return out
+
+
+def _affine_inverse(m: np.ndarray) -> np.ndarray:
+    """The inverse of a 3x3 affine matrix (last row 0, 0, 1)."""
+    inv = np.eye(3)
+    inv[:2, :2] = np.linalg.inv(m[:2, :2])
+    inv[:2, 2] = -inv[:2, :2] @ m[:2, 2]
+    return inv
+
+
+def _mask_box(matrix: np.ndarray, size: int, w: int, h: int) -> tuple[int, int, int, int]:
+    """The frame pixels ``x0, y0, x1, y1`` (clipped to ``w x h``) the mask's outer ellipse covers:
+    its bounding box in the crop, mapped to the frame, one pixel wider each side."""
+    half = size / 2.0
+    ax, ay = MASK_AXES[0] * half, MASK_AXES[1] * half
+    cx = (size - 1) / 2.0
+    box = np.array([[cx - ax, cx - ay, 1], [cx - ax, cx + ay, 1], [cx + ax, cx + ay, 1], [cx + ax, cx - ay, 1]])
+    corners = matrix @ box.T
+    x0, y0 = (max(int(np.floor(corners[i].min())) - 1, 0) for i in (0, 1))
+    return x0, y0, min(int(np.ceil(corners[0].max())) + 2, w), min(int(np.ceil(corners[1].max())) + 2, h)

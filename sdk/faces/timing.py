@@ -67,7 +67,8 @@ def main(argv=None) -> None:
         if name == "dlib":  # pSp's upsample doubles the frame; without it small faces are missed
             from .dlib_landmarks import DlibLandmarks
 
-            rows["dlib detect, upsample 0"] = lambda b=DlibLandmarks(upsample=0): b.detect(frame)
+            no_upsample = DlibLandmarks(upsample=0)
+            rows["dlib detect, upsample 0"] = lambda b=no_upsample: b.detect(frame)
         if backend.track(frame, found[0]) is not None:
             rows[f"{name} track"] = lambda b=backend, f=found[0]: b.track(frame, f)
         face = face_from_landmarks(frame, found[0])

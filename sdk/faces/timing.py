@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -63,7 +64,7 @@ def main(argv=None) -> None:
         if not found:
             print(f"{name}: no face found in the frame")
             continue
-        rows = {f"{name} detect": lambda b=backend: b.detect(frame)}
+        rows: dict[str, Callable[[], object]] = {f"{name} detect": lambda b=backend: b.detect(frame)}
         if name == "dlib":  # pSp's upsample doubles the frame; without it small faces are missed
             from .dlib_landmarks import DlibLandmarks
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 
 import cv2
 import numpy as np
@@ -64,19 +65,17 @@ def main(argv=None) -> None:
         if not found:
             print(f"{name}: no face found in the frame")
             continue
-        rows: dict[str, Callable[[], object]] = {f"{name} detect": lambda b=backend: b.detect(frame)}
+        rows: dict[str, Callable[[], object]] = {f"{name} detect": partial(backend.detect, frame)}
         if name == "dlib":  # pSp's upsample doubles the frame; without it small faces are missed
             from .dlib_landmarks import DlibLandmarks
 
-            no_upsample = DlibLandmarks(upsample=0)
-            rows["dlib detect, upsample 0"] = lambda b=no_upsample: b.detect(frame)
+            rows["dlib detect, upsample 0"] = partial(DlibLandmarks(upsample=0).detect, frame)
         if backend.track(frame, found[0]) is not None:
-            rows[f"{name} track"] = lambda b=backend, f=found[0]: b.track(frame, f)
+            rows[f"{name} track"] = partial(backend.track, frame, found[0])
         face = face_from_landmarks(frame, found[0])
-        rows["align 256 (pSp resampling)"] = lambda f=found[0]: face_from_landmarks(frame, f)
-        rows["paste_back 256"] = lambda f=face: paste_back(frame, f, f.image)
-        big = cv2.resize(face.image, (1024, 1024))
-        rows["paste_back 1024"] = lambda f=face, b=big: paste_back(frame, f, b)
+        rows["align 256 (pSp resampling)"] = partial(face_from_landmarks, frame, found[0])
+        rows["paste_back 256"] = partial(paste_back, frame, face, face.image)
+        rows["paste_back 1024"] = partial(paste_back, frame, face, cv2.resize(face.image, (1024, 1024)))
         for label, fn in rows.items():
             median, p10, p90 = timed(fn, args.repeats)
             print(f"{label:30s} {median:8.2f} ms  (p10 {p10:.2f}, p90 {p90:.2f})")

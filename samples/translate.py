@@ -157,7 +157,7 @@ class Job:
 
     def __init__(self, t: Translator, args: argparse.Namespace):
         self.t, self.args = t, args
-        expected = t.manifest.raw.get("input", {}).get("alignment")
+        expected = t.manifest.input_alignment
         self.align = args.align == "ffhq" or (args.align == "auto" and expected == "ffhq")
         self.options = {}
         if t.manifest.task == "super_resolution" and args.factor is not None:

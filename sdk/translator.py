@@ -146,8 +146,7 @@ class Translator:
     @property
     def output_range(self) -> tuple[float, float]:
         """The generator's nominal output range (``images`` are raw, not clipped to it)."""
-        lo, hi = self.manifest.raw.get("output", {}).get("range", (-1.0, 1.0))
-        return float(lo), float(hi)
+        return self.manifest.output_range
 
     # ------------------------------------------------------------------ inference
     def infer(
@@ -251,6 +250,14 @@ class Translator:
         x = self.preprocess(image, **task_options)
         result = self.infer(x[None], iterations=iterations)
         return to_uint8_image(result.images[0])
+
+    def translate_faces(self, frame, **options) -> np.ndarray:
+        """Face models on whole frames: every face (``which="best"``: the best only) FFHQ-aligned at
+        the input size, translated, pasted back; a new frame of the same size. ``options``:
+        ``landmarks``, ``which``, ``iterations`` and task options, as :func:`sdk.faces.translate.translate_faces`."""
+        from .faces.translate import translate_faces  # the faces extras: imported only when asked
+
+        return translate_faces(self, frame, **options)
 
     def preprocess(self, image, **task_options) -> np.ndarray:
         """The task's pre-processing: image (as for calls: array, PIL image or file path) →

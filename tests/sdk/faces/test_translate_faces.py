@@ -105,3 +105,11 @@ def test_bad_arguments_are_input_errors(translator, frame, tiny_bundles):
     with pytest.raises(InputError, match="closed"):
         translate_faces(closed, frame, FakeLandmarks([]))
     assert backend.detect_calls == []  # every check comes before the detector runs
+
+
+def test_the_translator_method_is_the_pipeline(translator, frame):
+    backend = FakeLandmarks(TWO_FACES)
+    expected = translate_faces(translator, frame, backend, which="best", iterations=2)
+    np.testing.assert_array_equal(
+        translator.translate_faces(frame, landmarks=backend, which="best", iterations=2), expected
+    )

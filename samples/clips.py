@@ -2,8 +2,8 @@
 """Test clips for the webcam sample and samples/measure_modes.py, made from photographs that ship
 inside Python packages (no video or face dataset can be downloaded on the project's machines).
 
-    python samples/clips.py --output clip.mp4                   # 640x480, 3 photographs x 60 frames
-    python samples/clips.py --size 320x240 --frames-per-photo 30 --photos grace_hopper --output c.mp4
+    python samples/clips.py                                     # outputs/clip.mp4: 640x480, 3 photographs x 60 frames
+    python samples/clips.py --size 320x240 --frames-per-photo 30 --photos grace_hopper --output outputs/c.mp4
 
 A "camera" moves over each photograph: a slow pan (a Lissajous path of a fifth of the window)
 and zoom (up to 20 %), at sub-pixel positions, centred on the face OpenCV's Haar detector finds
@@ -144,7 +144,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", type=Path, required=True, help="the clip to write (.mp4, mp4v)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=Path("outputs/clip.mp4"),
+        help="the clip to write (.mp4, mp4v; default outputs/clip.mp4, a folder git ignores)",
+    )
     p.add_argument(
         "--photos",
         default=",".join(DEFAULT_PHOTOS),

@@ -4,7 +4,7 @@
     python samples/translate.py                                    # the quickstart comparison
     python samples/translate.py --input photo.jpg --align ffhq     # a comparison of its best face
     python samples/translate.py --input photos/ --align ffhq       # every image, faces pasted back
-    python samples/translate.py --input clip.mp4 --align ffhq      # every frame, faces pasted back
+    python samples/translate.py --input clip.mp4 --align ffhq      # every frame: outputs/clip_translated.mp4
 
 A photograph gives, by default, a labelled comparison image: low-resolution input | bicubic |
 SDK N = 1 | SDK N = k (the bundle's iterations) | original, each panel with its PSNR against

@@ -46,7 +46,7 @@ def require_window_support(cv2) -> None:
     """Fail clearly when no window can be shown: a headless OpenCV build, or no display."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise SampleError(
-            "no display (DISPLAY is not set): run with --headless (add --output out.mp4 to keep the video)"
+            "no display (DISPLAY is not set): run with --headless (add --output outputs/out.mp4 to keep the video)"
         )
     try:
         cv2.namedWindow("probe", cv2.WINDOW_AUTOSIZE)
@@ -57,7 +57,7 @@ def require_window_support(cv2) -> None:
         raise SampleError(
             "this OpenCV build has no window support (the opencv-python-headless wheel). For a window: "
             "python -m pip uninstall opencv-python-headless && python -m pip install 'opencv-python>=4.8,"
-            "<5'; or run with --headless --output out.mp4"
+            "<5'; or run with --headless --output outputs/out.mp4"
         ) from None
 
 

@@ -2,7 +2,8 @@
 """Live face super-resolution from a webcam or a video file, with the SDK's refinement loop.
 
     python samples/webcam_sr.py --source 0                            # camera 0, window
-    python samples/webcam_sr.py --source clip.mp4 --headless --output out.mp4
+    python samples/webcam_sr.py --source outputs/clip.mp4 --headless --output outputs/out.mp4
+    python samples/webcam_sr.py --source 0 --align ffhq --landmarks mediapipe    # face models: align, paste back
     python samples/webcam_sr.py --source 0 --warm-start 1                  # N = 5 cold, 1 warm
 
 Each frame: find the most confident face (OpenCV's Haar cascade, on a downscaled gray copy; the box is

@@ -339,3 +339,13 @@ def test_the_overlay_says_what_the_factor_means(sr_bundle):
     with Translator(sr_bundle, backend="onnxruntime", threads=1) as t:
         assert LowResolution(t, 4).describe() == "x4: downsampled 4x"
         assert LowResolution(t, 1).describe() == "x1: as captured, not downsampled"  # not "real low-res"
+
+
+def test_clips_write_under_outputs_by_default(tmp_path, monkeypatch, capsys):
+    from samples import clips
+
+    pytest.importorskip("matplotlib", reason="the photograph ships with matplotlib (the test extra)")
+    monkeypatch.chdir(tmp_path)
+    assert clips.main(["--photos", "grace_hopper", "--frames-per-photo", "2", "--size", "64x48"]) == 0
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()] == ["outputs/clip.mp4"]
+    assert len(read_video(tmp_path / "outputs" / "clip.mp4")) == 2

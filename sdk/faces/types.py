@@ -16,7 +16,7 @@ from ..errors import InputError
 from ..imaging import check_image_side
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Landmarks:
     """One face as a landmark back end finds it, in frame coordinates.
 
@@ -42,7 +42,9 @@ class Landmarks:
                 f"Landmarks.anchors must be 4x2 finite (x, y) points (eye left, eye right, mouth left, "
                 f"mouth right); got shape {list(anchors.shape)}"
             )
-        points = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
+        points = np.asarray(self.points, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 2:
+            raise InputError(f"Landmarks.points must be Nx2 (x, y) points; got shape {list(points.shape)}")
         object.__setattr__(self, "anchors", anchors)
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "score", float(self.score))
@@ -52,7 +54,7 @@ class Landmarks:
         return Landmarks(self.points, anchors, self.score, self.backend)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Face:
     """An aligned face and where it came from.
 

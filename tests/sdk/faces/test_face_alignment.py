@@ -78,7 +78,8 @@ def test_best_face_of_the_astronaut_is_her_face_not_the_mission_patch():
     assert len(faces) >= 1
     centre = faces[0].quad.mean(axis=0)
     assert 150 < centre[0] < 300 and 30 < centre[1] < 200, centre  # the head; the patch is near (170, 370)
-    assert faces == sorted(faces, key=lambda f: -f.score)
+    scores = [f.score for f in faces]
+    assert scores == sorted(scores, reverse=True)
     best = align_face(image, landmarks="dlib")
     np.testing.assert_array_equal(best.image, faces[0].image)
 
@@ -125,6 +126,8 @@ def test_degenerate_landmarks_are_an_input_error():
         face_from_landmarks(np.zeros((64, 64, 3), np.uint8), Landmarks(lm, anchors_68(lm), 1.0, "dlib"))
     with pytest.raises(InputError, match="4x2"):
         Landmarks(lm, lm[:3], 1.0, "dlib")
+    with pytest.raises(InputError, match="Nx2"):
+        Landmarks(lm.ravel(), anchors_68(lm), 1.0, "dlib")
 
 
 def test_missing_dlib_names_the_extra(monkeypatch):

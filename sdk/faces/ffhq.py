@@ -26,6 +26,8 @@ import numpy as np
 from ..errors import InputError
 from ..imaging import _resample_leading
 
+MAX_QUAD_RATIO = 16  # a quad larger than this many frame sides is refused (landmarks gone astray)
+
 
 def ffhq_quad(anchors: np.ndarray) -> tuple[np.ndarray, float]:
     """The FFHQ quad ``c-x-y, c-x+y, c+x+y, c+x-y`` (``(4, 2)`` float64, frame coordinates) and
@@ -130,6 +132,13 @@ def align_ffhq(image: np.ndarray, anchors: np.ndarray, size: int) -> tuple[np.nd
     """pSp's aligned crop of ``image`` (``HxWx3`` uint8 RGB) for the face at ``anchors``:
     ``(crop size x size x 3 uint8, matrix 3x3 crop -> frame, quad (4, 2) in frame coordinates)``."""
     quad, qsize = ffhq_quad(anchors)
+    h, w = image.shape[:2]
+    b = _bounds(quad)
+    if b[2] < 0 or b[3] < 0 or b[0] >= w or b[1] >= h or qsize > MAX_QUAD_RATIO * max(h, w):
+        raise InputError(
+            f"the face's FFHQ quad (side {qsize:.0f} px, x {b[0]}..{b[2]}, y {b[1]}..{b[3]}) does not overlap "
+            f"the {w}x{h} frame or is over {MAX_QUAD_RATIO}x its size: landmarks from another frame?"
+        )
     frame_quad = quad.copy()
     to_frame = np.eye(3)  # current image pixel -> frame pixel, updated with each step
     img = image
@@ -137,7 +146,7 @@ def align_ffhq(image: np.ndarray, anchors: np.ndarray, size: int) -> tuple[np.nd
     shrink = int(np.floor(qsize / size * 0.5))
     h, w = img.shape[:2]
     if shrink > 1:
-        rsize = (int(np.rint(float(w) / shrink)), int(np.rint(float(h) / shrink)))
+        rsize = (max(int(np.rint(float(w) / shrink)), 1), max(int(np.rint(float(h) / shrink)), 1))
         quad = quad / shrink
         qsize /= shrink
         sx, sy = w / rsize[0], h / rsize[1]  # edges map to edges: x_frame + 0.5 = (x + 0.5) * sx

@@ -128,3 +128,11 @@ def test_bad_arguments_are_input_errors():
     for feather in (0.0, 2.0, float("nan"), "wide"):
         with pytest.raises(InputError, match="feather"):
             paste_back(image, face, face.image, feather=feather)
+
+
+@pytest.mark.parametrize("shift, scale", [(5000.0, 1.0), (-700.0, 1.0), (0.0, 1e5)])
+def test_landmarks_off_the_frame_are_an_input_error(shift, scale):
+    image = fp.photo("astronaut_face", "original")
+    anchors = (np.array(ANCHORS["astronaut_face", "original"]) - 150) * scale + 150 + shift
+    with pytest.raises(InputError, match="does not overlap"):
+        face_from_landmarks(image, Landmarks(anchors, anchors, 1.0, "test"))

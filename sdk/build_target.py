@@ -92,6 +92,9 @@ def bundle_files(folder: Path) -> set[str] | None:
     path = folder / MANIFEST
     if os.path.islink(path) or not path.is_file():
         return None
+    # The JSON is read here, not through sdk.manifest.Manifest: this folder is about to be replaced
+    # or removed, its manifest may be an older schema or damaged, and only the file names it
+    # claims matter; a strict parse would refuse exactly the bundles a rebuild must clean up
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):

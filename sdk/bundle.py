@@ -171,7 +171,7 @@ class Bundle:
                 )
             if len(chunks) > 1:
                 pieces[name] = chunks
-        raw = _with_pieces(self.manifest.raw, pieces)
+        raw = _with_pieces(self.manifest.document(), pieces)
         self.manifest = Manifest.parse(raw)
         tmp = self.path / f".{MANIFEST}.tmp"
         _write_json(tmp, raw)

@@ -10,7 +10,7 @@ Layout of ``manifest.json`` (schema version 1)::
     schema_version   1
     name, family     e.g. "demo", "restyle_fpn"
     task             {"name": "inversion" | "super_resolution", "options": {...}}
-    input            {"channels": C_x, "size": S, "range": [lo, hi]}
+    input            {"channels": C_x, "size": S, "range": [lo, hi], "alignment": "ffhq" (optional)}
     output           {"channels": 3, "size": R, "range": [-1, 1]}
     latent           {"count": M, "dim": D}
     batch            {"min": 1, "max": B}
@@ -32,12 +32,13 @@ ranges, and the task's defaults (:func:`sdk.tasks.check_task_options`).
 
 from __future__ import annotations
 
-import math
+import copy
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BundleError
+from .manifest_fields import bounded_int, expect, optional, required, shown, value_range
 from .tasks import check_task_options
 
 SCHEMA_VERSION = 1
@@ -53,6 +54,7 @@ MAX_SIDE, MAX_CHANNELS, MAX_LATENTS, MAX_LATENT_DIM, MAX_BATCH = 16384, 4096, 40
 MAX_DIM = (1 << 31) - 1  # any one tensor dimension
 MAX_CHUNK_BYTES = 1 << 40
 ENGINE_FIELDS = ("file", "sha256", "tensorrt", "compute_capability")  # strings; "gpu", "precision" optional
+UNKNOWN_GPU = "unknown GPU"  # an engine entry without the build GPU's name
 
 
 # --------------------------------------------------------------------------- schema
@@ -69,12 +71,12 @@ class TensorSpec:
 
     @classmethod
     def parse(cls, raw: Any, where: str) -> TensorSpec:
-        _expect(raw, dict, where)
+        expect(raw, dict, where)
         spec = cls(
-            name=_field(raw, "name", str, where),
-            role=_field(raw, "role", str, where),
-            shape=tuple(_field(raw, "shape", list, where)),
-            dtype=_field(raw, "dtype", str, where),
+            name=required(raw, "name", str, where),
+            role=required(raw, "role", str, where),
+            shape=tuple(required(raw, "shape", list, where)),
+            dtype=required(raw, "dtype", str, where),
         )
         if spec.role not in ROLES:
             raise BundleError(f"{where}.role is {spec.role!r}; expected one of {ROLES}")
@@ -82,7 +84,7 @@ class TensorSpec:
             raise BundleError(f"{where}.dtype is {spec.dtype!r}; expected float32 or float16")
         for d in spec.shape:
             if not (isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM)):
-                raise BundleError(f"{where}.shape has {_shown(d)}; expected positive ints (at most {MAX_DIM}) or names")
+                raise BundleError(f"{where}.shape has {shown(d)}; expected positive ints (at most {MAX_DIM}) or names")
         return spec
 
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
@@ -106,12 +108,12 @@ class GraphSpec:
     @classmethod
     def parse(cls, key: str, raw: Any) -> GraphSpec:
         where = f"graphs.{key}"
-        _expect(raw, dict, where)
+        expect(raw, dict, where)
         ins = tuple(
-            TensorSpec.parse(r, f"{where}.inputs[{i}]") for i, r in enumerate(_field(raw, "inputs", list, where))
+            TensorSpec.parse(r, f"{where}.inputs[{i}]") for i, r in enumerate(required(raw, "inputs", list, where))
         )
         outs = tuple(
-            TensorSpec.parse(r, f"{where}.outputs[{i}]") for i, r in enumerate(_field(raw, "outputs", list, where))
+            TensorSpec.parse(r, f"{where}.outputs[{i}]") for i, r in enumerate(required(raw, "outputs", list, where))
         )
         if len(outs) != 1:
             raise BundleError(f"{where} has {len(outs)} outputs; expected exactly one")
@@ -124,13 +126,13 @@ class GraphSpec:
         ):
             raise BundleError(
                 f"{where}.{ORT_CPU_KEY} must be an object with the string fields "
-                f"{list(ORT_CPU_FIELDS)}; got {_shown(cpu)}"
+                f"{list(ORT_CPU_FIELDS)}; got {shown(cpu)}"
             )
         return cls(
             key=key,
-            file=_field(raw, "file", str, where),
-            sha256=_field(raw, "sha256", str, where),
-            precision=_optional(raw, "precision", str, where, "fp32"),
+            file=required(raw, "file", str, where),
+            sha256=required(raw, "sha256", str, where),
+            precision=optional(raw, "precision", str, where, "fp32"),
             inputs=ins,
             outputs=outs,
             onnxruntime_cpu=None if cpu is None else {k: cpu[k] for k in ORT_CPU_FIELDS},
@@ -192,8 +194,44 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class EngineSpec:
+    """One ``engines`` entry: the TensorRT plan of graph ``key`` and what it was built for."""
+
+    key: str
+    file: str
+    sha256: str
+    tensorrt: str  # the TensorRT version that built it
+    compute_capability: str  # of the build GPU, e.g. "8.9"
+    gpu: str = UNKNOWN_GPU  # the build GPU's name
+    precision: str = "fp32"
+    batch_max: int | None = None  # the optimisation profile's largest batch (``profile.max``), None: not recorded
+
+    @classmethod
+    def parse(cls, key: str, raw: Any, graphs: Mapping[str, GraphSpec]) -> EngineSpec:
+        where = f"engines.{key}"
+        if not isinstance(raw, dict):
+            raise BundleError(f"{where} is {type(raw).__name__}; expected an object")
+        missing = [f for f in ENGINE_FIELDS if not isinstance(raw.get(f), str)]
+        if missing:
+            raise BundleError(f"{where} lacks the string field(s) {missing}; rebuild the engines")
+        gpu, precision = optional(raw, "gpu", str, where, UNKNOWN_GPU), optional(raw, "precision", str, where, "fp32")
+        profile = optional(raw, "profile", dict, where, {})
+        batch_max = bounded_int(profile, "max", f"{where}.profile", 1, MAX_BATCH) if "max" in profile else None
+        if key not in graphs:
+            raise BundleError(
+                f"{where} is an engine for no graph of manifest.graphs ({sorted(graphs)}); rebuild the engines"
+            )
+        return cls(
+            key, raw["file"], raw["sha256"], raw["tensorrt"], raw["compute_capability"], gpu, precision, batch_max
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
-    raw: Mapping[str, Any]
+    """The parsed manifest: every field the runtime reads, checked. :meth:`info` gives the
+    informational sections; :meth:`document` the JSON document itself, for writers."""
+
+    _document: Mapping[str, Any] = field(repr=False, compare=False)
     name: str
     family: str
     task: str
@@ -213,72 +251,86 @@ class Manifest:
     output_range: tuple[float, float] = (-1.0, 1.0)
     chunk_bytes: int = 0
     chunk_sha256: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    engines: Mapping[str, EngineSpec] = field(default_factory=dict)  # graph key -> its TensorRT plan
+    input_alignment: str | None = None  # how faces are aligned before the encoder ("ffhq"), None: no alignment
 
     @classmethod
     def parse(cls, raw: Any) -> Manifest:
-        _expect(raw, dict, "manifest")
+        expect(raw, dict, "manifest")
         version = raw.get("schema_version")
         if version != SCHEMA_VERSION or isinstance(version, bool):
             raise BundleError(
-                f"manifest schema_version is {_shown(version)}; this SDK reads version "
+                f"manifest schema_version is {shown(version)}; this SDK reads version "
                 f"{SCHEMA_VERSION}. Rebuild the bundle with this version's export/build_engines.py"
             )
-        task = _field(raw, "task", dict, "manifest")
-        inp, out = _field(raw, "input", dict, "manifest"), _field(raw, "output", dict, "manifest")
-        latent, batch = _field(raw, "latent", dict, "manifest"), _field(raw, "batch", dict, "manifest")
-        graphs = {k: GraphSpec.parse(k, v) for k, v in _field(raw, "graphs", dict, "manifest").items()}
-        sched_raw = _field(raw, "schedule", dict, "manifest")
+        task = required(raw, "task", dict, "manifest")
+        inp, out = required(raw, "input", dict, "manifest"), required(raw, "output", dict, "manifest")
+        latent, batch = required(raw, "latent", dict, "manifest"), required(raw, "batch", dict, "manifest")
+        graphs = {k: GraphSpec.parse(k, v) for k, v in required(raw, "graphs", dict, "manifest").items()}
+        sched_raw = required(raw, "schedule", dict, "manifest")
         stages = []
-        for i, s in enumerate(_field(sched_raw, "stages", list, "schedule")):
+        for i, s in enumerate(required(sched_raw, "stages", list, "schedule")):
             where = f"schedule.stages[{i}]"
-            _expect(s, dict, where)
+            expect(s, dict, where)
             stages.append(
                 Stage(
-                    graph=_field(s, "graph", str, where),
-                    feedback=_field(s, "feedback", bool, where),
-                    residual=_field(s, "residual", bool, where),
+                    graph=required(s, "graph", str, where),
+                    feedback=required(s, "feedback", bool, where),
+                    residual=required(s, "residual", bool, where),
                 )
             )
         if not stages:
             raise BundleError("schedule.stages is empty; expected at least one stage")
         schedule = Schedule(
             stages=tuple(stages),
-            repeat_last=_field(sched_raw, "repeat_last", bool, "schedule"),
-            default_iterations=_int(sched_raw, "default_iterations", "schedule", 0, MAX_ITERATIONS),
+            repeat_last=required(sched_raw, "repeat_last", bool, "schedule"),
+            default_iterations=bounded_int(sched_raw, "default_iterations", "schedule", 0, MAX_ITERATIONS),
         )
-        consts = _field(raw, "constants", dict, "manifest")
+        consts = required(raw, "constants", dict, "manifest")
         options = task.get("options", {}) or {}
-        _expect(options, dict, "task.options")
-        if _optional(out, "channels", int, "output", 3) != 3:
+        expect(options, dict, "task.options")
+        if optional(out, "channels", int, "output", 3) != 3:
             raise BundleError(
-                f"output.channels is {_shown(out['channels'])}; the generator makes RGB images: expected 3"
+                f"output.channels is {shown(out['channels'])}; the generator makes RGB images: expected 3"
             )
         m = cls(
-            raw=raw,
-            name=_optional(raw, "name", str, "manifest", ""),
-            family=_field(raw, "family", str, "manifest"),
-            task=_field(task, "name", str, "task"),
+            _document=raw,
+            name=optional(raw, "name", str, "manifest", ""),
+            family=required(raw, "family", str, "manifest"),
+            task=required(task, "name", str, "task"),
             task_options=options,
-            input_channels=_int(inp, "channels", "input", 1, MAX_CHANNELS),
-            input_size=_int(inp, "size", "input", 1, MAX_SIDE),
-            input_range=_range(inp, "input"),
-            output_size=_int(out, "size", "output", 1, MAX_SIDE),
-            output_range=_range(out, "output") if "range" in out else (-1.0, 1.0),
-            latent_count=_int(latent, "count", "latent", 1, MAX_LATENTS),
-            latent_dim=_int(latent, "dim", "latent", 1, MAX_LATENT_DIM),
-            batch_min=_int(batch, "min", "batch", -MAX_BATCH, MAX_BATCH),
-            batch_max=_int(batch, "max", "batch", -MAX_BATCH, MAX_BATCH),
+            input_channels=bounded_int(inp, "channels", "input", 1, MAX_CHANNELS),
+            input_size=bounded_int(inp, "size", "input", 1, MAX_SIDE),
+            input_range=value_range(inp, "input"),
+            input_alignment=optional(inp, "alignment", str, "input", None),
+            output_size=bounded_int(out, "size", "output", 1, MAX_SIDE),
+            output_range=value_range(out, "output") if "range" in out else (-1.0, 1.0),
+            latent_count=bounded_int(latent, "count", "latent", 1, MAX_LATENTS),
+            latent_dim=bounded_int(latent, "dim", "latent", 1, MAX_LATENT_DIM),
+            batch_min=bounded_int(batch, "min", "batch", -MAX_BATCH, MAX_BATCH),
+            batch_max=bounded_int(batch, "max", "batch", -MAX_BATCH, MAX_BATCH),
             graphs=graphs,
             schedule=schedule,
-            constants_file=_field(consts, "file", str, "constants"),
-            constants_sha256=_field(consts, "sha256", str, "constants"),
+            constants_file=required(consts, "file", str, "constants"),
+            constants_sha256=required(consts, "sha256", str, "constants"),
+            engines=_parse_engines(raw.get("engines"), graphs),
             **_parse_chunks(raw),
         )
         m._check_consistency()
         _check_constant_shapes(consts)
-        _check_engines(raw.get("engines"), graphs)
         check_task_options(m.task, options, m.input_channels, m.input_size)
         return m
+
+    def info(self, section: str) -> Mapping[str, Any]:
+        """An informational section (``build``, ``parity``, ``accuracy``: what the export measured
+        and with which tools), as written: not checked, not read by the runtime; {} when absent."""
+        value = self._document.get(section)
+        return value if isinstance(value, dict) else {}
+
+    def document(self) -> dict[str, Any]:
+        """A deep copy of the JSON document, for a writer that adds to it (the bundle's chunk
+        digests) or a tool reading build details the runtime ignores (a graph's rewrites)."""
+        return copy.deepcopy(dict(self._document))
 
     def _check_consistency(self) -> None:
         if "generator" not in self.graphs:
@@ -334,52 +386,15 @@ def _parse_chunks(raw: Mapping) -> dict:
     chunks = raw.get("chunks")
     if chunks is None:
         return {}
-    _expect(chunks, dict, "chunks")
-    size = _field(chunks, "bytes", int, "chunks")
+    expect(chunks, dict, "chunks")
+    size = required(chunks, "bytes", int, "chunks")
     if not 0 < size <= MAX_CHUNK_BYTES:
-        raise BundleError(f"chunks.bytes is {_shown(size)}; expected a positive piece size, at most {MAX_CHUNK_BYTES}")
-    digests = _field(chunks, "sha256", dict, "chunks")
+        raise BundleError(f"chunks.bytes is {shown(size)}; expected a positive piece size, at most {MAX_CHUNK_BYTES}")
+    digests = required(chunks, "sha256", dict, "chunks")
     for name, pieces in digests.items():
         if not isinstance(pieces, list) or not pieces or not all(isinstance(d, str) and d for d in pieces):
-            raise BundleError(f"chunks.sha256.{name} must be a non-empty list of hex digests; got {_shown(pieces)}")
+            raise BundleError(f"chunks.sha256.{name} must be a non-empty list of hex digests; got {shown(pieces)}")
     return {"chunk_bytes": size, "chunk_sha256": {k: tuple(v) for k, v in digests.items()}}
-
-
-def _finite_number(v: Any) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(v))
-    except OverflowError:  # an int beyond float's range
-        return False
-
-
-def _range(raw: Mapping, where: str) -> tuple[float, float]:
-    rng = _field(raw, "range", list, where)
-    if len(rng) != 2 or not all(_finite_number(v) for v in rng) or not float(rng[0]) < float(rng[1]):
-        raise BundleError(f"{where}.range is {_shown(rng)}; expected [lo, hi], two finite numbers with lo < hi")
-    return float(rng[0]), float(rng[1])
-
-
-def _shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` for a message, shortened; never raising (Python refuses to print ints of
-    more than 4300 digits)."""
-    try:
-        text = repr(value)
-    except ValueError:
-        return f"a {type(value).__name__} holding an integer too long to print"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _int(raw: Mapping, key: str, where: str, lo: int, hi: int) -> int:
-    value = _field(raw, key, int, where)
-    if not lo <= value <= hi:
-        raise BundleError(f"{where}.{key} is {_shown(value)}; expected an int in {lo}..{hi}")
-    return value
-
-
-def _optional(raw: Mapping, key: str, kind: type, where: str, default: Any) -> Any:
-    return _field(raw, key, kind, where) if raw.get(key) is not None else default
 
 
 def _check_constant_shapes(consts: Mapping) -> None:
@@ -388,45 +403,21 @@ def _check_constant_shapes(consts: Mapping) -> None:
     arrays = consts.get("arrays")
     if arrays is None:
         return
-    _expect(arrays, dict, "constants.arrays")
+    expect(arrays, dict, "constants.arrays")
     for name, shape in arrays.items():
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM for d in shape
         ):
-            raise BundleError(f"constants.arrays.{name} is {_shown(shape)}; expected a shape (a list of positive ints)")
+            raise BundleError(f"constants.arrays.{name} is {shown(shape)}; expected a shape (a list of positive ints)")
 
 
-def _check_engines(engines: Any, graphs: Mapping[str, GraphSpec]) -> None:
+def _parse_engines(engines: Any, graphs: Mapping[str, GraphSpec]) -> dict[str, EngineSpec]:
     """``engines`` (TensorRT plans, optional): one object of string fields per graph."""
     if not engines:
-        return
+        return {}
     if not isinstance(engines, dict):
         raise BundleError(f"manifest engines is {type(engines).__name__}; expected an object")
-    for key, entry in engines.items():
-        where = f"engines.{key}"
-        if not isinstance(entry, dict):
-            raise BundleError(f"{where} is {type(entry).__name__}; expected an object")
-        missing = [f for f in ENGINE_FIELDS if not isinstance(entry.get(f), str)]
-        if missing:
-            raise BundleError(f"{where} lacks the string field(s) {missing}; rebuild the engines")
-        for name in ("gpu", "precision"):
-            _optional(entry, name, str, where, "")
-        if key not in graphs:
-            raise BundleError(
-                f"{where} is an engine for no graph of manifest.graphs ({sorted(graphs)}); rebuild the engines"
-            )
-
-
-def _expect(value: Any, kind: type, where: str) -> None:
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BundleError(f"{where} is {type(value).__name__}; expected {kind.__name__}")
-
-
-def _field(raw: Mapping, key: str, kind: type, where: str) -> Any:
-    if key not in raw:
-        raise BundleError(f"{where} lacks the required field {key!r}")
-    _expect(raw[key], kind, f"{where}.{key}")
-    return raw[key]
+    return {key: EngineSpec.parse(key, entry, graphs) for key, entry in engines.items()}
 
 
 def iter_stage_graphs(manifest: Manifest) -> Iterator[GraphSpec]:

@@ -33,12 +33,14 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdk import Bundle
 from sdk.bundle import GraphSpec, iter_stage_graphs, sha256_file
 from sdk.errors import BundleError, InputError, SdkError
+from sdk.manifest import EngineSpec
 
 from .environment import missing_serve_extra
 
@@ -77,7 +79,7 @@ def write_repository(options: RepositoryOptions) -> Path:
         )
     bundle = Bundle(o.bundle)
     m = bundle.manifest
-    engines = m.raw.get("engines") or {}
+    engines = m.engines
     fmt = ("tensorrt" if engines else "onnx") if o.format == "auto" else o.format
     graphs = list(iter_stage_graphs(m)) + [m.graphs["generator"]]
     if fmt == "tensorrt":
@@ -102,8 +104,8 @@ def write_repository(options: RepositoryOptions) -> Path:
         folder = o.out / names[g.key] / "1"
         folder.mkdir(parents=True)
         if fmt == "tensorrt":
-            plan = bundle.file(engines[g.key]["file"])
-            if sha256_file(plan) != engines[g.key]["sha256"]:
+            plan = bundle.file(engines[g.key].file)
+            if sha256_file(plan) != engines[g.key].sha256:
                 raise BundleError(f"engine file {plan} does not match its SHA-256 in the manifest; rebuild the bundle")
             _place(plan, folder / "model.plan", o.link)
         else:
@@ -122,9 +124,9 @@ def write_repository(options: RepositoryOptions) -> Path:
     return o.out
 
 
-def _max_batch(m, engines: dict, wanted: int | None) -> int:
+def _max_batch(m, engines: Mapping[str, EngineSpec], wanted: int | None) -> int:
     """Triton's max_batch_size: within the bundle's batch range and every engine's profile."""
-    limit = min([m.batch_max] + [int(e.get("profile", {}).get("max", m.batch_max)) for e in engines.values()])
+    limit = min([m.batch_max] + [m.batch_max if e.batch_max is None else e.batch_max for e in engines.values()])
     value = limit if wanted is None else wanted
     if not max(1, m.batch_min) <= value <= limit:
         raise InputError(
@@ -207,10 +209,8 @@ def _write_config(text_format, config, folder: Path) -> None:
     (folder / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
 
 
-def _readme(m, engines: dict, names: dict, o: RepositoryOptions, max_batch: int, fmt: str) -> str:
-    built = sorted(
-        {(e.get("tensorrt", "?"), e.get("compute_capability", "?"), e.get("gpu", "?")) for e in engines.values()}
-    )
+def _readme(m, engines: Mapping[str, EngineSpec], names: dict, o: RepositoryOptions, max_batch: int, fmt: str) -> str:
+    built = sorted({(e.tensorrt, e.compute_capability, e.gpu) for e in engines.values()})
     needs = (
         "\n".join(
             f"* TensorRT {trt}, compute capability {cc} ({gpu}): use the tritonserver container whose "

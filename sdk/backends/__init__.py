@@ -42,7 +42,7 @@ def create_backend(
         raise BackendError(f"options are OpenVINO's (hint, pinning); backend {name!r} takes none")
 
     if name == "auto":
-        if bundle is not None and bundle.manifest.raw.get("engines"):
+        if bundle is not None and bundle.manifest.engines:
             from . import tensorrt as trt_backend
 
             reason = trt_backend.unavailable_reason()

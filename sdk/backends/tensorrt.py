@@ -32,6 +32,7 @@ from typing import Any
 from ..bundle import REBUILD_HINT, GraphSpec
 from ..device_arrays import DeviceArray, DeviceInput
 from ..errors import BackendError, BundleError, InputError, StaleEngineError
+from ..manifest import UNKNOWN_GPU, EngineSpec
 from .base import Backend, Runner
 from .cuda import CudaGraph, CudaRuntime, DeviceBuffer, cuda_status, device_info
 
@@ -42,7 +43,6 @@ TRT_INSTALL_HINT = (
     "TensorRT 11 + CUDA 13, driver >= 580; see the README's GPU section), or use backend='onnxruntime'"
 )
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16"}
-UNKNOWN_GPU = "unknown GPU"
 
 
 def import_tensorrt():
@@ -88,47 +88,6 @@ def python_logger(trt):
             log.log(py_level, "TensorRT: %s", msg)
 
     return PythonLogger()
-
-
-# --------------------------------------------------------------------------- manifest entries
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """One ``manifest.engines`` entry: which graph it implements and what it was built for."""
-
-    key: str
-    file: str
-    sha256: str
-    tensorrt: str
-    compute_capability: str
-    gpu: str
-    precision: str
-
-    @classmethod
-    def parse(cls, key: str, raw) -> EngineSpec:
-        where = f"engines.{key}"
-        if not isinstance(raw, dict):
-            raise BundleError(f"{where} is {type(raw).__name__}; expected an object")
-        missing = [f for f in ("file", "sha256", "tensorrt", "compute_capability") if not isinstance(raw.get(f), str)]
-        if missing:
-            raise BundleError(f"{where} lacks the string field(s) {missing}; rebuild the engines")
-        return cls(
-            key,
-            raw["file"],
-            raw["sha256"],
-            raw["tensorrt"],
-            raw["compute_capability"],
-            str(raw.get("gpu", UNKNOWN_GPU)),
-            str(raw.get("precision", "fp32")),
-        )
-
-
-def parse_engines(manifest_raw: Mapping) -> dict[str, EngineSpec]:
-    raw = manifest_raw.get("engines") or {}
-    if not isinstance(raw, dict):
-        raise BundleError(f"manifest engines is {type(raw).__name__}; expected an object")
-    return {key: EngineSpec.parse(key, value) for key, value in raw.items()}
 
 
 def _version_key(version: str) -> tuple:
@@ -295,7 +254,7 @@ class TensorRTBackend(Backend):
         self.trt = trt = import_tensorrt()
         self.allow_other_gpu = allow_other_gpu_default() if allow_other_gpu is None else bool(allow_other_gpu)
         self.bundle = bundle
-        self.engines = parse_engines(bundle.manifest.raw)
+        self.engines: Mapping[str, EngineSpec] = bundle.manifest.engines
         if not self.engines:
             raise BundleError(
                 f"{bundle.path} has no TensorRT engines; build them on a machine with TensorRT: "

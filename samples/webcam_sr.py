@@ -305,7 +305,7 @@ class AlignedPipeline(FramePipeline):
             canvas = self.compositor.compose(image, pasted)
         with stats.stage("overlay"):
             found = f"SDK N={iterations}, pasted back" if faces else "no face: frame as it is"
-            labels = (f"input ({self.low_res.describe()})", found)
+            labels = ("input frame", found)  # what the model saw (the factor) is on the status line
             self.compositor.overlay(canvas, labels, status_lines(stats, iterations, self.mode))
         return canvas, iterations, bool(faces)
 

@@ -15,11 +15,15 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .checks import plain_array
 from .errors import InputError
+
+if TYPE_CHECKING:  # Pillow is optional at run time: imported where an image file is opened
+    import PIL.Image
 
 MAX_IMAGE_SIDE = 8192  # larger images are refused: resizing them to 256 px would take gigabytes
 
@@ -223,7 +227,7 @@ def _bands(weights: np.ndarray):
         yield slice(start, start + BAND), lo, hi
 
 
-def _resample_leading(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+def resample_leading(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``weights [out, in]`` applied along the first axis of ``x [in, ...]`` -> ``[out, ...]``.
 
     The other axes are flattened in their memory order (no copy where they are contiguous, as
@@ -251,8 +255,8 @@ def _separable(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndar
     """``rows [h', H]`` along the rows of ``image [..., H, W]``, then ``cols [w', W]`` along its
     columns -> float32 ``[..., h', w']``."""
     x = np.asarray(image, dtype=np.float32)  # keeps the memory layout (an HWC image's planes stay interleaved)
-    x = np.moveaxis(_resample_leading(rows, np.moveaxis(x, -2, 0)), 0, -2)
-    x = np.moveaxis(_resample_leading(cols, np.moveaxis(x, -1, 0)), 0, -1)
+    x = np.moveaxis(resample_leading(rows, np.moveaxis(x, -2, 0)), 0, -2)
+    x = np.moveaxis(resample_leading(cols, np.moveaxis(x, -1, 0)), 0, -1)
     return np.ascontiguousarray(x)
 
 

@@ -246,7 +246,7 @@ class Translator:
         """An image → HxWx3 uint8 RGB at the generator's resolution. ``image``: HxWx3 uint8 RGB
         (or gray HxW, RGBA, 16-bit, float in [0, 1]), a PIL image in any mode, or a file path
         (read with Pillow, if installed). ``task_options``: e.g. ``factor=8`` for super-resolution."""
-        self._open_loop().check_arguments(iterations)  # before the pre-processing's work
+        self.check_iterations(iterations)  # before the pre-processing's work
         x = self.preprocess(image, **task_options)
         result = self.infer(x[None], iterations=iterations)
         return to_uint8_image(result.images[0])
@@ -264,6 +264,12 @@ class Translator:
         [C_x, S, S] float32 in the model's range."""
         self._open_loop()
         return preprocess(image, self.manifest, **task_options)
+
+    def check_iterations(self, iterations: int | None = None) -> int:
+        """The number of iterations a call with ``iterations`` runs (None: the bundle's default);
+        :class:`InputError` if it is out of range or this Translator is closed. Cheap: for
+        callers that check before their own pre-processing."""
+        return self._open_loop().check_arguments(iterations)
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..imaging import _resample_leading
+from ..imaging import resample_leading
 
 MAX_QUAD_RATIO = 16  # a quad larger than this many frame sides is refused (landmarks gone astray)
 
@@ -92,8 +92,8 @@ def resize_lanczos(
     used = np.flatnonzero(rows.any(axis=0))
     r0, r1 = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 0)
     src = image[r0:r1].astype(np.float32)
-    out = _to_uint8(np.moveaxis(_resample_leading(cols, np.moveaxis(src, 1, 0)), 0, 1))
-    out = _to_uint8(_resample_leading(np.ascontiguousarray(rows[:, r0:r1]), out.astype(np.float32)))
+    out = _to_uint8(np.moveaxis(resample_leading(cols, np.moveaxis(src, 1, 0)), 0, 1))
+    out = _to_uint8(resample_leading(np.ascontiguousarray(rows[:, r0:r1]), out.astype(np.float32)))
     return np.ascontiguousarray(out)
 
 

@@ -67,7 +67,7 @@ def translate_faces_timed(
         raise InputError(f"which must be one of {WHICH} (every face, or the best one only); got {which!r}")
     image = check_rgb_uint8(as_rgb_uint8(frame), "frame")
     size = translator.manifest.input_size
-    translator._open_loop().check_arguments(iterations)  # a closed translator or bad iterations: before any work
+    translator.check_iterations(iterations)  # a closed translator or bad iterations: before any work
     ms = dict.fromkeys(STAGES, 0.0)
     start = time.perf_counter()
     if faces is None:

@@ -116,6 +116,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help=f"also write {DOCS.relative_to(REPO)}, its plots and the README's performance section",
     )
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="measure the CPU peers instead (benchmarks/harness/peers.py: OpenVINO default and FP32, ONNX Runtime "
+        "portable, torch.compile FP32/bf16, eager, our back ends); writes RESULTS/peers.json and peers.md, "
+        "with --write-docs the figures section of docs/cpu_backends.md",
+    )
+    p.add_argument("--peer-backends", type=_names, default=None, help="comma-separated peers (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
@@ -281,6 +289,10 @@ def main(argv=None) -> int:
     from sdk import SdkError
 
     try:
+        if args.peers:
+            from benchmarks.harness.peers_run import main_peers
+
+            return main_peers(args, argv)
         if args.from_json is not None:
             run = json.loads(args.from_json.read_text(encoding="utf-8"))
         else:

@@ -160,6 +160,7 @@ class Job:
         expected = t.manifest.input_alignment
         self.align = args.align == "ffhq" or (args.align == "auto" and expected == "ffhq")
         self.options = {}
+        self.without_face = 0  # aligned images or frames in which no face was found
         if t.manifest.task == "super_resolution" and args.factor is not None:
             self.options["factor"] = args.factor
         elif args.factor is not None:
@@ -174,7 +175,9 @@ class Job:
         from sdk.faces.translate import translate_faces_timed
 
         a = self.args
-        return translate_faces_timed(self.t, image, a.landmarks, a.which, faces, a.iterations, **self.options).frame
+        result = translate_faces_timed(self.t, image, a.landmarks, a.which, faces, a.iterations, **self.options)
+        self.without_face += not result.faces
+        return result.frame
 
     def comparison(self, image: np.ndarray, default: bool) -> np.ndarray:
         from samples.comparison import comparison_panels, render
@@ -200,6 +203,10 @@ class Job:
             panels.append(pasted)
         return render(panels, self.args.panel_size, footer(t, self.options.get("factor"), self.align))
 
+    def report_faces(self, count: int, what: str) -> None:
+        if self.align and self.without_face:
+            log.warning("%d of %d %s had no face (written unchanged)", self.without_face, count, what)
+
     def folder(self, root: Path, output: Path) -> None:
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -213,6 +220,7 @@ class Job:
                 failed.append(path)
                 continue
             save_image(result, output / path.relative_to(root).with_suffix(".png"))
+        self.report_faces(len(files) - len(failed), "images")
         if failed:
             raise SampleError(f"{len(failed)} of {len(files)} images could not be read (see the warnings above)")
 
@@ -231,9 +239,10 @@ class Job:
                 self.args.detect_every,
                 max_faces=1 if self.args.which == "best" else 16,
             )
-        writer, fps = None, src.fps or 30.0
+        writer, fps, written = None, src.fps or 30.0, 0
         try:
-            for index in progress(range(src.frame_count or sys.maxsize), "frames", total=src.frame_count or None):
+            # every frame until the stream ends: a container's frame count is only the progress bar's guess
+            for index in progress(range(sys.maxsize), "frames", total=src.frame_count or None):
                 ok, bgr = src.capture.read()
                 if not ok:
                     break
@@ -243,12 +252,14 @@ class Job:
                 if writer is None:
                     writer = open_writer(cv2, output, fps, (result.shape[1], result.shape[0]))
                 writer.write(cv2.cvtColor(result, cv2.COLOR_RGB2BGR))
+                written += 1
         finally:
             src.capture.release()
             if writer is not None:
                 writer.release()
         if writer is None:
             raise SampleError(f"OpenCV decoded no frame of {str(source)!r}")
+        self.report_faces(written, "frames")
 
 
 def square(image: np.ndarray, box: tuple[float, float, float] | None = None) -> np.ndarray:

@@ -112,6 +112,18 @@ def test_a_folder_keeps_its_layout_and_reports_unreadable_files(sr_bundle, tmp_p
     assert "broken.png" in caplog.text and "1 of 3 images could not be read" in caplog.text
 
 
+def test_images_without_a_face_are_written_unchanged_and_counted(sr_bundle, tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(backends._instances, "dlib", FakeLandmarks([]))
+    (tmp_path / "in").mkdir()
+    src = photo(tmp_path / "in" / "a.png")
+    with caplog.at_level(logging.WARNING):
+        assert (
+            run("--bundle", sr_bundle, "--input", tmp_path / "in", "--align", "ffhq", "--output", tmp_path / "o") == 0
+        )
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "a.png")), np.asarray(Image.open(src)))
+    assert "1 of 1 images had no face (written unchanged)" in caplog.text
+
+
 def test_a_video_is_translated_frame_by_frame(sr_bundle, tmp_path, fake_dlib):
     frames = [np.asarray(Image.open(photo(tmp_path / f"{i}.png", seed=i))) for i in range(4)]
     write_video(cv2, tmp_path / "clip.mp4", frames, fps=10.0)

@@ -81,12 +81,15 @@ def _flags() -> frozenset[str]:
 
 
 def reduced_precisions() -> list[str]:
-    """The reduced precisions worth trying on this CPU, fastest first: bf16 where OpenVINO reports
+    """The reduced precisions worth trying here (none without OpenVINO), fastest first: bf16 where OpenVINO reports
     BF16 (AMX or AVX512-BF16), fp16 where the CPU has AMX-FP16 tiles (AVX512-FP16 alone runs BF16's
     matmuls no faster, and FP16's narrower range is the riskier one)."""
+    flags = _flags()
+    if not flags & {"avx512_bf16", "amx_bf16", "amx_fp16"} or not available():  # most CPUs: without loading OpenVINO
+        return []
     caps = capabilities()
     found = ["bf16"] if "BF16" in caps else []
-    if "FP16" in caps and "amx_fp16" in _flags():
+    if "FP16" in caps and "amx_fp16" in flags:
         found.append("fp16")
     return found
 
@@ -270,6 +273,7 @@ def open_backend(
       passes :func:`sdk.precision_gate.decide` on ``bundle``, decided once per machine and bundle
       and cached; FP32 where none passes, where the CPU has none, or without a bundle."""
     options = options or OpenVinoOptions()
+    import_openvino()  # the missing extra named first
     if precision not in PRECISIONS:
         raise BackendError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     if precision in ("bf16", "fp16"):
@@ -313,7 +317,7 @@ def auto_cpu(
     fallback; "bf16"/"fp16" ask for OpenVINO at that precision (an error where it cannot run)."""
     if precision in ("bf16", "fp16"):
         return open_backend(bundle, precision, options)
-    if precision == "auto" and bundle is not None and available() and reduced_precisions():
+    if precision == "auto" and bundle is not None and reduced_precisions():
         backend = open_backend(bundle, "auto", options)
         if backend.precision != "fp32":
             return backend

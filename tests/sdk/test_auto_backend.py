@@ -96,10 +96,13 @@ def test_reduced_precisions_by_cpu_kind(monkeypatch):
         "granite rapids": ({"FP32", "BF16", "FP16"}, {"amx_bf16", "amx_fp16"}, ["bf16", "fp16"]),
         "zen 3": ({"FP32", "INT8"}, {"avx2", "fma"}, []),
     }
+    monkeypatch.setattr(ovb, "available", lambda: True)
     for caps, flags, expected in kinds.values():
         monkeypatch.setattr(ovb, "capabilities", lambda caps=caps: frozenset(caps))
         monkeypatch.setattr(ovb, "_flags", lambda flags=flags: frozenset(flags))
         assert ovb.reduced_precisions() == expected
+    monkeypatch.setattr(ovb, "available", lambda: False)
+    assert ovb.reduced_precisions() == []  # an AMX host without OpenVINO
 
 
 @pytest.mark.parametrize("name", ["onnxruntime", "tensorrt", "onnxruntime-cuda"])

@@ -1,9 +1,11 @@
 """``landmarks="mediapipe"``: the fast back end, MediaPipe's BlazeFace short-range detector and its
-468-point face mesh, run by LiteRT (``ai-edge-litert``, XNNPACK on the CPU), without MediaPipe.
+468-point face mesh, without MediaPipe: on LiteRT (``ai-edge-litert``, XNNPACK on the CPU; the
+``faces`` extra) where installed, else on ONNX Runtime (the SDK's own dependency).
 
 Models: ``face_detection_short_range.tflite`` and ``face_landmark.tflite`` as MediaPipe 0.10.21's
-wheel ships them (``mediapipe/modules/...``), copied into ``sdk/faces/models`` with their licence:
-Apache-2.0, commercial use allowed. Install: ``pip install 'gan-encoder-rt[faces]'``.
+wheel ships them (``mediapipe/modules/...``), copied into ``sdk/faces/models`` with their licence
+(Apache-2.0, commercial use allowed), and their ONNX conversions beside them
+(``python -m sdk.faces.tflite_onnx`` writes them).
 
 What it computes, as MediaPipe's face-mesh graph does:
 
@@ -21,18 +23,19 @@ small faces in group photographs are missed.
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, InputError
 from .types import LandmarkBackend, Landmarks
 
 MODELS = Path(__file__).with_name("models")
-DETECTOR = MODELS / "face_detection_short_range.tflite"
-MESH = MODELS / "face_landmark.tflite"
+DETECTOR = MODELS / "face_detection_short_range"  # .tflite as MediaPipe ships it, .onnx converted
+MESH = MODELS / "face_landmark"
 MIN_SCORE = 0.5  # MediaPipe's min_score_thresh for the short-range detector
 NMS_IOU = 0.3
 MIN_PRESENCE = 0.5  # a tracked region below this face-presence probability is lost
@@ -95,38 +98,81 @@ def _weighted_nms(boxes: np.ndarray, scores: np.ndarray, extra: np.ndarray) -> l
     return out
 
 
+def _model(stem: Path, suffix: str) -> str:
+    path = stem.with_suffix(suffix)
+    if not path.is_file():
+        raise BackendError(f"the mediapipe back end's model {path} is missing: reinstall gan-encoder-rt")
+    return str(path)
+
+
+def _by_size(shapes: list) -> list[int]:
+    """Output positions, the larger output first (regressors / landmarks, then scores / presence)."""
+    return sorted(range(len(shapes)), key=lambda i: -int(np.prod(shapes[i])))
+
+
+class _OrtModel:
+    """One converted model (``.onnx``, :mod:`sdk.faces.tflite_onnx`) on ONNX Runtime's CPU provider:
+    an NHWC float32 image in, its outputs (batch dimension dropped), the larger first."""
+
+    def __init__(self, stem: Path, num_threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+        # no spinning between the many small operators: on a busy CPU a spinning pool doubles the time
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(_model(stem, ".onnx"), options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        outputs = self._session.get_outputs()
+        self._outputs = [outputs[i].name for i in _by_size([o.shape for o in outputs])]
+
+    def __call__(self, image: np.ndarray) -> list[np.ndarray]:
+        return [out[0] for out in self._session.run(self._outputs, {self._input: image[None]})]
+
+
+class _LiteRtModel:
+    """The original ``.tflite`` on LiteRT (XNNPACK), the same contract as :class:`_OrtModel`."""
+
+    def __init__(self, stem: Path, num_threads: int) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as e:
+            raise BackendError(f"runtime='litert' needs LiteRT: {EXTRA_HINT}") from e
+        self._it = Interpreter(model_path=_model(stem, ".tflite"), num_threads=num_threads)
+        self._it.allocate_tensors()
+        self._input = self._it.get_input_details()[0]["index"]
+        details = self._it.get_output_details()
+        self._outputs = [details[i]["index"] for i in _by_size([d["shape"] for d in details])]
+
+    def __call__(self, image: np.ndarray) -> list[np.ndarray]:
+        self._it.set_tensor(self._input, image[None])
+        self._it.invoke()
+        return [self._it.get_tensor(i)[0].copy() for i in self._outputs]
+
+
+RUNTIMES: dict[str, type[_OrtModel] | type[_LiteRtModel]] = {"onnxruntime": _OrtModel, "litert": _LiteRtModel}
+
+
 class MediapipeLandmarks(LandmarkBackend):
-    """MediaPipe's face detector and face mesh on LiteRT (two threads each by default)."""
+    """MediaPipe's face detector and face mesh, two threads each by default, on LiteRT
+    (``runtime="litert"``: the original ``.tflite`` files on XNNPACK, the fastest; the ``faces``
+    extra) or on ONNX Runtime (``runtime="onnxruntime"``: the same models converted by
+    :mod:`sdk.faces.tflite_onnx`, no extra package, about twice the time). ``"auto"`` takes LiteRT
+    where it is installed. The two agree within 0.01 px."""
 
     name = "mediapipe"
     licence = "Apache-2.0 (MediaPipe's BlazeFace short-range and face-mesh models)"
 
-    def __init__(self, num_threads: int = 2) -> None:
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError as e:
-            raise BackendError(f"landmarks='mediapipe' needs LiteRT: {EXTRA_HINT}") from e
-        for path in (DETECTOR, MESH):
-            if not path.is_file():
-                raise BackendError(f"the mediapipe back end's model {path} is missing: reinstall gan-encoder-rt")
-        self._detector = Interpreter(model_path=str(DETECTOR), num_threads=num_threads)
-        self._mesh = Interpreter(model_path=str(MESH), num_threads=num_threads)
-        for it in (self._detector, self._mesh):
-            it.allocate_tensors()
-        self._det_io = (self._detector.get_input_details()[0]["index"], self._outputs(self._detector))
-        self._mesh_io = (self._mesh.get_input_details()[0]["index"], self._outputs(self._mesh))
-        self._lock = threading.Lock()  # an interpreter runs one call at a time
-
-    @staticmethod
-    def _outputs(it) -> list[int]:
-        """Output indices, the larger output first (regressors / landmarks, then scores / presence)."""
-        details = it.get_output_details()
-        return [d["index"] for d in sorted(details, key=lambda d: -int(np.prod(d["shape"])))]
-
-    def _run(self, it, io, tensor: np.ndarray) -> list[np.ndarray]:
-        it.set_tensor(io[0], tensor[None])
-        it.invoke()
-        return [it.get_tensor(i)[0].copy() for i in io[1]]
+    def __init__(self, num_threads: int = 2, runtime: str = "auto") -> None:
+        if runtime == "auto":
+            runtime = "litert" if importlib.util.find_spec("ai_edge_litert") is not None else "onnxruntime"
+        if runtime not in RUNTIMES:
+            raise InputError(f"runtime must be 'auto' or one of {sorted(RUNTIMES)}; got {runtime!r}")
+        self.runtime = runtime
+        self._detector = RUNTIMES[runtime](DETECTOR, num_threads)
+        self._mesh = RUNTIMES[runtime](MESH, num_threads)
+        self._lock = threading.Lock()  # a session / interpreter runs one call at a time
 
     def _detections(self, image: np.ndarray) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """``(score, box x0 y0 x1 y1, keypoints (6, 2))`` in frame pixels, best first."""
@@ -135,7 +181,7 @@ class MediapipeLandmarks(LandmarkBackend):
         pad_x, pad_y = (side - w) // 2, (side - h) // 2
         square = cv2.copyMakeBorder(image, pad_y, side - h - pad_y, pad_x, side - w - pad_x, cv2.BORDER_CONSTANT)
         small = cv2.resize(square, (128, 128), interpolation=cv2.INTER_AREA if side > 128 else cv2.INTER_LINEAR)
-        raw, logits = self._run(self._detector, self._det_io, small.astype(np.float32) / 127.5 - 1.0)
+        raw, logits = self._detector(small.astype(np.float32) / 127.5 - 1.0)
         scores = _sigmoid(logits[:, 0])
         keep = scores >= MIN_SCORE
         if not keep.any():
@@ -162,7 +208,7 @@ class MediapipeLandmarks(LandmarkBackend):
         roi = cv2.warpAffine(
             image, to_frame, (192, 192), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT
         )
-        raw, presence = self._run(self._mesh, self._mesh_io, roi.astype(np.float32) / 255.0)
+        raw, presence = self._mesh(roi.astype(np.float32) / 255.0)
         local = raw.reshape(-1, 3)[:, :2] - 0.5  # the model's 0..192 edges -> region pixel centres
         points = local @ to_frame[:, :2].T + to_frame[:, 2]
         return points, float(_sigmoid(presence.reshape(-1)[:1])[0])

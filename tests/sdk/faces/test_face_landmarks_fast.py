@@ -1,28 +1,29 @@
-"""The fast back end, landmarks="mediapipe" (MediaPipe's Apache-2.0 models on LiteRT): its FFHQ
-quads within 10 % of dlib's on the package photographs and their variants, tracking, no face,
-and the missing extra."""
+"""The fast back end, landmarks="mediapipe" (MediaPipe's Apache-2.0 models on LiteRT, or converted
+to ONNX on ONNX Runtime): its FFHQ quads within 10 % of dlib's on the package photographs and
+their variants, tracking, no face, the two runtimes against each other, the missing extra."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
 import pytest
+from helpers import face_photos as fp
 
-pytest.importorskip("ai_edge_litert", reason="the faces extra (ai-edge-litert) is not installed")
-
-from helpers import face_photos as fp  # noqa: E402
-
-from sdk.errors import BackendError  # noqa: E402
-from sdk.faces import Landmarks, align_face, detect_faces, ffhq_quad, get_backend  # noqa: E402
-from sdk.faces.mediapipe_landmarks import ANCHORS, MediapipeLandmarks, anchors_mesh  # noqa: E402
+from sdk.errors import BackendError, InputError
+from sdk.faces import Landmarks, align_face, detect_faces, ffhq_quad, get_backend
+from sdk.faces.mediapipe_landmarks import ANCHORS, MediapipeLandmarks, anchors_mesh
 
 # dlib on every photo (~0.3 s each, its model 5 s to load)
 pytestmark = pytest.mark.slow(minutes=0.4)
 
+needs_litert = pytest.mark.skipif(
+    importlib.util.find_spec("ai_edge_litert") is None, reason="the faces extra (ai-edge-litert) is not installed"
+)
 # the reference quads: dlib's landmarks as pSp computes them (tests/helpers/psp_align.py)
 needs_dlib = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("dlib") is None, reason="the faces-dlib extra is not installed"
+    importlib.util.find_spec("dlib") is None, reason="the faces-dlib extra is not installed"
 )
 
 
@@ -81,7 +82,33 @@ def test_anchor_grid_and_mesh_anchor_points():
     assert qsize > 0 and quad.shape == (4, 2)
 
 
-def test_missing_litert_names_the_extra(monkeypatch):
+def test_without_litert_auto_runs_the_onnx_models_and_litert_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    assert MediapipeLandmarks().runtime == "onnxruntime"
     with pytest.raises(BackendError, match=r"\[faces\]"):
-        MediapipeLandmarks()
+        MediapipeLandmarks(runtime="litert")
+    with pytest.raises(InputError, match="runtime"):
+        MediapipeLandmarks(runtime="tflite")
+
+
+@needs_litert
+@pytest.mark.parametrize("name, variant", [("grace_hopper", "rotated-25"), ("astronaut_face", "flipped")])
+def test_onnx_runtime_gives_litert_s_landmarks(name, variant):
+    """The converted models (sdk.faces.tflite_onnx) on ONNX Runtime against the .tflite on LiteRT."""
+    image = fp.photo(name, variant)
+    on_litert = MediapipeLandmarks(runtime="litert").detect(image)
+    on_ort = MediapipeLandmarks(runtime="onnxruntime").detect(image)
+    # the best face; a second detection scoring near the 0.5 threshold may fall either side of it
+    assert on_litert and on_ort
+    assert abs(on_litert[0].score - on_ort[0].score) < 1e-4
+    assert np.abs(on_litert[0].points - on_ort[0].points).max() < 0.01
+
+
+def test_the_conversion_reproduces_the_shipped_onnx_files(tmp_path):
+    pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")
+    from sdk.faces import tflite_onnx
+
+    for stem in tflite_onnx.NAMES:
+        tflite_onnx.convert(tflite_onnx.MODELS / f"{stem}.tflite", tmp_path / f"{stem}.onnx")
+        assert (tmp_path / f"{stem}.onnx").read_bytes() == (tflite_onnx.MODELS / f"{stem}.onnx").read_bytes()

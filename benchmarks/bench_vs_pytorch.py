@@ -35,10 +35,11 @@ import torch
 
 from benchmarks.harness.backends import EagerLoop, StageTarget, stage_split
 from benchmarks.harness.measure import interleave
-from export.build_engines import build_bundle
-from export.checkpoints import CheckpointError, load_checkpoint
-from export.demo import make_demo_checkpoint
-from export.onnx_export import ParityError
+from export.builder.bundle import build_bundle
+from export.checkpoints.registry import load_checkpoint
+from export.checkpoints.types import CheckpointError
+from export.demo.model import make_demo_checkpoint
+from export.onnx.parity import ParityError
 from sdk import Bundle, SdkError, Translator
 
 log = logging.getLogger("bench_vs_pytorch")

@@ -4,8 +4,8 @@
     python benchmarks/demo_quality.py                     # engines/demo, x4, N = 1..5
     python benchmarks/demo_quality.py --factor 8 --bundle engines/demo
 
-Crops: 64 x 64 tiles of the photographs that ``export/train_demo.py`` never trains on
-(``export.demo_data.HELD_OUT``), each image resized so its short side is 64, 128 and 256 px
+Crops: 64 x 64 tiles of the photographs that ``export/demo/train.py`` never trains on
+(``export.demo.data.HELD_OUT``), each image resized so its short side is 64, 128 and 256 px
 (a thumbnail, then closer views), tiled without overlap. For each crop the SDK's own
 super-resolution pre-processing makes the input (bicubic downsampling by ``--factor``, 8-bit,
 resized back); the baselines start from the same 8-bit low-resolution image:
@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from export.demo_data import HELD_OUT, load_photographs
+from export.demo.data import HELD_OUT, load_photographs
 from sdk import Translator
 from sdk.imaging import to_uint8_image
 from sdk.tasks import low_resolution

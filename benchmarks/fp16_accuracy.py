@@ -39,14 +39,14 @@ def main(argv=None) -> int:
 
     import onnxruntime
 
-    from export.build_engines import build_bundle
-    from export.checkpoints import load_checkpoint
+    from export.builder.bundle import build_bundle
+    from export.checkpoints.registry import load_checkpoint
     from sdk import Bundle
 
     with tempfile.TemporaryDirectory(prefix="fp16-acc-") as scratch:
         ckpt_path = args.checkpoint
         if ckpt_path is None:
-            from export.demo import make_demo_checkpoint
+            from export.demo.model import make_demo_checkpoint
 
             ckpt_path = make_demo_checkpoint(Path(scratch) / "demo.pt")
         ckpt = load_checkpoint(ckpt_path)

@@ -285,7 +285,7 @@ def main(argv=None) -> int:
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):  # the exporter's per-initializer lines
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     from benchmarks.harness.suite import SuiteError
-    from export.checkpoints import CheckpointError
+    from export.checkpoints.types import CheckpointError
     from sdk import SdkError
 
     try:

@@ -8,7 +8,7 @@ can time the encoder step and the generator separately.
   eval mode, the generator in the public fused grouped-convolution form, restyle-encoder's
   ``run_on_batch`` loop (pSp's single pass; E2Style's stages in turn).
 * ``pytorch_export``: PyTorch eager running the modules our bundles are traced from (the
-  step and generator wrappers of export/graphs.py with the rewrites of export/optimize.py):
+  step and generator wrappers of export/onnx/graphs.py with the rewrites of export/fast_forms/optimize.py):
   what the exported graphs compute, without a runtime.
 * ``onnxruntime``: ``sdk.Translator(bundle, backend="onnxruntime")`` on the CPU.
 * ``onnxruntime-cuda``, ``tensorrt``, ``tensorrt-cudagraphs``: the same Translator on a GPU,
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from export.checkpoints import LoadedCheckpoint
-from export.graphs import EncoderStep, GeneratorGraph
-from export.optimize import optimize_graph
+from export.checkpoints.types import LoadedCheckpoint
+from export.fast_forms.optimize import optimize_graph
+from export.onnx.graphs import EncoderStep, GeneratorGraph
 from sdk import Bundle, SdkError, Translator
 
 log = logging.getLogger(__name__)

@@ -79,7 +79,7 @@ def _open_pytorch(checkpoint: str, threads: int, name: str):
     import torch
 
     from benchmarks.harness.backends import make_backend
-    from export.checkpoints import load_checkpoint
+    from export.checkpoints.registry import load_checkpoint
 
     torch.set_num_threads(threads)
     ckpt = load_checkpoint(checkpoint)

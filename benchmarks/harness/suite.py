@@ -30,8 +30,9 @@ from benchmarks.harness.flops import GraphCost, graph_cost, loop_cost
 from benchmarks.harness.measure import Stats, interleave, load_average, ratios
 from benchmarks.harness.models import write_reference_checkpoint
 from benchmarks.harness.roofline import estimate_loop
-from export.checkpoints import LoadedCheckpoint, load_checkpoint
-from export.optimize import REWRITES_VERSION
+from export.checkpoints.registry import load_checkpoint
+from export.checkpoints.types import LoadedCheckpoint
+from export.fast_forms.optimize import REWRITES_VERSION
 from sdk import Bundle
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,12 @@ def reference_model(size: int, cache: Path) -> Model:
 def demo_model(cache: Path) -> Model:
     from export.demo import DEMO_CHECKPOINT
 
-    return Model("demo", DEMO_CHECKPOINT, cache / "bundle_demo", "the demo model (export/assets/demo_ome_sr.pt)")
+    return Model("demo", DEMO_CHECKPOINT, cache / "bundle_demo", "the demo model (export/demo/demo_ome_sr.pt)")
 
 
 def ensure_bundle(model: Model, ckpt: LoadedCheckpoint, progress: bool) -> Path:
     """``model.bundle`` built from this very checkpoint with this code's rewrites (rebuilt otherwise)."""
-    from export.build_engines import build_bundle
+    from export.builder.bundle import build_bundle
 
     if (model.bundle / "manifest.json").exists():
         bundle = Bundle(model.bundle, verify=False)

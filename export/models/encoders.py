@@ -22,113 +22,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ir_backbone import MODES, STAGE_UNITS, check_input, make_body, make_input_layer, stage_end_indices
 from .layers import EqualLinear
-
-INPUT_SIZE = 256
-STYLE_DIM = 512
-
-# Units per stage for each depth; every stage's first unit downsamples by 2.
-STAGE_UNITS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}
-# (in_channels, out_channels) of each stage.
-STAGE_CHANNELS = ((64, 64), (64, 128), (128, 256), (256, 512))
-MODES = ("ir", "ir_se")
-
-
-class UnitSpec(NamedTuple):
-    """One bottleneck unit of the backbone: input width, output width (``depth``), stride."""
-
-    in_channel: int
-    depth: int
-    stride: int
-
-
-def get_blocks(num_layers: int) -> list[list[UnitSpec]]:
-    """The backbone's units, grouped by stage (4 stages), for IR-50, IR-100 or IR-152."""
-    if num_layers not in STAGE_UNITS:
-        raise ValueError(f"num_layers must be one of {sorted(STAGE_UNITS)}, got {num_layers}")
-    stages = []
-    for (in_c, depth), n_units in zip(STAGE_CHANNELS, STAGE_UNITS[num_layers]):
-        stages.append([UnitSpec(in_c, depth, 2)] + [UnitSpec(depth, depth, 1)] * (n_units - 1))
-    return stages
-
-
-def stage_end_indices(num_layers: int) -> tuple[int, ...]:
-    """Index in ``body`` of the last unit of each stage, e.g. ``(2, 6, 20, 23)`` for 50 layers."""
-    ends, total = [], 0
-    for n_units in STAGE_UNITS[num_layers]:
-        total += n_units
-        ends.append(total - 1)
-    return tuple(ends)
-
-
-class SEModule(nn.Module):
-    """Squeeze-and-excitation: ``x * sigmoid(fc2(relu(fc1(mean_hw(x)))))``.
-
-    ``[B, C, H, W] -> [B, C, H, W]``; ``fc1`` is ``[C // reduction, C, 1, 1]``, ``fc2`` is
-    ``[C, C // reduction, 1, 1]``, both without bias.
-    """
-
-    def __init__(self, channels: int, reduction: int = 16):
-        super().__init__()
-        self.fc1 = nn.Conv2d(channels, channels // reduction, 1, bias=False)
-        self.fc2 = nn.Conv2d(channels // reduction, channels, 1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Global average pool written as a mean (the reference uses AdaptiveAvgPool2d(1)).
-        gate = x.mean((2, 3), keepdim=True)
-        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(gate))))
-        return x * gate
-
-
-class BottleneckIR(nn.Module):
-    """Pre-activation residual unit of the IR ResNet (``bottleneck_IR`` / ``bottleneck_IR_SE``).
-
-    ``[B, in_channel, H, W] -> [B, depth, H / stride, W / stride]``.
-    ``res_layer``: BN -> conv3x3 -> PReLU -> conv3x3 (stride) -> BN [-> SE when ``use_se``].
-    ``shortcut_layer``: 1x1 max pool with stride (subsampling) when the width is unchanged,
-    otherwise 1x1 conv (stride) -> BN.
-    """
-
-    def __init__(self, in_channel: int, depth: int, stride: int, use_se: bool = False):
-        super().__init__()
-        if in_channel == depth:
-            self.shortcut_layer = nn.MaxPool2d(1, stride)
-        else:
-            self.shortcut_layer = nn.Sequential(
-                nn.Conv2d(in_channel, depth, 1, stride, bias=False), nn.BatchNorm2d(depth)
-            )
-        layers = [
-            nn.BatchNorm2d(in_channel),
-            nn.Conv2d(in_channel, depth, 3, 1, 1, bias=False),
-            nn.PReLU(depth),
-            nn.Conv2d(depth, depth, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(depth),
-        ]
-        if use_se:
-            layers.append(SEModule(depth, 16))
-        self.res_layer = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.res_layer(x) + self.shortcut_layer(x)
-
-
-def make_input_layer(input_nc: int) -> nn.Sequential:
-    """Stem: ``[B, input_nc, H, W] -> [B, 64, H, W]`` (conv3x3 -> BN -> PReLU)."""
-    return nn.Sequential(nn.Conv2d(input_nc, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
-
-
-def make_body(num_layers: int, mode: str) -> nn.Sequential:
-    """All bottleneck units in one flat Sequential: ``[B, 64, 256, 256] -> [B, 512, 16, 16]``."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    units = [BottleneckIR(*spec, use_se=(mode == "ir_se")) for stage in get_blocks(num_layers) for spec in stage]
-    return nn.Sequential(*units)
+from .pooled_encoders import POOLED_TYPES, pooled_encoder_type
 
 
 class GradualStyleBlock(nn.Module):
@@ -156,15 +57,6 @@ class GradualStyleBlock(nn.Module):
         )
         x = self.convs(x)  # [B, out_c, 1, 1]
         return self.linear(x.flatten(1))
-
-
-def _check_input(x: torch.Tensor, input_nc: int, name: str) -> None:
-    assert x.ndim == 4 and x.shape[1] == input_nc, (
-        f"{name} expects [B, {input_nc}, {INPUT_SIZE}, {INPUT_SIZE}] input (input_nc={input_nc}), got {tuple(x.shape)}"
-    )
-    assert x.shape[-2:] == (INPUT_SIZE, INPUT_SIZE), (
-        f"{name} expects {INPUT_SIZE}x{INPUT_SIZE} images (resize first), got {tuple(x.shape)}"
-    )
 
 
 class GradualStyleEncoder(nn.Module):
@@ -214,8 +106,8 @@ class GradualStyleEncoder(nn.Module):
 
     def feature_maps(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """The FPN levels by side: ``{16: c3, 32: p2, 64: p1}``, each [B, 512, side, side]; head
-        ``i`` reads ``feature_maps(x)[style_spatial(i)]`` (export/optimize.py merges the heads)."""
-        _check_input(x, self.input_nc, type(self).__name__)
+        ``i`` reads ``feature_maps(x)[style_spatial(i)]`` (export/fast_forms/optimize.py merges the heads)."""
+        check_input(x, self.input_nc, type(self).__name__)
         c1, c2, c3 = self.backbone_features(x)
         p2 = self._upsample_add(c3, self.latlayer1(c2))
         p1 = self._upsample_add(p2, self.latlayer2(c1))
@@ -248,7 +140,7 @@ class BackboneEncoder(nn.Module):
 
     def feature_maps(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """``{16: the final backbone map [B, 512, 16, 16]}``, the one map every head reads."""
-        _check_input(x, self.input_nc, type(self).__name__)
+        check_input(x, self.input_nc, type(self).__name__)
         return {16: self.body(self.input_layer(x))}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,8 +175,6 @@ def infer_encoder_config(sd: dict) -> dict:
             f"unrecognised backbone: {len(units)} body units (expected one of "
             f"{sorted(_UNITS_TO_LAYERS)} numbered from 0 for IR-50/100/152)"
         )
-    from .pooled_encoders import pooled_encoder_type  # imports this module: import lazily
-
     common = {
         "num_layers": _UNITS_TO_LAYERS[len(units)],
         "mode": "ir_se" if "body.0.res_layer.5.fc1.weight" in sd else "ir",
@@ -306,8 +196,6 @@ def build_encoder(config: dict) -> nn.Module:
     Uses the current default device, so ``with torch.device("meta"): build_encoder(cfg)`` builds
     it without allocating weights (then ``load_state_dict(sd, strict=True, assign=True)``).
     """
-    from .pooled_encoders import POOLED_TYPES
-
     types = {**ENCODER_TYPES, **POOLED_TYPES}
     config = dict(config)
     encoder_type = config.pop("encoder_type", None)

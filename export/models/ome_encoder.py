@@ -156,7 +156,7 @@ class OMEEncoder(ResNetBackbone):
 
     ``codes_per_level``: how many codes read P5, P4, P3 (coarse → fine). The backbone's
     modules sit at the top level, so its keys are torchvision's. ``input_size`` S is 256 in the
-    paper; the demo model (export/train_demo.py) uses 64 with a ResNet-18 trunk.
+    paper; the demo model (export/demo/train.py) uses 64 with a ResNet-18 trunk.
     """
 
     def __init__(

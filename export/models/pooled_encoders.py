@@ -22,7 +22,7 @@ import re
 import torch
 from torch import nn
 
-from .encoders import STYLE_DIM, _check_input, make_body, make_input_layer, stage_end_indices
+from .ir_backbone import STYLE_DIM, check_input, make_body, make_input_layer, stage_end_indices
 from .layers import EqualLinear
 from .pooling import ExactAdaptiveAvgPool2d
 
@@ -69,7 +69,7 @@ class E2StyleEncoder(nn.Module):
         self.output_layer_5 = PooledHead(64, 128, n_shallow * STYLE_DIM)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.input_nc, type(self).__name__)
+        check_input(x, self.input_nc, type(self).__name__)
         x = self.input_layer(x)
         maps = []
         for i, unit in enumerate(self.body[: self.taps[-1] + 1]):
@@ -97,7 +97,7 @@ class BackboneEncoderUsingLastLayerIntoWPlus(nn.Module):
         self.linear = EqualLinear(STYLE_DIM, STYLE_DIM * n_styles, lr_mul=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.input_nc, type(self).__name__)
+        check_input(x, self.input_nc, type(self).__name__)
         x = self.output_layer_2(self.body(self.input_layer(x)))
         return self.linear(x).view(-1, self.n_styles, STYLE_DIM)
 
@@ -113,7 +113,7 @@ class BackboneEncoderUsingLastLayerIntoW(nn.Module):
         self.linear = EqualLinear(STYLE_DIM, STYLE_DIM, lr_mul=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.input_nc, type(self).__name__)
+        check_input(x, self.input_nc, type(self).__name__)
         x = self.body(self.input_layer(x)).mean((2, 3))  # AdaptiveAvgPool2d((1, 1)) + view
         return self.linear(x)
 

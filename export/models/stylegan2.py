@@ -299,7 +299,7 @@ class Generator(nn.Module):
         self.size, self.style_dim, self.n_mlp = size, style_dim, n_mlp
         self.channel_multiplier = channel_multiplier
         # ``channels`` (resolution -> width) overrides rosinality's table: small models such as
-        # the demo (export/train_demo.py) keep the architecture and names with fewer channels
+        # the demo (export/demo/train.py) keep the architecture and names with fewer channels
         self.channels = (
             _channels(channel_multiplier) if channels is None else {int(k): int(v) for k, v in channels.items()}
         )

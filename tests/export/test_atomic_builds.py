@@ -282,8 +282,9 @@ def test_ctrl_c_is_reported_even_when_a_library_rewraps_it(monkeypatch, caplog, 
     """torch.export catches a KeyboardInterrupt raised inside it and reports a failed export
     instead; the build must still exit as interrupted (130), not as a failed build."""
     from export import build_engines
+    from export.builder import bundle
 
-    def interrupted_export(args, out):
+    def interrupted_export(options):
         try:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)  # the handler raises here
@@ -293,7 +294,7 @@ def test_ctrl_c_is_reported_even_when_a_library_rewraps_it(monkeypatch, caplog, 
             raise
         raise AssertionError("SIGINT was not delivered")
 
-    monkeypatch.setattr(build_engines, "_load_and_build", interrupted_export)
+    monkeypatch.setattr(bundle, "build", interrupted_export)
     previous = signal.getsignal(signal.SIGINT)
     assert build_engines.main(["--quiet"]) == 130
     assert "interrupted; the previous bundle (if any) is untouched" in caplog.text

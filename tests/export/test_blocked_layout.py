@@ -1,4 +1,4 @@
-"""The blocked-layout rewrites of the CPU graphs (export/blocked_layout.py): same values as the
+"""The blocked-layout rewrites of the CPU graphs (export/fast_forms/prelu_pools.py): same values as the
 modules they replace, applied only where they hold, and in ONNX Runtime they leave no ``PRelu``
 and no reorder between the convolutions around it; PReLUs elsewhere become a max, bit for bit."""
 
@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from export.blocked_layout import MaxPReLU, SplitPReLU, drop_identity_pools, rewrite_prelus, splittable
-from export.graphs import EncoderStep
-from export.models.encoders import BottleneckIR, build_encoder
-from export.onnx_export import export_onnx
-from export.optimize import optimize_graph
-from export.winograd_conv import WinogradConv2d
+from export.fast_forms.optimize import optimize_graph
+from export.fast_forms.prelu_pools import MaxPReLU, SplitPReLU, drop_identity_pools, rewrite_prelus, splittable
+from export.fast_forms.winograd_conv import WinogradConv2d
+from export.models.encoders import build_encoder
+from export.models.ir_backbone import BottleneckIR
+from export.onnx.graphs import EncoderStep
+from export.onnx.tracing import export_onnx
 
 
 def _prelu(slopes) -> nn.PReLU:

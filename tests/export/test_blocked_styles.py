@@ -1,4 +1,4 @@
-"""The batch-1 blocked-styles rewrite of the generator's optimised CPU graph (export/blocked_styles.py):
+"""The batch-1 blocked-styles rewrite of the generator's optimised CPU graph (export/ort_cpu/blocked_styles.py):
 same images at batch 1 (the rewritten branch) and at larger batches (the original branch), the
 styles, noise, bias and leaky ReLU really inside the blocked convolutions, other graphs untouched."""
 
@@ -11,13 +11,13 @@ import torch
 from helpers.generators import noisy
 from onnx import helper, numpy_helper
 
-from export.batch1_branch import apply_batch1_rewrites, rewrite_batch1
-from export.blocked_styles import NCHWC, block_of, nchwc_block_size
-from export.cpu_graphs import _preoptimised_session, _session
-from export.graphs import GeneratorGraph
+from export.fast_forms.optimize import optimize_graph
 from export.models.stylegan2 import Generator
-from export.onnx_export import export_onnx
-from export.optimize import optimize_graph
+from export.onnx.graphs import GeneratorGraph
+from export.onnx.tracing import export_onnx
+from export.ort_cpu.batch1_branch import apply_batch1_rewrites, rewrite_batch1
+from export.ort_cpu.blocked_styles import NCHWC, block_of, nchwc_block_size
+from export.ort_cpu.cpu_graphs import _preoptimised_session, _session
 from sdk.backends.ort_cpu import cpu_tag
 
 CHANNELS = {4: 32, 8: 32, 16: 32, 32: 32, 64: 16}  # multiples of both block sizes (8 and 16)

@@ -24,9 +24,14 @@ import pytest
 import torch
 from helpers.checkpoints import tiny_checkpoint
 
-from export import build_engines, onnx_export
-from export.checkpoint_values import check_file
-from export.checkpoints import CheckpointError, from_dict, load_checkpoint, load_strict, read_file
+from export import build_engines
+from export.builder import bundle, disk
+from export.checkpoints.loading import load_strict, read_file
+from export.checkpoints.registry import from_dict, load_checkpoint
+from export.checkpoints.types import CheckpointError
+from export.checkpoints.values import check_file
+from export.onnx import parity
+from export.ort_cpu import cpu_graphs
 
 
 def _error(ckpt, **kw) -> str:
@@ -273,7 +278,7 @@ def test_an_unreadable_file(tmp_path, monkeypatch):
     path = tmp_path / "locked.pt"
     torch.save(tiny_checkpoint(), path)
     # the tests may run as root, for whom chmod 000 changes nothing: ask os.access as a user would
-    monkeypatch.setattr("export.checkpoint_values.os.access", lambda p, mode: False)
+    monkeypatch.setattr("export.checkpoints.values.os.access", lambda p, mode: False)
     with pytest.raises(CheckpointError, match="not readable \\(permission denied\\)"):
         read_file(path)
 
@@ -323,11 +328,9 @@ def test_parity_check_names_the_graph_whose_pytorch_output_overflows(tmp_path):
     x = {"x": torch.ones(2, 3)}
     # raised before ONNX Runtime opens the graph: no graph needs to exist
     with pytest.raises(CheckpointError, match="generator: PyTorch's own output holds NaN/Inf"):
-        onnx_export.check_parity(Overflow(), tmp_path / "g.onnx", x, "generator", 1e-4)
+        parity.check_parity(Overflow(), tmp_path / "g.onnx", x, "generator", 1e-4)
     with pytest.raises(CheckpointError, match="encoder_0: its example input 'x' holds NaN/Inf"):
-        onnx_export.check_parity(
-            Overflow(), tmp_path / "g.onnx", {"x": torch.full((2, 3), float("inf"))}, "encoder_0", 1e-4
-        )
+        parity.check_parity(Overflow(), tmp_path / "g.onnx", {"x": torch.full((2, 3), float("inf"))}, "encoder_0", 1e-4)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -373,7 +376,7 @@ def test_a_full_disk_during_the_onnx_export(tiny_file, tmp_path, monkeypatch, ca
         path.write_bytes(b"half a graph")
         raise OSError(code, os.strerror(code), *([str(path)] if named else []))
 
-    monkeypatch.setattr(build_engines, "export_onnx", full)
+    monkeypatch.setattr(bundle, "export_onnx", full)
     out = tmp_path / "bundle"
     message = _main_error(["--checkpoint", str(tiny_file), "--out", str(out)], caplog)
     assert message.startswith("no space left on device while writing ") and "encoder_0.onnx" in message
@@ -385,15 +388,15 @@ def test_a_full_disk_in_the_bundle_writer(tiny_file, tmp_path, monkeypatch, capl
     def full(self, manifest):
         raise OSError(errno.ENOSPC, "No space left on device", str(self.tmp / "manifest.json"))
 
-    monkeypatch.setattr(build_engines, "export_onnx", lambda *a: None)  # the graphs are not the point here
+    monkeypatch.setattr(bundle, "export_onnx", lambda *a: None)  # the graphs are not the point here
     monkeypatch.setattr(
-        build_engines,
+        bundle,
         "check_parity",
-        lambda module, path, inputs, graph, tol: onnx_export.Parity(graph, 2, 0.0, 1.0, 0.0, tol),
+        lambda module, path, inputs, graph, tol: parity.Parity(graph, 2, 0.0, 1.0, 0.0, tol),
     )
-    monkeypatch.setattr(build_engines.BundleWriter, "add", lambda self, name: "0" * 64)
-    monkeypatch.setattr(build_engines, "add_cpu_graphs", lambda *a: None)
-    monkeypatch.setattr(build_engines.BundleWriter, "commit", full)
+    monkeypatch.setattr(bundle.BundleWriter, "add", lambda self, name: "0" * 64)
+    monkeypatch.setattr(cpu_graphs, "add_cpu_graphs", lambda *a: None)
+    monkeypatch.setattr(bundle.BundleWriter, "commit", full)
     out = tmp_path / "bundle"
     assert "manifest.json" in _main_error(["--checkpoint", str(tiny_file), "--out", str(out)], caplog)
     _nothing_half_written(out)
@@ -403,19 +406,19 @@ def test_a_full_disk_before_the_bundle_writer_starts(tiny_file, tmp_path, monkey
     def full(target):
         raise OSError(errno.ENOSPC, "No space left on device", str(target))
 
-    monkeypatch.setattr(build_engines, "BundleWriter", full)
+    monkeypatch.setattr(bundle, "BundleWriter", full)
     out = tmp_path / "bundle"
     assert "while writing " + str(out) in _main_error(["--checkpoint", str(tiny_file), "--out", str(out)], caplog)
 
 
 def _ort_write_to_a_full_disk(folder: Path) -> None:
     """ONNX Runtime saving an optimised graph whose weights file is /dev/full (every write:
-    ENOSPC), as export/cpu_graphs.py saves ``<key>.cpu.onnx.data``: ORT raises its own ``Fail``
+    ENOSPC), as export/ort_cpu/cpu_graphs.py saves ``<key>.cpu.onnx.data``: ORT raises its own ``Fail``
     and names the file, without the errno."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.cpu_graphs import _session
+    from export.ort_cpu.cpu_graphs import _session
 
     w = numpy_helper.from_array(np.ones((64, 64), np.float32), "W")
     graph = helper.make_graph(
@@ -433,10 +436,10 @@ def _ort_write_to_a_full_disk(folder: Path) -> None:
 @pytest.mark.parametrize("free_gb, full", [(0.01, True), (50, False)])
 def test_onnx_runtime_failing_on_a_full_disk(tiny_file, tmp_path, monkeypatch, caplog, free_gb, full):
     monkeypatch.setattr(
-        build_engines, "export_onnx", lambda module, inputs, name, path, mb: _ort_write_to_a_full_disk(path.parent)
+        bundle, "export_onnx", lambda module, inputs, name, path, mb: _ort_write_to_a_full_disk(path.parent)
     )
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(onnx_export.shutil, "disk_usage", lambda p: usage(10**12, 10**12, int(free_gb * 1e9)))
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: usage(10**12, 10**12, int(free_gb * 1e9)))
     out = tmp_path / "bundle"
     args = ["--checkpoint", str(tiny_file), "--out", str(out)]
     if full:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.checkpoints import CheckpointError, detect_format, from_dict, load_checkpoint, read_file
+from export.checkpoints.loading import read_file
+from export.checkpoints.registry import detect_format, from_dict, load_checkpoint
+from export.checkpoints.types import CheckpointError
 
 ENCODER_LAYOUTS = {
     "psp_ffhq_1024_GradualStyleEncoder.json": ("psp", "GradualStyleEncoder", 3, 18),

@@ -1,4 +1,4 @@
-"""The embedded demo model (export/train_demo.py, committed as export/assets/demo_ome_sr.pt)
+"""The embedded demo model (export/demo/train.py, committed as export/demo/demo_ome_sr.pt)
 and the ``ome_stylegan2`` checkpoint format it is written in.
 
 * the committed checkpoint loads strictly, is small enough to commit, and describes itself;
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.checkpoints import CheckpointError, from_dict, load_checkpoint
+from export.checkpoints.registry import from_dict, load_checkpoint
+from export.checkpoints.types import CheckpointError
 from export.demo import DEMO_CHECKPOINT
 from export.models.ome_encoder import OMEEncoder, infer_ome_config
 from export.models.stylegan2 import Generator
@@ -26,7 +27,7 @@ MAX_COMMITTED_MB = 25
 
 
 def test_committed_checkpoint_loads_and_describes_itself():
-    assert DEMO_CHECKPOINT.is_file(), "export/assets/demo_ome_sr.pt is committed; run export/train_demo.py"
+    assert DEMO_CHECKPOINT.is_file(), "export/demo/demo_ome_sr.pt is committed; run export/demo/train.py"
     assert DEMO_CHECKPOINT.stat().st_size <= MAX_COMMITTED_MB * 1e6
     ckpt = load_checkpoint(DEMO_CHECKPOINT)
     assert ckpt.format == "ome_stylegan2" and ckpt.suggested_task == "super_resolution"
@@ -43,7 +44,7 @@ def test_committed_checkpoint_loads_and_describes_itself():
 def test_training_script_writes_a_loadable_checkpoint(tmp_path):
     pytest.importorskip("skimage", reason="the demo's photographs ship with scikit-image (the test extra)")
     pytest.importorskip("matplotlib", reason="the held-out face ships with matplotlib (the test extra)")
-    from export.train_demo import DemoConfig, train
+    from export.demo.train import DemoConfig, train
 
     out = tmp_path / "demo.pt"
     result = train(DemoConfig(steps=3, batch=2), out, threads=1, progress=False)
@@ -66,7 +67,7 @@ def test_training_script_writes_a_loadable_checkpoint(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_translator(tmp_path_factory):
-    from export.build_engines import build_bundle
+    from export.builder.bundle import build_bundle
     from sdk import Translator
 
     ckpt = load_checkpoint(DEMO_CHECKPOINT)

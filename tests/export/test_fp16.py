@@ -1,4 +1,4 @@
-"""FP16 graphs (export/fp16.py) and the FP16-safe StyleGAN2 formulation, checked on CPU.
+"""FP16 graphs (export/precision/fp16.py) and the FP16-safe StyleGAN2 formulation, checked on CPU.
 
 The loop test builds a small bundle twice from the same modules — FP32 graphs, and the FP16
 variant made by ``apply_fp16`` — with a real StyleGAN2 generator (16 px, 512 channels, the
@@ -15,7 +15,8 @@ import pytest
 import torch
 from helpers.fp16_bundles import ITERATIONS, S, small_generator
 
-from export.fp16 import check_finite_activations, convert_to_fp16, fp32_nodes, psnr
+from export.precision.accuracy import psnr
+from export.precision.fp16 import check_finite_activations, convert_to_fp16, fp32_nodes
 
 # --------------------------------------------------------------------------- formulation
 

@@ -1,4 +1,4 @@
-"""FP16 graphs keep a Resize's ``scales`` as an FP32 initializer (``export/fp16.py``): computed
+"""FP16 graphs keep a Resize's ``scales`` as an FP32 initializer (``export/precision/fp16.py``): computed
 scales (an FP16 constant plus a Cast) send TensorRT down its dynamic-resize path."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ def test_resize_scales_stay_float32_initializers(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.fp16 import convert_to_fp16
+    from export.precision.fp16 import convert_to_fp16
 
     nodes = [
         helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest", name="up"),

@@ -17,7 +17,8 @@ from helpers.shared_data import DATA
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from export.checkpoints import FORMATS, CheckpointError, from_dict, load_checkpoint
+from export.checkpoints.registry import FORMATS, from_dict, load_checkpoint
+from export.checkpoints.types import CheckpointError
 
 SETTINGS = dict(
     deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]

@@ -1,4 +1,4 @@
-"""HRInversion tool (export/hrinversion.py): VGG16 layout, loss, optimisation on CPU.
+"""HRInversion tool (export/tools/hrinversion.py): VGG16 layout, loss, optimisation on CPU.
 
 Random VGG weights and small generators: the loss must fall and the PSNR rise; the CLI writes
 latents that ``Translator.synthesise`` accepts (shape checked against the generator).
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from export import hrinversion as hr
 from export.models.progan import MultiCodeProGAN, ProGANGenerator
 from export.models.stylegan2 import Generator
+from export.tools import hrinversion as hr
 
 
 def small_progan() -> MultiCodeProGAN:

@@ -19,11 +19,13 @@ import torch
 from helpers.reference import relative, write_checkpoint
 
 from export import build_engines
-from export.checkpoints import CheckpointError, load_checkpoint
-from export.graphs import EncoderStep
+from export.checkpoints.registry import load_checkpoint
+from export.checkpoints.types import CheckpointError
 from export.models.mtv import MTVEncoder, infer_mtv_config
 from export.models.stylegan2 import Generator
-from export.onnx_export import check_parity, export_onnx
+from export.onnx.graphs import EncoderStep
+from export.onnx.parity import check_parity
+from export.onnx.tracing import export_onnx
 from sdk import Translator
 
 pytestmark = pytest.mark.slow(minutes=3)  # on 2 shared cores; conftest starts the longest first

@@ -1,5 +1,5 @@
-"""The export-time rewrites (export/optimize.py) compute what the public-format modules compute,
-and the CPU-optimised graphs (export/cpu_graphs.py, sdk/backends/ort_cpu.py) are used where they
+"""The export-time rewrites (export/fast_forms/optimize.py) compute what the public-format modules compute,
+and the CPU-optimised graphs (export/ort_cpu/cpu_graphs.py, sdk/backends/ort_cpu.py) are used where they
 fit and refused where they do not."""
 
 from __future__ import annotations
@@ -12,13 +12,20 @@ import torch
 from helpers import tiny_bundle as tb
 from helpers.generators import noisy
 
-from export.cpu_graphs import add_cpu_graphs
-from export.graphs import EncoderStep, GeneratorGraph
+from export.fast_forms.optimize import (
+    FastGenerator,
+    MergedStyleHeads,
+    optimize_encoder,
+    optimize_generator,
+    optimize_graph,
+)
+from export.fast_forms.phase_upsample import PhaseFirUpsample
 from export.models.encoders import GradualStyleBlock, build_encoder
 from export.models.stylegan2 import Generator, Upsample
-from export.onnx_export import check_parity, export_onnx
-from export.optimize import FastGenerator, MergedStyleHeads, optimize_encoder, optimize_generator, optimize_graph
-from export.phase_upsample import PhaseFirUpsample
+from export.onnx.graphs import EncoderStep, GeneratorGraph
+from export.onnx.parity import check_parity
+from export.onnx.tracing import export_onnx
+from export.ort_cpu.cpu_graphs import add_cpu_graphs
 from sdk import BundleError, Translator
 from sdk.backends import ort_cpu
 from sdk.bundle import Bundle
@@ -266,9 +273,9 @@ def test_cpu_graph_choice_follows_the_recorded_tag(make_tiny_bundle, monkeypatch
 def test_cpu_graphs_whose_weights_all_stay_inline(make_tiny_bundle, monkeypatch):
     """A graph with no initializer large enough for the data file still gets the (empty) file its
     manifest entry names, and opens optimised."""
-    import export.cpu_graphs
+    import export.ort_cpu.cpu_graphs
 
-    monkeypatch.setattr(export.cpu_graphs, "MIN_EXTERNAL_BYTES", 1 << 40)
+    monkeypatch.setattr(export.ort_cpu.cpu_graphs, "MIN_EXTERNAL_BYTES", 1 << 40)
     path = make_tiny_bundle("iterative")
     entry = _with_cpu_graphs(path)["graphs"]["generator"]["onnxruntime_cpu"]
     assert (path / entry["data"]).stat().st_size == 0

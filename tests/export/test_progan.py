@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from helpers.reference import relative, write_checkpoint
 
 from export import build_engines
-from export.checkpoints import CheckpointError, load_checkpoint
-from export.family_checkpoints import build_progan, save_ome_progan
-from export.graphs import GeneratorGraph
+from export.checkpoints.ome import build_progan, save_ome_progan
+from export.checkpoints.registry import load_checkpoint
+from export.checkpoints.types import CheckpointError
 from export.models.ome_encoder import OMEEncoder
 from export.models.progan import DynamicFusion, MultiCodeProGAN, ProGANGenerator, StaticFusion
-from export.onnx_export import check_parity, export_onnx
+from export.onnx.graphs import GeneratorGraph
+from export.onnx.parity import check_parity
+from export.onnx.tracing import export_onnx
 from sdk import Translator
 
 pytestmark = pytest.mark.slow(minutes=1)  # on 2 shared cores; conftest starts the longest first

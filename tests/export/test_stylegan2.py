@@ -273,8 +273,8 @@ def test_epsilons_survive_onnx_export(tmp_path):
     epsilon gives NaN. The mapping graph must keep it."""
     import onnxruntime as ort
 
-    from export.graphs import MappingGraph
-    from export.onnx_export import export_onnx
+    from export.onnx.graphs import MappingGraph
+    from export.onnx.tracing import export_onnx
 
     g = Generator(16, style_dim=32, n_mlp=2).eval()
     path = tmp_path / "mapping.onnx"

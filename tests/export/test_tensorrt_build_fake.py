@@ -18,7 +18,7 @@ K, N = 512, 64  # a MatMul wide enough for TF32 rounding to show at 1e-3, as the
 
 @pytest.fixture
 def fake_build(monkeypatch):
-    import export.tensorrt_build as tb
+    import export.tensorrt.engines as tb
 
     cudart = fake_cuda.install(monkeypatch, fake_cuda.FakeCudart())
     trt = fake_tensorrt.install(monkeypatch, cudart)
@@ -118,7 +118,9 @@ def test_the_tiny_graphs_use_only_ops_tensorrt_imports(tiny_graphs):
 
 @pytest.mark.parametrize("argv, tf32", [([], False), (["--tf32"], True)])
 def test_the_command_line_asks_for_tf32_explicitly(tmp_path, argv, tf32):
-    from export.build_engines import engine_options, parse_args
+    from export.build_engines import parse_args
+    from export.builder.options import BuildOptions
+    from export.tensorrt.engines import engine_options
 
-    options = engine_options(parse_args(["--out", str(tmp_path / "b"), *argv]), tmp_path / "b")
+    options = engine_options(BuildOptions.from_args(parse_args(["--out", str(tmp_path / "b"), *argv])), tmp_path / "b")
     assert options.tf32 is tf32 and ("--tf32" in options.rebuild_command) is tf32

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from export import build_engines
-from export.checkpoints import SAFE_GLOBALS, CheckpointError, load_checkpoint, read_file
+from export.checkpoints.loading import SAFE_GLOBALS, read_file
+from export.checkpoints.registry import load_checkpoint
+from export.checkpoints.types import CheckpointError
 
 
 class Payload:

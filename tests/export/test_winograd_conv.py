@@ -1,4 +1,4 @@
-"""Winograd F(4x4, 3x3) convolutions (export/winograd_conv.py): equal to F.conv2d in PyTorch and in
+"""Winograd F(4x4, 3x3) convolutions (export/fast_forms/winograd_conv.py): equal to F.conv2d in PyTorch and in
 ONNX Runtime, swapped in only where eligible, and used by the CPU form of the graphs."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.winograd_conv import (
+from export.fast_forms.winograd_conv import (
     ODD,
     STRIDED_M4_MAX_EXTRA,
     WEIGHT_BOUND,
@@ -115,7 +115,7 @@ def test_exported_graph_runs_in_onnx_runtime(tmp_path, stride, out):
     """Both forms of the products run: grouped 1x1 convs where the weights outweigh the tiles
     (``WEIGHT_BOUND``), one batched MatMul elsewhere."""
     ort = pytest.importorskip("onnxruntime")
-    from export.onnx_export import export_onnx
+    from export.onnx.tracing import export_onnx
 
     torch.manual_seed(1)
     conv = WinogradConv2d(torch.randn(out, 16, 3, 3), torch.randn(out), stride).eval()
@@ -207,9 +207,9 @@ def test_bad_weights_are_refused():
 
 def test_cpu_form_of_the_graphs_uses_it():
     """The CPU form of a wide generator and an IR encoder carry Winograd convs; the portable form not."""
-    from export.graphs import GeneratorGraph
+    from export.fast_forms.optimize import optimize_graph
     from export.models.stylegan2 import Generator
-    from export.optimize import optimize_graph
+    from export.onnx.graphs import GeneratorGraph
 
     torch.manual_seed(2)
     g = Generator(16, 32, 2, channel_multiplier=1, channels={4: 256, 8: 256, 16: 128}).eval()
@@ -226,7 +226,7 @@ def test_cpu_form_of_the_graphs_uses_it():
 
 def test_counted_flops_show_the_saving():
     """export/cpu_graphs.dense_flops, which the benchmarks' executed-FLOP figures come from."""
-    from export.cpu_graphs import dense_flops
+    from export.ort_cpu.cpu_graphs import dense_flops
 
     class Wrap(nn.Module):
         def __init__(self, conv):

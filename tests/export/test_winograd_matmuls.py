@@ -1,5 +1,5 @@
 """The Winograd products' transposes folded into ONNX Runtime's FusedMatMul for batch 1
-(export/winograd_matmuls.py), as the build applies it (export/batch1_branch.apply_batch1_rewrites)."""
+(export/ort_cpu/winograd_matmuls.py), as the build applies it (export/batch1_branch.apply_batch1_rewrites)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.batch1_branch import apply_batch1_rewrites
-from export.cpu_graphs import _preoptimised_session, _session
-from export.onnx_export import export_onnx
-from export.winograd_conv import WinogradConv2d
+from export.fast_forms.winograd_conv import WinogradConv2d
+from export.onnx.tracing import export_onnx
+from export.ort_cpu.batch1_branch import apply_batch1_rewrites
+from export.ort_cpu.cpu_graphs import _preoptimised_session, _session
 
 
 class _WinogradNet(nn.Module):

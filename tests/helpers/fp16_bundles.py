@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.fp16 import apply_fp16
-from export.graphs import EncoderStep, GeneratorGraph
 from export.models.stylegan2 import Generator
-from export.onnx_export import export_onnx
+from export.onnx.graphs import EncoderStep, GeneratorGraph
+from export.onnx.tracing import export_onnx
+from export.precision.fp16 import apply_fp16
 
 SIZE, STYLE_DIM, S, ITERATIONS = 16, 64, 256, 5
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-
 from helpers import tiny_bundle
 
 
 def add_engines(bundle, max_batch=tiny_bundle.MAX_BATCH, **options):
-    """Build fake engines into an existing tiny bundle with export/tensorrt_build.py."""
-    from export.tensorrt_build import EngineOptions, build_bundle_engines
+    """Build fake engines into an existing tiny bundle with export/tensorrt/engines.py."""
+    from export.tensorrt.engines import EngineOptions, build_bundle_engines
 
     manifest = tiny_bundle.read_manifest(bundle)
     opts = EngineOptions(max_batch=max_batch, compare=False, timing_cache=bundle.parent / "timing.cache", **options)
@@ -30,7 +29,7 @@ def x_input(batch=2, seed=0):
 
 def with_engines(src, dst, max_batch=4, **options):
     """A copy of bundle ``src`` at ``dst`` with real TensorRT engines (tests/gpu)."""
-    from export.tensorrt_build import EngineOptions, build_bundle_engines
+    from export.tensorrt.engines import EngineOptions, build_bundle_engines
 
     shutil.copytree(src, dst)
     manifest = tiny_bundle.read_manifest(dst)

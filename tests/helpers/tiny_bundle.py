@@ -1,7 +1,7 @@
 """Tiny bundles for the runtime tests: the real export path on toy modules.
 
 The encoder and generator here are a few hundred parameters each, so exporting them takes
-seconds, but they go through the same ``export.graphs`` wrappers, ``export_onnx`` and
+seconds, but they go through the same ``export.onnx.graphs`` wrappers, ``export_onnx`` and
 ``BundleWriter`` as ``export/build_engines.py``, and the manifest has the same shape as the
 one ``build_bundle`` writes. Their numpy twins (:class:`TinyModel`) give an independent
 reference for the refinement recurrence.
@@ -148,8 +148,9 @@ def export_graphs(folder: Path, seed: int = 0) -> TinyGraphs:
     """Export the toy graphs to ``folder`` with ``export.onnx_export.export_onnx``."""
     import torch
 
-    from export.graphs import EncoderStep, GeneratorGraph
-    from export.onnx_export import check_parity, export_onnx
+    from export.onnx.graphs import EncoderStep, GeneratorGraph
+    from export.onnx.parity import check_parity
+    from export.onnx.tracing import export_onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     model = TinyModel.make(seed)

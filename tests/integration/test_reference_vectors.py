@@ -26,7 +26,7 @@ BAR = 1e-3
 CASES = {"psp": 1, "restyle_psp": 5, "restyle_fpn": 5, "e2style": 2}  # iterations stored per vector
 # Families whose bundles also carry the CPU-optimised graphs (merged style heads, Winograd convs),
 # so the vectors check the graphs users run. The fast forms are the same modules for every family
-# (export/optimize.py, tested at small scale in test_optimize.py) and every build checks them
+# (export/fast_forms/optimize.py, tested at small scale in test_optimize.py) and every build checks them
 # against PyTorch; building them costs CI ~100 s per family, so one FPN encoder carries them:
 # ReStyle's (OME's form: 6 channels, 5 iterations); pSp's is the same encoder with 3 input
 # channels and one pass, the backbone encoders and E2Style's stages run the portable graphs.

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from export import build_engines
-from export.checkpoints import load_checkpoint
+from export.checkpoints.registry import load_checkpoint
 from export.models.encoders import build_encoder
 from export.models.stylegan2 import Generator
 from sdk import InputError, Translator

@@ -204,7 +204,7 @@ def test_tensorrt_plan_is_read_once(make_tiny_bundle, monkeypatch):
     """The plan TensorRT deserialises is the buffer that was hashed: one open of the file."""
     from fakes import fake_cuda, fake_tensorrt
 
-    from export.tensorrt_build import EngineOptions, build_bundle_engines
+    from export.tensorrt.engines import EngineOptions, build_bundle_engines
 
     cudart = fake_cuda.install(monkeypatch, fake_cuda.FakeCudart())
     fake_tensorrt.install(monkeypatch, cudart)

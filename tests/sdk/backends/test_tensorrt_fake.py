@@ -54,7 +54,7 @@ def test_timing_cache_is_persisted_and_reused(fake_gpu, make_tiny_bundle):
 def test_weak_typing_fallback_sets_fp16_flag_for_fp16_graphs(monkeypatch, make_tiny_bundle):
     cudart = fake_cuda.install(monkeypatch, fake_cuda.FakeCudart())
     fake_tensorrt.install(monkeypatch, cudart, version="8.6.1", strongly_typed=False)
-    from export.tensorrt_build import EngineOptions, build_engine
+    from export.tensorrt.engines import EngineOptions, build_engine
 
     bundle = make_tiny_bundle("iterative")
     graph = tiny_bundle.read_manifest(bundle)["graphs"]["generator"]
@@ -66,7 +66,7 @@ def test_weak_typing_fallback_sets_fp16_flag_for_fp16_graphs(monkeypatch, make_t
 def test_tensorrt_11_has_no_weak_typing(monkeypatch, make_tiny_bundle):
     cudart = fake_cuda.install(monkeypatch, fake_cuda.FakeCudart())
     fake_tensorrt.install(monkeypatch, cudart, version="11.0.0", fp16_flag=False)
-    from export.tensorrt_build import EngineBuildError, EngineOptions, build_engine
+    from export.tensorrt.engines import EngineBuildError, EngineOptions, build_engine
 
     bundle = make_tiny_bundle("iterative")
     graph = tiny_bundle.read_manifest(bundle)["graphs"]["generator"]
@@ -79,7 +79,7 @@ def test_tensorrt_11_has_no_weak_typing(monkeypatch, make_tiny_bundle):
 def test_tensorrt_without_either_flag_is_strongly_typed(monkeypatch, make_tiny_bundle):
     cudart = fake_cuda.install(monkeypatch, fake_cuda.FakeCudart())
     fake_tensorrt.install(monkeypatch, cudart, version="11.2.0", strongly_typed=False, fp16_flag=False)
-    from export.tensorrt_build import EngineOptions, build_engine
+    from export.tensorrt.engines import EngineOptions, build_engine
 
     bundle = make_tiny_bundle("iterative")
     graph = tiny_bundle.read_manifest(bundle)["graphs"]["generator"]
@@ -89,7 +89,7 @@ def test_tensorrt_without_either_flag_is_strongly_typed(monkeypatch, make_tiny_b
 
 
 def test_bad_batch_profile_is_refused(fake_gpu, make_tiny_bundle):
-    from export.tensorrt_build import EngineBuildError
+    from export.tensorrt.engines import EngineBuildError
 
     with pytest.raises(EngineBuildError, match="1 <= min <= opt <= max"):
         add_engines(make_tiny_bundle("iterative"), max_batch=2, opt_batch=4)

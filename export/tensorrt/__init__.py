@@ -1,0 +1,1 @@
+"""TensorRT engines from the bundle's ONNX graphs, compared with ONNX Runtime."""

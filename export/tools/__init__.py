@@ -1,0 +1,2 @@
+"""Offline tools beside the build: HRInversion's per-image latent optimisation and the bundle
+comparison."""

@@ -70,6 +70,12 @@ def main(argv=None) -> None:
             from .dlib_landmarks import DlibLandmarks
 
             rows["dlib detect, upsample 0"] = partial(DlibLandmarks(upsample=0).detect, frame)
+        if name == "mediapipe" and getattr(backend, "runtime", "") == "litert":  # the no-extra runtime too
+            from .mediapipe_landmarks import MediapipeLandmarks
+
+            on_ort = MediapipeLandmarks(runtime="onnxruntime")
+            rows["mediapipe detect, onnxruntime"] = partial(on_ort.detect, frame)
+            rows["mediapipe track, onnxruntime"] = partial(on_ort.track, frame, found[0])
         if backend.track(frame, found[0]) is not None:
             rows[f"{name} track"] = partial(backend.track, frame, found[0])
         face = face_from_landmarks(frame, found[0])

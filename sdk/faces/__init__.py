@@ -13,7 +13,8 @@ Landmark back ends (optional extras, imported when first named):
 * ``"dlib"`` (extra ``faces-dlib``): dlib's HOG detector (one 2x upsample) and 68-point shape
   predictor, exactly pSp's. The 68-point model was trained on iBUG 300-W, whose licence excludes
   commercial use.
-* ``"mediapipe"`` (extra ``faces``): MediaPipe's face detector and face mesh (Apache-2.0).
+* ``"mediapipe"``: MediaPipe's face detector and face mesh (Apache-2.0 models, shipped in
+  ``sdk/faces/models``), on LiteRT where the ``faces`` extra installed it, else on ONNX Runtime.
 
 Needs OpenCV (``opencv-python-headless``, in the ``faces`` extra).
 """

@@ -30,13 +30,19 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from PIL import Image
-from tqdm import tqdm
 
-from export.demo.data import HELD_OUT, load_photographs
 from sdk import Translator
+from sdk.extras import exit_for_missing_extra
 from sdk.imaging import to_uint8_image
 from sdk.tasks import low_resolution
+
+try:
+    from PIL import Image
+    from tqdm import tqdm
+
+    from export.demo.data import HELD_OUT, load_photographs
+except ModuleNotFoundError as e:
+    exit_for_missing_extra(e, "export,demo", __name__)
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = (64, 128, 256)  # short side of the resized photograph before tiling

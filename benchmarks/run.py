@@ -41,6 +41,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sdk.extras import exit_for_missing_extra  # noqa: E402
+
 log = logging.getLogger("benchmarks")
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("demo", "reference-256", "reference-1024")
@@ -57,7 +59,10 @@ def _names(text: str) -> tuple:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from benchmarks.harness.backends import CPU_BACKENDS, GPU_BACKENDS
+    try:  # the back ends' names come with the harness, which needs torch
+        from benchmarks.harness.backends import CPU_BACKENDS, GPU_BACKENDS
+    except ModuleNotFoundError as e:
+        exit_for_missing_extra(e, "export,bench", __name__)
 
     every = CPU_BACKENDS + GPU_BACKENDS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -37,7 +37,12 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np
 
-from benchmarks.harness.measure import peak_rss_mib, rss_mib
+from sdk.extras import exit_for_missing_extra
+
+try:
+    from benchmarks.harness.measure import peak_rss_mib, rss_mib
+except ModuleNotFoundError as e:
+    exit_for_missing_extra(e, "export,bench", __name__)
 
 log = logging.getLogger("probe")
 PAGE_CACHE_STATES = ("warm", "cold")

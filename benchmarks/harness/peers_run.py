@@ -264,7 +264,9 @@ def main_peers(args, argv) -> int:
     text = render(run)
     (args.results / f"{stem}.md").write_text(text, encoding="utf-8")
     print(text)
-    if args.write_docs:
-        DOCS.write_text(replace_docs_section(DOCS.read_text(encoding="utf-8"), text), encoding="utf-8")
+    if args.write_docs:  # every peers run in RESULTS (one per model set: the batch sizes may differ)
+        runs = [json.loads(f.read_text(encoding="utf-8")) for f in sorted(args.results.glob("peers_*.json"))]
+        section = "\n\n".join(render(r) for r in runs)
+        DOCS.write_text(replace_docs_section(DOCS.read_text(encoding="utf-8"), section), encoding="utf-8")
         log.info("wrote the peers section of %s", DOCS)
     return 0

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -228,6 +229,7 @@ class BundleWriter:
             ) from None
         self._recover_interrupted_swap()
         self._remove_stale_temporaries()
+        self._lock_fd: int | None
         self._lock_fd, self.tmp = _locked_temporary(self.target)
         self.files: dict[str, str] = {}
         self.chunks: dict[str, list[str]] = {}  # the pieces' digests of files over CHUNK_BYTES
@@ -308,8 +310,9 @@ class BundleWriter:
             try:
                 if fd is not None:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held: a build in progress
-                os.close(fd)
+            except OSError:  # held: a build in progress (fd is open: only flock raises here)
+                if fd is not None:
+                    os.close(fd)
                 continue
             log.warning("removing %s, left by an interrupted build", entry)
             _remove(entry)
@@ -329,6 +332,7 @@ class BundleWriter:
                     pass
 
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # Windows: no stale-folder cleanup

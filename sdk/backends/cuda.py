@@ -25,7 +25,7 @@ from ..errors import BackendError, InputError
 
 log = logging.getLogger(__name__)
 
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+_NP_DTYPES: dict[str, type[np.floating]] = {"float32": np.float32, "float16": np.float16}
 INSTALL_HINT = (
     "pip install 'gan-encoder-rt[gpu-cu12]' (cuda-python 12 + TensorRT 10, driver >= 525) or "
     "'[gpu-cu13]' (cuda-python 13 + TensorRT 11, driver >= 580); see the README's GPU section"
@@ -195,7 +195,7 @@ class CudaRuntime:
         if buf.host is None:
             ptr = int(check(self.cudart, self.cudart.cudaMallocHost(buf.nbytes), f"cudaMallocHost({buf.nbytes})"))
             raw = (ctypes.c_uint8 * buf.nbytes).from_address(ptr)
-            buf.host = np.frombuffer(raw, dtype=_NP_DTYPES[buf.dtype]).reshape(buf.shape)
+            buf.host = np.frombuffer(memoryview(raw), dtype=_NP_DTYPES[buf.dtype]).reshape(buf.shape)
             buf.host_ptr = ptr
         return buf.host
 

@@ -2,10 +2,9 @@
 
 Opening a bundle checks the files it loads against the manifest's digests, so a corrupt or
 tampered bundle fails when it is opened, not mid-run. A reference-scale bundle's weights sit in a
-few large files (1.25 GB for the CPU graph of a 256 px IR-SE-50 encoder), and one SHA-256 runs
-on one core (~1.2-1.5 GB/s here with the SHA extensions): hashed whole, the largest file alone
-took about a second of the two-second cold-start budget while the other core idled. The build
-therefore also records the digest of every ``CHUNK_BYTES`` piece of each file larger than that
+few large files, and one SHA-256 runs on one core: hashed whole, the largest file alone would take
+much of the cold-start budget while the other cores idle (figures:
+``docs/measurements/runtime.md``). The build therefore also records the digest of every ``CHUNK_BYTES`` piece of each file larger than that
 (manifest ``chunks``), and opening checks the pieces in parallel, largest work first. The
 whole-file digests stay in the manifest for ``sha256sum`` and for bundles built before pieces
 existed.

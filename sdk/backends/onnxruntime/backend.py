@@ -126,16 +126,13 @@ class OrtBackend(Backend):
             opts.intra_op_num_threads = self.threads
         if self.device == "cpu":
             # The memory pattern reserves one block for the planned peak of every intermediate,
-            # reorder copies included: at reference scale (1024 px) about 220 MB more per
-            # session than allocating from the arena as the graph runs, at no measured speed
-            # cost (the benchmarks' peak-RSS target is 1.2x the PyTorch loop's)
+            # reorder copies included: hundreds of MB more per session at reference scale than
+            # allocating from the arena as the graph runs, for no speed (docs/measurements/runtime.md)
             opts.enable_mem_pattern = False
             # A translation alternates sessions (encoder, generator) with numpy work between
             # them; each session's intra-op threads would otherwise spin on after its Run()
-            # returns, taking cores from the next session. Measured on two cores (pre-processing
-            # and N = 5 per frame): the demo model 64-82 -> 20.5 ms (separate processes, medians
-            # of 5 rounds of 20 frames); reference scale, one process, interleaved, 5350 -> 5036 ms
-            # at 256 px and 8534 -> 8305 ms at 1024 px. Threads still spin inside a Run().
+            # returns, taking cores from the next session (docs/measurements/runtime.md). Threads
+            # still spin inside a Run().
             opts.add_session_config_entry("session.force_spinning_stop", "1")
         return opts
 

@@ -19,6 +19,7 @@ crop pixels to frame pixels (pixel centres at whole numbers).
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import cv2
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from ..errors import InputError
 from ..imaging import resample_leading
 
+USE_PILLOW = True  # the pre-shrink by Pillow where it is installed (tests compare it with the numpy one)
 MAX_QUAD_RATIO = 16  # a quad larger than this many frame sides is refused (landmarks gone astray)
 
 
@@ -84,9 +86,12 @@ def resize_lanczos(
     """``HxWx3`` uint8 resized to ``size = (width, height)`` as Pillow's ``resize(size, LANCZOS)``
     does it (the horizontal pass first, rounded to 8 bits, then the vertical pass), or just the
     region ``box = (x0, y0, x1, y1)`` of that result (the same pixels; only the input rows and
-    columns it reads are filtered)."""
+    columns it reads are filtered). Pillow itself does it where installed (3-4x faster on a
+    12-megapixel photograph); this numpy version, within 1/255 of it, otherwise."""
     h, w = image.shape[:2]
     x0, y0, x1, y1 = box if box is not None else (0, 0, size[0], size[1])
+    if USE_PILLOW and importlib.util.find_spec("PIL") is not None:
+        return _resize_pillow(image, size, (x0, y0, x1, y1))
     cols = _lanczos_weights(w, size[0])[x0:x1]
     rows = _lanczos_weights(h, size[1])[y0:y1]
     used = np.flatnonzero(rows.any(axis=0))
@@ -95,6 +100,19 @@ def resize_lanczos(
     out = _to_uint8(np.moveaxis(resample_leading(cols, np.moveaxis(src, 1, 0)), 0, 1))
     out = _to_uint8(resample_leading(np.ascontiguousarray(rows[:, r0:r1]), out.astype(np.float32)))
     return np.ascontiguousarray(out)
+
+
+def _resize_pillow(image: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """Pillow's ``resize(size, LANCZOS)`` cut to ``box``: Pillow resamples just the source region
+    that maps to ``box`` with the full resize's filter positions and edge handling."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    sx, sy = w / size[0], h / size[1]
+    x0, y0, x1, y1 = box
+    source = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+    with Image.fromarray(np.ascontiguousarray(image)) as pil:
+        return np.asarray(pil.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS, box=source))
 
 
 def _bounds(quad: np.ndarray) -> tuple[int, int, int, int]:

@@ -16,7 +16,7 @@ from helpers import face_photos as fp  # noqa: E402
 from helpers.psp_align import dlib_landmarks, psnr, psp_align, psp_quad  # noqa: E402
 
 from sdk.errors import BackendError, InputError  # noqa: E402
-from sdk.faces import Landmarks, align_face, crop_corners, detect_faces, face_from_landmarks, get_backend  # noqa: E402
+from sdk.faces import Landmarks, align_face, crop_corners, detect_faces, face_from_landmarks, ffhq, get_backend  # noqa: E402
 from sdk.faces.dlib_landmarks import DlibLandmarks, anchors_68  # noqa: E402
 
 # dlib's detector with its 2x upsample takes ~0.3 s per photo on 2 cores, the model 5 s to load
@@ -46,10 +46,13 @@ def test_matrix_maps_crop_corners_onto_the_quad(case):
     np.testing.assert_allclose(face.quad, quad, atol=1e-9)
 
 
+@pytest.mark.parametrize("use_pillow", [True, False], ids=["pillow", "numpy"])
 @pytest.mark.parametrize("factor", [6, 9])
-def test_shrink_path_matches_psp_and_the_matrix_says_where_pixels_came_from(factor):
+def test_shrink_path_matches_psp_and_the_matrix_says_where_pixels_came_from(factor, use_pillow, monkeypatch):
     """A quad of >= 2 x 256 px takes pSp's antialiased Lanczos pre-shrink; landmarks are scaled
-    from the photo (dlib on a 2000 px frame would take seconds)."""
+    from the photo (dlib on a 2000 px frame would take seconds). Both pre-shrinks: Pillow's where
+    installed, the numpy one otherwise."""
+    monkeypatch.setattr(ffhq, "USE_PILLOW", use_pillow)
     small = fp.photo("astronaut_face", "rotated+15")
     lm = dlib_landmarks(small)
     image = cv2.resize(small, None, fx=factor, fy=factor * 1.02, interpolation=cv2.INTER_CUBIC)

@@ -108,6 +108,22 @@ def test_demo_bundle_image_api(demo_translator):
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
 
 
+def test_documented_early_exit_fires_on_the_demo(demo_translator):
+    """The early_exit example of Translator.infer and docs/python_api.md (0.03) stops the demo's
+    loop early on a held-out photograph, cold and warm-started; 0.01 never fires on it."""
+    pytest.importorskip("skimage", reason="the held-out photographs ship with scikit-image (the test extra)")
+    from skimage import data
+
+    t = demo_translator
+    photo = data.chelsea()
+    x = t.preprocess(photo[:, 40:340])[None]
+    cold = t.infer(x, iterations=5, early_exit=0.03)
+    assert cold.iterations < 5 and cold.latent_change[-1] < 0.03, cold.latent_change
+    warm = t.infer(t.preprocess(photo[:, 42:342])[None], iterations=5, init=cold, early_exit=0.03)
+    assert warm.iterations <= 2, warm.latent_change  # the next frame of a slow pan
+    assert t.infer(x, iterations=5, early_exit=0.01).iterations == 5  # each step still moves the codes
+
+
 # --------------------------------------------------------------------------- the format
 
 

@@ -158,7 +158,7 @@ class MediapipeLandmarks(LandmarkBackend):
     """MediaPipe's face detector and face mesh, two threads each by default, on LiteRT
     (``runtime="litert"``: the original ``.tflite`` files on XNNPACK, the fastest; the ``faces``
     extra) or on ONNX Runtime (``runtime="onnxruntime"``: the same models converted by
-    :mod:`sdk.faces.tflite_onnx`, no extra package, 1.1-2x the time). ``"auto"`` takes LiteRT
+    :mod:`sdk.faces.tflite_onnx`, no extra package, 1.1-4x the time on a busy CPU). ``"auto"`` takes LiteRT
     where it is installed. The two agree within 0.01 px."""
 
     name = "mediapipe"

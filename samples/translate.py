@@ -9,8 +9,8 @@
 A photograph gives, by default, a labelled comparison image: low-resolution input | bicubic |
 SDK N = 1 | SDK N = k (the bundle's iterations) | original, each panel with its PSNR against
 the original (--no-compare: the result alone). Without --input the photograph is Grace Hopper
-from matplotlib's sample data (pip install -e '.[demo]'), which the demo model never trained
-on. A folder (every image in it and below) or a video gives the results, with a progress bar.
+from matplotlib's sample data (pip install -e '.[demo]'; without it, a synthetic test card),
+which the demo model never trained on. A folder (every image in it and below) or a video gives the results, with a progress bar.
 
 What is translated:
 
@@ -30,7 +30,7 @@ Super-resolution: the input is the original downsampled --factor times (default:
 factor), as the model was trained; the comparison's first panel shows that input.
 
 Results go under outputs/ (ignored by git) unless --output says otherwise: outputs/NAME_comparison.png
-(a photograph), outputs/NAME/ (a folder: the same relative paths, as PNG), outputs/NAME_translated.mp4
+(a photograph; outputs/quickstart_comparison.png without --input), outputs/NAME/ (a folder: the same relative paths, as PNG), outputs/NAME_translated.mp4
 (a video). Exits 2 with one line on stderr when the bundle, an input or the output cannot be used.
 """
 
@@ -131,7 +131,7 @@ def input_kind(path: Path | None) -> str:
 
 def output_path(source: Path | None, kind: str, output: Path | None, compare: bool) -> Path:
     """The default under outputs/, or ``output``; refuses one that would overwrite the input."""
-    name = DEFAULT_PHOTO if source is None else source.stem or source.resolve().name
+    name = "quickstart" if source is None else source.stem or source.resolve().name
     if output is None:
         suffix = {"folder": "", "video": "_translated.mp4"}.get(
             kind, "_comparison.png" if compare else "_translated.png"
@@ -147,9 +147,27 @@ def output_path(source: Path | None, kind: str, output: Path | None, compare: bo
 
 
 def default_photo() -> np.ndarray:
+    """Grace Hopper's photograph, or (matplotlib not installed) a synthetic test card, said in a warning."""
+    import importlib.util
+
     from samples.clips import shipped_photo
 
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning(
+            "the default photograph ships with matplotlib (pip install -e '.[demo]'): a synthetic test card instead"
+        )
+        return test_card()
     return shipped_photo(DEFAULT_PHOTO)
+
+
+def test_card(size: int = 256) -> np.ndarray:
+    """A smooth colour gradient with a face-like disc and two eyes: HxWx3 uint8."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.stack([xx, yy, 1 - (xx + yy) / 2], axis=-1)
+    img[(xx - 0.5) ** 2 + (yy - 0.45) ** 2 < 0.08] = (0.9, 0.75, 0.6)
+    img[(np.abs(xx - 0.4) < 0.03) & (np.abs(yy - 0.4) < 0.03)] = 0.1
+    img[(np.abs(xx - 0.6) < 0.03) & (np.abs(yy - 0.4) < 0.03)] = 0.1
+    return (img * 255).astype(np.uint8)
 
 
 class Job:

@@ -54,7 +54,7 @@ def test_the_default_is_a_labelled_comparison_of_the_shipped_photograph_under_ou
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     assert run("--bundle", sr_bundle) == 0
-    out = cwd / "outputs" / "grace_hopper_comparison.png"
+    out = cwd / "outputs" / "quickstart_comparison.png"
     image = np.asarray(Image.open(out))
     # low-res | bicubic | N = 1 | N = 3 (the tiny bundle's default) | original, 4 px apart
     assert image.shape == (LABEL_BAND + PANEL + FOOTER, 5 * PANEL + 4 * 4, 3)
@@ -72,6 +72,18 @@ def test_the_panels_are_what_they_say(sr_bundle):
     for panel in panels[:-1]:
         assert panel.image.shape == (16, 16, 3) and panel.psnr == pytest.approx(psnr(panel.image, reference))
     assert panels[-1].psnr is None and psnr(reference, reference) == float("inf")
+
+
+def test_without_matplotlib_the_default_is_a_test_card_with_a_warning(sr_bundle, tmp_path, monkeypatch, caplog):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a)
+    )
+    with caplog.at_level(logging.WARNING):
+        assert run("--bundle", sr_bundle, "--output", tmp_path / "c.png") == 0
+    assert "synthetic test card" in caplog.text and (tmp_path / "c.png").is_file()
 
 
 def test_a_photo_without_compare_writes_the_models_output(sr_bundle, tmp_path):

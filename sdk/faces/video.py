@@ -11,8 +11,10 @@ tracking in between, and the four FFHQ anchors smoothed with a One Euro filter
         video.last_ms                             # {"detect": ..., "align": ...} this frame
 
 Tracking: between detections each face is followed with :meth:`LandmarkBackend.track` (the
-landmark model on a region taken from the previous frame's landmarks, no detector); a back end
-without tracking, or a lost face, makes the next frame a detection frame. On a detection frame a
+landmark model on a region taken from the previous frame's landmarks, no detector). A back end
+without tracking, a lost face, or a tracked face that moved or changed size by more than
+``reset_distance`` face sizes in one frame (a tracker drifting off the face) makes this frame a
+detection frame. On a detection frame a
 found face continues the track (and its filter) whose anchors are nearest, if they are within
 ``reset_distance`` face sizes; otherwise it starts a new track. Tracks no detection continues
 end. ``jumped`` lists, per face returned, whether its filter restarted on this frame (a new
@@ -117,12 +119,18 @@ class FaceVideo:
         followed = []
         for track in self._tracks:
             landmarks = self.backend.track(frame, track.landmarks)
-            if landmarks is None:
-                return None
+            if landmarks is None or self._jumps(track.landmarks, landmarks):
+                return None  # lost, or a tracker that drifted off the face: detect instead
             followed.append(landmarks)
         for track, landmarks in zip(self._tracks, followed):
             track.landmarks = landmarks
         return followed
+
+    def _jumps(self, before: Landmarks, after: Landmarks) -> bool:
+        """Whether a face moved or changed size by more than ``reset_distance`` face sizes in one frame."""
+        scale, now = face_scale(before.anchors), face_scale(after.anchors)
+        shift = float(np.hypot(*(after.anchors.mean(axis=0) - before.anchors.mean(axis=0))))
+        return shift > self.reset_distance * scale or abs(now / scale - 1.0) > self.reset_distance
 
     def _match(self, found: list[Landmarks]) -> None:
         """Continue the nearest track of each detection (best first), or start one."""

@@ -106,6 +106,20 @@ def test_a_lost_track_detects_again_on_that_frame():
     assert backend.detect_calls == [0, 2]
 
 
+def test_a_tracker_that_drifts_off_the_face_is_not_trusted():
+    class Shrinking(FakeLandmarks):
+        def track(self, image, previous):  # half the size each tracked frame, as a box fitted too tight would
+            self.track_calls.append(self.frame)
+            c = previous.anchors.mean(axis=0)
+            anchors = c + 0.5 * (previous.anchors - c)
+            return type(previous)(anchors, anchors, previous.score, self.name)
+
+    backend = Shrinking([(80, 60, 12, 1.0)])
+    out = run_video(FaceVideo(size=32, landmarks=backend, detect_every=5), backend, 3)
+    assert backend.detect_calls == [0, 1, 2]  # every tracked result refused
+    assert [j for _, _, j in out] == [[True], [False], [False]]  # and the face keeps its track
+
+
 def test_a_back_end_without_tracking_detects_every_frame():
     backend = FakeLandmarks([(80, 60, 12, 1.0)], can_track=False)
     run_video(FaceVideo(size=32, landmarks=backend, detect_every=4), backend, 3)

@@ -73,7 +73,11 @@ def demo_folder(tiny_graphs, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("code", _examples())
 def test_example_runs(code, demo_folder, monkeypatch, capsys):
     monkeypatch.chdir(demo_folder)
-    exec(compile(code, "<example>", "exec"), {"__name__": "__example__"})  # noqa: S102 - our own docs
+    try:
+        exec(compile(code, "<example>", "exec"), {"__name__": "__example__"})  # noqa: S102 - our own docs
+    except Exception as e:
+        hint = "fix the example, or put <!-- not-run: the reason --> on the line before it if it cannot run here"
+        pytest.fail(f"{type(e).__name__}: {e}\n{hint}")
 
 
 def test_readme_has_examples_that_run():

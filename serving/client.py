@@ -213,6 +213,7 @@ def main(argv=None) -> int:
     except OSError as e:  # refused or reset connections (HTTP); gRPC's come as ServerError
         log.error("cannot reach Triton at %s (%s); start it: python -m serving.pytriton_server --bundle BUNDLE", url, e)
         return 1
+    a.output.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(res.output[0]).save(a.output)
     if a.latents is not None:
         np.save(a.latents, res.latents[0])

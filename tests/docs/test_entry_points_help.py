@@ -127,3 +127,42 @@ def test_console_scripts_resolve_to_installed_packages():
         spec = importlib.util.find_spec(module)
         assert spec is not None and spec.origin, (name, target)
         assert re.search(rf"^def {attr}\(", Path(spec.origin).read_text(encoding="utf-8"), re.M), (name, target)
+
+
+@pytest.mark.parametrize(
+    "module,args",
+    [
+        ("serving.client", ["--image", "face.png", "--output", "out.png"]),
+        ("serving.model_repository", ["--bundle", "engines/demo", "--out", "triton_models"]),
+    ],
+)
+def test_serving_commands_without_the_serve_extra(module, args, tmp_path):
+    """Run for real (not --help) without tritonclient and Pillow: one line naming the extra, exit 2."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(RUNTIME_ONLY), str(REPO)]))
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and '.[serve]"' in lines[0], result.stdout + result.stderr
+
+
+def test_client_without_a_server_says_so(tmp_path):
+    """With the extra installed and nothing listening: one line naming the URL, exit 1."""
+    pytest.importorskip("tritonclient.http", reason="the serve extra")
+    pytest.importorskip("PIL", reason="the serve extra")
+    import socket
+
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "face.png")
+    with socket.socket() as s:  # a free port, closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "serving.client", "--url", f"127.0.0.1:{port}"]
+    command += ["--image", "face.png", "--output", "outputs/out.png"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and f"cannot reach Triton at 127.0.0.1:{port}" in lines[0], lines
+    assert not (tmp_path / "outputs").exists()

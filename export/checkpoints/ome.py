@@ -146,18 +146,8 @@ def load_ome_stylegan2(ckpt: Any, where: str, generator_file: Mapping | None) ->
             f"the encoder predicts {m} x {d} codes but the {generator.size} px generator takes "
             f"{generator.n_latent} x {generator.style_dim}; they belong to different models"
         )
-    return LoadedCheckpoint(
-        format="ome_stylegan2",
-        path=Path(where),
-        sha256="",
-        opts=opts,
-        generator=generator,
-        latent_avg=latent_avg_of(avg_source(ckpt, generator_file), generator, where),
-        stages=[stage],
-        repeat_last=True,
-        default_iterations=opts.get("n_iters_per_batch") or 5,
-        input_size=opts.get("input_size") or 256,
-    )
+    avg = latent_avg_of(avg_source(ckpt, generator_file), generator, where)
+    return _loaded("ome_stylegan2", where, opts, stage, generator, avg, input_size=opts.get("input_size") or 256)
 
 
 def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> LoadedCheckpoint:
@@ -182,16 +172,24 @@ def load_ome_progan(ckpt: Any, where: str, generator_file: Mapping | None) -> Lo
     multi = MultiCodeProGAN(generator, m, fusion, split).eval()
     avg = ckpt.get("latent_avg")  # OME: the average code, repeated M times; absent: the mean of N(0, I)
     avg = torch.zeros(m, d) if avg is None else latent_avg_tensor(avg, m, d, where)
+    return _loaded("ome_progan", where, opts, stage, multi, avg)
+
+
+def _loaded(
+    fmt: str, where: str, opts: dict, stage: StageModel, generator, latent_avg: torch.Tensor, input_size: int = 256
+) -> LoadedCheckpoint:
+    """OME's schedule: the one stage repeated (``opts.n_iters_per_batch`` steps by default, 5)."""
     return LoadedCheckpoint(
-        format="ome_progan",
+        format=fmt,
         path=Path(where),
         sha256="",
         opts=opts,
-        generator=multi,
-        latent_avg=avg,
+        generator=generator,
+        latent_avg=latent_avg,
         stages=[stage],
         repeat_last=True,
         default_iterations=opts.get("n_iters_per_batch") or 5,
+        input_size=input_size,
     )
 
 

@@ -225,7 +225,7 @@ def test_cpu_form_of_the_graphs_uses_it():
 
 
 def test_counted_flops_show_the_saving():
-    """export/cpu_graphs.dense_flops, which the benchmarks' executed-FLOP figures come from."""
+    """export.ort_cpu.cpu_graphs.dense_flops, which the benchmarks' executed-FLOP figures come from."""
     from export.ort_cpu.cpu_graphs import dense_flops
 
     class Wrap(nn.Module):

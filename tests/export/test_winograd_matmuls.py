@@ -1,5 +1,5 @@
 """The Winograd products' transposes folded into ONNX Runtime's FusedMatMul for batch 1
-(export/ort_cpu/winograd_matmuls.py), as the build applies it (export/batch1_branch.apply_batch1_rewrites)."""
+(export/ort_cpu/winograd_matmuls.py), as the build applies it (export.ort_cpu.batch1_branch.apply_batch1_rewrites)."""
 
 from __future__ import annotations
 

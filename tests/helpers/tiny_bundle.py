@@ -145,7 +145,7 @@ class TinyGraphs:
 
 
 def export_graphs(folder: Path, seed: int = 0) -> TinyGraphs:
-    """Export the toy graphs to ``folder`` with ``export.onnx_export.export_onnx``."""
+    """Export the toy graphs to ``folder`` with ``export.onnx.tracing.export_onnx``."""
     import torch
 
     from export.onnx.graphs import EncoderStep, GeneratorGraph

@@ -14,7 +14,7 @@ from helpers.checkpoints import tiny_checkpoint
 
 from export.onnx.tracing import STACK_TRACE_KEY
 
-pytestmark = pytest.mark.slow(minutes=1)
+pytestmark = pytest.mark.slow(minutes=2)  # one full build of the tiny checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 NOISE = (

@@ -20,8 +20,6 @@ from helpers.reference import relative, write_checkpoint
 from export import build_engines
 from sdk import Translator
 
-pytestmark = pytest.mark.slow(minutes=12)  # on 2 shared cores; conftest starts the longest first
-
 BAR = 1e-3
 CASES = {"psp": 1, "restyle_psp": 5, "restyle_fpn": 5, "e2style": 2}  # iterations stored per vector
 # Families whose bundles also carry the CPU-optimised graphs (merged style heads, Winograd convs),
@@ -45,36 +43,47 @@ def adaptive_avg_pool_np(img: np.ndarray, out: int) -> np.ndarray:
     return res
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
-def built(request, reference_dir, tmp_path_factory):
-    name = request.param
-    tmp = tmp_path_factory.mktemp(name)
-    ckpt = tmp / f"{name}.pt"
-    write_checkpoint(reference_dir, name, ckpt)
-    bundle = tmp / "bundle"
-    flags = [] if name in OPTIMISED else ["--no-optimize"]
-    assert build_engines.main(["--checkpoint", str(ckpt), "--out", str(bundle), "--quiet", *flags]) == 0
-    ckpt.unlink()  # 0.5-1 GB each; the bundle holds what the test needs
-    yield name, bundle, np.load(reference_dir / f"{name}_reference.npz")
-    shutil.rmtree(tmp, ignore_errors=True)  # CI disks are not infinite
+class Family:
+    """The checks of one family's reference vectors. One subclass per family, so that pytest-xdist
+    (``--dist loadscope``) can give each family's build to a worker of its own; its bundle and
+    Translator are built once per class."""
 
+    name = ""
 
-def test_manifest_describes_the_format(built):
-    name, bundle, _ = built
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["family"] == name
-    stages = manifest["schedule"]["stages"]
-    assert [st["feedback"] for st in stages] == {"psp": [False], "e2style": [False, True]}.get(name, [True])
-    assert manifest["schedule"]["repeat_last"] is name.startswith("restyle")
-    assert manifest["schedule"]["default_iterations"] == CASES[name]
-    for report in manifest["parity"].values():
-        assert report["relative_error"] <= report["tolerance"]
-    assert all(("onnxruntime_cpu" in g) is (name in OPTIMISED) for g in manifest["graphs"].values())
+    @pytest.fixture(scope="class")
+    def built(self, reference_dir, tmp_path_factory):
+        name = self.name
+        tmp = tmp_path_factory.mktemp(name)
+        ckpt = tmp / f"{name}.pt"
+        write_checkpoint(reference_dir, name, ckpt)
+        bundle = tmp / "bundle"
+        flags = [] if name in OPTIMISED else ["--no-optimize"]
+        assert build_engines.main(["--checkpoint", str(ckpt), "--out", str(bundle), "--quiet", *flags]) == 0
+        ckpt.unlink()  # 0.5-1 GB each; the bundle holds what the test needs
+        yield name, bundle, np.load(reference_dir / f"{name}_reference.npz")
+        shutil.rmtree(tmp, ignore_errors=True)  # CI disks are not infinite
 
+    @pytest.fixture(scope="class")
+    def translator(self, built):
+        """One Translator per family: opening a 1024 px bundle costs seconds of graph optimisation."""
+        with Translator(built[1], backend="onnxruntime") as t:
+            yield t
 
-def test_every_iteration_matches_the_reference(built):
-    name, bundle, ref = built
-    with Translator(bundle, backend="onnxruntime") as t:
+    def test_manifest_describes_the_format(self, built):
+        name, bundle, _ = built
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert manifest["family"] == name
+        stages = manifest["schedule"]["stages"]
+        assert [st["feedback"] for st in stages] == {"psp": [False], "e2style": [False, True]}.get(name, [True])
+        assert manifest["schedule"]["repeat_last"] is name.startswith("restyle")
+        assert manifest["schedule"]["default_iterations"] == CASES[name]
+        for report in manifest["parity"].values():
+            assert report["relative_error"] <= report["tolerance"]
+        assert all(("onnxruntime_cpu" in g) is (name in OPTIMISED) for g in manifest["graphs"].values())
+
+    def test_every_iteration_matches_the_reference(self, built, translator):
+        name, bundle, ref = built
+        t = translator
         res = t.infer(ref["input"], iterations=CASES[name], return_steps=True)
         assert len(res.steps) == CASES[name]
         if "avg_image" in ref.files:
@@ -91,10 +100,9 @@ def test_every_iteration_matches_the_reference(built):
         np.testing.assert_array_equal(last.latents, res.latents)
         np.testing.assert_array_equal(last.images, res.steps[-1].image)
 
-
-def test_synthesise_and_style_mixing(built):
-    name, bundle, ref = built
-    with Translator(bundle, backend="onnxruntime") as t:
+    def test_synthesise_and_style_mixing(self, built, translator):
+        name, bundle, ref = built
+        t = translator
         m = t.manifest
         assert m.graphs["mapping"].output.role == "style"
         assert json.loads((bundle / "manifest.json").read_text())["parity"]["mapping"]["relative_error"] <= 1e-4
@@ -118,3 +126,26 @@ def test_synthesise_and_style_mixing(built):
         np.testing.assert_array_equal(fine, np.repeat(fine[:1], len(fine), axis=0))  # one w, every masked layer
         # (the random reference mappings send every z to nearly the same w, so seeds are compared
         # against PyTorch's mapping in test_tasks_end_to_end.py instead)
+
+
+# Minutes per family on 2 shared cores (the build dominates); conftest starts the longest first.
+
+
+@pytest.mark.slow(minutes=4)
+class TestPsp(Family):
+    name = "psp"
+
+
+@pytest.mark.slow(minutes=4)
+class TestRestylePsp(Family):
+    name = "restyle_psp"
+
+
+@pytest.mark.slow(minutes=5)
+class TestRestyleFpn(Family):
+    name = "restyle_fpn"
+
+
+@pytest.mark.slow(minutes=4)
+class TestE2Style(Family):
+    name = "e2style"

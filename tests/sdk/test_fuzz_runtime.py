@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 from helpers import tiny_bundle as tb
+from helpers.pil_modes import PIL_MODES
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -327,28 +328,6 @@ def test_call_with_arbitrary_objects(translator, image):
     if out is None:
         return
     assert out.shape == (tb.R, tb.R, 3)
-
-
-PIL_MODES = [
-    "1",
-    "L",
-    "LA",
-    "La",
-    "P",
-    "PA",
-    "I",
-    "I;16",
-    "I;16B",
-    "F",
-    "RGB",
-    "RGBA",
-    "RGBa",
-    "RGBX",
-    "CMYK",
-    "YCbCr",
-    "HSV",
-    "LAB",
-]
 
 
 @settings(max_examples=50, **SETTINGS)

@@ -17,6 +17,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from helpers import tiny_bundle as tb
+from helpers.pil_modes import PIL_MODES
 from PIL import Image
 
 import sdk.translator as translator_module
@@ -269,29 +270,7 @@ def _gray(h: int = 12, w: int = 10) -> np.ndarray:
     return np.random.default_rng(3).integers(0, 256, (h, w), dtype=np.uint8)
 
 
-@pytest.mark.parametrize(
-    "mode",
-    [
-        "1",
-        "L",
-        "LA",
-        "La",
-        "P",
-        "PA",
-        "I",
-        "I;16",
-        "I;16B",
-        "F",
-        "RGB",
-        "RGBA",
-        "RGBa",
-        "RGBX",
-        "CMYK",
-        "YCbCr",
-        "HSV",
-        "LAB",
-    ],
-)
+@pytest.mark.parametrize("mode", PIL_MODES)
 def test_pil_images_of_every_mode_become_rgb(mode):
     """Each mode gives HxWx3 uint8; gray modes their gray values (16-bit ones scaled to 8 bits),
     the others Pillow's own RGB conversion."""

@@ -41,11 +41,13 @@ if __package__ in (None, ""):  # run as a script: the repository root replaces t
     # (export/ itself must not be on it: export/onnx and export/tensorrt would shadow onnx and tensorrt)
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import importlib
 import signal
 import threading
 
 from export.builder.options import BuildOptions, add_arguments
 from export.demo import DEMO_CHECKPOINT
+from sdk.extras import EXIT_MISSING_EXTRA, missing_extra_line
 
 log = logging.getLogger("build_engines")
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +57,7 @@ THIRD_PARTY_LOGGERS = ("onnxscript", "onnx_ir", "torch", "torch.onnx", "torch._d
 # warnings that are not about this build: torch's exporter registers torchvision's ops when
 # torchvision is installed and warns four times per graph that it is not (the graphs use none)
 NOT_OURS = ("torch.onnx._internal.exporter._registration",)
+EXPORT_PACKAGES = ("torch", "onnx", "onnxscript", "tqdm")  # what a build imports from the export extra
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,6 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     configure_logging(args.verbose)
+    try:  # the export extra, checked before minutes of work, in one line
+        for package in EXPORT_PACKAGES:
+            importlib.import_module(package)
+    except ModuleNotFoundError as e:
+        print(missing_extra_line(e, "export"), file=sys.stderr)
+        return EXIT_MISSING_EXTRA
     options = BuildOptions.from_args(args)
     if options.checkpoint is None:
         log.info(
@@ -79,11 +88,6 @@ def main(argv=None) -> int:
         out=options.out or REPO / "engines" / options.checkpoint.stem,
         timing_cache=options.timing_cache or REPO / "engines" / ".timing_cache",
     )
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        log.error("building a bundle needs PyTorch: pip install -e '.[export]'")
-        return 2
     return _build(options)
 
 

@@ -183,7 +183,7 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         )
         return 1
     if args.bundle is not None:
-        source = Bundle(args.bundle, verify=False).manifest.raw.get("build", {}).get("source", {}).get("sha256")
+        source = Bundle(args.bundle, verify=False).manifest.info("build").get("source", {}).get("sha256")
         if source != ckpt.sha256:
             log.error(
                 "--bundle %s was built from sha256 %s, but --checkpoint %s has sha256 %s: not the same model; "

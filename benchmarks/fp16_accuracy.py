@@ -60,7 +60,7 @@ def main(argv=None) -> int:
             fp16_min_psnr=args.min_psnr,
         )
         manifest = Bundle(out, verify=False).manifest
-    acc = manifest.raw["accuracy"]
+    acc = manifest.info("accuracy")
     name = f"{'demo' if args.checkpoint is None else ckpt_path.stem}_{ckpt.format}"
     result = {
         "checkpoint": name,

@@ -192,7 +192,7 @@ def gpu_unavailable_reason(name: str, bundle) -> str | None:
     reason = trt_backend.unavailable_reason()
     if reason is not None:
         return reason
-    if not Bundle(bundle, verify=False).manifest.raw.get("engines"):
+    if not Bundle(bundle, verify=False).manifest.engines:
         return "the bundle has no TensorRT engines (build it on this machine with --precision fp16)"
     return None
 

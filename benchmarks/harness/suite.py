@@ -100,7 +100,7 @@ def ensure_bundle(model: Model, ckpt: LoadedCheckpoint, progress: bool) -> Path:
 
     if (model.bundle / "manifest.json").exists():
         bundle = Bundle(model.bundle, verify=False)
-        build = bundle.manifest.raw.get("build", {})
+        build = bundle.manifest.info("build")
         if build.get("source", {}).get("sha256") == ckpt.sha256 and build.get("rewrites_version") == REWRITES_VERSION:
             if bundle.add_piece_digests():  # what a build writes today, so opening is measured as users see it
                 log.info("%s: recorded the digests of its files' pieces", model.bundle)
@@ -240,7 +240,8 @@ def run_model(model: Model, settings: Settings) -> dict:
     manifest = Bundle(bundle, verify=False).manifest
     stage_graphs = [st.graph for st in manifest.schedule.stages]
     costs = graph_costs(bundle, s.cache)
-    executed = executed_fraction(manifest.raw)
+    document = manifest.document()  # the build details the runtime does not read
+    executed = executed_fraction(document)
     result.update(
         {
             "checkpoint": {"file": model.checkpoint.name, "sha256": ckpt.sha256, "format": ckpt.format},
@@ -250,7 +251,7 @@ def run_model(model: Model, settings: Settings) -> dict:
             "input": [ckpt.condition_channels, ckpt.input_size, ckpt.input_size],
             "iterations": s.iterations,
             "batch_iterations": s.batch_iterations,
-            "rewrites": {k: g.get("rewrites", []) for k, g in manifest.raw["graphs"].items()},
+            "rewrites": {k: g.get("rewrites", []) for k, g in document["graphs"].items()},
             "flops": {
                 "graphs": {k: c.as_dict() for k, c in costs.items()},
                 "loop": {n: loop_cost(costs, stage_graphs, n) for n in range(1, 6)},
@@ -258,7 +259,7 @@ def run_model(model: Model, settings: Settings) -> dict:
             "roofline": estimate_loop(costs, stage_graphs),
             "executed_fraction": executed,
             "cpu_rewrites": {
-                k: (g.get("onnxruntime_cpu") or {}).get("rewrites", []) for k, g in manifest.raw["graphs"].items()
+                k: (g.get("onnxruntime_cpu") or {}).get("rewrites", []) for k, g in document["graphs"].items()
             },
         }
     )

@@ -7,7 +7,7 @@ copies of the weights in memory at every start. Here it is done once, at build t
 result saved with ONNX Runtime's own serialiser: the graph in ``<key>.cpu.onnx``, the weights in
 ``<key>.cpu.onnx.data`` at page-aligned offsets, which ONNX Runtime maps into memory when it
 opens the file. The SDK opens it where the ONNX Runtime release and the CPU's vector ISA match
-the build machine's (sdk/backends/ort_cpu.py), else the portable graph.
+the build machine's (sdk/backends/onnxruntime/cpu.py), else the portable graph.
 
 Where export/fast_forms/optimize.py has a CPU-specific form of a graph (the generator's up-convolutions as
 phase convolutions), that form is exported as the source instead, checked against the original

@@ -79,7 +79,7 @@ def test_fp16_manifest_records_precision_and_accuracy(fp_bundles):
     b = Bundle(fp_bundles["fp16"])
     assert {g.precision for g in b.manifest.graphs.values()} == {"fp16"}
     assert all(t.dtype == "float32" for g in b.manifest.graphs.values() for t in g.inputs + g.outputs)
-    acc = b.manifest.raw["accuracy"]["fp16_vs_fp32"]
+    acc = b.manifest.info("accuracy")["fp16_vs_fp32"]
     assert acc["ok"] and acc["finite"] and acc["iterations"] == ITERATIONS and len(acc["image_psnr"]) == ITERATIONS
     assert not (fp_bundles["fp16"] / "generator.onnx").exists()  # only the FP16 graphs ship
 

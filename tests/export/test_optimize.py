@@ -1,5 +1,5 @@
 """The export-time rewrites (export/fast_forms/optimize.py) compute what the public-format modules compute,
-and the CPU-optimised graphs (export/ort_cpu/cpu_graphs.py, sdk/backends/ort_cpu.py) are used where they
+and the CPU-optimised graphs (export/ort_cpu/cpu_graphs.py, sdk/backends/onnxruntime/cpu.py) are used where they
 fit and refused where they do not."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from export.onnx.parity import check_parity
 from export.onnx.tracing import export_onnx
 from export.ort_cpu.cpu_graphs import add_cpu_graphs
 from sdk import BundleError, Translator
-from sdk.backends import ort_cpu
+from sdk.backends.onnxruntime import cpu as ort_cpu
 from sdk.bundle import Bundle
 
 BOUND = 1e-5  # relative: the rewrites only reorder float additions
@@ -203,7 +203,7 @@ def test_cpu_graphs_open_and_agree(make_tiny_bundle, caplog):
     entry = manifest["graphs"]["generator"]["onnxruntime_cpu"]
     assert entry["cpu"] == ort_cpu.cpu_tag() and (path / entry["data"]).is_file()
     x = tb.random_input(2, seed=3)
-    with caplog.at_level(logging.DEBUG, logger="sdk.backends.ort_cpu"):
+    with caplog.at_level(logging.DEBUG, logger="sdk.backends.onnxruntime.cpu"):
         with (
             Translator(portable, backend="onnxruntime", threads=1) as a,
             Translator(path, backend="onnxruntime", threads=1) as b,
@@ -226,7 +226,7 @@ def test_cpu_graphs_of_another_machine_fall_back(make_tiny_bundle, caplog):
     _with_cpu_graphs(path)
     other = another_cpu_tag()
     _as_if_built_on(path, other)
-    with caplog.at_level(logging.INFO, logger="sdk.backends.ort_cpu"):
+    with caplog.at_level(logging.INFO, logger="sdk.backends.onnxruntime.cpu"):
         with Translator(path, backend="onnxruntime", threads=1) as t:
             assert t.infer(tb.random_input(1)).images.shape == (1, 3, tb.R, tb.R)
     assert f"optimised for a {other} CPU, this one is {ort_cpu.cpu_tag()}" in caplog.text

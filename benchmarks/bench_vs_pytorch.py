@@ -31,16 +31,22 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np
 import onnxruntime
-import torch
 
-from benchmarks.harness.backends import EagerLoop, StageTarget, stage_split
-from benchmarks.harness.measure import interleave
-from export.builder.bundle import build_bundle
-from export.checkpoints.registry import load_checkpoint
-from export.checkpoints.types import CheckpointError
-from export.demo.model import make_demo_checkpoint
-from export.onnx.parity import ParityError
 from sdk import Bundle, SdkError, Translator
+from sdk.extras import exit_for_missing_extra
+
+try:
+    import torch
+
+    from benchmarks.harness.backends import EagerLoop, StageTarget, stage_split
+    from benchmarks.harness.measure import interleave
+    from export.builder.bundle import build_bundle
+    from export.checkpoints.registry import load_checkpoint
+    from export.checkpoints.types import CheckpointError
+    from export.demo.model import make_demo_checkpoint
+    from export.onnx.parity import ParityError
+except ModuleNotFoundError as e:
+    exit_for_missing_extra(e, "export", __name__)
 
 log = logging.getLogger("bench_vs_pytorch")
 HERE = Path(__file__).resolve().parent

@@ -124,3 +124,26 @@ def test_the_command_line_asks_for_tf32_explicitly(tmp_path, argv, tf32):
 
     options = engine_options(BuildOptions.from_args(parse_args(["--out", str(tmp_path / "b"), *argv])), tmp_path / "b")
     assert options.tf32 is tf32 and ("--tf32" in options.rebuild_command) is tf32
+
+
+def test_the_build_pass_builds_engines_with_the_build_options(fake_build, tmp_path, monkeypatch):
+    """TensorRtPass: where TensorRT is found, the engines follow the build's options (batch
+    profile, TF32, timing cache) and record the command that rebuilds them."""
+    from export.builder.options import BuildOptions
+    from export.builder.passes import BuildContext
+
+    tb, _ = fake_build
+    monkeypatch.setattr(tb, "tensorrt_version", lambda: "10.9.0")
+    folder, manifest = matmul_folder(tmp_path)
+    options = BuildOptions(checkpoint=tmp_path / "m.pt", max_batch=4, opt_batch=2, timing_cache=tmp_path / "cache")
+    added = []
+    ctx = BuildContext(folder, manifest, [], options, tmp_path / "bundle", lambda name: added.append(name) or "0" * 64)
+    assert tb.TensorRtPass().applies(options)
+    tb.TensorRtPass().run(ctx)
+    entry = manifest["engines"]["mm"]
+    assert added == [entry["file"]] and entry["tf32"] is False and entry["comparison"]["passed"]
+    assert (
+        entry["rebuild"]
+        == f"python export/build_engines.py --checkpoint {tmp_path / 'm.pt'} --out {tmp_path / 'bundle'} --precision fp32"
+    )
+    assert (tmp_path / "cache").exists()

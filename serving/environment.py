@@ -29,7 +29,9 @@ from sdk.errors import SdkError
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install -e ".[serve]" (nvidia-pytriton and tritonclient; Linux x86_64 or aarch64, glibc >= 2.35)'
+INSTALL_HINT = (
+    'pip install -e ".[serve]" (nvidia-pytriton, tritonclient, Pillow; Linux x86_64 or aarch64, glibc >= 2.35)'
+)
 
 
 class ServingUnavailable(SdkError):

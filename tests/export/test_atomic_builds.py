@@ -231,7 +231,7 @@ def _wait_for_new_temporary(proc, target: Path, before: set[str], limit: float =
 
 
 def test_build_engines_killed_at_random_points(tiny_graphs, tmp_path):
-    from test_tasks_end_to_end import write_psp_checkpoint
+    from helpers.psp_checkpoints import write_psp_checkpoint
 
     ckpt = tmp_path / "psp_w.pt"
     write_psp_checkpoint(ckpt, "BackboneEncoderUsingLastLayerIntoW", 3, {"learn_in_w": True})

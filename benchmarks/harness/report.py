@@ -325,7 +325,7 @@ def readme_section(run: dict) -> str:
         f"ends interleaved in one process; speed-up = public PyTorch eager loop time / `Translator` time; "
         f"% of peak = the loop's FLOP/s over a 2048³ float32 matmul measured in the same run, counting the "
         f"model's FLOPs (a direct convolution's, from the portable graphs; the CPU graphs execute fewer, "
-        f"Winograd: see the targets).",
+        f"Winograd: see docs/performance.md).",
         "",
         "| model | PyTorch eager, public code | `Translator`, ONNX Runtime CPU | speed-up | % of matmul peak | "
         f"fps at batch 1 / 2 / 4 / 8 (N = 1) | open s{cache} | peak RSS vs eager |",

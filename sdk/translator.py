@@ -13,18 +13,18 @@ On a GPU: ``Translator(..., cuda_graphs=True)`` replays the loop from CUDA graph
 from __future__ import annotations
 
 import ctypes
-import itertools
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .backends import BACKENDS, create_backend
+from .arguments import check_magnitude, check_options, float_array, init_pair, layer_mask
+from .backends import create_backend
 from .bundle import Bundle, Manifest
-from .checks import check_bool, check_int, finite_float, is_int, match_shape, plain_array, refuse_masked, shown
+from .checks import finite_float, is_int, match_shape, refuse_masked, shown
 from .device_arrays import DeviceInput, device_view, is_device_array
 from .errors import BackendError, InputError
 from .imaging import to_uint8_image
@@ -68,12 +68,12 @@ class Translator:
             OpenVINO at gated BF16/FP16 where the CPU has it, else ONNX Runtime: docs/cpu_backends.md),
             ``"tensorrt"``, ``"onnxruntime"`` (CPU), ``"onnxruntime-cuda"``, ``"onnxruntime-tensorrt"``
             (ONNX Runtime's TensorRT provider), ``"openvino"`` (CPU, the openvino extra).
-        threads: intra-op threads for CPU back ends, an int in 1..:func:`max_threads` (four per
+        threads: intra-op threads for CPU back ends, an int in 1..:func:`sdk.arguments.max_threads` (four per
             core, at most 1024: more only oversubscribes the cores, and ONNX Runtime takes minutes
             to start 10**5 threads); None: the runtime's choice.
         verify: check the SHA-256 of every bundle file the backend loads, before loading it
             (recommended; ``Bundle(path).verify()`` checks all of them).
-        device: the GPU index for the GPU back ends, an int in 0..:data:`MAX_DEVICE`.
+        device: the GPU index for the GPU back ends, an int in 0..:data:`sdk.arguments.MAX_DEVICE`.
         cuda_graphs: record each (batch, iterations, cold/warm start) loop into a CUDA graph on
             its first call and replay it afterwards (TensorRT backend; others warn and run eagerly).
             Calls with ``return_steps`` or ``early_exit`` read the host between steps and run eagerly.
@@ -100,7 +100,7 @@ class Translator:
         precision: str = "auto",
         backend_options: Mapping[str, Any] | None = None,
     ):
-        _check_options(backend, threads, verify, device, cuda_graphs)
+        check_options(backend, threads, verify, device, cuda_graphs)
         self.bundle = Bundle(bundle, verify=False)  # the loop checks the files its backend reads
         self.backend = create_backend(
             backend, threads, self.bundle, device, precision=precision, options=backend_options
@@ -182,7 +182,7 @@ class Translator:
         checked, batch = self._check_input(x)
         start = None
         if init is not None:  # shapes checked before any array is converted
-            latents, images = (init.latents, init.images) if isinstance(init, TranslationResult) else _pair(init)
+            latents, images = (init.latents, init.images) if isinstance(init, TranslationResult) else init_pair(init)
             start = self._start_state(loop, latents, images, batch)
         if isinstance(checked, np.ndarray):
             checked = self._host_input(checked)
@@ -193,8 +193,8 @@ class Translator:
         loop = self._open_loop()
         m = self.manifest
         forms = [(None, m.latent_count, m.latent_dim), (m.latent_count, m.latent_dim)]
-        codes = _float_array(latents, "latents", lambda shape: loop.check_batch(match_shape(shape, forms, "latents")))
-        _check_magnitude(codes, "latents")
+        codes = float_array(latents, "latents", lambda shape: loop.check_batch(match_shape(shape, forms, "latents")))
+        check_magnitude(codes, "latents")
         return loop.synthesise(codes if codes.ndim == 3 else codes[None])
 
     def mix(
@@ -214,7 +214,7 @@ class Translator:
         conditional synthesis); indices are 0-based."""
         loop = self._open_loop()
         m, d = self.manifest.latent_count, self.manifest.latent_dim
-        mask = _layer_mask(latent_mask, m)  # every argument is checked before the loop runs
+        mask = layer_mask(latent_mask, m)  # every argument is checked before the loop runs
         a = 1.0 if alpha is None else finite_float(alpha)
         if a is None or not 0.0 <= a <= 1.0:
             raise InputError(f"alpha must be a number in [0, 1]; got {shown(alpha)}")
@@ -226,12 +226,12 @@ class Translator:
         if inject_latents is None:
             loop.mapping_spec()  # a bundle without a mapping graph cannot draw the code: say so before the loop
         else:
-            inject = _float_array(
+            inject = float_array(
                 inject_latents,
                 "inject_latents",
                 lambda shape: match_shape(shape, [(b, m, d), (b, d)], "inject_latents"),
             )
-            _check_magnitude(inject, "inject_latents")
+            check_magnitude(inject, "inject_latents")
             if inject.ndim == 2:
                 inject = np.repeat(inject[:, None, :], m, axis=1)
         base = self.infer(x, iterations=iterations)
@@ -319,8 +319,8 @@ class Translator:
                 check(view.shape)
                 state.append(view if view.ndim == len(shape) else view.with_batch())
             else:
-                arr = _float_array(value, f"init {what}", check)
-                _check_magnitude(arr, f"init {what}")
+                arr = float_array(value, f"init {what}", check)
+                check_magnitude(arr, f"init {what}")
                 state.append(arr if arr.ndim == len(shape) else arr[None])
         return state[0], state[1]
 
@@ -367,82 +367,6 @@ class Translator:
                 f"range [{lo:g}, {hi:g}] (pixels 0..255? use translator(image), which scales them)"
             )
         return x
-
-
-MAX_DEVICE = 255  # GPU indices beyond it are typos (CUDA numbers the visible GPUs from 0)
-
-
-def max_threads() -> int:
-    """The most intra-op threads a Translator takes: four per core, at most 1024."""
-    return min(4 * (os.cpu_count() or 1), 1024)
-
-
-def _check_options(backend, threads, verify, device, cuda_graphs) -> None:
-    """The constructor's arguments other than the bundle, before anything is opened."""
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise BackendError(f"unknown backend {shown(backend)}; expected one of {BACKENDS}")
-    if threads is not None:
-        check_int(
-            threads,
-            "threads",
-            1,
-            max_threads(),
-            f"; None lets the runtime choose (this machine has {os.cpu_count()} cores)",
-        )
-    check_bool(verify, "verify")
-    check_bool(cuda_graphs, "cuda_graphs")
-    check_int(device, "device (a GPU index)", 0, MAX_DEVICE)
-
-
-# W+ codes of a StyleGAN are of order 1 to 10; far beyond, the style affines overflow float32 (Inf
-# styles, NaN images), so codes are refused well before that instead of rendering garbage
-LATENT_LIMIT = 1e4
-
-
-def _check_magnitude(codes: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(codes)):
-        raise InputError(f"{what} must be finite: they contain NaN or Inf (or values too large for float32)")
-    if codes.size and np.abs(codes).max() > LATENT_LIMIT:
-        raise InputError(
-            f"{what} have values up to {np.abs(codes).max():.3g}; W+ codes are of order 1-10 and this "
-            f"SDK refuses magnitudes beyond {LATENT_LIMIT:g}, where the style affines overflow"
-        )
-
-
-def _float_array(value, what: str, check_shape: Callable[[tuple], object]) -> np.ndarray:
-    """``value`` as a C-contiguous float32 array, after ``check_shape(value.shape)`` (which
-    raises): nothing is copied before the shape (and so the batch size) is accepted."""
-    arr = plain_array(value, what, "float")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise InputError(f"{what} must be a float array; got dtype {arr.dtype} ({type(value).__name__})")
-    check_shape(arr.shape)
-    with np.errstate(over="ignore"):  # beyond float32's range becomes Inf: the callers refuse it
-        return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def _pair(init) -> tuple:
-    if not isinstance(init, (tuple, list)) or len(init) != 2:
-        raise InputError(
-            f"init must be a previous TranslationResult or a (latents, images) pair; got {type(init).__name__}"
-        )
-    return init[0], init[1]
-
-
-def _layer_mask(latent_mask, m: int) -> list[int]:
-    """``latent_mask`` (None: pSp's fine layers 8..M-1) as a list of layer indices in 0..M-1."""
-    mask = None
-    if latent_mask is None:
-        mask = list(range(8, m))
-    elif not isinstance(latent_mask, (str, bytes)):
-        try:  # at most M entries are read: a huge iterator cannot hang the caller
-            mask = list(itertools.islice(iter(latent_mask), m + 1))
-        except Exception:  # not iterable, or its iterator fails
-            mask = None
-    if not mask or any(not is_int(i) for i in mask) or any(not 0 <= i < m for i in mask):
-        raise InputError(f"latent_mask must list layer indices (ints) in 0..{m - 1}; got {shown(latent_mask)}")
-    if len(mask) > m:
-        raise InputError(f"latent_mask lists more than the model's {m} layers; got {shown(latent_mask)}")
-    return [int(i) for i in mask]
 
 
 def _return_heap_to_os() -> None:

@@ -22,9 +22,9 @@ from PIL import Image
 
 import sdk.translator as translator_module
 from sdk import BackendError, InputError, Translator
+from sdk.arguments import MAX_DEVICE, max_threads
 from sdk.device_arrays import device_view
 from sdk.imaging import as_rgb_uint8
-from sdk.translator import MAX_DEVICE, max_threads
 
 
 def _refused(fn, *args, error=InputError, **kwargs) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,12 +57,16 @@ def bundle_manifest(
     cond_nc = ckpt.condition_channels
     lo, hi = TASK_RANGES[task]
     task_options = {"super_resolution": {"factor": options.factor}, "segmentation": {"label_nc": cond_nc}}.get(task, {})
+    inputs: dict[str, Any] = {"channels": cond_nc, "size": ckpt.input_size, "range": [lo, hi]}
+    alignment = ckpt.alignment(task)
+    if alignment is not None:  # read by Translator.translate_faces and samples/translate.py --align auto
+        inputs["alignment"] = alignment
     return {
         "schema_version": SCHEMA_VERSION,
         "name": name,
         "family": ckpt.format,
         "task": {"name": task, "options": task_options},
-        "input": {"channels": cond_nc, "size": ckpt.input_size, "range": [lo, hi]},
+        "input": inputs,
         "output": {"channels": 3, "size": size, "range": [-1.0, 1.0]},
         "latent": {"count": m, "dim": d},
         "batch": {"min": 1, "max": options.max_batch},

@@ -64,3 +64,12 @@ class LoadedCheckpoint:
         if self.condition_channels == 1:
             return "sketch"
         return "inversion"
+
+    def alignment(self, task: str) -> str | None:
+        """How a photograph must be aligned before the encoder: ``"ffhq"`` for the public face
+        models (pSp's ``ffhq_*`` and ``celebs_*`` dataset types, whose repositories align real
+        inputs with ``align_all_parallel.py``) when the task takes a photograph; None otherwise
+        (sketches and label maps are drawn, not detected; other domains have no alignment)."""
+        dataset = str(self.opts.get("dataset_type", ""))
+        face = dataset.startswith(("ffhq_", "celebs_"))
+        return "ffhq" if face and task in ("inversion", "super_resolution") else None

@@ -74,6 +74,8 @@ def test_translation_matches_pytorch(task_bundle):
     task, ckpt, bundle = task_bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["task"] == {"name": task, "options": TASKS[task][3]}
+    # a face photograph is FFHQ-aligned first (pSp's celebs_*/ffhq_* photo tasks); drawn inputs are not
+    assert manifest["input"].get("alignment") == ("ffhq" if task == "super_resolution" else None)
     loaded = load_checkpoint(ckpt)
     with Translator(bundle, backend="onnxruntime") as t:
         image = sample_input(task)

@@ -8,6 +8,7 @@ every file it adds goes through ``ctx.add_file``, which returns the file's SHA-2
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +32,15 @@ class BuildContext:
     add_file: Callable[[str], str]
 
 
-class BundlePass:
+class BundlePass(ABC):
     """One post-export pass. ``name`` labels it in the progress bar and the log."""
 
     name = "pass"
 
+    @abstractmethod
     def applies(self, options: BuildOptions) -> bool:
         """Whether this build runs the pass (the options, and what this machine has)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run(self, ctx: BuildContext) -> None:
-        raise NotImplementedError
+        """Read and extend the staged bundle in ``ctx.folder`` and ``ctx.manifest``."""

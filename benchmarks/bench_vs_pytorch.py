@@ -68,7 +68,7 @@ def summary(samples: list[float], batch: int) -> dict:
 def machine() -> dict:
     info = Path("/proc/cpuinfo")
     models = (
-        [l.split(":", 1)[1].strip() for l in info.read_text().splitlines() if l.startswith("model name")]
+        [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")]
         if info.exists()
         else []
     )

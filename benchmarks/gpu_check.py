@@ -343,7 +343,7 @@ def check_anchor(env: dict, allowed: float) -> dict:
         z0 = torch.zeros(1, g.n_latent, 512, device=dev)
 
         @torch.no_grad()
-        def loop():
+        def loop(g=g, enc=enc, x=x, pool=pool, z0=z0):  # this size's modules, bound now
             z, y = z0, g(z0)
             for _ in range(5):
                 z = enc(torch.cat([x, pool(y)], dim=1)) + z

@@ -116,10 +116,13 @@ def measure(mode: str, args) -> list[dict]:
             binding = arena.generator[0] if key == "generator" else arena.encoder.get((key, INIT))
             if binding is None:
                 continue
-            run = lambda r=runner, b=binding: r.run(b)
+
+            def run(r=runner, b=binding):
+                r.run(b)
+
             if backend == "tensorrt":
                 events = Events(t.backend.cuda.stream)
-                engines[key] = stats(repeat(lambda: events.time(run), args))
+                engines[key] = stats(repeat(lambda ev=events, fn=run: ev.time(fn), args))
             else:
                 engines[key] = stats(repeat(wall(run), args))
         for n in args.iterations:
@@ -129,11 +132,13 @@ def measure(mode: str, args) -> list[dict]:
                 "batch": args.batch,
                 "device_io": args.device_io,
                 "engine_ms": engines,
-                "frame_ms": stats(repeat(wall(lambda: t.infer(x, iterations=n, output=output)), args)),
+                "frame_ms": stats(repeat(wall(lambda n=n: t.infer(x, iterations=n, output=output)), args)),
             }
             if backend == "tensorrt":
                 events = Events(t.backend.cuda.stream)
-                row["loop_gpu_ms"] = stats(repeat(lambda: events.time(lambda: loop._run_all(arena, n, INIT)), args))
+                row["loop_gpu_ms"] = stats(
+                    repeat(lambda ev=events, n=n: ev.time(lambda: loop._run_all(arena, n, INIT)), args)
+                )
             rows.append(row)
             log.info("%s N=%d: frame median %.3f ms", mode, n, row["frame_ms"]["median"])
     return rows

@@ -61,7 +61,7 @@ COUNTERS = (
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, help="bundle folder (default: engines/demo if built, else --tiny)")
-    p.add_argument("--tiny", action="store_true", help="the toy bundle of tests/tiny_bundle.py (needs torch)")
+    p.add_argument("--tiny", action="store_true", help="the toy bundle of tests/helpers/tiny_bundle.py (needs torch)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[4, 8, 16], help="client threads per point")
     p.add_argument("--requests", type=int, default=96, help="requests per point (default 96)")
     p.add_argument("--timeout", type=float, default=170.0, help="wall-clock budget for the whole run, s (170)")

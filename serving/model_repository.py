@@ -22,7 +22,7 @@ Configs are built as ``ModelConfig`` protobuf messages (tritonclient ships Trito
 Triton's own. TensorRT plans only run on the TensorRT release and GPU architecture they were
 built for (the manifest's ``engines`` section, repeated in the README): the Triton container
 must carry that TensorRT. This machine has no GPU and PyTriton's server no GPU backends, so the
-repository is validated here by structure (tests/test_serving_repository.py) and by running
+repository is validated here by structure (tests/serving/test_model_repository.py) and by running
 ``model.py`` over ONNX Runtime stand-ins, not served.
 """
 

@@ -48,7 +48,7 @@ def layouts_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- tiny bundles
-# Toy encoder/generator graphs exported once per session (tests/tiny_bundle.py), and bundles
+# Toy encoder/generator graphs exported once per session (tests/helpers/tiny_bundle.py), and bundles
 # of them for the runtime tests (test_loop, test_bundle, test_translator).
 
 

@@ -1,6 +1,6 @@
 """Property-based tests of the checkpoint loaders (issue 22): checkpoint dictionaries of random
 structure (nested dicts, lists, None, numbers, strings, tensors of random dtypes and shapes, key
-sets drawn from the real layouts' keys, and the tiny checkpoint of tests/test_checkpoint_validation.py
+sets drawn from the real layouts' keys, and the tiny checkpoint of tests/export/test_checkpoint_validation.py
 with entries replaced) load or raise CheckpointError, never another exception; so do saved
 files with bytes flipped. Run time is bounded by ``max_examples``.
 """

@@ -1,4 +1,4 @@
-"""Untrusted checkpoints (issue 5, area 3), beyond tests/test_checkpoints.py's pickle payload:
+"""Untrusted checkpoints (issue 5, area 3), beyond tests/export/test_checkpoints.py's pickle payload:
 every container format torch.load reads, a payload hidden inside an allow-listed type, the
 ``--generator`` file, the command line, and PyTorch's opt-out environment variable. The payload
 would create a marker file; the marker never appears.

@@ -1,6 +1,6 @@
 """ONNX Runtime's CUDA execution provider on a real GPU: the same bundle, loop and buffers as on
 the CPU. Skipped (with the reason) without onnxruntime-gpu, cuda-python or a GPU — as on this
-project's machines, where it has not run yet. Control flow without a GPU: test_ort_cuda.py.
+project's machines, where it has not run yet. Control flow without a GPU: tests/sdk/backends/test_ort_cuda_fake.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Corrupt and mismatched bundles (issue 5, area 2): the cases tests/test_bundle.py and
-tests/test_tensorrt_fake.py do not already cover. Each is a typed ``sdk`` error naming the file
+"""Corrupt and mismatched bundles (issue 5, area 2): the cases tests/sdk/test_bundle.py and
+tests/sdk/backends/test_tensorrt_fake.py do not already cover. Each is a typed ``sdk`` error naming the file
 and the fix, never another exception.
 """
 

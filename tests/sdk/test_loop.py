@@ -5,7 +5,7 @@
 
 The reference runs each ONNX graph with plain ``InferenceSession.run`` on numpy arrays (no
 IOBinding, no ping-pong buffers), and separately the numpy twin of the toy model
-(tests/tiny_bundle.py), so both the buffer plumbing and the schedule are checked.
+(tests/helpers/tiny_bundle.py), so both the buffer plumbing and the schedule are checked.
 """
 
 from __future__ import annotations

@@ -311,7 +311,7 @@ def test_pil_input(mode):
 @pytest.mark.parametrize("mode", ["P", "CMYK", "LA"])
 def test_pil_other_modes_converted_to_rgb(mode):
     """Palette, CMYK and gray+alpha images: the PIL RGB conversion, not raw indices or ink (16-bit
-    images are scaled, not clipped as PIL's conversion does: tests/test_translator_arguments.py)."""
+    images are scaled, not clipped as PIL's conversion does: tests/sdk/test_translator_arguments.py)."""
     img = Image.fromarray(_photo_like(6, 9, 3), "RGB").convert(mode)
     out = as_rgb_uint8(img)
     assert out.shape == (6, 9, 3) and out.dtype == np.uint8

@@ -1,5 +1,5 @@
 """Input validation at the ``Translator`` boundary (issue 5, area 1): the cases that
-tests/test_translator.py, test_loop.py and test_preprocess.py do not already cover.
+tests/sdk/test_translator.py, test_loop.py and test_preprocess.py do not already cover.
 
 Every refusal is an ``sdk.InputError`` whose message names what was expected and what came.
 """

@@ -1,6 +1,6 @@
 """The stock Triton model repository (serving/model_repository.py): its configs parsed with
 Triton's own ``model_config.proto`` (tritonclient ships it), and its BLS ``model.py`` run over the
-repository's ONNX models through a fake ``triton_python_backend_utils`` (tests/fake_triton_python.py),
+repository's ONNX models through a fake ``triton_python_backend_utils`` (tests/fakes/fake_triton_python.py),
 compared with the local ``Translator``. No Triton server or GPU is needed."""
 
 from __future__ import annotations

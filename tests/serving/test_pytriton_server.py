@@ -1,7 +1,7 @@
 """Serving under a real Triton server (PyTriton), on loopback: ``tritonclient`` requests over
 HTTP and gRPC must get what the local ``Translator`` computes.
 
-The bundle is a tiny one (tests/tiny_bundle.py: the same export path as engines/demo, built in
+The bundle is a tiny one (tests/helpers/tiny_bundle.py: the same export path as engines/demo, built in
 seconds). Tolerance: the server runs rows stacked by Triton's dynamic batcher, the reference one
 by one; ONNX Runtime's float32 results then differ in the last bits at most, so raw images and
 latents are compared with ``atol=1e-5`` and uint8 images to within one level (rounding).

@@ -1,7 +1,7 @@
 """The launcher's death detection and exit codes, and the one-line client errors, without a
 Triton server: the watchdog watches real (stand-in) processes, the proxy model runs against
-the fake ``triton_python_backend_utils`` (tests/fake_triton_python.py). The same paths under a
-real tritonserver are tested in tests/test_serving_pytriton.py."""
+the fake ``triton_python_backend_utils`` (tests/fakes/fake_triton_python.py). The same paths under a
+real tritonserver are tested in tests/serving/test_pytriton_server.py."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import ast
 from pathlib import Path
 
 import pytest
+
 from helpers.shared_data import REPO
 
 PACKAGES = ("sdk", "export", "serving")

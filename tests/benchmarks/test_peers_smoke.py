@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.checkpoints import tiny_checkpoint
 
 from benchmarks.harness import peers, peers_run
 from benchmarks.harness.suite import Model
+from helpers.checkpoints import tiny_checkpoint
 
 pytestmark = pytest.mark.slow(minutes=1.5)  # a tiny bundle build on 2 shared cores
 PEERS = tuple(p for p in peers.PEERS if not p.startswith("torch_compile"))

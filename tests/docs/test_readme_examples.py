@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+
 from helpers import tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle as tb
 
+from helpers import tiny_bundle as tb
 from sdk import BundleError, Translator
 from sdk.bundle import MANIFEST, Bundle, BundleWriter
 

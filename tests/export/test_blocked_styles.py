@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers.generators import noisy
 from onnx import helper, numpy_helper
 
 from export.fast_forms.optimize import optimize_graph
@@ -18,6 +17,7 @@ from export.onnx.tracing import export_onnx
 from export.ort_cpu.batch1_branch import apply_batch1_rewrites, rewrite_batch1
 from export.ort_cpu.blocked_styles import NCHWC, block_of, nchwc_block_size
 from export.ort_cpu.cpu_graphs import _preoptimised_session, _session
+from helpers.generators import noisy
 from sdk.backends.onnxruntime.cpu import cpu_tag
 
 CHANNELS = {4: 32, 8: 32, 16: 32, 32: 32, 64: 16}  # multiples of both block sizes (8 and 16)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from helpers.checkpoints import tiny_checkpoint
 
 from export.checkpoints.registry import from_dict
+from helpers.checkpoints import tiny_checkpoint
 
 
 @pytest.mark.parametrize(

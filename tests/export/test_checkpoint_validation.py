@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.checkpoints import tiny_checkpoint
 
 from export import build_engines
 from export.builder import bundle, disk
@@ -32,6 +31,7 @@ from export.checkpoints.types import CheckpointError
 from export.checkpoints.values import check_file
 from export.onnx import parity
 from export.ort_cpu import cpu_graphs
+from helpers.checkpoints import tiny_checkpoint
 
 
 def _error(ckpt, **kw) -> str:

@@ -6,9 +6,9 @@ import shutil
 
 import numpy as np
 import onnx
-from helpers import tiny_bundle
 
 from export.tools.compare_bundles import compare_bundles, compare_manifests, main
+from helpers import tiny_bundle
 
 
 def _copy(bundle, tmp_path, name="copy"):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.shared_data import shared_path  # noqa: E402
 
 from export.models.encoders import BackboneEncoder, GradualStyleEncoder, build_encoder, infer_encoder_config
 from export.models.ir_backbone import BottleneckIR, stage_end_indices
+from helpers.shared_data import shared_path  # noqa: E402
 
 LAYOUTS = shared_path("checkpoint_layouts")
 VECTORS = shared_path("reference_vectors")

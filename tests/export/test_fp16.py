@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers.fp16_bundles import ITERATIONS, S, small_generator
 
 from export.precision.accuracy import psnr
 from export.precision.fp16 import check_finite_activations, convert_to_fp16, fp32_nodes
+from helpers.fp16_bundles import ITERATIONS, S, small_generator
 
 # --------------------------------------------------------------------------- formulation
 

@@ -12,13 +12,13 @@ import json
 
 import pytest
 import torch
-from helpers.checkpoints import tiny_checkpoint
-from helpers.shared_data import DATA
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from export.checkpoints.registry import FORMATS, from_dict, load_checkpoint
 from export.checkpoints.types import CheckpointError
+from helpers.checkpoints import tiny_checkpoint
+from helpers.shared_data import DATA
 
 SETTINGS = dict(
     deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]

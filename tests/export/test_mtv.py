@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers.reference import relative, write_checkpoint
 
 from export import build_engines
 from export.checkpoints.registry import load_checkpoint
@@ -26,6 +25,7 @@ from export.models.stylegan2 import Generator
 from export.onnx.graphs import EncoderStep
 from export.onnx.parity import check_parity
 from export.onnx.tracing import export_onnx
+from helpers.reference import relative, write_checkpoint
 from sdk import Translator
 
 pytestmark = pytest.mark.slow(minutes=3)  # on 2 shared cores; conftest starts the longest first

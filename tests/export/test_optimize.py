@@ -9,8 +9,6 @@ import logging
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_bundle as tb
-from helpers.generators import noisy
 
 from export.fast_forms.optimize import (
     FastGenerator,
@@ -26,6 +24,8 @@ from export.onnx.graphs import EncoderStep, GeneratorGraph
 from export.onnx.parity import check_parity
 from export.onnx.tracing import export_onnx
 from export.ort_cpu.cpu_graphs import add_cpu_graphs
+from helpers import tiny_bundle as tb
+from helpers.generators import noisy
 from sdk import BundleError, Translator
 from sdk.backends.onnxruntime import cpu as ort_cpu
 from sdk.bundle import Bundle

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.reference import relative, write_checkpoint
 
 from export import build_engines
 from export.checkpoints.ome import build_progan, save_ome_progan
@@ -28,6 +27,7 @@ from export.models.progan import DynamicFusion, MultiCodeProGAN, ProGANGenerator
 from export.onnx.graphs import GeneratorGraph
 from export.onnx.parity import check_parity
 from export.onnx.tracing import export_onnx
+from helpers.reference import relative, write_checkpoint
 from sdk import Translator
 
 pytestmark = pytest.mark.slow(minutes=1)  # on 2 shared cores; conftest starts the longest first

@@ -10,9 +10,9 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from helpers.checkpoints import tiny_checkpoint
 
 from export.onnx.tracing import STACK_TRACE_KEY
+from helpers.checkpoints import tiny_checkpoint
 
 pytestmark = pytest.mark.slow(minutes=2)  # one full build of the tiny checkpoint
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.shared_data import shared_path
 
 from export.models.stylegan2 import Generator, ModulatedConv2d, upfirdn2d
+from helpers.shared_data import shared_path
 
 
 def shared_dir() -> Path:

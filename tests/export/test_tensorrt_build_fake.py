@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fakes import fake_cuda, fake_tensorrt
 from fakes.tf32 import round_to_tf32
 

@@ -20,11 +20,10 @@ from sdk.backends.cuda import device_count  # noqa: E402
 if device_count() == 0:
     pytest.skip("no CUDA device is visible", allow_module_level=True)
 
+from export.precision.accuracy import psnr  # noqa: E402
 from helpers import tiny_bundle  # noqa: E402
 from helpers.fp16_bundles import S  # noqa: E402
 from helpers.tensorrt_bundles import with_engines  # noqa: E402
-
-from export.precision.accuracy import psnr  # noqa: E402
 
 
 def test_tensorrt_fp16_loop_vs_onnxruntime_fp32(fp_bundles, tmp_path):

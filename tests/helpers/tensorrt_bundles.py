@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+
 from helpers import tiny_bundle
 
 

@@ -15,9 +15,9 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers.reference import relative, write_checkpoint
 
 from export import build_engines
+from helpers.reference import relative, write_checkpoint
 from sdk import Translator
 
 BAR = 1e-3

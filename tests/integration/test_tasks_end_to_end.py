@@ -14,10 +14,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers.psp_checkpoints import write_psp_checkpoint
 
 from export import build_engines
 from export.checkpoints.registry import load_checkpoint
+from helpers.psp_checkpoints import write_psp_checkpoint
 from sdk import InputError, Translator
 
 pytestmark = pytest.mark.slow(minutes=5)  # on 2 shared cores; conftest starts the longest first

@@ -13,7 +13,6 @@ from PIL import Image
 cv2 = pytest.importorskip("cv2", reason="the faces and the video path need OpenCV (the test extra installs it)")
 
 from fakes.fake_landmarks import FakeLandmarks  # noqa: E402
-
 from samples import translate  # noqa: E402
 from samples.comparison import FOOTER, LABEL_BAND, comparison_panels, psnr  # noqa: E402
 from samples.video_io import write_video  # noqa: E402

@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 
 import pytest
-from helpers import tiny_bundle as tb
 
+from helpers import tiny_bundle as tb
 from sdk import BackendError, Bundle, Translator
 from sdk import precision_gate as gate
 from sdk.backends import create_backend

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import tiny_bundle as tb
 
+from helpers import tiny_bundle as tb
 from sdk import BundleError, Translator
 from sdk.build_target import check_build_target, remove_bundle
 from sdk.bundle import MANIFEST, BundleWriter

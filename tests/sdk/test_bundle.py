@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle as tb
 
 import sdk
+from helpers import tiny_bundle as tb
 from sdk import BundleError, Translator
 from sdk.bundle import MANIFEST, Bundle, BundleWriter, Manifest, iter_stage_graphs, sha256_file
 

@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 import pytest
+
 from helpers import tiny_bundle as tb
 from helpers.tensorrt_bundles import add_engines
-
 from sdk import BackendError, BundleError, StaleEngineError, Translator
 from sdk.bundle import MANIFEST, Bundle
 

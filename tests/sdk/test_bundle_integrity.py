@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle as tb
 
+from helpers import tiny_bundle as tb
 from sdk import BundleError, Translator, digests
 from sdk.backends.onnxruntime import OrtBackend
 from sdk.bundle import Bundle
@@ -202,9 +202,8 @@ def test_constants_are_parsed_from_the_bytes_hashed(make_tiny_bundle):
 
 def test_tensorrt_plan_is_read_once(make_tiny_bundle, monkeypatch):
     """The plan TensorRT deserialises is the buffer that was hashed: one open of the file."""
-    from fakes import fake_cuda, fake_tensorrt
-
     from export.tensorrt.engines import EngineOptions, build_bundle_engines
+    from fakes import fake_cuda, fake_tensorrt
 
     cudart = fake_cuda.install(monkeypatch, fake_cuda.FakeCudart())
     fake_tensorrt.install(monkeypatch, cudart)

@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle as tb
 
+from helpers import tiny_bundle as tb
 from sdk import BundleError, Translator
 from sdk import bundle as bundle_module
 from sdk.bundle import Bundle, BundleWriter

@@ -12,12 +12,12 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle as tb
-from helpers.pil_modes import PIL_MODES
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from helpers import tiny_bundle as tb
+from helpers.pil_modes import PIL_MODES
 from sdk import BundleError, SdkError, Translator
 from sdk.bundle import MANIFEST, Bundle, Manifest
 

@@ -15,9 +15,9 @@ import threading
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import tiny_bundle as tb
 
 import sdk
+from helpers import tiny_bundle as tb
 from sdk import InputError, RefinementLoop, Translator
 from sdk.backends import create_backend
 from sdk.bundle import Bundle

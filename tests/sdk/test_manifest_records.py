@@ -4,8 +4,8 @@ informational sections, all parsed in sdk/manifest.py."""
 from __future__ import annotations
 
 import pytest
-from helpers import tiny_bundle as tb
 
+from helpers import tiny_bundle as tb
 from sdk import BundleError
 from sdk.manifest import UNKNOWN_GPU, EngineSpec, Manifest
 

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from helpers import tiny_bundle as tb
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_bundle as tb
 from PIL import Image
 
+from helpers import tiny_bundle as tb
 from sdk import InputError
 from sdk.bundle import Manifest
 from sdk.imaging import as_rgb_uint8, bicubic_downsample, bicubic_kernel, resize_bilinear, to_uint8_image

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle as tb
 from PIL import Image
 
 import sdk
+from helpers import tiny_bundle as tb
 from sdk import BackendError, BundleError, InputError, Translator
 from sdk.imaging import to_uint8_image
 from sdk.tasks import preprocess

@@ -16,11 +16,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle as tb
-from helpers.pil_modes import PIL_MODES
 from PIL import Image
 
 import sdk.translator as translator_module
+from helpers import tiny_bundle as tb
+from helpers.pil_modes import PIL_MODES
 from sdk import BackendError, InputError, Translator
 from sdk.arguments import MAX_DEVICE, max_threads
 from sdk.device_arrays import device_view

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle as tb
 from PIL import Image
 
+from helpers import tiny_bundle as tb
 from sdk import InputError, SdkError, Translator
 from sdk.bundle import MAX_ITERATIONS
 from sdk.imaging import MAX_IMAGE_SIDE, to_uint8_image

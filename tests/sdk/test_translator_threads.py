@@ -10,8 +10,8 @@ import threading
 import weakref
 
 import numpy as np
-from helpers import tiny_bundle as tb
 
+from helpers import tiny_bundle as tb
 from sdk import InputError, Translator
 
 THREADS, CALLS = 4, 50

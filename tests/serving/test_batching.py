@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle as tb
 
+from helpers import tiny_bundle as tb
 from sdk import InputError, Translator
 from serving.batching import (
     CONDITION,

@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc", reason='tritonclient[grpc] is not installed (pip install -e ".[serve]")')
 
-from fakes import fake_triton_python as fake  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
-from helpers import tiny_bundle as tb  # noqa: E402
 from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 
+from fakes import fake_triton_python as fake  # noqa: E402
+from helpers import tiny_bundle as tb  # noqa: E402
 from sdk import BundleError, InputError, Translator  # noqa: E402
 from serving.model_repository import RepositoryOptions, main, write_repository  # noqa: E402
 

@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle as tb
 
+from helpers import tiny_bundle as tb
 from sdk import InputError, Translator
 from serving.environment import unavailable_reason
 

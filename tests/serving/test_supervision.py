@@ -16,8 +16,8 @@ import traceback
 from pathlib import Path
 
 import pytest
-from fakes import fake_triton_python as fake
 
+from fakes import fake_triton_python as fake
 from sdk import InputError
 from serving import pytriton_server as ps
 from serving import watchdog as wd

@@ -7,8 +7,8 @@ import logging
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle as tb
 
+from helpers import tiny_bundle as tb
 from sdk import InputError, Translator
 from sdk.backends.base import Backend, Runner
 from sdk.backends.onnxruntime import OrtBackend

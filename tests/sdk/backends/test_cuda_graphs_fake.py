@@ -12,10 +12,10 @@ import logging
 
 import numpy as np
 import pytest
+
 from fakes import fake_cuda
 from helpers import tiny_bundle as tb
 from helpers.tensorrt_bundles import add_engines, x_input
-
 from sdk import Translator
 
 KERNEL = "cudaGraphNodeTypeKernel"

@@ -13,10 +13,10 @@ import gc
 
 import numpy as np
 import pytest
+
 from fakes.fake_arrays import FakeCudaTensor
 from helpers import tiny_bundle as tb
 from helpers.tensorrt_bundles import add_engines, x_input
-
 from sdk import InputError, Translator
 from sdk.device_arrays import KDL_CPU, KDL_CUDA, DeviceArray, export_capsule, parse_capsule
 

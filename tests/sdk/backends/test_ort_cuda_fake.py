@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fakes import fake_cuda, fake_ort_cuda
 from fakes.fake_arrays import FakeCudaTensor
 from helpers import tiny_bundle as tb
-
 from sdk import BackendError, Translator
 from sdk.backends import create_backend
 from sdk.backends.onnxruntime.providers import gpu_providers

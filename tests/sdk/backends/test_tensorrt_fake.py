@@ -13,6 +13,7 @@ import logging
 
 import numpy as np
 import pytest
+
 from fakes import fake_cuda, fake_tensorrt
 from helpers import tiny_bundle
 from helpers.tensorrt_bundles import add_engines, x_input

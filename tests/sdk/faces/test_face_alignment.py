@@ -14,7 +14,6 @@ pytest.importorskip("dlib", reason="the faces-dlib extra (dlib-bin, face_recogni
 
 from helpers import face_photos as fp  # noqa: E402
 from helpers.psp_align import dlib_landmarks, psnr, psp_align, psp_quad  # noqa: E402
-
 from sdk.errors import BackendError, InputError  # noqa: E402
 from sdk.faces import Landmarks, align_face, crop_corners, detect_faces, face_from_landmarks, ffhq, get_backend  # noqa: E402
 from sdk.faces.dlib_landmarks import DlibLandmarks, anchors_68  # noqa: E402

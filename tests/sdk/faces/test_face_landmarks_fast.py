@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import face_photos as fp
 
+from helpers import face_photos as fp
 from sdk.errors import BackendError, InputError
 from sdk.faces import Landmarks, align_face, detect_faces, ffhq_quad, get_backend
 from sdk.faces.mediapipe_landmarks import ANCHORS, MediapipeLandmarks, anchors_mesh

@@ -11,7 +11,6 @@ import pytest
 pytest.importorskip("cv2", reason="sdk.faces needs OpenCV (the faces and test extras install it)")
 
 from fakes.fake_landmarks import FakeLandmarks, anchors_at  # noqa: E402
-
 from sdk.errors import InputError  # noqa: E402
 from sdk.faces.smoothing import OneEuroFilter  # noqa: E402
 from sdk.faces.video import FaceVideo  # noqa: E402

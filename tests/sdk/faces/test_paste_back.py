@@ -6,8 +6,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from helpers import face_photos as fp
 
+from helpers import face_photos as fp
 from sdk.errors import InputError
 from sdk.faces import Face, Landmarks, face_from_landmarks, paste_back
 from sdk.faces.paste import crop_mask

@@ -9,7 +9,6 @@ import pytest
 pytest.importorskip("cv2", reason="sdk.faces needs OpenCV (the faces and test extras install it)")
 
 from fakes.fake_landmarks import FakeLandmarks  # noqa: E402
-
 from sdk import Translator  # noqa: E402
 from sdk.errors import InputError  # noqa: E402
 from sdk.faces import face_from_landmarks  # noqa: E402

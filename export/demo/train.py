@@ -4,6 +4,9 @@ decoder trained jointly) on photographs that ship inside Python packages.
 
     python export/demo/train.py                       # ~25 min on two CPU cores, seeded
     python export/demo/train.py --steps 50 --out /tmp/demo.pt   # a quick smoke run
+    python export/demo/train.py --init-from OLD.pt --lr 5e-4 --steps N --threads 1   # fine-tune
+
+The committed model's exact command and figures: docs/demo_model.md.
 
 What it is: OME's loop (seed 000, Algorithm 1) at 64 px. The encoder is OME's multi-scale
 encoder (ResNet-18 trunk of width 32, FPN of 64 channels, one feature-to-code head per W+ code: 2 read P5,
@@ -26,7 +29,10 @@ the image loss cannot see). Half the batches are stills: ``k`` in 0..N-1 steps f
 so every step of the N = 5 loop learns to improve on the state the previous ones leave. The
 other half are video: 2..N steps on a neighbouring frame (the same view shifted by up to 4 px),
 then 0..1 on the frame itself, so a warm start (``infer(init=previous result)``) starts from
-states the model has seen. The low-resolution input is made by the SDK's own
+states the model has seen. Carried chains (``--carry``, export/demo/chains.py): that share of
+each batch continues the previous batch's loop states on the same or a neighbouring frame,
+chains of any length up to ``--max-chain`` (truncated backprop: gradients through the last step
+only), so an unbounded warm start meets no state it was not trained on. The low-resolution input is made by the SDK's own
 super-resolution pre-processing (``sdk.tasks.simulate_low_resolution``, pSp's transforms) with
 a random factor (mostly 4), so training and run time see the same inputs.
 
@@ -56,7 +62,9 @@ try:
     import torch.nn.functional as F
     from tqdm import tqdm
 
+    from export.demo.chains import CarriedChains, warm_chain_psnr
     from export.demo.data import HELD_OUT, TRAIN_IMAGES, CropSampler, load_photographs
+    from export.demo.finetune import load_demo_weights
     from export.models.ome_encoder import OMEEncoder
     from export.models.stylegan2 import Generator
 except ModuleNotFoundError as e:
@@ -88,6 +96,12 @@ class DemoConfig:
     warm_fraction: float = 0.5  # batches that start from a neighbouring frame's result (video)
     warm_shift: int = 4  # px a neighbouring frame moves
     seed: int = 0
+    # carried chains (export/demo/chains.py): this share of each batch continues the previous
+    # batch's states on the same or a neighbouring frame, so warm starts of any length are trained
+    carry: float = 0.5
+    chain_mean: float = 50.0  # mean steps of a carried chain (geometric)
+    max_chain: int = 300  # longest carried chain
+    carry_still: float = 0.3  # share of carried frames that repeat the previous view
 
 
 class DemoModel(torch.nn.Module):
@@ -137,15 +151,34 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
-def train(cfg: DemoConfig, out: Path, threads: int = 2, progress: bool = True) -> dict:
+def train(cfg: DemoConfig, out: Path, threads: int = 2, progress: bool = True, init_from: Path | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(cfg.seed)
     sampler = CropSampler(load_photographs(TRAIN_IMAGES), cfg.size, rng)
-    held = CropSampler(load_photographs(HELD_OUT), cfg.size, np.random.default_rng(1234))
+    held_photos = load_photographs(HELD_OUT)
+    held = CropSampler(held_photos, cfg.size, np.random.default_rng(1234))
     val_hr = held.batch(64)
     val_x = held.low_resolution(val_hr, 4)
     model = DemoModel(cfg)
+    if init_from is not None:  # a fine-tune: the same architecture, the recipe of cfg
+        load_demo_weights(model, init_from)
+    slots = round(cfg.batch * cfg.carry)
+    carried = (
+        CarriedChains(
+            sampler,
+            slots,
+            np.random.default_rng([cfg.seed, 1]),
+            cfg.factors,
+            shift=cfg.warm_shift,
+            still=cfg.carry_still,
+            mean_length=cfg.chain_mean,
+            max_chain=cfg.max_chain,
+        )
+        if slots
+        else None
+    )
+    fresh = cfg.batch - slots
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     warm = max(1, cfg.steps // 20)  # linear warm-up, then cosine decay to 2 %
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -163,17 +196,20 @@ def train(cfg: DemoConfig, out: Path, threads: int = 2, progress: bool = True) -
         factor = int(rng.choice(factors, p=weights / weights.sum()))
         warm = rng.random() < cfg.warm_fraction
         if warm:  # a video frame: start from the loop's result on the previous frame
-            hr, prev = sampler.pairs(cfg.batch, cfg.warm_shift)
+            hr, prev = sampler.pairs(fresh, cfg.warm_shift)
             chains = [(sampler.low_resolution(prev, factor), int(rng.integers(2, cfg.iterations + 1)))]
             k = int(rng.integers(0, 2))
         else:  # a still: start from the average, as N = 1..5 does
-            hr, chains, k = sampler.batch(cfg.batch), [], int(rng.integers(0, cfg.iterations))
+            hr, chains, k = sampler.batch(fresh), [], int(rng.integers(0, cfg.iterations))
         x = sampler.low_resolution(hr, factor)
         with torch.no_grad():
-            z, y = model.start(cfg.batch)
+            z, y = model.start(fresh)
             for inp, n in chains + [(x, k)]:
                 for _ in range(n):
                     z, y = model.step(inp, z, y)
+        if carried is not None:  # the carried tracks join the batch with their own states
+            hr_c, x_c, z_c, y_c = carried.frames(model)
+            hr, x, z, y = torch.cat([hr, hr_c]), torch.cat([x, x_c]), torch.cat([z, z_c]), torch.cat([y, y_c])
         z0 = z.detach()
         z, y = model.step(x, z0, y.detach())
         loss = F.mse_loss(y, hr) + cfg.l1_weight * F.l1_loss(y, hr) + cfg.offset_weight * (z - z0).pow(2).mean()
@@ -181,21 +217,35 @@ def train(cfg: DemoConfig, out: Path, threads: int = 2, progress: bool = True) -
         loss.backward()
         opt.step()
         sched.step()
+        if carried is not None:
+            carried.keep(z[fresh:], y[fresh:])
         if step % 50 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{loss.item():.4f}", k=k, f=factor, warm=int(warm))
         if step % 500 == 0 or step == cfg.steps - 1:
             model.eval()
             with torch.no_grad():
                 val = [psnr(y, val_hr) for y in model.run(val_x, cfg.iterations)]
+            chain = warm_chain_psnr(
+                model, CropSampler(held_photos, cfg.size, np.random.default_rng(4321)), iterations=cfg.iterations
+            )
             model.train()
             history.append(
-                {"step": step, "loss": loss.item(), "val_psnr_x4": val, "minutes": (time.perf_counter() - start) / 60}
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "val_psnr_x4": val,
+                    "val_warm_chain_x4": chain,
+                    "minutes": (time.perf_counter() - start) / 60,
+                }
             )
             log.info(
-                "step %d: loss %.4f, held-out x4 PSNR per iteration %s",
+                "step %d: loss %.4f, held-out x4 PSNR per iteration %s; 24-frame warm start %.2f (cold N=%d %.2f)",
                 step,
                 loss.item(),
                 " ".join(f"{v:.2f}" for v in val),
+                chain["warm"],
+                cfg.iterations,
+                chain["cold"],
             )
     save_checkpoint(model, cfg, out, history)
     return {"history": history, "minutes": (time.perf_counter() - start) / 60}
@@ -235,12 +285,38 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=DemoConfig.batch, help="crops per step (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, crops and factors (default 0)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; results depend on it)")
+    p.add_argument("--lr", type=float, default=DemoConfig.lr, help="peak learning rate (default %(default)s)")
+    p.add_argument("--init-from", type=Path, help="fine-tune: start from this demo checkpoint's weights")
+    p.add_argument(
+        "--carry",
+        type=float,
+        default=DemoConfig.carry,
+        help="share of each batch continuing the previous batch's loop states, in [0, 1) (default %(default)s)",
+    )
+    p.add_argument(
+        "--chain-mean", type=float, default=DemoConfig.chain_mean, help="mean carried chain (default %(default)s)"
+    )
+    p.add_argument("--max-chain", type=int, default=DemoConfig.max_chain, help="longest chain (default %(default)s)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.steps < 1 or args.batch < 1:
         p.error("--steps and --batch must be positive")
-    cfg = DemoConfig(steps=args.steps, batch=args.batch, seed=args.seed)
-    result = train(cfg, args.out, threads=args.threads)
+    if not 0 <= args.carry < 1 or round(args.batch * args.carry) >= args.batch:
+        p.error("--carry must leave at least one fresh crop per batch: 0 <= carry < 1")
+    if args.chain_mean < 1 or args.max_chain < 1:
+        p.error("--chain-mean and --max-chain must be at least 1")
+    if args.init_from is not None and not args.init_from.is_file():
+        p.error(f"--init-from {args.init_from}: no such file; pass a checkpoint written by this script")
+    cfg = DemoConfig(
+        steps=args.steps,
+        batch=args.batch,
+        seed=args.seed,
+        lr=args.lr,
+        carry=args.carry,
+        chain_mean=args.chain_mean,
+        max_chain=args.max_chain,
+    )
+    result = train(cfg, args.out, threads=args.threads, init_from=args.init_from)
     last = result["history"][-1]["val_psnr_x4"]
     log.info(
         "done in %.1f min; held-out x4 PSNR N=1..%d: %s",

@@ -102,6 +102,7 @@ class DemoConfig:
     chain_mean: float = 50.0  # mean steps of a carried chain (geometric)
     max_chain: int = 300  # longest carried chain
     carry_still: float = 0.3  # share of carried frames that repeat the previous view
+    carry_offset_weight: float = 0.1  # the offset L2 on carried crops: a long chain's steps should settle
 
 
 class DemoModel(torch.nn.Module):
@@ -212,7 +213,10 @@ def train(cfg: DemoConfig, out: Path, threads: int = 2, progress: bool = True, i
             hr, x, z, y = torch.cat([hr, hr_c]), torch.cat([x, x_c]), torch.cat([z, z_c]), torch.cat([y, y_c])
         z0 = z.detach()
         z, y = model.step(x, z0, y.detach())
-        loss = F.mse_loss(y, hr) + cfg.l1_weight * F.l1_loss(y, hr) + cfg.offset_weight * (z - z0).pow(2).mean()
+        offsets = (z - z0).pow(2).mean(dim=(1, 2))
+        offset_weights = torch.full_like(offsets, cfg.offset_weight)
+        offset_weights[fresh:] = cfg.carry_offset_weight
+        loss = F.mse_loss(y, hr) + cfg.l1_weight * F.l1_loss(y, hr) + (offset_weights * offsets).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -297,6 +301,12 @@ def main(argv=None) -> int:
         "--chain-mean", type=float, default=DemoConfig.chain_mean, help="mean carried chain (default %(default)s)"
     )
     p.add_argument("--max-chain", type=int, default=DemoConfig.max_chain, help="longest chain (default %(default)s)")
+    p.add_argument(
+        "--carry-offset-weight",
+        type=float,
+        default=DemoConfig.carry_offset_weight,
+        help="offset L2 weight on carried crops (default %(default)s)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.steps < 1 or args.batch < 1:
@@ -315,6 +325,7 @@ def main(argv=None) -> int:
         carry=args.carry,
         chain_mean=args.chain_mean,
         max_chain=args.max_chain,
+        carry_offset_weight=args.carry_offset_weight,
     )
     result = train(cfg, args.out, threads=args.threads, init_from=args.init_from)
     last = result["history"][-1]["val_psnr_x4"]

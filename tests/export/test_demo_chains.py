@@ -15,7 +15,7 @@ from export.demo.data import CropSampler
 from export.demo.finetune import load_demo_weights
 from export.demo.train import DemoConfig, DemoModel, save_checkpoint
 
-pytestmark = pytest.mark.slow(minutes=1)  # four tiny training runs on 2 shared cores
+pytestmark = pytest.mark.slow(minutes=1)  # three tiny training runs on 2 shared cores
 
 TINY = {
     "style_dim": 16,
@@ -23,7 +23,7 @@ TINY = {
     "encoder_width": 8,
     "fpn_dim": 16,
     "batch": 4,
-    "steps": 3,
+    "steps": 2,
 }
 
 
@@ -107,11 +107,11 @@ def test_a_tiny_run_is_deterministic_and_fine_tunes_from_its_checkpoint(monkeypa
     tuned = DemoModel(DemoConfig(**TINY))
     load_demo_weights(tuned, tmp_path / "a.pt")
     assert torch.equal(tuned.latent_avg, a["latent_avg"])
-    # at learning rate 0 a fine-tune writes back exactly the weights it started from
+    # at learning rate 0 a fine-tune writes back exactly the weights it started from (batch-norm
+    # statistics still move); ignoring init_from would write the seed's untrained weights instead
     c = run_tiny(monkeypatch, tmp_path, "c.pt", init_from=tmp_path / "a.pt", lr=0.0)
-    assert all(torch.equal(c["state_dict"][k], a["state_dict"][k]) for k in a["state_dict"])
-    fresh = run_tiny(monkeypatch, tmp_path, "d.pt", lr=0.0)
-    assert not all(torch.equal(fresh["state_dict"][k], a["state_dict"][k]) for k in a["state_dict"])
+    weights = [k for k in a["state_dict"] if "running_" not in k and "num_batches" not in k]
+    assert all(torch.equal(c["state_dict"][k], a["state_dict"][k]) for k in weights)
 
 
 def test_init_from_names_a_wrong_file(tmp_path):

@@ -46,7 +46,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from samples.video_io import SampleError
+from samples.video_io import SampleError, run_cli
 from sdk import SdkError, Translator
 from sdk.imaging import as_rgb_uint8
 
@@ -91,13 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     """0: written; 2: bad input (a bundle, an image or an output path it cannot use), said in one line."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    log.setLevel(logging.INFO)
-    try:
-        written = run(args)
-    except (SdkError, SampleError) as e:
-        log.error("%s", " ".join(str(e).split()))  # one line
+    written = run_cli(run, parse_args(argv), log)
+    if written is None:
         return 2
     print(f"wrote {written}")
     return 0

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdk import SdkError
+
 log = logging.getLogger(__name__)
 
 
@@ -195,3 +197,16 @@ def write_video(cv2, path: Path, frames, fps: float = 25.0) -> int:
         if writer is not None:
             writer.release()
     return n
+
+
+def run_cli(run, args, log: logging.Logger):
+    """Run a sample's work with its logging set up: ``run(args)``'s result, or None after one
+    error line (bad input, or a bundle that cannot run it) for the caller to exit 2 with, as every
+    CLI of the SDK does. ``args.verbose`` shows the SDK's INFO messages too."""
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    log.setLevel(logging.INFO)
+    try:
+        return run(args)
+    except (SampleError, SdkError) as e:
+        log.error("%s", " ".join(str(e).split()))  # one line
+        return None

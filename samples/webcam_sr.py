@@ -59,8 +59,15 @@ import numpy as np
 from samples.face_crop import FaceTracker, centre_box, crop_square
 from samples.frame_stats import FrameStats, Summary
 from samples.sr_pipeline import Compositor, LowResolution, SideBySide, VideoLoop, result_image, status_lines
-from samples.video_io import FrameGrabber, SampleError, import_cv2, open_source, open_writer, require_window_support
-from sdk import SdkError, Translator
+from samples.video_io import (
+    FrameGrabber,
+    import_cv2,
+    open_source,
+    open_writer,
+    require_window_support,
+    run_cli,
+)
+from sdk import Translator
 
 log = logging.getLogger("webcam_sr")
 WINDOW = "webcam_sr: input | bicubic | SDK (q to quit)"
@@ -197,14 +204,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    log.setLevel(logging.INFO)
-    try:
-        summary = run(args)
-    except (SampleError, SdkError) as e:
-        log.error("%s", e)
-        return 2  # bad input or a bundle that cannot run it, as every CLI of the SDK
+    summary = run_cli(run, parse_args(argv), log)
+    if summary is None:
+        return 2
     for line in summary.lines():
         print(line)
     return 0

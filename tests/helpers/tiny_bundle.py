@@ -94,6 +94,18 @@ class TinyModel:
     def average_image(self) -> np.ndarray:
         return self.generate(self.latent_avg[None])[0]
 
+    def steps(self, keys: list[str], x: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(z_t, y_t) of each of ``n`` loop steps from the average, graph ``keys[t]`` at step t
+        (the last one repeating): what a backend must compute for a schedule of these graphs."""
+        z = np.repeat(self.latent_avg[None].astype(np.float64), x.shape[0], axis=0)
+        y = np.repeat(self.average_image[None], x.shape[0], axis=0)
+        out = []
+        for t in range(n):
+            z = self.encode(keys[min(t, len(keys) - 1)], x, y, z)
+            y = self.generate(z)
+            out.append((z, y))
+        return out
+
 
 # --------------------------------------------------------------------------- torch modules
 

@@ -60,18 +60,6 @@ class OrtReference:
         return out
 
 
-def twin_reference(model: tb.TinyModel, keys: list[str], x: np.ndarray, n: int):
-    b = x.shape[0]
-    z = np.repeat(model.latent_avg[None].astype(np.float64), b, axis=0)
-    y = np.repeat(model.average_image[None], b, axis=0)
-    out = []
-    for t in range(n):
-        z = model.encode(keys[min(t, len(keys) - 1)], x, y, z)
-        y = model.generate(z)
-        out.append((z, y))
-    return out
-
-
 @pytest.fixture(scope="module")
 def references(tiny_bundles):
     return {v: OrtReference(p) for v, p in tiny_bundles.items()}
@@ -91,7 +79,7 @@ def test_loop_equals_recurrence(translators, references, tiny_graphs, variant, n
     assert res.images.shape == (batch, 3, tb.R, tb.R) and res.images.dtype == np.float32
     assert res.latents.shape == (batch, tb.M, tb.D) and res.latents.dtype == np.float32
     ref = references[variant].run(x, n)
-    twin = twin_reference(tiny_graphs.model, tb.VARIANTS[variant][0], x, n)
+    twin = tiny_graphs.model.steps(tb.VARIANTS[variant][0], x, n)
     for t, (step, (z, y), (zt, yt)) in enumerate(zip(res.steps, ref, twin)):
         np.testing.assert_allclose(step.latents, z, **EXACT, err_msg=f"latents of step {t + 1}")
         np.testing.assert_allclose(step.image, y, **EXACT, err_msg=f"image of step {t + 1}")

@@ -38,17 +38,6 @@ def ov_translators(tiny_bundles):
         t.close()
 
 
-def twin_steps(model: tb.TinyModel, keys: list[str], x: np.ndarray, n: int) -> list:
-    z = np.repeat(model.latent_avg[None].astype(np.float64), x.shape[0], axis=0)
-    y = np.repeat(model.average_image[None], x.shape[0], axis=0)
-    out = []
-    for t in range(n):
-        z = model.encode(keys[min(t, len(keys) - 1)], x, y, z)
-        y = model.generate(z)
-        out.append((z, y))
-    return out
-
-
 @pytest.mark.parametrize(
     "variant,n,batch", [("iterative", 5, 1), ("iterative", 3, 3), ("single", 1, 2), ("two_stage", 2, 1)]
 )
@@ -56,7 +45,7 @@ def test_fp32_matches_onnxruntime_and_twin(ov_translators, translators, tiny_gra
     x = tb.random_input(batch, seed=n + batch)
     got = ov_translators[variant].infer(x, iterations=n, return_steps=True)
     ref = translators[variant].infer(x, iterations=n, return_steps=True)
-    twin = twin_steps(tiny_graphs.model, tb.VARIANTS[variant][0], x, n)
+    twin = tiny_graphs.model.steps(tb.VARIANTS[variant][0], x, n)
     assert got.iterations == n and len(got.steps) == n
     for t, (g, r, (zt, yt)) in enumerate(zip(got.steps, ref.steps, twin)):
         assert relative(g.latents, r.latents) <= BAR and relative(g.image, r.image) <= BAR, f"step {t + 1} vs ORT"

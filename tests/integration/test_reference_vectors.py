@@ -100,6 +100,21 @@ class Family:
         np.testing.assert_array_equal(last.latents, res.latents)
         np.testing.assert_array_equal(last.images, res.steps[-1].image)
 
+    def test_openvino_fp32_matches_the_reference(self, built):
+        """The same vectors through OpenVINO (the portable graphs, FP32), where it is installed."""
+        pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install '.[openvino]')")
+        name, bundle, ref = built
+        with Translator(bundle, backend="openvino", precision="fp32", threads=2) as t:
+            res = t.infer(ref["input"], iterations=CASES[name], return_steps=True)
+        errors = {f"codes_{i}": relative(step.latents, ref[f"codes_{i}"]) for i, step in enumerate(res.steps)}
+        errors.update(
+            {
+                f"image_{i}": relative(adaptive_avg_pool_np(step.image, 256), ref[f"image_{i}"])
+                for i, step in enumerate(res.steps)
+            }
+        )
+        assert max(errors.values()) <= BAR, errors
+
     def test_synthesise_and_style_mixing(self, built, translator):
         name, bundle, ref = built
         t = translator

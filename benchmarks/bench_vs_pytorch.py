@@ -66,16 +66,12 @@ def summary(samples: list[float], batch: int) -> dict:
 
 
 def machine() -> dict:
-    info = Path("/proc/cpuinfo")
-    models = (
-        [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")]
-        if info.exists()
-        else []
-    )
+    from benchmarks.harness.measure import cpu_model
+
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": models[0] if models else platform.processor(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_avg_at_start": list(os.getloadavg()),
         "torch": torch.__version__,

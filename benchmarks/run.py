@@ -168,18 +168,12 @@ def machine(load_start: list) -> dict:
     import onnxruntime
     import torch
 
-    from benchmarks.harness.measure import load_average
+    from benchmarks.harness.measure import cpu_model, load_average
 
-    info = Path("/proc/cpuinfo")
-    names = (
-        [l.split(":", 1)[1].strip() for l in info.read_text().splitlines() if l.startswith("model name")]
-        if info.exists()
-        else []
-    )
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": names[0] if names else platform.processor(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
@@ -272,7 +266,7 @@ def publish(run: dict, args) -> None:
     if args.write_docs:
         img = DOCS.parent / "img"
         img.mkdir(parents=True, exist_ok=True)
-        for name, path in plots.items():
+        for path in plots.values():
             shutil.copyfile(path, img / f"perf_{path.name}")
         run_docs = dict(run, plots={k: f"img/perf_{v.name}" for k, v in plots.items()})
         DOCS.write_text(render(run_docs), encoding="utf-8")

@@ -6,9 +6,9 @@ A script guards its top-level imports of those packages so that ``--help`` and e
 invocation end in one line instead of a traceback::
 
     try:
-        import torch
+        import cv2
     except ModuleNotFoundError as e:
-        exit_for_missing_extra(e, "export", __name__)
+        exit_for_missing_extra(e, "samples", __name__)
 
 Imported as a module (by a test, another script), the error propagates unchanged.
 """

@@ -13,8 +13,8 @@ import pytest
 from helpers.shared_data import shared_path
 
 # --------------------------------------------------------------------------- scheduling
-# The suite runs on two pytest-xdist workers (pyproject's addopts: -n 2 --dist loadscope), each
-# test module (or test class) on one worker, so its fixtures are built once. The modules marked ``slow``
+# The suite runs on two pytest-xdist workers (pyproject's addopts: -n 2 --dist loadfile), each
+# test module on one worker, so its fixtures are built once. The modules marked ``slow``
 # (real-scale and trained bundles) start first, the longest first (their ``minutes``), so that
 # the two workers finish together.
 

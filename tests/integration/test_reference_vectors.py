@@ -44,9 +44,8 @@ def adaptive_avg_pool_np(img: np.ndarray, out: int) -> np.ndarray:
 
 
 class Family:
-    """The checks of one family's reference vectors. One subclass per family, so that pytest-xdist
-    (``--dist loadscope``) can give each family's build to a worker of its own; its bundle and
-    Translator are built once per class."""
+    """The checks of one family's reference vectors, one subclass per family: its bundle and
+    Translator are built once per class (and ``--dist loadscope`` could give each family a worker)."""
 
     name = ""
 
